@@ -1,0 +1,43 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Mechanism(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MECHANISM_UNSPECIFIED: _ClassVar[Mechanism]
+    MECHANISM_BINOMIAL: _ClassVar[Mechanism]
+    MECHANISM_RAW_FLOAT32: _ClassVar[Mechanism]
+MECHANISM_UNSPECIFIED: Mechanism
+MECHANISM_BINOMIAL: Mechanism
+MECHANISM_RAW_FLOAT32: Mechanism
+
+class MechanismParams(_message.Message):
+    __slots__ = ("mechanism", "dim", "bits", "clip", "scale")
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    mechanism: Mechanism
+    dim: int
+    bits: int
+    clip: float
+    scale: float
+    def __init__(self, mechanism: _Optional[_Union[Mechanism, str]] = ..., dim: _Optional[int] = ..., bits: _Optional[int] = ..., clip: _Optional[float] = ..., scale: _Optional[float] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("sequence", "token_count", "dim", "bits", "payload")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    token_count: int
+    dim: int
+    bits: int
+    payload: bytes
+    def __init__(self, sequence: _Optional[int] = ..., token_count: _Optional[int] = ..., dim: _Optional[int] = ..., bits: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
