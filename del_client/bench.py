@@ -1,0 +1,134 @@
+"""Codec throughput: privatize + pack + frame (encode) and parse + unpack + decode (decode).
+
+Inputs are synthetic Gaussian embeddings with standard deviation clip/2, since the cost of the
+codec does not depend on what the embeddings mean. Each figure is the best of `repeats`
+runs on one thread, as `timeit` reports, so it measures the code rather than the machine's
+other load. `python -m del_client.bench --out reports` (what `make bench` runs) writes the
+grid to bench_codec.json and bench_codec.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .codec import FrameAssembler, encode_frames
+from .mechanism import BinomialQuantizer, PrivacySpec
+from .proto import frames_pb2
+
+BENCH_MU = 20.0
+BENCH_CLIP = 1.0
+PROMPT_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class CodecBenchmark:
+    dim: int
+    bits: int
+    tokens: int
+    encode_tokens_per_s: float
+    decode_tokens_per_s: float
+    payload_bits_per_token: int
+    wire_bits_per_token_prompt: float  # a 32-token prompt: one frame, header excluded
+    wire_bits_per_token_bulk: float  # all `tokens` in 64 KiB frames
+    symbol_entropy_bits_per_token: float  # the floor an ideal entropy coder would reach
+    raw_fp16_bits_per_token_at_dim: int  # an unprojected fp16 vector of the same width
+
+
+def _best_seconds(run, repeats: int) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _wire_bits_per_token(symbols: np.ndarray, spec: PrivacySpec) -> float:
+    wire_bytes = sum(len(f.SerializeToString()) for f in encode_frames(symbols, spec))
+    return 8 * wire_bytes / symbols.shape[0]
+
+
+def measure_codec(*, dim: int, bits: int, tokens: int, repeats: int = 3) -> CodecBenchmark:
+    spec = PrivacySpec.from_mu(mu=BENCH_MU, dim=dim, bits=bits, clip=BENCH_CLIP)
+    quantizer = BinomialQuantizer(spec)
+    z = np.random.default_rng(0).normal(0, BENCH_CLIP / 2, (tokens, dim)).astype(np.float32)
+    quantizer.privatize(z[:1])  # compile the kernels outside the timing
+
+    def encode() -> list[bytes]:
+        return [f.SerializeToString() for f in encode_frames(quantizer.privatize(z), spec)]
+
+    wire = encode()
+
+    def decode() -> np.ndarray:
+        assembler = FrameAssembler(spec, max_tokens=tokens)
+        for blob in wire:
+            assembler.add(frames_pb2.Frame.FromString(blob))
+        return assembler.embeddings()
+
+    decode()
+    symbols = quantizer.privatize(z)
+    counts = np.bincount(symbols.reshape(-1), minlength=spec.levels + 1) / symbols.size
+    entropy = -float(np.sum(counts[counts > 0] * np.log2(counts[counts > 0])))
+    return CodecBenchmark(
+        dim=dim,
+        bits=bits,
+        tokens=tokens,
+        encode_tokens_per_s=tokens / _best_seconds(encode, repeats),
+        decode_tokens_per_s=tokens / _best_seconds(decode, repeats),
+        payload_bits_per_token=spec.bits_per_token,
+        wire_bits_per_token_prompt=_wire_bits_per_token(symbols[:PROMPT_TOKENS], spec),
+        wire_bits_per_token_bulk=_wire_bits_per_token(symbols, spec),
+        symbol_entropy_bits_per_token=entropy * dim,
+        raw_fp16_bits_per_token_at_dim=16 * dim,
+    )
+
+
+def _markdown(results: list[CodecBenchmark]) -> str:
+    lines = [
+        "# Codec benchmark",
+        "",
+        f"Privatize + pack + frame (encode) and parse + unpack + decode (decode), one thread, "
+        f"best of 3; mu={BENCH_MU}, synthetic Gaussian inputs. Machine: {platform.processor() or platform.machine()}.",
+        "",
+        "| k | b | encode tok/s | decode tok/s | payload bits/tok | wire bits/tok (32-token prompt) "
+        "| wire bits/tok (bulk) | entropy bits/tok |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.dim} | {r.bits} | {r.encode_tokens_per_s:,.0f} | {r.decode_tokens_per_s:,.0f} "
+            f"| {r.payload_bits_per_token} | {r.wire_bits_per_token_prompt:.1f} "
+            f"| {r.wire_bits_per_token_bulk:.1f} | {r.symbol_entropy_bits_per_token:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Benchmark the DEL codec over a grid of k and b.")
+    parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument("--tokens", type=int, default=100_000)
+    args = parser.parse_args()
+    grid = [(dim, bits) for dim in (16, 64, 128) for bits in (1, 2, 4, 8)]
+    results = [
+        measure_codec(dim=dim, bits=bits, tokens=args.tokens)
+        for dim, bits in tqdm(grid, desc="codec benchmark", unit="config")
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_codec.json").write_text(
+        json.dumps([asdict(r) for r in results], indent=2) + "\n"
+    )
+    (args.out / "bench_codec.md").write_text(_markdown(results))
+    print(_markdown(results))
+
+
+if __name__ == "__main__":
+    main()

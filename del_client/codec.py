@@ -1,0 +1,187 @@
+"""Bit packing of b-bit symbols and the frames that carry them (protos/del/v1/frames.proto).
+
+Bit order (the wire contract, also written in frames.proto): symbols are taken token-major
+((T, k) row-major), each written as b bits most significant bit first into one bit stream
+whose first bit is the most significant bit of byte 0; the last byte is zero-padded, and a
+payload is exactly ceil(count·b/8) bytes. A receiver rejects any other length and any
+non-zero padding, so every payload has exactly one valid reading.
+
+The server imports this module to decode: frame parsing exists once, here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from .errors import FrameError
+from .mechanism import MAX_BITS, MIN_BITS, PrivacySpec, decode_table
+from .proto import frames_pb2
+
+# A frame's payload stays under this size, far below gRPC's 4 MiB default message limit.
+MAX_FRAME_PAYLOAD_BYTES = 64 * 1024
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Bytes needed for `count` symbols of `bits` bits."""
+    return (count * bits + 7) // 8
+
+
+@numba.njit(nogil=True, cache=True)
+def _pack(symbols, bits, out):  # pragma: no cover - compiled
+    acc = np.uint32(0)
+    held = 0
+    o = 0
+    for s in symbols:
+        acc = ((acc << bits) | np.uint32(s)) & np.uint32(0xFFFF)
+        held += bits
+        if held >= 8:
+            held -= 8
+            out[o] = (acc >> held) & 0xFF
+            o += 1
+    if held:
+        out[o] = (acc << (8 - held)) & 0xFF
+
+
+@numba.njit(nogil=True, cache=True)
+def _unpack(payload, bits, out):  # pragma: no cover - compiled
+    """Fill out with symbols; return the padding bits left in the last byte (must be 0)."""
+    mask = np.uint32((1 << bits) - 1)
+    acc = np.uint32(0)
+    held = 0
+    i = 0
+    for n in range(out.size):
+        if held < bits:
+            acc = ((acc << 8) | np.uint32(payload[i])) & np.uint32(0xFFFF)
+            i += 1
+            held += 8
+        held -= bits
+        out[n] = (acc >> held) & mask
+    return acc & np.uint32((1 << held) - 1)
+
+
+def pack_symbols(symbols: np.ndarray, bits: int) -> bytes:
+    """Pack uint8 symbols (any shape, read in C order) of `bits` bits each into bytes."""
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise FrameError(f"bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
+    flat = np.ascontiguousarray(symbols, dtype=np.uint8).reshape(-1)
+    if flat.size and int(flat.max()) >= 1 << bits:
+        raise FrameError(f"a symbol does not fit in {bits} bits (max {int(flat.max())})")
+    out = np.empty(packed_size(flat.size, bits), dtype=np.uint8)
+    if bits == 8:
+        out[:] = flat
+    else:
+        _pack(flat, bits, out)
+    return out.tobytes()
+
+
+def unpack_symbols(payload: bytes, bits: int, count: int) -> np.ndarray:
+    """Inverse of pack_symbols: `count` uint8 symbols, or FrameError for a malformed payload."""
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise FrameError(f"bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
+    if len(payload) != packed_size(count, bits):
+        raise FrameError(
+            f"payload of {len(payload)} bytes, expected {packed_size(count, bits)} "
+            f"for {count} symbols of {bits} bits"
+        )
+    data = np.frombuffer(payload, dtype=np.uint8)
+    if bits == 8:
+        return data.copy()
+    out = np.empty(count, dtype=np.uint8)
+    if _unpack(data, bits, out):
+        raise FrameError("non-zero padding bits after the last symbol")
+    return out
+
+
+def mechanism_params(spec: PrivacySpec) -> frames_pb2.MechanismParams:
+    """The stream header's public parameters for `spec`."""
+    return frames_pb2.MechanismParams(
+        mechanism=frames_pb2.MECHANISM_BINOMIAL,
+        dim=spec.dim,
+        bits=spec.bits,
+        clip=spec.clip,
+        scale=spec.scale,
+    )
+
+
+def spec_from_params(params: frames_pb2.MechanismParams) -> PrivacySpec:
+    """Validate a received header into a PrivacySpec; FrameError names what is wrong."""
+    if params.mechanism != frames_pb2.MECHANISM_BINOMIAL:
+        raise FrameError(f"expected the binomial mechanism, got {params.mechanism}")
+    try:
+        return PrivacySpec(dim=params.dim, bits=params.bits, clip=params.clip, scale=params.scale)
+    except ValueError as exc:
+        raise FrameError(f"invalid mechanism parameters: {exc}") from exc
+
+
+def tokens_per_frame(spec: PrivacySpec, max_payload_bytes: int = MAX_FRAME_PAYLOAD_BYTES) -> int:
+    """The most tokens whose packed symbols fit in one frame's payload budget."""
+    return max(1, max_payload_bytes * 8 // spec.bits_per_token)
+
+
+def encode_frames(
+    symbols: np.ndarray, spec: PrivacySpec, *, max_payload_bytes: int = MAX_FRAME_PAYLOAD_BYTES
+) -> Iterator[frames_pb2.Frame]:
+    """Split (T, k) symbols into numbered frames of at most `max_payload_bytes` each."""
+    if symbols.ndim != 2 or symbols.shape[1] != spec.dim:
+        raise FrameError(f"symbols must have shape (tokens, {spec.dim}), got {symbols.shape}")
+    step = tokens_per_frame(spec, max_payload_bytes)
+    for sequence, start in enumerate(range(0, symbols.shape[0], step)):
+        chunk = symbols[start : start + step]
+        yield frames_pb2.Frame(
+            sequence=sequence,
+            token_count=chunk.shape[0],
+            dim=spec.dim,
+            bits=spec.bits,
+            payload=pack_symbols(chunk, spec.bits),
+        )
+
+
+@dataclass
+class FrameAssembler:
+    """Receiving side: checks each frame against the header and its predecessors.
+
+    Frames must arrive numbered 0, 1, 2, ... with the header's dim and bits, at least one
+    token each, and no more than `max_tokens` tokens in total.
+    """
+
+    spec: PrivacySpec
+    max_tokens: int
+
+    def __post_init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._tokens = 0
+
+    @property
+    def tokens(self) -> int:
+        return self._tokens
+
+    def add(self, frame: frames_pb2.Frame) -> None:
+        expected = len(self._chunks)
+        if frame.sequence != expected:
+            raise FrameError(f"frame sequence {frame.sequence}, expected {expected}")
+        if frame.dim != self.spec.dim or frame.bits != self.spec.bits:
+            raise FrameError(
+                f"frame has dim={frame.dim} bits={frame.bits}, "
+                f"header says dim={self.spec.dim} bits={self.spec.bits}"
+            )
+        if frame.token_count == 0:
+            raise FrameError("frame carries no tokens")
+        if self._tokens + frame.token_count > self.max_tokens:
+            raise FrameError(f"prompt exceeds {self.max_tokens} tokens")
+        symbols = unpack_symbols(frame.payload, frame.bits, frame.token_count * frame.dim)
+        self._chunks.append(symbols.reshape(frame.token_count, frame.dim))
+        self._tokens += frame.token_count
+
+    def symbols(self) -> np.ndarray:
+        """All received symbols, (T, k) uint8."""
+        if not self._chunks:
+            return np.empty((0, self.spec.dim), dtype=np.uint8)
+        return np.concatenate(self._chunks)
+
+    def embeddings(self) -> np.ndarray:
+        """Decoded (T, k) float32 estimates x̂."""
+        return decode_table(self.spec)[self.symbols()]
