@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .errors import FrameError
-from .mechanism import MAX_BITS, MIN_BITS, PrivacySpec, decode_table
+from .errors import FrameError, LimitExceededError
+from .mechanism import MAX_BITS, MIN_BITS, PrivacySpec, check_embeddings, decode_table
 from .proto import frames_pb2
 
 # A frame's payload stays under this size, far below gRPC's 4 MiB default message limit.
@@ -96,8 +96,27 @@ def unpack_symbols(payload: bytes, bits: int, count: int) -> np.ndarray:
     return out
 
 
-def mechanism_params(spec: PrivacySpec) -> frames_pb2.MechanismParams:
+@dataclass(frozen=True)
+class RawSpec:
+    """The no-privacy baseline: unprojected float32 embeddings of width `dim`, little-endian."""
+
+    dim: int
+    bits: int = 32
+
+    @property
+    def bits_per_token(self) -> int:
+        return self.dim * self.bits
+
+
+FrameSpec = PrivacySpec | RawSpec
+
+
+def mechanism_params(spec: FrameSpec) -> frames_pb2.MechanismParams:
     """The stream header's public parameters for `spec`."""
+    if isinstance(spec, RawSpec):
+        return frames_pb2.MechanismParams(
+            mechanism=frames_pb2.MECHANISM_RAW_FLOAT32, dim=spec.dim, bits=spec.bits
+        )
     return frames_pb2.MechanismParams(
         mechanism=frames_pb2.MECHANISM_BINOMIAL,
         dim=spec.dim,
@@ -107,36 +126,45 @@ def mechanism_params(spec: PrivacySpec) -> frames_pb2.MechanismParams:
     )
 
 
-def spec_from_params(params: frames_pb2.MechanismParams) -> PrivacySpec:
-    """Validate a received header into a PrivacySpec; FrameError names what is wrong."""
+def spec_from_params(params: frames_pb2.MechanismParams) -> FrameSpec:
+    """Validate a received header into a spec; FrameError names what is wrong."""
+    if params.mechanism == frames_pb2.MECHANISM_RAW_FLOAT32:
+        if params.dim < 1 or params.bits != 32:
+            raise FrameError(
+                f"raw float32 frames need dim >= 1 and bits=32, got {params.dim}, {params.bits}"
+            )
+        return RawSpec(dim=params.dim)
     if params.mechanism != frames_pb2.MECHANISM_BINOMIAL:
-        raise FrameError(f"expected the binomial mechanism, got {params.mechanism}")
+        raise FrameError(f"unknown mechanism {params.mechanism}")
     try:
         return PrivacySpec(dim=params.dim, bits=params.bits, clip=params.clip, scale=params.scale)
     except ValueError as exc:
         raise FrameError(f"invalid mechanism parameters: {exc}") from exc
 
 
-def tokens_per_frame(spec: PrivacySpec, max_payload_bytes: int = MAX_FRAME_PAYLOAD_BYTES) -> int:
+def tokens_per_frame(spec: FrameSpec, max_payload_bytes: int = MAX_FRAME_PAYLOAD_BYTES) -> int:
     """The most tokens whose packed symbols fit in one frame's payload budget."""
     return max(1, max_payload_bytes * 8 // spec.bits_per_token)
 
 
 def encode_frames(
-    symbols: np.ndarray, spec: PrivacySpec, *, max_payload_bytes: int = MAX_FRAME_PAYLOAD_BYTES
+    data: np.ndarray, spec: FrameSpec, *, max_payload_bytes: int = MAX_FRAME_PAYLOAD_BYTES
 ) -> Iterator[frames_pb2.Frame]:
-    """Split (T, k) symbols into numbered frames of at most `max_payload_bytes` each."""
-    if symbols.ndim != 2 or symbols.shape[1] != spec.dim:
-        raise FrameError(f"symbols must have shape (tokens, {spec.dim}), got {symbols.shape}")
+    """Split (T, k) symbols (or raw (T, d) float32 embeddings) into numbered frames."""
+    if isinstance(spec, RawSpec):
+        data = check_embeddings(data, spec.dim).astype("<f4", copy=False)
+    elif data.ndim != 2 or data.shape[1] != spec.dim:
+        raise FrameError(f"symbols must have shape (tokens, {spec.dim}), got {data.shape}")
     step = tokens_per_frame(spec, max_payload_bytes)
-    for sequence, start in enumerate(range(0, symbols.shape[0], step)):
-        chunk = symbols[start : start + step]
+    for sequence, start in enumerate(range(0, data.shape[0], step)):
+        chunk = data[start : start + step]
+        payload = chunk.tobytes() if isinstance(spec, RawSpec) else pack_symbols(chunk, spec.bits)
         yield frames_pb2.Frame(
             sequence=sequence,
             token_count=chunk.shape[0],
             dim=spec.dim,
             bits=spec.bits,
-            payload=pack_symbols(chunk, spec.bits),
+            payload=payload,
         )
 
 
@@ -148,7 +176,7 @@ class FrameAssembler:
     token each, and no more than `max_tokens` tokens in total.
     """
 
-    spec: PrivacySpec
+    spec: FrameSpec
     max_tokens: int
 
     def __post_init__(self) -> None:
@@ -171,17 +199,35 @@ class FrameAssembler:
         if frame.token_count == 0:
             raise FrameError("frame carries no tokens")
         if self._tokens + frame.token_count > self.max_tokens:
-            raise FrameError(f"prompt exceeds {self.max_tokens} tokens")
-        symbols = unpack_symbols(frame.payload, frame.bits, frame.token_count * frame.dim)
-        self._chunks.append(symbols.reshape(frame.token_count, frame.dim))
+            raise LimitExceededError(f"prompt exceeds the limit of {self.max_tokens} tokens")
+        count = frame.token_count * frame.dim
+        if isinstance(self.spec, RawSpec):
+            chunk = _raw_floats(frame.payload, count)
+        else:
+            chunk = unpack_symbols(frame.payload, frame.bits, count)
+        self._chunks.append(chunk.reshape(frame.token_count, frame.dim))
         self._tokens += frame.token_count
 
     def symbols(self) -> np.ndarray:
-        """All received symbols, (T, k) uint8."""
+        """All received data, (T, k): uint8 symbols, or float32 for raw frames."""
         if not self._chunks:
-            return np.empty((0, self.spec.dim), dtype=np.uint8)
+            dtype = np.float32 if isinstance(self.spec, RawSpec) else np.uint8
+            return np.empty((0, self.spec.dim), dtype=dtype)
         return np.concatenate(self._chunks)
 
     def embeddings(self) -> np.ndarray:
-        """Decoded (T, k) float32 estimates x̂."""
+        """Decoded (T, k) float32 estimates x̂ (raw frames: the embeddings as sent)."""
+        if isinstance(self.spec, RawSpec):
+            return self.symbols()
         return decode_table(self.spec)[self.symbols()]
+
+
+def _raw_floats(payload: bytes, count: int) -> np.ndarray:
+    if len(payload) != 4 * count:
+        raise FrameError(
+            f"payload of {len(payload)} bytes, expected {4 * count} for {count} float32"
+        )
+    values = np.frombuffer(payload, dtype="<f4").astype(np.float32)
+    if not np.isfinite(values).all():
+        raise FrameError("raw payload contains NaN or infinite values")
+    return values

@@ -7,6 +7,7 @@ Catch at the level you care about::
     ├── EmbeddingInputError (ValueError)     an embedding array has the wrong shape, dtype or values
     ├── BudgetExceededError                  a request would spend more privacy than allowed
     ├── FrameError (ValueError)              a frame or payload is malformed or contradicts its header
+    ├── LimitExceededError                   a request is larger than the server's limits allow
     └── BundleError (ValueError)             a client bundle is malformed
         └── BundleMismatchError              its digest or version is not the one expected
 
@@ -33,6 +34,10 @@ class BudgetExceededError(DELError):
 
 class FrameError(DELError, ValueError):
     """A frame or bit-packed payload is malformed or inconsistent with its stream header."""
+
+
+class LimitExceededError(DELError):
+    """A request exceeds a configured limit (prompt tokens, new tokens, queue length)."""
 
 
 class BundleError(DELError, ValueError):

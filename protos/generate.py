@@ -3,7 +3,7 @@
 The proto package is `del.v1`, but `del` is a Python keyword: the modules protoc writes for
 `del/v1/*.proto` would import each other as `from del.v1 import ...`, which cannot parse. So
 the generated modules are flattened into `del_client/proto/` and their sibling imports made
-relative. The descriptors keep their proto file names (`del/v1/...`), which is what gRPC
+relative to the package. The descriptors keep their proto file names (`del/v1/...`), which is what gRPC
 reflection and other-language clients see.
 
 Usage: `python protos/generate.py [--out DIR]` (default: del_client/proto; the staleness
@@ -23,6 +23,8 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT.parent / "del_client" / "proto"
 SIBLING_IMPORT = re.compile(r"^from del\.v1 import (\w+)", re.MULTILINE)
+# protoc's own escape for a keyword package: importlib.import_module('del.v1.frames_pb2').
+SIBLING_IMPORTLIB = re.compile(r"importlib\.import_module\('del\.v1\.(\w+)'\)")
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -37,6 +39,7 @@ def generate(out_dir: Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         for module in sorted((Path(tmp) / "del" / "v1").iterdir()):
             text = SIBLING_IMPORT.sub(r"from . import \1", module.read_text())
+            text = SIBLING_IMPORTLIB.sub(r"importlib.import_module(__package__ + '.\1')", text)
             if module.name.endswith("_grpc.py") and "Stub" not in text:
                 continue  # a proto without a service: protoc still writes an empty module
             target = out_dir / module.name

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from del_client.codec import (
+    RawSpec,
     FrameAssembler,
     encode_frames,
     mechanism_params,
@@ -17,7 +18,7 @@ from del_client.codec import (
     spec_from_params,
     unpack_symbols,
 )
-from del_client.errors import FrameError
+from del_client.errors import FrameError, LimitExceededError
 from del_client.mechanism import PrivacySpec, decode_table
 from del_client.proto import frames_pb2
 
@@ -146,7 +147,7 @@ def test_assembler_rejects_empty_frames_and_prompts_over_the_token_limit():
     empty = frames_pb2.Frame(sequence=0, token_count=0, dim=SPEC.dim, bits=SPEC.bits)
     with pytest.raises(FrameError, match="no tokens"):
         assemble([empty])
-    with pytest.raises(FrameError, match="exceeds 3 tokens"):
+    with pytest.raises(LimitExceededError, match="limit of 3 tokens"):
         assemble([frame], max_tokens=3)
 
 
@@ -173,7 +174,7 @@ def test_header_round_trips_and_refuses_invalid_parameters():
         setattr(broken, field, value)
         with pytest.raises(FrameError, match=field):
             spec_from_params(broken)
-    with pytest.raises(FrameError, match="binomial"):
+    with pytest.raises(FrameError, match="unknown mechanism"):
         spec_from_params(frames_pb2.MechanismParams(dim=16, bits=4, clip=1.0, scale=2.0))
 
 
@@ -181,3 +182,15 @@ def test_wire_overhead_of_a_prompt_frame_is_a_few_bytes():
     frame = next(encode_frames(random_symbols(32), SPEC))
     payload_bytes = 32 * SPEC.bits_per_token // 8
     assert payload_bytes < len(frame.SerializeToString()) <= payload_bytes + 16
+
+
+def test_raw_frames_carry_float32_embeddings_exactly_and_refuse_nan():
+    spec = RawSpec(dim=8)
+    embeddings = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
+    np.testing.assert_array_equal(
+        assemble(encode_frames(embeddings, spec), spec).embeddings(), embeddings
+    )
+    frame = next(encode_frames(embeddings, spec))
+    frame.payload = np.full(40, np.nan, "<f4").tobytes()
+    with pytest.raises(FrameError, match="NaN"):
+        assemble([frame], spec)

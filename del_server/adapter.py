@@ -1,0 +1,167 @@
+"""The adapter bundle: everything model-specific that DEL adds around a frozen LLM (DESIGN §4).
+
+    down  W_p (k, d)   projection, used once to build the client's table Z = (E − mean)·W_pᵀ
+    up    W_d (d, k)   de-projection, h = x̂·W_dᵀ + mean on the server
+    mean  (d,)         centre of the embedding table: the de-projection bias
+    clip  c            belongs with the projection; chosen from the distribution of |Z|
+    norm_bound         optional cap on ‖h‖ after de-projection (noise inflates norms)
+    soft prompts       (m, d) per privacy level, keyed by the per-token μ they were trained at
+    calibration        privacy level → measured attack success, filled by training
+
+Stored as `adapter.safetensors` (tensors) + `adapter.json` (everything else, with the
+SHA-256 of the tensor file and of the embedding table it was built from), so loading never
+unpickles and a mismatched model is caught before serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT = "del-adapter/1"
+DEFAULT_CLIP_QUANTILE = 0.98
+
+
+def embedding_digest(embeddings: torch.Tensor) -> str:
+    """SHA-256 of a float32 embedding table: ties an adapter to the model it was built for."""
+    return hashlib.sha256(embeddings.detach().float().contiguous().numpy().tobytes()).hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class Adapter:
+    down: torch.Tensor  # (k, d)
+    up: torch.Tensor  # (d, k)
+    mean: torch.Tensor  # (d,)
+    clip: float
+    norm_bound: float | None = None
+    soft_prompts: dict[float, torch.Tensor] = field(default_factory=dict)  # μ -> (m, d)
+    calibration: list[dict] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        k, d = self.down.shape
+        if self.up.shape != (d, k) or self.mean.shape != (d,):
+            raise ValueError(
+                f"adapter shapes disagree: down {tuple(self.down.shape)}, up {tuple(self.up.shape)}, "
+                f"mean {tuple(self.mean.shape)}"
+            )
+        if not (math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"adapter clip must be finite and > 0, got {self.clip}")
+        for mu, prompt in self.soft_prompts.items():
+            if prompt.ndim != 2 or prompt.shape[1] != d:
+                raise ValueError(f"soft prompt for mu={mu} must be (m, {d}), got {prompt.shape}")
+
+    @property
+    def projection_dim(self) -> int:
+        return self.down.shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.down.shape[1]
+
+    def project(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(V, d) -> (V, k): the client's table Z."""
+        return (embeddings - self.mean) @ self.down.T
+
+    def deproject(self, x_hat: torch.Tensor) -> torch.Tensor:
+        """(T, k) decoded symbols -> (T, d) inputs for the LLM."""
+        h = x_hat.to(self.up.dtype) @ self.up.T + self.mean
+        if self.norm_bound is not None:
+            norms = h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            h = h * (self.norm_bound / norms).clamp(max=1.0)
+        return h
+
+    def soft_prompt_for(self, mu: float) -> tuple[float, torch.Tensor] | None:
+        """The prompt trained at exactly `mu`, else at the nearest more private (smaller) μ."""
+        eligible = [level for level in self.soft_prompts if level <= mu * (1 + 1e-9)]
+        if not eligible:
+            return None
+        level = max(eligible)
+        return level, self.soft_prompts[level]
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {"down": self.down, "up": self.up, "mean": self.mean}
+        levels = []
+        for index, (mu, prompt) in enumerate(sorted(self.soft_prompts.items())):
+            tensors[f"soft_prompt.{index}"] = prompt
+            levels.append({"mu": mu, "tensor": f"soft_prompt.{index}", "length": prompt.shape[0]})
+        tensor_path = directory / "adapter.safetensors"
+        save_file(
+            {name: t.detach().contiguous().float() for name, t in tensors.items()}, tensor_path
+        )
+        description = {
+            "format": FORMAT,
+            "projection_dim": self.projection_dim,
+            "hidden_size": self.hidden_size,
+            "clip": self.clip,
+            "norm_bound": self.norm_bound,
+            "soft_prompts": levels,
+            "calibration": self.calibration,
+            "metadata": self.metadata,
+            "tensors_sha256": hashlib.sha256(tensor_path.read_bytes()).hexdigest(),
+        }
+        (directory / "adapter.json").write_text(json.dumps(description, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Adapter:
+        directory = Path(directory)
+        description = json.loads((directory / "adapter.json").read_text())
+        if description.get("format") != FORMAT:
+            raise ValueError(
+                f"{directory}: adapter format {description.get('format')!r}, expected {FORMAT!r}"
+            )
+        tensor_path = directory / "adapter.safetensors"
+        if hashlib.sha256(tensor_path.read_bytes()).hexdigest() != description["tensors_sha256"]:
+            raise ValueError(f"{tensor_path}: digest differs from adapter.json (corrupt or edited)")
+        tensors = load_file(tensor_path)
+        return cls(
+            down=tensors["down"],
+            up=tensors["up"],
+            mean=tensors["mean"],
+            clip=description["clip"],
+            norm_bound=description["norm_bound"],
+            soft_prompts={lvl["mu"]: tensors[lvl["tensor"]] for lvl in description["soft_prompts"]},
+            calibration=description["calibration"],
+            metadata=description["metadata"],
+        )
+
+
+def pca_adapter(
+    embeddings: torch.Tensor, *, dim: int, clip_quantile: float = DEFAULT_CLIP_QUANTILE
+) -> Adapter:
+    """The training-free default: PCA of the centred embedding table (DESIGN §5.1).
+
+    W_p holds the top-`dim` principal directions; with orthonormal rows its pseudo-inverse
+    is its transpose. The clip is the `clip_quantile` quantile of |Z| over the vocabulary,
+    so it scales with the model instead of being a constant tuned for another width.
+    """
+    table = embeddings.detach().double()
+    if not 0 < dim <= table.shape[1]:
+        raise ValueError(f"projection dim must be in 1..{table.shape[1]}, got {dim}")
+    mean = table.mean(dim=0)
+    _, _, vh = torch.linalg.svd(table - mean, full_matrices=False)
+    # Fix each component's sign (largest coordinate positive) so the result is reproducible.
+    signs = torch.sign(vh[:dim].gather(1, vh[:dim].abs().argmax(dim=1, keepdim=True)))
+    down = (vh[:dim] * signs).float()  # (k, d)
+    z = (table.float() - mean.float()) @ down.T
+    clip = float(torch.quantile(z.abs().flatten(), clip_quantile))
+    return Adapter(
+        down=down,
+        up=down.T.contiguous(),
+        mean=mean.float(),
+        clip=clip,
+        metadata={
+            "projection": "pca",
+            "clip_rule": f"quantile {clip_quantile} of |Z| over the vocabulary",
+            "embedding_sha256": embedding_digest(embeddings),
+        },
+    )

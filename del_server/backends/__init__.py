@@ -1,0 +1,1 @@
+"""Execution backends: what runs the frozen LLM on prompt embeddings (see base.Backend)."""

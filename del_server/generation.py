@@ -1,0 +1,234 @@
+"""From decoded prompt embeddings to streamed tokens (DESIGN §4).
+
+    x̂ (T, k) ─ de-project ─ h (T, d)
+    inputs = [soft prompt for the privacy level (m, d)] + [clean BOS (1, d)] + h
+    ─ frozen LLM with KV cache ─ sample ─ token events
+
+One scheduler thread owns the model and advances every running sequence by one token per
+round; requests join between rounds and leave when finished or cancelled. Nothing else
+touches the model, so batching the round (continuous batching) is a change to `_round`
+alone. Events go back to each request's asyncio queue with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from .adapter import Adapter
+from .backends.base import Backend
+from .errors import OverloadedError
+from .sampling import FinishReason, Sampler, SamplingParams, TextStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrivatePrompt:
+    """Decoded symbols of the client's tokens and the privacy level they were sent at."""
+
+    x_hat: np.ndarray  # (T, k) float32
+    mu: float  # per-token μ-GDP of the mechanism, selects the soft prompt
+
+
+@dataclass(frozen=True)
+class RawPrompt:
+    """The no-privacy baseline: the client's unprojected embeddings."""
+
+    embeddings: np.ndarray  # (T, d) float32
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token_id: int | None  # None: text held back until the end, no new token
+    text: str
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    reason: FinishReason
+    generated_tokens: int
+
+
+@dataclass(frozen=True)
+class FailedEvent:
+    error: BaseException
+
+
+Event = TokenEvent | FinishEvent | FailedEvent
+
+
+class PromptBuilder:
+    """Turns what the client sent into the LLM's input embeddings."""
+
+    def __init__(self, backend: Backend, adapter: Adapter, bos_id: int | None) -> None:
+        self._backend = backend
+        self._adapter = adapter
+        self._prefix_ids = [bos_id] if bos_id is not None else []
+
+    def build(self, prompt: PrivatePrompt | RawPrompt) -> tuple[torch.Tensor, float | None]:
+        """-> (inputs (m + 1 + T, d), μ of the soft prompt used or None)."""
+        template = self._backend.embed(self._prefix_ids) if self._prefix_ids else None
+        if isinstance(prompt, RawPrompt):
+            body = torch.from_numpy(prompt.embeddings)
+            soft = None
+        else:
+            body = self._adapter.deproject(torch.from_numpy(prompt.x_hat))
+            soft = self._adapter.soft_prompt_for(prompt.mu)
+        parts = [soft[1]] if soft else []
+        parts += [template] if template is not None else []
+        parts.append(body)
+        dtype = parts[-1].dtype
+        return torch.cat([p.to(dtype) for p in parts]), (soft[0] if soft else None)
+
+
+@dataclass(eq=False)
+class RequestHandle:
+    """The asyncio side of one request: read `events`, call `cancel()` when the client leaves."""
+
+    request_id: str
+    events: asyncio.Queue[Event]
+    loop: asyncio.AbstractEventLoop
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def _send(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    handle: RequestHandle
+    inputs: torch.Tensor  # (T, d)
+    sampler: Sampler
+    text: TextStream
+    state: Any = None
+    last_token: int | None = None
+    generated: int = 0
+
+
+class Engine:
+    """Owns the backend; runs every admitted request step by step on one thread."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        tokenizer: Tokenizer,
+        *,
+        eos_id: int | None,
+        anchor_id: int,
+        max_running: int,
+        max_waiting: int,
+    ) -> None:
+        self._backend = backend
+        self._tokenizer = tokenizer
+        self._eos_id = eos_id
+        self._anchor_id = anchor_id
+        self._max_running = max_running
+        self._max_waiting = max_waiting
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._running: list[_Sequence] = []
+        self._wakeup = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="del-engine", daemon=True)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        self._thread.join()
+
+    def submit(
+        self, request_id: str, inputs: torch.Tensor, sampling: SamplingParams
+    ) -> RequestHandle:
+        """Queue a request; OverloadedError when the waiting queue is full. Call from the loop."""
+        handle = RequestHandle(request_id, asyncio.Queue(), asyncio.get_running_loop())
+        sequence = _Sequence(
+            handle=handle,
+            inputs=inputs,
+            sampler=Sampler(sampling),
+            text=TextStream(self._tokenizer, sampling.stop, self._anchor_id),
+        )
+        with self._wakeup:
+            if len(self._waiting) >= self._max_waiting:
+                raise OverloadedError(
+                    f"server busy: {len(self._running)} running, {len(self._waiting)} waiting"
+                )
+            self._waiting.append(sequence)
+            self._wakeup.notify()
+        return handle
+
+    def _loop(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._stopping and not self._running and not self._waiting:
+                    self._wakeup.wait()
+                if self._stopping:
+                    break
+                while self._waiting and len(self._running) < self._max_running:
+                    self._running.append(self._waiting.popleft())
+            self._round()
+        for sequence in [*self._running, *self._waiting]:
+            sequence.handle._send(FailedEvent(RuntimeError("server shutting down")))
+
+    def _round(self) -> None:
+        """Advance every running sequence by one token."""
+        for sequence in list(self._running):
+            if sequence.handle.cancelled.is_set():
+                self._running.remove(sequence)
+                continue
+            try:
+                finished = self._step(sequence)
+            except Exception as exc:  # a failing request must not take the engine down
+                log.exception("generation failed", extra={"request_id": sequence.handle.request_id})
+                sequence.handle._send(FailedEvent(exc))
+                finished = True
+            if finished:
+                self._running.remove(sequence)
+
+    def _step(self, sequence: _Sequence) -> bool:
+        if sequence.state is None:
+            logits, sequence.state = self._backend.prefill(sequence.inputs)
+        else:
+            logits, sequence.state = self._backend.decode(sequence.last_token, sequence.state)
+        token = sequence.sampler(logits)
+        sequence.last_token = token
+        handle = sequence.handle
+        if token == self._eos_id:
+            return self._finish(sequence, FinishReason.EOS)
+        sequence.generated += 1
+        delta = sequence.text.push(token)
+        handle._send(TokenEvent(token, delta))
+        if sequence.text.stopped:
+            return self._finish(sequence, FinishReason.STOP)
+        if sequence.generated >= sequence.sampler.params.max_new_tokens:
+            return self._finish(sequence, FinishReason.LENGTH)
+        return False
+
+    def _finish(self, sequence: _Sequence, reason: FinishReason) -> bool:
+        rest = sequence.text.flush()
+        if rest:
+            sequence.handle._send(TokenEvent(None, rest))
+        sequence.handle._send(FinishEvent(reason, sequence.generated))
+        return True

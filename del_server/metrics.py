@@ -1,0 +1,150 @@
+"""Every Prometheus metric of the server, and nothing else (DESIGN §8).
+
+Names follow vLLM's stems with a `del_` prefix so existing dashboards carry over; counters get
+`_total` appended by the client library on export. Labels are low-cardinality (status code,
+finish reason, mechanism, soft-prompt level) and initialised up front. Each server owns one
+registry, so two servers can share a test process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .sampling import FinishReason
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
+                     1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)  # fmt: skip
+RATIO_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+EPSILON_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+MECHANISMS = ("binomial", "raw")
+STATUS_CODES = ("OK", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
+                "UNAUTHENTICATED", "DEADLINE_EXCEEDED", "CANCELLED", "INTERNAL")  # fmt: skip
+
+
+def build_1_2_5_buckets(maximum: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, ... up to `maximum` (vLLM's token-count buckets)."""
+    buckets, exponent = [], 0
+    while True:
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10**exponent
+            if value > maximum:
+                return buckets
+            buckets.append(value)
+        exponent += 1
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    """What one finished (or failed) request contributes; filled by the service."""
+
+    code: str
+    mechanism: str
+    level: str  # soft-prompt level used ("none" if none)
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    frames: int = 0
+    wire_received_bytes: int = 0
+    wire_sent_bytes: int = 0
+    payload_bits: int = 0
+    raw_bits_per_token: int = 0  # bf16 of the full hidden size: the compression baseline
+    time_to_first_token_s: float | None = None
+    inter_token_latencies_s: tuple[float, ...] = ()
+    e2e_latency_s: float | None = None
+    epsilon_prompt: float | None = None
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, *, max_tokens: int, levels: list[str]) -> None:
+        self.registry = registry
+        token_buckets = build_1_2_5_buckets(max_tokens)
+        r = {"registry": registry}
+        self.requests = Counter(
+            "del_requests", "Generate streams by gRPC status code", ["code"], **r
+        )
+        self.request_success = Counter("del_request_success", "Finished requests by finish reason",
+                                       ["finished_reason"], **r)  # fmt: skip
+        self.running = Gauge("del_num_requests_running", "Sequences being generated", **r)
+        self.waiting = Gauge("del_num_requests_waiting", "Requests queued for the engine", **r)
+        self.ttft = Histogram("del_time_to_first_token_seconds", "From End marker to first token",
+                              buckets=LATENCY_BUCKETS_S, **r)  # fmt: skip
+        self.itl = Histogram("del_inter_token_latency_seconds", "Between consecutive tokens",
+                             buckets=LATENCY_BUCKETS_S, **r)  # fmt: skip
+        self.e2e = Histogram("del_e2e_request_latency_seconds", "From header to final message",
+                             buckets=LATENCY_BUCKETS_S, **r)  # fmt: skip
+        self.prompt_tokens = Counter("del_prompt_tokens", "Prompt tokens received", **r)
+        self.generation_tokens = Counter("del_generation_tokens", "Tokens generated", **r)
+        self.request_prompt_tokens = Histogram("del_request_prompt_tokens", "Prompt tokens per request",
+                                               buckets=token_buckets, **r)  # fmt: skip
+        self.request_generation_tokens = Histogram("del_request_generation_tokens",
+                                                   "Generated tokens per request",
+                                                   buckets=token_buckets, **r)  # fmt: skip
+        self.wire_received = Counter(
+            "del_wire_received_bytes", "gRPC message bytes received on Generate streams", **r
+        )
+        self.wire_sent = Counter(
+            "del_wire_sent_bytes", "gRPC message bytes sent on Generate streams", **r
+        )
+        self.payload_bits = Counter(
+            "del_payload_bits", "Privatized payload bits received", ["mechanism"], **r
+        )
+        self.frames = Counter("del_frames_received", "Frames received", ["mechanism"], **r)
+        self.bits_per_token = Histogram("del_payload_bits_per_token", "Payload bits per prompt token",
+                                        ["mechanism"], buckets=build_1_2_5_buckets(1 << 20), **r)  # fmt: skip
+        self.compression = Histogram("del_compression_ratio",
+                                     "Payload bits per token over a raw bf16 embedding's bits",
+                                     ["mechanism"], buckets=RATIO_BUCKETS, **r)  # fmt: skip
+        self.by_level = Counter("del_requests_by_privacy_level", "Requests by mechanism and soft-prompt level",
+                                ["mechanism", "level"], **r)  # fmt: skip
+        self.epsilon = Histogram("del_epsilon_per_prompt", "Exact ε per prompt at the reported δ",
+                                 buckets=EPSILON_BUCKETS, **r)  # fmt: skip
+        for code in STATUS_CODES:
+            self.requests.labels(code)
+        for reason in FinishReason:
+            self.request_success.labels(reason.value)
+        for mechanism in MECHANISMS:
+            for child in (self.payload_bits, self.frames, self.bits_per_token, self.compression):
+                child.labels(mechanism)
+            for level in ["none", *levels]:
+                self.by_level.labels(mechanism, level)
+
+    def track_engine(self, running: Callable[[], int], waiting: Callable[[], int]) -> None:
+        """Read the engine's queue sizes at scrape time."""
+        self.running.set_function(running)
+        self.waiting.set_function(waiting)
+
+    def record(self, stats: RequestStats) -> None:
+        self.requests.labels(stats.code).inc()
+        self.wire_received.inc(stats.wire_received_bytes)
+        self.wire_sent.inc(stats.wire_sent_bytes)
+        if stats.frames:
+            self.frames.labels(stats.mechanism).inc(stats.frames)
+            self.payload_bits.labels(stats.mechanism).inc(stats.payload_bits)
+        if stats.finish_reason is None:
+            return
+        self.request_success.labels(stats.finish_reason.value).inc()
+        self.by_level.labels(stats.mechanism, stats.level).inc()
+        self.prompt_tokens.inc(stats.prompt_tokens)
+        self.generation_tokens.inc(stats.generated_tokens)
+        self.request_prompt_tokens.observe(stats.prompt_tokens)
+        self.request_generation_tokens.observe(stats.generated_tokens)
+        bits_per_token = stats.payload_bits / stats.prompt_tokens
+        self.bits_per_token.labels(stats.mechanism).observe(bits_per_token)
+        self.compression.labels(stats.mechanism).observe(bits_per_token / stats.raw_bits_per_token)
+        if stats.time_to_first_token_s is not None:
+            self.ttft.observe(stats.time_to_first_token_s)
+        for latency in stats.inter_token_latencies_s:
+            self.itl.observe(latency)
+        if stats.e2e_latency_s is not None:
+            self.e2e.observe(stats.e2e_latency_s)
+        if stats.epsilon_prompt is not None:
+            self.epsilon.observe(stats.epsilon_prompt)
+
+    def serve(self, host: str, port: int) -> WSGIServer:
+        """Start the /metrics HTTP endpoint on a daemon thread; `.server_port` is the port."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return server

@@ -1,0 +1,90 @@
+"""Model loaders: a name → loader registry that yields one `LoadedModel` for every format.
+
+`load_model("../shared/models/stories260K")` picks the llama2.c loader for a directory (or
+`.bin` file) of llama2.c files, and Hugging Face's Auto classes for anything else (a local
+directory with `config.json`, or a hub id). Both produce a `transformers` causal LM and a
+`tokenizers.Tokenizer`, so one generation path serves both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from transformers import PreTrainedModel
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    model_id: str
+    model: PreTrainedModel
+    tokenizer: Tokenizer  # encodes without special tokens; BOS is the caller's
+    bos_id: int | None
+    eos_id: int | None
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """(V, d) input embedding table."""
+        return self.model.get_input_embeddings().weight
+
+
+def _load_llama2c(source: str, dtype: torch.dtype) -> LoadedModel:
+    from .llama2c import load_llama2c_model
+    from .llama2c_tokenizer import BOS_ID, EOS_ID, load_llama2c_tokenizer
+
+    weights, tokenizer = _llama2c_files(Path(source))
+    return LoadedModel(
+        model_id=weights.stem,
+        model=load_llama2c_model(weights, dtype=dtype),
+        tokenizer=load_llama2c_tokenizer(tokenizer),
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+    )
+
+
+def _load_hf(source: str, dtype: torch.dtype) -> LoadedModel:
+    from .hf import load_hf_model
+
+    return load_hf_model(source, dtype=dtype)
+
+
+LOADERS: dict[str, Callable[[str, torch.dtype], LoadedModel]] = {
+    "llama2c": _load_llama2c,
+    "hf": _load_hf,
+}
+
+
+def _llama2c_files(path: Path) -> tuple[Path, Path]:
+    """(weights, tokenizer) of a llama2.c model given its directory or its weights file."""
+    directory = path if path.is_dir() else path.parent
+    tokenizers = sorted(directory.glob("tok*.bin"))
+    weights = [path] if path.is_file() else sorted(set(directory.glob("*.bin")) - set(tokenizers))
+    if len(weights) != 1 or len(tokenizers) != 1:
+        raise ValueError(
+            f"{path}: expected one llama2.c weights file and one tok*.bin tokenizer, "
+            f"found weights {[w.name for w in weights]} and tokenizers {[t.name for t in tokenizers]}"
+        )
+    return weights[0], tokenizers[0]
+
+
+def detect_format(source: str) -> str:
+    """'llama2c' for llama2.c files, else 'hf' (local directory or hub id)."""
+    path = Path(source)
+    if path.is_file() and path.suffix == ".bin":
+        return "llama2c"
+    if path.is_dir() and not (path / "config.json").exists() and any(path.glob("tok*.bin")):
+        return "llama2c"
+    return "hf"
+
+
+def load_model(
+    source: str, *, format: str = "auto", dtype: torch.dtype = torch.float32
+) -> LoadedModel:
+    """Load `source` with the loader named `format` ('auto' detects it)."""
+    name = detect_format(source) if format == "auto" else format
+    if name not in LOADERS:
+        raise ValueError(f"unknown model format {name!r}; known: {', '.join(LOADERS)}")
+    return LOADERS[name](source, dtype)

@@ -1,0 +1,76 @@
+"""Everything the service needs for one model, built once from Settings at start-up."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from del_client.bundle import ClientBundle
+
+from .adapter import Adapter, embedding_digest, pca_adapter
+from .backends.transformers import TransformersBackend
+from .bundles import client_bundle, raw_bundle
+from .generation import Engine, PromptBuilder
+from .models import LoadedModel, load_model
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class ServedModel:
+    loaded: LoadedModel
+    adapter: Adapter
+    bundle: ClientBundle
+    raw_bundle: ClientBundle | None
+    engine: Engine
+    prompts: PromptBuilder
+
+    @property
+    def bundles(self) -> dict[str, ClientBundle]:
+        """Published bundles by digest."""
+        found = [self.bundle] + ([self.raw_bundle] if self.raw_bundle else [])
+        return {b.digest: b for b in found}
+
+
+def load_adapter(settings: Settings, loaded: LoadedModel) -> Adapter:
+    if settings.adapter is None:
+        return pca_adapter(loaded.embeddings, dim=settings.projection_dim)
+    adapter = Adapter.load(settings.adapter)
+    expected = adapter.metadata.get("embedding_sha256")
+    if expected is not None and expected != embedding_digest(loaded.embeddings):
+        raise ValueError(f"adapter {settings.adapter} was built for another model's embeddings")
+    return adapter
+
+
+def build_served_model(settings: Settings) -> ServedModel:
+    loaded = load_model(
+        settings.model, format=settings.model_format, dtype=getattr(torch, settings.dtype.value)
+    )
+    adapter = load_adapter(settings, loaded)
+    backend = TransformersBackend(loaded.model)
+    anchor = loaded.tokenizer.encode("a", add_special_tokens=False).ids[-1]
+    engine = Engine(
+        backend,
+        loaded.tokenizer,
+        eos_id=loaded.eos_id,
+        anchor_id=anchor,
+        max_running=settings.max_running,
+        max_waiting=settings.max_waiting,
+    )
+    served = ServedModel(
+        loaded=loaded,
+        adapter=adapter,
+        bundle=client_bundle(loaded, adapter),
+        raw_bundle=raw_bundle(loaded) if settings.enable_raw else None,
+        engine=engine,
+        prompts=PromptBuilder(backend, adapter, loaded.bos_id),
+    )
+    log.info(
+        "model ready",
+        extra={"model_id": loaded.model_id, "projection_dim": adapter.projection_dim,
+               "bundle_digest": served.bundle.digest},
+    )  # fmt: skip
+    return served

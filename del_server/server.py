@@ -1,0 +1,121 @@
+"""Build, start and stop the grpc.aio server: service, health, reflection, metrics.
+
+Health reports SERVING only after the model has answered a warm-up generation. On SIGTERM:
+health NOT_SERVING (load balancers stop sending), stop accepting, let in-flight streams finish
+within `grace_s`, stop the engine and the metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from del_client.proto import inference_pb2, inference_pb2_grpc
+
+from .generation import FinishEvent, PrivatePrompt
+from .metrics import Metrics
+from .runtime import ServedModel, build_served_model
+from .sampling import SamplingParams
+from .service import SplitInferenceService
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["SplitInference"].full_name
+
+
+@dataclass(eq=False)
+class RunningServer:
+    """A started server: its bound ports, its metrics, and how to stop it."""
+
+    server: grpc.aio.Server
+    port: int
+    metrics_port: int | None
+    metrics: Metrics
+    served: ServedModel
+    health: health_aio.HealthServicer
+    settings: Settings
+    _metrics_http: object | None
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_s if grace_s is None else grace_s)
+        await asyncio.to_thread(self.served.engine.stop)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+
+
+async def _warm_up(served: ServedModel) -> None:
+    """One tiny generation through the engine, so the first client pays no start-up cost."""
+    x_hat = np.zeros((1, served.adapter.projection_dim), dtype=np.float32)
+    inputs, _ = served.prompts.build(PrivatePrompt(x_hat, mu=1.0))
+    handle = served.engine.submit(
+        "warm-up", inputs, SamplingParams(max_new_tokens=2, temperature=0)
+    )
+    while not isinstance(await handle.events.get(), FinishEvent):
+        pass
+
+
+async def start(settings: Settings, *, served: ServedModel | None = None) -> RunningServer:
+    """Load (unless given), warm up, and serve; returns once the server is SERVING."""
+    served = served or await asyncio.to_thread(build_served_model, settings)
+    registry = CollectorRegistry()
+    metrics = Metrics(
+        registry,
+        max_tokens=max(settings.max_prompt_tokens, settings.max_new_tokens),
+        levels=[f"{mu:g}" for mu in served.adapter.soft_prompts],
+    )
+    metrics.track_engine(lambda: served.engine.running, lambda: served.engine.waiting)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+    )
+    inference_pb2_grpc.add_SplitInferenceServicer_to_server(
+        SplitInferenceService(served, settings, metrics), server
+    )
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection([SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                         reflection.SERVICE_NAME], server)  # fmt: skip
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    for service in ("", SERVICE_NAME):
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    served.engine.start()
+    await server.start()
+    await _warm_up(served)
+    metrics_http = None
+    metrics_port = None
+    if settings.metrics_port >= 0:
+        metrics_http = metrics.serve(settings.host, settings.metrics_port)
+        metrics_port = metrics_http.server_port
+    for service in ("", SERVICE_NAME):
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra={"port": port, "metrics_port": metrics_port})
+    return RunningServer(
+        server, port, metrics_port, metrics, served, health, settings, metrics_http
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start(settings)
+    print(f"del-server listening on {settings.host}:{running.port} (metrics :{running.metrics_port})",
+          flush=True)  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_s": settings.grace_s})
+    await running.stop()

@@ -1,0 +1,267 @@
+"""The SplitInference servicer: protobuf in and out at the edge, the engine in between.
+
+A Generate stream is: one StreamHeader, Frames numbered from 0, one End; then the server
+streams TokenChunks and one Final. Every violation ends the stream with a status code from
+status.py; the engine and the other streams never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from del_client.codec import FrameAssembler, RawSpec, spec_from_params
+from del_client.errors import BundleMismatchError, DELError, FrameError, LimitExceededError
+from del_client.proto import inference_pb2, inference_pb2_grpc
+
+from . import __version__
+from .errors import MechanismDisabledError, UnknownModelError
+from .generation import FailedEvent, FinishEvent, PrivatePrompt, RawPrompt, TokenEvent
+from .metrics import Metrics, RequestStats
+from .runtime import ServedModel
+from .sampling import FinishReason, SamplingParams
+from .settings import Settings
+from .status import status_for
+
+log = logging.getLogger(__name__)
+
+GRPC_MESSAGE_PREFIX_BYTES = 5  # compressed flag + 4-byte length before every message
+BUNDLE_CHUNK_BYTES = 1 << 20
+SUPPORTED_BITS = list(range(1, 9))
+FINISH_REASON_PB = {
+    FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
+    FinishReason.STOP: inference_pb2.FINISH_REASON_STOP,
+    FinishReason.EOS: inference_pb2.FINISH_REASON_EOS,
+}
+
+
+def _wire_size(message) -> int:
+    return message.ByteSize() + GRPC_MESSAGE_PREFIX_BYTES
+
+
+class _Stream:
+    """Counters of one Generate stream, filled as messages cross the wire."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.received_bytes = 0
+        self.sent_bytes = 0
+        self.frames = 0
+        self.payload_bits = 0
+        self.mechanism = "binomial"
+        self.level = "none"
+        self.prompt_tokens = 0
+        self.end_at: float | None = None
+        self.token_times: list[float] = []
+
+    def sent(self, response: inference_pb2.GenerateResponse) -> inference_pb2.GenerateResponse:
+        self.sent_bytes += _wire_size(response)
+        return response
+
+
+class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
+    def __init__(self, served: ServedModel, settings: Settings, metrics: Metrics) -> None:
+        self._served = served
+        self._settings = settings
+        self._metrics = metrics
+
+    async def GetManifest(self, request, context) -> inference_pb2.Manifest:
+        served, settings = self._served, self._settings
+        info = inference_pb2.ModelInfo(
+            model_id=served.loaded.model_id,
+            hidden_size=served.adapter.hidden_size,
+            projection_dim=served.adapter.projection_dim,
+            clip=served.adapter.clip,
+            supported_bits=SUPPORTED_BITS,
+            soft_prompt_mus=sorted(served.adapter.soft_prompts),
+            client_bundle_digest=served.bundle.digest,
+            max_prompt_tokens=settings.max_prompt_tokens,
+            max_new_tokens=settings.max_new_tokens,
+            raw_mechanism_enabled=served.raw_bundle is not None,
+            raw_bundle_digest=served.raw_bundle.digest if served.raw_bundle else "",
+        )
+        return inference_pb2.Manifest(server_version=__version__, models=[info])
+
+    async def FetchClientBundle(self, request, context) -> AsyncIterator[inference_pb2.BundleChunk]:
+        bundle = self._served.bundles.get(request.digest)
+        if bundle is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no bundle with that digest; read the current one from GetManifest",
+            )
+        data = bundle.to_bytes()
+        for offset in range(0, len(data), BUNDLE_CHUNK_BYTES):
+            yield inference_pb2.BundleChunk(
+                data=data[offset : offset + BUNDLE_CHUNK_BYTES], offset=offset, total_size=len(data)
+            )
+
+    async def Generate(
+        self, request_iterator, context
+    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        stream = _Stream()
+        code = "OK"
+        finish: FinishEvent | None = None
+        epsilon = None
+        handle = None
+        try:
+            header, prompt, epsilon = await self._read_prompt(aiter(request_iterator), stream)
+            sampling = self._sampling(header.sampling)
+            inputs, soft_mu = self._served.prompts.build(prompt)
+            stream.level = "none" if soft_mu is None else f"{soft_mu:g}"
+            handle = self._served.engine.submit(
+                header.request_id or uuid.uuid4().hex, inputs, sampling
+            )
+            while True:
+                event = await handle.events.get()
+                if isinstance(event, TokenEvent):
+                    if event.token_id is not None:
+                        stream.token_times.append(time.perf_counter())
+                    ids = [] if event.token_id is None else [event.token_id]
+                    chunk = inference_pb2.TokenChunk(token_ids=ids, text=event.text)
+                    yield stream.sent(inference_pb2.GenerateResponse(tokens=chunk))
+                elif isinstance(event, FinishEvent):
+                    finish = event
+                    yield self._final(stream, event, soft_mu)
+                    return
+                elif isinstance(event, FailedEvent):
+                    raise event.error
+        except DELError as exc:
+            code = status_for(exc).name
+            await context.abort(status_for(exc), str(exc))
+        except asyncio.CancelledError:
+            code = "DEADLINE_EXCEEDED" if _deadline_passed(context) else "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("Generate failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            if handle is not None:
+                handle.cancel()
+            self._metrics.record(self._stats(stream, code, finish, epsilon))
+
+    async def _read_prompt(self, requests, stream: _Stream):
+        """Header, frames, End -> (header, prompt for the engine, ε of the prompt or None)."""
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("kind") != "header":
+            raise FrameError("the stream must start with a header")
+        stream.received_bytes += _wire_size(first)
+        header = first.header
+        spec = self._check_header(header)
+        stream.mechanism = "raw" if isinstance(spec, RawSpec) else "binomial"
+        assembler = FrameAssembler(spec, max_tokens=self._settings.max_prompt_tokens)
+        async for message in requests:
+            stream.received_bytes += _wire_size(message)
+            kind = message.WhichOneof("kind")
+            if kind == "frame":
+                assembler.add(message.frame)
+                stream.frames += 1
+                stream.payload_bits += 8 * len(message.frame.payload)
+            elif kind == "end":
+                break
+            else:
+                raise FrameError(f"expected a frame or the end marker, got {kind or 'nothing'}")
+        else:
+            raise FrameError("the stream closed before its end marker")
+        stream.end_at = time.perf_counter()
+        if assembler.tokens == 0:
+            raise FrameError("the prompt has no tokens")
+        stream.prompt_tokens = assembler.tokens
+        if isinstance(spec, RawSpec):
+            return header, RawPrompt(assembler.embeddings()), None
+        epsilon = spec.epsilon(delta=self._settings.report_delta, tokens=assembler.tokens)
+        return header, PrivatePrompt(assembler.embeddings(), mu=spec.mu()), epsilon
+
+    def _check_header(self, header: inference_pb2.StreamHeader):
+        served = self._served
+        if header.model and header.model != served.loaded.model_id:
+            raise UnknownModelError(
+                f"this server serves {served.loaded.model_id!r}, not {header.model!r}"
+            )
+        spec = spec_from_params(header.mechanism)
+        if isinstance(spec, RawSpec):
+            if served.raw_bundle is None:
+                raise MechanismDisabledError(
+                    "the raw (no privacy) mechanism is disabled on this server"
+                )
+            expected, dim = served.raw_bundle.digest, served.adapter.hidden_size
+        else:
+            expected, dim = served.bundle.digest, served.adapter.projection_dim
+        if header.bundle_digest != expected:
+            raise BundleMismatchError(
+                f"frames were encoded with bundle {header.bundle_digest[:16]!r}…, this server "
+                f"publishes {expected[:16]}…: fetch the current bundle"
+            )
+        if spec.dim != dim:
+            raise FrameError(f"mechanism dim {spec.dim} does not match the bundle's {dim}")
+        return spec
+
+    def _sampling(self, pb: inference_pb2.SamplingParams) -> SamplingParams:
+        limit = self._settings.max_new_tokens
+        if pb.max_new_tokens > limit:
+            raise LimitExceededError(
+                f"max_new_tokens {pb.max_new_tokens} exceeds the limit of {limit}"
+            )
+        try:
+            return SamplingParams(
+                max_new_tokens=pb.max_new_tokens or self._settings.default_new_tokens,
+                temperature=pb.temperature,
+                top_p=pb.top_p or 1.0,
+                top_k=pb.top_k,
+                seed=pb.seed if pb.HasField("seed") else None,
+                stop=tuple(pb.stop),
+            )
+        except ValueError as exc:
+            raise FrameError(f"invalid sampling parameters: {exc}") from exc
+
+    def _final(self, stream: _Stream, event: FinishEvent, soft_mu: float | None):
+        usage = inference_pb2.Usage(
+            prompt_tokens=stream.prompt_tokens,
+            generated_tokens=event.generated_tokens,
+            wire_bytes_received=stream.received_bytes,
+            wire_bytes_sent=stream.sent_bytes,
+            payload_bits=stream.payload_bits,
+            bits_per_token=stream.payload_bits / stream.prompt_tokens,
+        )
+        first = stream.token_times[0] - stream.end_at if stream.token_times else 0.0
+        timings = inference_pb2.Timings(
+            time_to_first_token_s=first, total_s=time.perf_counter() - stream.started
+        )
+        final = inference_pb2.Final(
+            finish_reason=FINISH_REASON_PB[event.reason],
+            usage=usage,
+            timings=timings,
+            soft_prompt_mu=soft_mu,
+        )
+        return stream.sent(inference_pb2.GenerateResponse(final=final))
+
+    def _stats(self, stream: _Stream, code: str, finish: FinishEvent | None, epsilon: float | None):
+        times = stream.token_times
+        return RequestStats(
+            code=code,
+            mechanism=stream.mechanism,
+            level=stream.level,
+            finish_reason=finish.reason if finish else None,
+            prompt_tokens=stream.prompt_tokens,
+            generated_tokens=finish.generated_tokens if finish else 0,
+            frames=stream.frames,
+            wire_received_bytes=stream.received_bytes,
+            wire_sent_bytes=stream.sent_bytes,
+            payload_bits=stream.payload_bits,
+            raw_bits_per_token=16 * self._served.adapter.hidden_size,
+            time_to_first_token_s=times[0] - stream.end_at if times else None,
+            inter_token_latencies_s=tuple(b - a for a, b in itertools.pairwise(times)),
+            e2e_latency_s=time.perf_counter() - stream.started if finish else None,
+            epsilon_prompt=epsilon,
+        )
+
+
+def _deadline_passed(context) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
