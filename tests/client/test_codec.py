@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from del_client.codec import (
-    RawSpec,
     FrameAssembler,
+    RawSpec,
     encode_frames,
     mechanism_params,
     pack_symbols,

@@ -1,0 +1,79 @@
+"""The adapter bundle: PCA default, de-projection, soft-prompt choice, safetensors round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from del_server.adapter import Adapter, embedding_digest, pca_adapter
+from del_server.models import load_model
+
+
+@pytest.fixture(scope="module")
+def loaded(shared_dir):
+    return load_model(str(shared_dir / "models" / "stories260K"))
+
+
+@pytest.fixture(scope="module")
+def adapter(loaded):
+    return pca_adapter(loaded.embeddings, dim=16)
+
+
+def test_pca_projection_has_orthonormal_rows_and_its_transpose_as_inverse(adapter):
+    torch.testing.assert_close(adapter.down @ adapter.up, torch.eye(16), atol=1e-5, rtol=0)
+
+
+def test_full_rank_pca_reconstructs_the_embedding_table(loaded):
+    full = pca_adapter(loaded.embeddings, dim=64)
+    restored = full.deproject(full.project(loaded.embeddings.detach()))
+    torch.testing.assert_close(restored, loaded.embeddings.detach(), atol=1e-4, rtol=0)
+
+
+def test_clip_is_the_stated_quantile_of_projected_coordinates(loaded, adapter):
+    z = adapter.project(loaded.embeddings.detach()).abs().flatten()
+    assert (z <= adapter.clip).float().mean().item() == pytest.approx(0.98, abs=1e-3)
+    assert "quantile 0.98" in adapter.metadata["clip_rule"]
+
+
+def test_norm_bound_caps_deprojected_vectors(adapter):
+    bounded = Adapter(adapter.down, adapter.up, adapter.mean, adapter.clip, norm_bound=0.5)
+    h = bounded.deproject(torch.randn(10, 16) * 100)
+    assert h.norm(dim=-1).max().item() <= 0.5 + 1e-5
+
+
+def test_soft_prompt_choice_is_exact_or_the_nearest_more_private_level(adapter):
+    prompts = {mu: torch.full((2, 64), mu) for mu in (2.0, 10.0)}
+    with_prompts = Adapter(
+        adapter.down, adapter.up, adapter.mean, adapter.clip, soft_prompts=prompts
+    )
+    assert with_prompts.soft_prompt_for(10.0)[0] == 10.0
+    assert with_prompts.soft_prompt_for(5.0)[0] == 2.0
+    assert with_prompts.soft_prompt_for(50.0)[0] == 10.0
+    assert with_prompts.soft_prompt_for(1.0) is None
+
+
+def test_adapter_round_trips_through_safetensors_and_json(tmp_path, adapter, loaded):
+    prompts = {4.0: torch.randn(3, 64)}
+    original = Adapter(adapter.down, adapter.up, adapter.mean, adapter.clip, soft_prompts=prompts,
+                       calibration=[{"target": 0.1, "mu": 4.0}], metadata=adapter.metadata)  # fmt: skip
+    restored = Adapter.load(original.save(tmp_path))
+    torch.testing.assert_close(restored.down, original.down)
+    torch.testing.assert_close(restored.soft_prompts[4.0], prompts[4.0])
+    assert restored.calibration == original.calibration
+    assert restored.metadata["embedding_sha256"] == embedding_digest(loaded.embeddings)
+
+
+def test_loading_refuses_edited_tensors(tmp_path, adapter):
+    adapter.save(tmp_path)
+    description = json.loads((tmp_path / "adapter.json").read_text())
+    description["tensors_sha256"] = "0" * 64
+    (tmp_path / "adapter.json").write_text(json.dumps(description))
+    with pytest.raises(ValueError, match="digest"):
+        Adapter.load(tmp_path)
+
+
+def test_mismatched_shapes_are_refused(adapter):
+    with pytest.raises(ValueError, match="shapes disagree"):
+        Adapter(adapter.down, adapter.up[:, :8], adapter.mean, adapter.clip)

@@ -1,0 +1,304 @@
+"""The gRPC service on loopback, driven with the raw generated stubs: protocol and statuses.
+
+These tests speak the wire contract directly (as any gRPC client with only the .proto would),
+so they check the server, not the SDK.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from del_client.bundle import ClientBundle
+from del_client.codec import RawSpec, encode_frames, mechanism_params
+from del_client.mechanism import BinomialQuantizer, PrivacySpec
+from del_client.proto import frames_pb2, inference_pb2, inference_pb2_grpc
+from del_client.randomness import seeded_generator_for_tests
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    with grpc.insecure_channel(server.target) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    return inference_pb2_grpc.SplitInferenceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def manifest(stub):
+    return stub.GetManifest(inference_pb2.GetManifestRequest()).models[0]
+
+
+def fetch(stub, digest: str) -> ClientBundle:
+    chunks = stub.FetchClientBundle(inference_pb2.FetchClientBundleRequest(digest=digest))
+    return ClientBundle.from_bytes(b"".join(c.data for c in chunks), expected_digest=digest)
+
+
+@pytest.fixture(scope="module")
+def bundle(stub, manifest):
+    return fetch(stub, manifest.client_bundle_digest)
+
+
+@pytest.fixture(scope="module")
+def spec(bundle):
+    return PrivacySpec.from_mu(mu=50.0, dim=bundle.projection_dim, bits=4, clip=bundle.clip)
+
+
+def header(spec, digest, **sampling):
+    sampling = {"temperature": 0.0, "max_new_tokens": 8, **sampling}
+    return inference_pb2.GenerateRequest(
+        header=inference_pb2.StreamHeader(
+            mechanism=mechanism_params(spec),
+            bundle_digest=digest,
+            sampling=inference_pb2.SamplingParams(**sampling),
+        )
+    )
+
+
+def frames(spec, data):
+    return [inference_pb2.GenerateRequest(frame=f) for f in encode_frames(data, spec)]
+
+
+END = inference_pb2.GenerateRequest(end=inference_pb2.End())
+
+
+def private_request(bundle, spec, text="Once upon a time", **sampling):
+    ids = bundle.encode(text)[1:]  # the server adds the clean BOS itself
+    symbols = BinomialQuantizer(spec, rng=seeded_generator_for_tests(0)).privatize(
+        bundle.embed(ids)
+    )
+    return [header(spec, bundle.digest, **sampling), *frames(spec, symbols), END]
+
+
+def status_of(stub, messages) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as failure:
+        list(stub.Generate(iter(messages)))
+    return failure.value.code()
+
+
+def metric(server, name: str, labels: str = "") -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    pattern = rf"^{re.escape(name)}{re.escape(labels)} (\S+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"{name}{labels} not exported"
+    return float(match.group(1))
+
+
+def test_health_reports_serving(channel):
+    check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
+    named = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="del.v1.SplitInference")
+    )
+    assert named.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_split_inference_service(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    response = next(stub.ServerReflectionInfo(iter([request])))
+    names = {s.name for s in response.list_services_response.service}
+    assert {"del.v1.SplitInference", "grpc.health.v1.Health"} <= names
+
+
+def test_manifest_describes_the_model_and_its_bundle(manifest, bundle):
+    assert manifest.model_id == "stories260K"
+    assert manifest.hidden_size == 64
+    assert manifest.projection_dim == bundle.projection_dim == 16
+    assert manifest.clip == pytest.approx(bundle.clip)
+    assert list(manifest.supported_bits) == list(range(1, 9))
+    assert manifest.raw_mechanism_enabled
+    assert bundle.vocab_size == 512
+
+
+def test_fetch_rejects_an_unknown_digest(stub):
+    with pytest.raises(grpc.RpcError) as failure:
+        list(stub.FetchClientBundle(inference_pb2.FetchClientBundleRequest(digest="00" * 32)))
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_private_generation_streams_tokens_then_one_final(stub, bundle, spec):
+    responses = list(stub.Generate(iter(private_request(bundle, spec, max_new_tokens=12))))
+    kinds = [r.WhichOneof("kind") for r in responses]
+    assert kinds[-1] == "final"
+    assert set(kinds[:-1]) == {"tokens"}
+    final = responses[-1].final
+    ids = [i for r in responses[:-1] for i in r.tokens.token_ids]
+    assert final.usage.generated_tokens == len(ids)
+    assert final.finish_reason in (
+        inference_pb2.FINISH_REASON_LENGTH,
+        inference_pb2.FINISH_REASON_EOS,
+    )
+    assert final.usage.prompt_tokens == 4
+    assert final.usage.bits_per_token == spec.bits_per_token
+    assert not final.HasField("soft_prompt_mu")  # the PCA default has no soft prompts
+
+
+def test_usage_counts_exactly_the_bytes_that_crossed_the_wire(stub, bundle, spec):
+    messages = private_request(bundle, spec)
+    responses = list(stub.Generate(iter(messages)))
+    usage = responses[-1].final.usage
+    assert usage.wire_bytes_received == sum(m.ByteSize() + 5 for m in messages)
+    assert usage.wire_bytes_sent == sum(r.ByteSize() + 5 for r in responses[:-1])
+    assert usage.payload_bits == 8 * sum(len(m.frame.payload) for m in messages[1:-1])
+
+
+def test_raw_mechanism_reproduces_the_reference_greedy_continuation(stub, manifest, shared_dir):
+    reference = json.loads((shared_dir / "models/stories260K/reference_greedy.json").read_text())
+    raw = fetch(stub, manifest.raw_bundle_digest)
+    spec = RawSpec(dim=raw.projection_dim)
+    ids = raw.encode(reference["prompt"])
+    assert ids == reference["prompt_ids"]
+    messages = [header(spec, raw.digest, max_new_tokens=60), *frames(spec, raw.embed(ids[1:])), END]
+    responses = list(stub.Generate(iter(messages)))
+    generated = [i for r in responses[:-1] for i in r.tokens.token_ids]
+    text = "".join(r.tokens.text for r in responses[:-1])
+    assert generated == reference["greedy_ids_60"][len(ids) :]
+    assert reference["prompt"] + text == reference["greedy_text"]
+
+
+def test_stop_sequences_end_generation_and_are_not_emitted(stub, manifest, shared_dir):
+    raw = fetch(stub, manifest.raw_bundle_digest)
+    spec = RawSpec(dim=raw.projection_dim)
+    ids = raw.encode("Once upon a time")[1:]
+    messages = [
+        header(spec, raw.digest, max_new_tokens=60, stop=["Lily"]),
+        *frames(spec, raw.embed(ids)),
+        END,
+    ]
+    responses = list(stub.Generate(iter(messages)))
+    assert responses[-1].final.finish_reason == inference_pb2.FINISH_REASON_STOP
+    assert "".join(r.tokens.text for r in responses[:-1]) == ", there was a little girl named "
+
+
+def test_seeded_sampling_is_reproducible(stub, bundle, spec):
+    def run():
+        messages = private_request(bundle, spec, temperature=0.9, top_p=0.9, top_k=40, seed=7)
+        return [i for r in stub.Generate(iter(messages)) for i in r.tokens.token_ids]
+
+    assert run() == run()
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(lambda m: m[1:], id="no header"),
+        pytest.param(lambda m: m[:-1], id="no end marker"),
+        pytest.param(lambda m: [m[0], m[0], *m[1:]], id="two headers"),
+        pytest.param(lambda m: [m[0], m[-1]], id="no frames"),
+        pytest.param(lambda m: [m[0], m[1], m[1], m[-1]], id="repeated frame"),
+    ],
+)
+def test_malformed_streams_get_invalid_argument(stub, bundle, spec, mutate):
+    assert (
+        status_of(stub, mutate(private_request(bundle, spec))) == grpc.StatusCode.INVALID_ARGUMENT
+    )
+
+
+def test_malformed_frames_get_invalid_argument_and_the_server_keeps_serving(stub, bundle, spec):
+    messages = private_request(bundle, spec)
+    truncated = frames_pb2.Frame()
+    truncated.CopyFrom(messages[1].frame)
+    truncated.payload = truncated.payload[:-1]
+    bad_bits = frames_pb2.Frame()
+    bad_bits.CopyFrom(messages[1].frame)
+    bad_bits.bits = 3
+    for frame in (truncated, bad_bits):
+        broken = [messages[0], inference_pb2.GenerateRequest(frame=frame), END]
+        assert status_of(stub, broken) == grpc.StatusCode.INVALID_ARGUMENT
+    bad_scale = header(spec, bundle.digest)
+    bad_scale.header.mechanism.scale = spec.clip / 2
+    assert status_of(stub, [bad_scale, *messages[1:]]) == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(stub.Generate(iter(messages)))[-1].WhichOneof("kind") == "final"
+
+
+def test_a_stale_bundle_digest_gets_failed_precondition(stub, bundle, spec):
+    messages = private_request(bundle, spec)
+    messages[0].header.bundle_digest = "ab" * 32
+    assert status_of(stub, messages) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_limits_get_resource_exhausted(stub, bundle, spec):
+    too_many_new = private_request(bundle, spec, max_new_tokens=129)
+    assert status_of(stub, too_many_new) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    long_prompt = private_request(bundle, spec, text="the cat sat on the mat " * 60)
+    assert status_of(stub, long_prompt) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_metrics_count_a_request_with_its_wire_bytes(server, stub, bundle, spec):
+    before_ok = metric(server, "del_requests_total", '{code="OK"}')
+    before_in = metric(server, "del_wire_received_bytes_total")
+    before_bits = metric(server, "del_payload_bits_total", '{mechanism="binomial"}')
+    messages = private_request(bundle, spec)
+    final = list(stub.Generate(iter(messages)))[-1].final
+    assert metric(server, "del_requests_total", '{code="OK"}') == before_ok + 1
+    assert (
+        metric(server, "del_wire_received_bytes_total")
+        == before_in + final.usage.wire_bytes_received
+    )
+    assert (
+        metric(server, "del_payload_bits_total", '{mechanism="binomial"}')
+        == before_bits + final.usage.payload_bits
+    )
+    for name in ("del_time_to_first_token_seconds_count", "del_e2e_request_latency_seconds_count",
+                 "del_epsilon_per_prompt_count", "del_compression_ratio_count"):  # fmt: skip
+        labels = '{mechanism="binomial"}' if name.startswith("del_compression") else ""
+        assert metric(server, name, labels) >= 1
+
+
+def wait_for_idle(server, timeout_s: float = 20.0) -> float:
+    deadline = time.monotonic() + timeout_s
+    while (running := metric(server, "del_num_requests_running")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return running
+
+
+def test_cancelling_mid_stream_frees_the_slot(server, stub, bundle, spec):
+    before = metric(server, "del_requests_total", '{code="CANCELLED"}')
+    call = stub.Generate(iter(private_request(bundle, spec, max_new_tokens=128, temperature=1.0)))
+    next(call)  # the first token arrived: the sequence is running
+    call.cancel()
+    assert wait_for_idle(server) == 0
+    deadline = time.monotonic() + 10
+    while (
+        metric(server, "del_requests_total", '{code="CANCELLED"}') == before
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert metric(server, "del_requests_total", '{code="CANCELLED"}') == before + 1
+
+
+def test_a_deadline_ends_the_stream_and_frees_the_slot(server, stub, bundle, spec):
+    call = stub.Generate(iter(private_request(bundle, spec, max_new_tokens=128)), timeout=0.05)
+    with pytest.raises(grpc.RpcError) as failure:
+        list(call)
+    assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert wait_for_idle(server) == 0
+
+
+def test_more_concurrent_streams_than_running_slots_all_complete(stub, bundle, spec):
+    def run(seed):
+        messages = private_request(bundle, spec, max_new_tokens=16, temperature=1.0, seed=seed)
+        return list(stub.Generate(iter(messages)))[-1].final.usage.generated_tokens
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:  # the fixture runs 4 at a time
+        results = list(pool.map(run, range(6)))
+    assert all(1 <= n <= 16 for n in results)
+
+
+def test_private_frames_carry_no_more_than_k_times_b_bits_per_token(stub, bundle, spec):
+    messages = private_request(bundle, spec)
+    payload = sum(len(m.frame.payload) for m in messages[1:-1])
+    assert payload == np.ceil(4 * spec.bits_per_token / 8)
