@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch that lies on this machine's disk; an unpinned torch pulls CUDA.
 TORCH  := torch==2.13.0
 
-.PHONY: install test lint format proto bench clean
+.PHONY: install test lint format proto bench demo clean
 
 install: $(BIN)/del-client
 
@@ -33,6 +33,11 @@ proto: install
 
 bench: install
 	$(BIN)/python -m del_client.bench --out reports
+	$(BIN)/python -m del_server.bench --out reports
+
+# A real server and client over gRPC: MODEL=path-or-hub-id and ADAPTER=dir override defaults.
+demo: install
+	$(BIN)/python -m del_server.demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -36,6 +36,9 @@ from .errors import PrivacyParameterError
 # Below e^-10000 a δ is zero for every practical purpose; clamping keeps root finding finite.
 _LOG_DELTA_FLOOR = -1e4
 _TAIL_SIGMAS = 12.0
+# Largest log-odds a = log(q/(1-q)) searched: q = 1 − 1.5e-8. Beyond it 1 − q loses digits and
+# the inversion drifts; ε above 18 per Bernoulli draw is no privacy anyway, so it is refused.
+_MAX_LOG_ODDS = 18.0
 
 
 def _check_draws_and_q(n: int, q: float) -> None:
@@ -112,12 +115,17 @@ def q_for_epsilon(epsilon: float, *, delta: float, n: int) -> float:
     def shortfall(a: float) -> float:
         return epsilon_for_delta(delta, n=n, q=float(special.expit(a))) - epsilon
 
-    lo = epsilon / n  # the loss never exceeds n·a, so ε(lo) <= epsilon
-    hi = max(2 * lo, 1e-3)
+    lo = epsilon / n  # the loss never exceeds n·a, so ε(lo) <= epsilon in exact arithmetic
+    if lo >= _MAX_LOG_ODDS or shortfall(lo) >= 0:
+        raise PrivacyParameterError(
+            f"epsilon={epsilon} over {n} draws needs q within float resolution of 1; "
+            "ask for a smaller epsilon or more draws"
+        )
+    hi = min(max(2 * lo, 1e-3), _MAX_LOG_ODDS)
     while shortfall(hi) < 0:
-        hi *= 2
-        if hi > 50:  # q within 1e-21 of 1: no finite mechanism is needed for this ε
+        if hi == _MAX_LOG_ODDS:
             raise PrivacyParameterError(f"epsilon={epsilon} at delta={delta} needs q -> 1")
+        hi = min(2 * hi, _MAX_LOG_ODDS)
     a = optimize.brentq(shortfall, lo, hi, xtol=1e-15, rtol=1e-13, maxiter=500)
     return float(special.expit(a))
 

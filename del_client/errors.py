@@ -8,11 +8,23 @@ Catch at the level you care about::
     ├── BudgetExceededError                  a request would spend more privacy than allowed
     ├── FrameError (ValueError)              a frame or payload is malformed or contradicts its header
     ├── LimitExceededError                   a request is larger than the server's limits allow
-    └── BundleError (ValueError)             a client bundle is malformed
-        └── BundleMismatchError              its digest or version is not the one expected
+    ├── BundleError (ValueError)             a client bundle is malformed
+    │   └── BundleMismatchError              its digest or version is not the one expected
+    ├── ConfigError (ValueError)             a ClientConfig value is invalid
+    ├── RequestOptionError (ValueError)      a generate option is invalid here; nothing was sent
+    ├── ProtocolError                        the server's replies broke the wire contract
+    └── ServerError                          the server ended a call with a gRPC status (.code)
+        ├── InvalidRequestError              INVALID_ARGUMENT: a malformed frame or parameter
+        ├── PreconditionFailedError          FAILED_PRECONDITION: e.g. a stale bundle digest
+        ├── ResourceExhaustedError           RESOURCE_EXHAUSTED: over a server limit, or busy
+        ├── ServerUnavailableError           UNAVAILABLE: unreachable or shutting down
+        │                                    (also a ConnectionError)
+        └── DeadlineExceededError            DEADLINE_EXCEEDED: the call ran past its deadline
+                                             (also a TimeoutError)
 
-The server maps these to gRPC status codes in one table (FrameError -> INVALID_ARGUMENT,
-BundleMismatchError -> FAILED_PRECONDITION, ...).
+The server maps the errors it raises to gRPC status codes in one table (FrameError ->
+INVALID_ARGUMENT, BundleMismatchError -> FAILED_PRECONDITION, ...); the client maps the
+status codes back to ServerError subclasses in one table (del_client.status).
 """
 
 
@@ -46,3 +58,51 @@ class BundleError(DELError, ValueError):
 
 class BundleMismatchError(BundleError):
     """A client bundle's digest or format version differs from what the server advertises."""
+
+
+class ConfigError(DELError, ValueError):
+    """A ClientConfig value (target, deadline, cache directory, frame size) is invalid."""
+
+
+class RequestOptionError(DELError, ValueError):
+    """A generate option is out of range or not offered by this server, found before sending."""
+
+
+class ProtocolError(DELError):
+    """The server's replies do not follow protos/del/v1 (e.g. a stream without its Final)."""
+
+
+class ServerError(DELError):
+    """The server ended the call with a gRPC status other than OK.
+
+    `code` is the status code's name ("FAILED_PRECONDITION", ...) and `details` the server's
+    own message, which says what to change.
+    """
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{details} (status {code})")
+        self.code = code
+        self.details = details
+
+
+class InvalidRequestError(ServerError):
+    """INVALID_ARGUMENT: the server found a frame, mechanism or sampling parameter malformed."""
+
+
+class PreconditionFailedError(ServerError):
+    """FAILED_PRECONDITION: e.g. the bundle is stale (read the manifest again) or raw is off."""
+
+
+class ResourceExhaustedError(ServerError):
+    """RESOURCE_EXHAUSTED: the request is over a server limit, or the server is busy.
+
+    The server uses one code for both, so only `details` tells whether retrying can help.
+    """
+
+
+class ServerUnavailableError(ServerError, ConnectionError):
+    """UNAVAILABLE: the server cannot be reached or is shutting down; retrying later may help."""
+
+
+class DeadlineExceededError(ServerError, TimeoutError):
+    """DEADLINE_EXCEEDED: the call took longer than ClientConfig.deadline_s."""

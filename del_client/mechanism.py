@@ -80,7 +80,8 @@ class PrivacySpec:
         draws = _count("dim", dim, 1) * ((1 << _count("bits", bits, MIN_BITS, MAX_BITS)) - 1)
         mu_draw = mu / math.sqrt(draws)
         clip = _positive_finite("clip", clip)
-        return cls(dim=dim, bits=bits, clip=clip, scale=clip * math.sqrt(4 / mu_draw**2 + 1))
+        # c·√(4/μ_r² + 1) written so that a tiny μ_r cannot underflow when squared.
+        return cls(dim=dim, bits=bits, clip=clip, scale=clip * math.hypot(2, mu_draw) / mu_draw)
 
     @classmethod
     def from_epsilon(

@@ -110,8 +110,9 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         epsilon = None
         handle = None
         try:
-            header, prompt, epsilon = await self._read_prompt(aiter(request_iterator), stream)
-            sampling = self._sampling(header.sampling)
+            header, sampling, prompt, epsilon = await self._read_prompt(
+                aiter(request_iterator), stream
+            )
             inputs, soft_mu = self._served.prompts.build(prompt)
             stream.level = "none" if soft_mu is None else f"{soft_mu:g}"
             handle = self._served.engine.submit(
@@ -147,13 +148,18 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             self._metrics.record(self._stats(stream, code, finish, epsilon))
 
     async def _read_prompt(self, requests, stream: _Stream):
-        """Header, frames, End -> (header, prompt for the engine, ε of the prompt or None)."""
+        """Header, frames, End -> (header, sampling, prompt for the engine, ε or None).
+
+        The header is checked in full before any frame is read, so a request that would be
+        refused anyway is refused before its prompt is decoded.
+        """
         first = await anext(requests, None)
         if first is None or first.WhichOneof("kind") != "header":
             raise FrameError("the stream must start with a header")
         stream.received_bytes += _wire_size(first)
         header = first.header
         spec = self._check_header(header)
+        sampling = self._sampling(header.sampling)
         stream.mechanism = "raw" if isinstance(spec, RawSpec) else "binomial"
         assembler = FrameAssembler(spec, max_tokens=self._settings.max_prompt_tokens)
         async for message in requests:
@@ -162,7 +168,6 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             if kind == "frame":
                 assembler.add(message.frame)
                 stream.frames += 1
-                stream.payload_bits += 8 * len(message.frame.payload)
             elif kind == "end":
                 break
             else:
@@ -173,10 +178,11 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         if assembler.tokens == 0:
             raise FrameError("the prompt has no tokens")
         stream.prompt_tokens = assembler.tokens
+        stream.payload_bits = assembler.tokens * spec.bits_per_token  # symbols, without padding
         if isinstance(spec, RawSpec):
-            return header, RawPrompt(assembler.embeddings()), None
+            return header, sampling, RawPrompt(assembler.embeddings()), None
         epsilon = spec.epsilon(delta=self._settings.report_delta, tokens=assembler.tokens)
-        return header, PrivatePrompt(assembler.embeddings(), mu=spec.mu()), epsilon
+        return header, sampling, PrivatePrompt(assembler.embeddings(), mu=spec.mu()), epsilon
 
     def _check_header(self, header: inference_pb2.StreamHeader):
         served = self._served

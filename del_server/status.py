@@ -9,7 +9,6 @@ from __future__ import annotations
 import grpc
 
 from del_client.errors import (
-    BudgetExceededError,
     BundleMismatchError,
     DELError,
     EmbeddingInputError,
@@ -29,7 +28,6 @@ STATUS_FOR: dict[type[DELError], grpc.StatusCode] = {
     MechanismDisabledError: grpc.StatusCode.FAILED_PRECONDITION,
     LimitExceededError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    BudgetExceededError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

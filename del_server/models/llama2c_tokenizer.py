@@ -12,18 +12,19 @@ every split of every piece into two pieces, ranked by the merged piece's score.
 Exactness: HF BPE also merges best-first and leftmost-first, but "best" is the lowest rank,
 and ranks are unique per pair, while scores can be shared by different pairs: by two pieces of
 equal score, or by two splits of one piece (" t"+"he" and " th"+"e" both make " the"). Where
-llama2.c takes the leftmost of such equal-score pairs, HF takes the lower-ranked one. So the
-ids can differ only if (a) two distinct pieces that are concatenations of two pieces share a
-score, or (b) the order in which the waiting pairs of a piece P with several splits merge
-matters. It cannot matter when P has no border (no proper prefix equals a suffix, so two P pairs
-never overlap) and P's cascade stays local: a new P may at once take neighbours into
-higher-scoring pieces (" " + "her" makes " her"), but the neighbours taken on the left and on
-the right must be disjoint sets that hold neither P, nor a half of a split of P, nor a piece of
-the cascade. SentencePiece exports give normal pieces distinct scores (byte and control pieces
-all score 0 but are never a concatenation of pieces), and stories260K's ``tok512.bin`` also
-meets (b), which its tests check, so there the ids are identical for every input; other files may
-differ in such corner cases. Two more differences from ``run.c``: "\\x00" is encoded as <0x00>
-where C would stop reading the string, and pieces scoring below -1e10 are merged here only.
+llama2.c takes the leftmost of such equal-score pairs, HF takes the lower-ranked one, so the
+ids can differ if (a) two distinct pieces that are concatenations of two pieces share a score
+(with "ab" before "aa", both scoring -4, "aab" gives " ", "a", "ab" here but " ", "aa", "b" in
+run.c), or (b) the merge order of the waiting pairs of a piece P with several splits matters.
+It cannot matter when P has no border (no proper prefix equals a suffix, so two P pairs never
+overlap) and P's cascade stays local: a new P may at once take neighbours into higher-scoring
+pieces (" " + "her" makes " her"), but the neighbours taken on the left and on the right must be
+disjoint sets that hold neither P, nor a half of a split of P, nor a piece of the cascade.
+SentencePiece exports give normal pieces distinct scores (byte and control pieces all score 0
+but are never a concatenation of pieces), and stories260K's ``tok512.bin`` also meets (b),
+which its tests check, so there the ids are identical for every input. Two more differences
+from ``run.c``: "\\x00" is encoded as <0x00> where C would stop reading the string, and pieces
+scoring below -1e10 are merged here only.
 
 Decoding undoes byte fallback, drops BOS and EOS (llama2.c never prints them) and strips one
 leading space, the dummy prefix, from the whole output, as HF's Llama tokenizers do.

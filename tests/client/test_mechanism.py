@@ -353,15 +353,6 @@ def test_from_epsilon_round_trips_through_the_exact_accountant(epsilon, delta, d
     assert spec.epsilon(delta=delta) == pytest.approx(epsilon, rel=1e-9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: accountant.q_for_epsilon brackets a = logit(q) at [ε/n, ...] assuming ε(expit(ε/n))"
-        " <= ε, but once expit(a) rounds near (or to) 1.0 (ε/n >~ 26) both ends give ε >= target"
-        " (or inf) and scipy's brentq raises a bare ValueError, which is no DELError, so the CLI"
-        " prints a traceback instead of `del-client: error: ...`"
-    ),
-)
 @pytest.mark.parametrize(("epsilon", "dim", "bits"), [(30.0, 1, 1), (37.0, 1, 1), (1000.0, 16, 1)])
 def test_from_epsilon_past_float_resolution_refuses_with_a_privacy_error_or_meets_the_target(
     epsilon, dim, bits
@@ -371,6 +362,15 @@ def test_from_epsilon_past_float_resolution_refuses_with_a_privacy_error_or_meet
     except PrivacyParameterError:
         return
     assert spec.epsilon(delta=1e-5) <= epsilon * (1 + 1e-9)
+
+
+def test_from_mu_with_a_vanishing_mu_gives_pure_noise_or_a_privacy_error():
+    """μ_r² would underflow for μ ~ 1e-170: the scale must still come out finite, or refuse."""
+    spec = PrivacySpec.from_mu(mu=1e-170, dim=128, bits=4, clip=0.05)
+    assert spec.q == 0.5
+    assert spec.epsilon(delta=1e-5) == 0.0
+    with pytest.raises(PrivacyParameterError, match="scale"):
+        PrivacySpec.from_mu(mu=1e-320, dim=128, bits=4, clip=0.05)
 
 
 def test_from_mu_and_the_paper_mu_figure_invert_each_other():

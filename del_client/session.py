@@ -1,0 +1,555 @@
+"""The sans-I/O core of both clients: what to send for a prompt, and what the replies mean.
+
+    Manifest ─ ModelInfo ─ which bundle digest ─ BundleDownload (chunks -> verified bundle)
+    GenerationPlan (prompt, PrivacyChoice, Sampling, budget)          validated, no I/O yet
+      .prepare(model, bundle):
+        bundle.encode, minus BOS (the server prepends a clean one: a public template token)
+        bundle.embed (T, k) ─ budget.charge ─ BinomialQuantizer -> (T, k) symbols
+                          (raw: the (T, d) float32 embeddings, NOT private)
+        header + frames + end  =  PreparedRequest, built once: resending it spends nothing
+    replies ─ ReplyFolder.feed -> text deltas ─ ReplyFolder.result() -> GenerationResult
+
+Nothing here touches the network. client.py and aio.py only move these messages over a sync
+or an asyncio gRPC stub (like httpx's BaseClient under Client and AsyncClient), so the two
+clients cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Generic, TypeVar
+
+from .budget import PrivacyBudget
+from .bundle import ClientBundle
+from .cache import BundleCache, check_digest
+from .codec import FrameSpec, RawSpec, encode_frames, mechanism_params
+from .config import ClientConfig
+from .errors import (
+    BudgetExceededError,
+    BundleMismatchError,
+    PrivacyParameterError,
+    ProtocolError,
+    RequestOptionError,
+)
+from .mechanism import MAX_BITS, MIN_BITS, BinomialQuantizer, PrivacySpec, _positive_finite
+from .proto import inference_pb2
+
+MECHANISMS = ("binomial", "raw")
+# When the user names no privacy level: DESIGN §5 measured the likelihood attack at about 3 %
+# of tokens at μ = 10 on the default model. Privacy is the client's choice; the server never
+# picks it, so this is a constant, not a level read from the manifest.
+DEFAULT_MU = 10.0
+DEFAULT_DELTA = 1e-5
+DEFAULT_BITS = 4
+GRPC_MESSAGE_PREFIX_BYTES = 5  # compressed flag + 4-byte length before every message
+NOT_PRIVATE = "NO PRIVACY: raw embeddings were sent; the server can read the prompt"
+FINISH_REASONS = {
+    inference_pb2.FINISH_REASON_LENGTH: "length",
+    inference_pb2.FINISH_REASON_STOP: "stop",
+    inference_pb2.FINISH_REASON_EOS: "eos",
+}
+
+
+def wire_bytes(message) -> int:
+    """Bytes a message takes on a gRPC stream, counted as the server counts them."""
+    return message.ByteSize() + GRPC_MESSAGE_PREFIX_BYTES
+
+
+# ── What the server serves ──────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One served model, its limits, and the digests of the bundles that go with it."""
+
+    model_id: str
+    hidden_size: int
+    projection_dim: int
+    clip: float
+    supported_bits: tuple[int, ...]
+    soft_prompt_mus: tuple[float, ...]  # privacy levels with a trained soft prompt
+    client_bundle_digest: str
+    max_prompt_tokens: int
+    max_new_tokens: int
+    raw_mechanism_enabled: bool
+    raw_bundle_digest: str  # "" when raw is off
+
+    @classmethod
+    def from_pb(cls, pb: inference_pb2.ModelInfo) -> ModelInfo:
+        return cls(
+            model_id=pb.model_id,
+            hidden_size=pb.hidden_size,
+            projection_dim=pb.projection_dim,
+            clip=pb.clip,
+            supported_bits=tuple(pb.supported_bits),
+            soft_prompt_mus=tuple(pb.soft_prompt_mus),
+            client_bundle_digest=pb.client_bundle_digest,
+            max_prompt_tokens=pb.max_prompt_tokens,
+            max_new_tokens=pb.max_new_tokens,
+            raw_mechanism_enabled=pb.raw_mechanism_enabled,
+            raw_bundle_digest=pb.raw_bundle_digest,
+        )
+
+    def bundle_digest(self, mechanism: str) -> str:
+        """The digest of the bundle to encode with under `mechanism`."""
+        _check_mechanism(mechanism)
+        if mechanism == "binomial":
+            return check_digest(self.client_bundle_digest)
+        if not self.raw_mechanism_enabled:
+            raise RequestOptionError("this server does not offer the raw (no privacy) mechanism")
+        return check_digest(self.raw_bundle_digest)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    server_version: str
+    models: tuple[ModelInfo, ...]
+
+    @classmethod
+    def from_pb(cls, pb: inference_pb2.Manifest) -> Manifest:
+        return cls(pb.server_version, tuple(ModelInfo.from_pb(m) for m in pb.models))
+
+    @property
+    def model(self) -> ModelInfo:
+        """The served model (a server serves exactly one for now)."""
+        if len(self.models) != 1:
+            raise ProtocolError(f"expected one model in the manifest, got {len(self.models)}")
+        return self.models[0]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class BundleDownload:
+    """Collects FetchClientBundle chunks in order, then verifies the whole against its digest."""
+
+    def __init__(self, digest: str) -> None:
+        self.request = inference_pb2.FetchClientBundleRequest(digest=check_digest(digest))
+        self._parts: list[bytes] = []
+        self._received = 0
+        self._total: int | None = None
+
+    def feed(self, chunk: inference_pb2.BundleChunk) -> None:
+        if chunk.offset != self._received:
+            raise ProtocolError(f"bundle chunk at offset {chunk.offset}, expected {self._received}")
+        if self._total not in (None, chunk.total_size):
+            raise ProtocolError("bundle chunks disagree about the total size")
+        self._total = chunk.total_size
+        self._received += len(chunk.data)
+        if self._received > self._total:
+            raise ProtocolError(f"bundle stream exceeds its total size of {self._total} bytes")
+        self._parts.append(chunk.data)
+
+    def bundle(self) -> ClientBundle:
+        if self._total is None or self._received != self._total:
+            raise ProtocolError(
+                f"bundle stream ended after {self._received} of {self._total or '?'} bytes"
+            )
+        return ClientBundle.from_bytes(b"".join(self._parts), expected_digest=self.request.digest)
+
+
+# ── What the user asked for ─────────────────────────────────────────────────────────────
+
+
+def _check_mechanism(mechanism: str) -> None:
+    if mechanism not in MECHANISMS:
+        raise RequestOptionError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}")
+
+
+@dataclass(frozen=True)
+class PrivacyChoice:
+    """How to privatize the prompt: μ, or (ε, δ), or a ready PrivacySpec; or raw (none).
+
+    With none of them the mechanism is binomial at DEFAULT_MU. `bits` defaults to
+    DEFAULT_BITS (a ready spec brings its own). Projection dim and clip come from the bundle.
+    `delta` is also the δ at which the result reports ε.
+    """
+
+    mechanism: str = "binomial"
+    mu: float | None = None
+    epsilon: float | None = None
+    spec: PrivacySpec | None = None
+    delta: float = DEFAULT_DELTA
+    bits: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_mechanism(self.mechanism)
+        given = [name for name in ("mu", "epsilon", "spec") if getattr(self, name) is not None]
+        if self.mechanism == "raw" and (given or self.bits is not None):
+            raise PrivacyParameterError(
+                f"the raw mechanism sends unprivatized embeddings: {given or ['bits']} would "
+                "have no effect; use mechanism='binomial' for privacy"
+            )
+        if len(given) > 1:
+            raise PrivacyParameterError(f"give one of mu, epsilon or spec, got {given}")
+        for name in ("mu", "epsilon"):
+            if getattr(self, name) is not None:
+                _positive_finite(name, getattr(self, name))
+        if not (isinstance(self.delta, float | int) and 0 < self.delta < 1):
+            raise PrivacyParameterError(f"delta must lie in (0, 1), got {self.delta!r}")
+        if self.bits is not None:
+            if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+                raise PrivacyParameterError(f"bits must be an integer, got {self.bits!r}")
+            if not MIN_BITS <= self.bits <= MAX_BITS:
+                raise PrivacyParameterError(
+                    f"bits must be in {MIN_BITS}..{MAX_BITS}, got {self.bits}"
+                )
+            if self.spec is not None and self.spec.bits != self.bits:
+                raise PrivacyParameterError(
+                    f"bits={self.bits} contradicts the spec's bits={self.spec.bits}"
+                )
+
+    def frame_spec(self, bundle: ClientBundle) -> FrameSpec:
+        """The mechanism's public parameters for this bundle's projection dim and clip."""
+        if self.mechanism == "raw":
+            return RawSpec(dim=bundle.projection_dim)
+        if self.spec is not None:
+            if self.spec.dim != bundle.projection_dim:
+                raise PrivacyParameterError(
+                    f"spec has dim {self.spec.dim}, the bundle projects to {bundle.projection_dim}"
+                )
+            return self.spec
+        shape = {
+            "dim": bundle.projection_dim,
+            "bits": self.bits or DEFAULT_BITS,
+            "clip": bundle.clip,
+        }
+        if self.epsilon is not None:
+            return PrivacySpec.from_epsilon(epsilon=self.epsilon, delta=self.delta, **shape)
+        return PrivacySpec.from_mu(mu=DEFAULT_MU if self.mu is None else self.mu, **shape)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling options, checked before any privacy is spent. temperature 0 is greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # One string is one stop sequence, not a sequence of one-character stops.
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        object.__setattr__(self, "stop", stop)
+        problems = []
+        if not _is_int(self.max_new_tokens) or not 1 <= self.max_new_tokens < 2**32:
+            problems.append(
+                f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
+            )
+        if not _is_number(self.temperature) or not self.temperature >= 0:
+            problems.append(f"temperature must be finite and >= 0, got {self.temperature!r}")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            problems.append(f"top_p must lie in (0, 1], got {self.top_p!r}")
+        if not _is_int(self.top_k) or not 0 <= self.top_k < 2**32:
+            problems.append(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**64):
+            problems.append(f"seed must be None or an integer in [0, 2**64), got {self.seed!r}")
+        if not all(isinstance(s, str) and s for s in stop):
+            problems.append(f"stop sequences must be non-empty strings, got {stop!r}")
+        if problems:
+            raise RequestOptionError("; ".join(problems))
+
+    def to_pb(self) -> inference_pb2.SamplingParams:
+        return inference_pb2.SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            max_new_tokens=self.max_new_tokens,
+            stop=self.stop,
+        )
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ── What goes on the wire ───────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """One Generate stream's messages, privatized once: resending them spends no more privacy."""
+
+    request_id: str
+    mechanism: str
+    messages: tuple[inference_pb2.GenerateRequest, ...]  # header, frames..., end
+    prompt_tokens: int
+    delta: float | None  # None for raw: no guarantee to state
+    epsilon_token: float | None
+    epsilon_prompt: float | None
+    mu_token: float | None
+
+    @property
+    def wire_bytes(self) -> int:
+        return sum(wire_bytes(m) for m in self.messages)
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """A validated generate call; it becomes a PreparedRequest once model and bundle are known."""
+
+    prompt: str
+    privacy: PrivacyChoice
+    sampling: Sampling
+    budget: PrivacyBudget | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise RequestOptionError(f"prompt must be a str, got {type(self.prompt).__name__}")
+
+    def prepare(
+        self, model: ModelInfo, bundle: ClientBundle, *, max_payload_bytes: int
+    ) -> PreparedRequest:
+        """Tokenize, embed, charge the budget, privatize and frame the prompt."""
+        if bundle.digest != model.bundle_digest(self.privacy.mechanism):
+            raise BundleMismatchError(
+                f"bundle {bundle.digest[:16]}… is not the one the manifest names for "
+                f"{self.privacy.mechanism!r}: fetch the current bundle"
+            )
+        ids = bundle.encode(self.prompt)
+        ids = ids[1:] if bundle.bos_id is not None else ids  # the server adds a clean BOS
+        if not ids:
+            raise RequestOptionError("the prompt has no tokens")
+        spec = self.privacy.frame_spec(bundle)
+        embeddings = bundle.embed(ids)  # (T, k); the raw bundle's table gives (T, d)
+        if isinstance(spec, RawSpec):
+            if self.budget is not None:
+                raise BudgetExceededError(
+                    "raw embeddings are not private: no finite budget covers them; nothing was sent"
+                )
+            data, guarantee = embeddings, (None, None, None, None)
+        else:
+            if spec.bits not in model.supported_bits:
+                raise RequestOptionError(
+                    f"bits={spec.bits} is not supported by the server ({model.supported_bits})"
+                )
+            if self.budget is not None:
+                self.budget.charge(spec, tokens=len(ids))
+            data = BinomialQuantizer(spec).privatize(embeddings)  # (T, k) uint8
+            delta = self.privacy.delta
+            guarantee = (
+                delta,
+                spec.epsilon(delta=delta),
+                spec.epsilon(delta=delta, tokens=len(ids)),
+                spec.mu(),
+            )
+        request_id = uuid.uuid4().hex
+        header = inference_pb2.StreamHeader(
+            request_id=request_id,
+            model=model.model_id,
+            mechanism=mechanism_params(spec),
+            sampling=self.sampling.to_pb(),
+            bundle_digest=bundle.digest,
+        )
+        frames = encode_frames(data, spec, max_payload_bytes=max_payload_bytes)
+        messages = (
+            inference_pb2.GenerateRequest(header=header),
+            *(inference_pb2.GenerateRequest(frame=frame) for frame in frames),
+            inference_pb2.GenerateRequest(end=inference_pb2.End()),
+        )
+        return PreparedRequest(request_id, self.privacy.mechanism, messages, len(ids), *guarantee)
+
+
+# ── What came back ──────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The server's own count of this stream (wire bytes are gRPC messages + 5-byte prefixes).
+
+    Field names are the proto's (del.v1.Usage), so a reply converts field by field.
+    """
+
+    prompt_tokens: int
+    generated_tokens: int
+    wire_bytes_received: int  # by the server: everything the client sent
+    wire_bytes_sent: int  # by the server, before its Final
+    payload_bits: int  # privatized payload in the frames
+    bits_per_token: float  # payload bits per prompt token
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Measured by the server."""
+
+    time_to_first_token_s: float  # from the end marker to the first generated token
+    total_s: float  # from the header to the Final
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished generation, what it cost on the wire, and what privacy it kept.
+
+    `private` is False for the raw mechanism: ε is then None, because the server received the
+    prompt's embeddings themselves, and `privacy_note` says so in words.
+    """
+
+    text: str  # the continuation: every streamed delta, concatenated
+    token_ids: tuple[int, ...]
+    finish_reason: str  # "length", "stop" or "eos"
+    usage: Usage
+    timings: Timings
+    mechanism: str  # "binomial" or "raw"
+    private: bool
+    privacy_note: str
+    delta: float | None
+    epsilon_token: float | None  # exact, one token replaced, at `delta`
+    epsilon_prompt: float | None  # exact, every prompt token replaced, at `delta`
+    mu_token: float | None  # the paper's central-limit μ-GDP figure per token
+    soft_prompt_mu: float | None  # the level of the soft prompt the server used, if any
+    client_wire_bytes_sent: int  # counted here; equals usage.wire_bytes_received
+    request_id: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ReplyFolder:
+    """Folds one stream's replies into text deltas and, after the Final, a GenerationResult."""
+
+    def __init__(self, request: PreparedRequest) -> None:
+        self._request = request
+        self._deltas: list[str] = []
+        self._ids: list[int] = []
+        self._final: inference_pb2.Final | None = None
+
+    def feed(self, response: inference_pb2.GenerateResponse) -> str:
+        """The text delta this reply carries ("" for the Final)."""
+        if self._final is not None:
+            raise ProtocolError("the server sent a message after its Final")
+        kind = response.WhichOneof("kind")
+        if kind == "tokens":
+            self._ids.extend(response.tokens.token_ids)
+            self._deltas.append(response.tokens.text)
+            return response.tokens.text
+        if kind == "final":
+            self._final = response.final
+            return ""
+        raise ProtocolError(f"unexpected reply: {kind or 'an empty message'}")
+
+    def result(self) -> GenerationResult:
+        final, request = self._final, self._request
+        if final is None:
+            raise ProtocolError("the stream ended without its Final message")
+        if final.finish_reason not in FINISH_REASONS:
+            raise ProtocolError(f"unknown finish reason {final.finish_reason}")
+        if request.epsilon_prompt is None:
+            note = NOT_PRIVATE
+        else:
+            note = (
+                f"ε = {request.epsilon_token:.4g} per token, {request.epsilon_prompt:.4g} for the "
+                f"{request.prompt_tokens}-token prompt, at δ = {request.delta:g} (exact); "
+                f"μ = {request.mu_token:.4g} per token (the paper's Gaussian-DP figure)"
+            )
+        return GenerationResult(
+            text="".join(self._deltas),
+            token_ids=tuple(self._ids),
+            finish_reason=FINISH_REASONS[final.finish_reason],
+            usage=Usage(**{f.name: getattr(final.usage, f.name) for f in fields(Usage)}),
+            timings=Timings(**{f.name: getattr(final.timings, f.name) for f in fields(Timings)}),
+            mechanism=request.mechanism,
+            private=request.epsilon_prompt is not None,
+            privacy_note=note,
+            delta=request.delta,
+            epsilon_token=request.epsilon_token,
+            epsilon_prompt=request.epsilon_prompt,
+            mu_token=request.mu_token,
+            soft_prompt_mu=final.soft_prompt_mu if final.HasField("soft_prompt_mu") else None,
+            client_wire_bytes_sent=request.wire_bytes,
+            request_id=request.request_id,
+        )
+
+
+# ── What both clients share ─────────────────────────────────────────────────────────────
+
+GenerationT = TypeVar("GenerationT")
+
+
+class BaseClient(Generic[GenerationT]):
+    """Configuration, bundle cache, the latest manifest, and the generate() signature.
+
+    Subclasses only move bytes: `_generation(plan)` returns their lazy Generation object.
+    """
+
+    def __init__(self, config: ClientConfig) -> None:
+        if not isinstance(config, ClientConfig):
+            raise TypeError(f"expected a ClientConfig, got {type(config).__name__}")
+        self.config = config
+        self._cache = BundleCache(config.bundle_cache_dir)
+        self._manifest: Manifest | None = None
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        mu: float | None = None,
+        epsilon: float | None = None,
+        delta: float = DEFAULT_DELTA,
+        bits: int | None = None,
+        privacy: PrivacySpec | None = None,
+        mechanism: str = "binomial",
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: tuple[str, ...] | list[str] | str = (),
+        budget: PrivacyBudget | None = None,
+    ) -> GenerationT:
+        """Stream a continuation of `prompt`, privatized on this device.
+
+        Privacy: `mu` (per-token Gaussian-DP, the paper's knob), or `epsilon` at `delta`
+        (exact), or a ready `privacy` spec; none of them means μ = DEFAULT_MU. `bits` per
+        coordinate defaults to 4. mechanism="raw" sends plain embeddings: NO privacy.
+        `budget` is charged once, before anything is sent (BudgetExceededError otherwise).
+        Options are checked now; the manifest, bundle and stream are touched on iteration.
+        """
+        plan = GenerationPlan(
+            prompt=prompt,
+            privacy=PrivacyChoice(mechanism, mu, epsilon, privacy, delta, bits),
+            sampling=Sampling(max_new_tokens, temperature, top_p, top_k, seed, stop),
+            budget=budget,
+        )
+        return self._generation(plan)
+
+    def _generation(self, plan: GenerationPlan) -> GenerationT:
+        raise NotImplementedError
+
+    def _prepare(
+        self, plan: GenerationPlan, model: ModelInfo, bundle: ClientBundle
+    ) -> PreparedRequest:
+        return plan.prepare(model, bundle, max_payload_bytes=self.config.max_payload_bytes)
+
+
+class BaseGeneration:
+    """The state both Generation classes share: streamed once, then a result."""
+
+    def __init__(self, prepare: Callable) -> None:
+        self._prepare = prepare  # () -> PreparedRequest (sync) or an awaitable of one
+        self._started = False
+        self._stopped = False
+        self._result: GenerationResult | None = None
+
+    @property
+    def result(self) -> GenerationResult:
+        """The finished generation; available once the stream has been read to its end."""
+        if self._result is None:
+            reason = "it was stopped early" if self._stopped else "read the stream to its end"
+            raise RuntimeError(f"no result: {reason} (or call collect())")
+        return self._result
+
+    def _begin(self) -> None:
+        if self._started:
+            raise RuntimeError("a generation streams once; call generate() again for another")
+        self._started = True

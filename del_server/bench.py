@@ -1,0 +1,182 @@
+"""End-to-end speed: the same generations in-process and through gRPC, then under concurrency.
+
+In-process means straight into the server's engine (same model, adapter, sampler and
+scheduler, no gRPC); through gRPC means the SDK's `Client` against a real server on
+loopback. Greedy decoding of a fixed prompt, so both paths produce the same tokens. Each
+figure is the median of `repeats` runs. `make bench` writes bench_e2e.json and bench_e2e.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from del_client import Client, ClientConfig
+from del_client.mechanism import BinomialQuantizer, PrivacySpec, dequantize
+
+from .generation import FinishEvent, PrivatePrompt, TokenEvent
+from .sampling import SamplingParams
+from .server import RunningServer, start
+from .settings import Settings
+
+PROMPT = "Once upon a time, there was a little dog named Max. Max liked to run in the park"
+MU = 20.0
+BITS = 4
+
+
+class _ServerThread:
+    """A real server on its own event loop thread, as a deployment would run it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.running: RunningServer = self.run(start(settings))
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.run(self.running.stop(grace_s=1.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+
+
+async def _in_process(running: RunningServer, new_tokens: int) -> tuple[float, int, float]:
+    """(time to first token, tokens, seconds) straight through the engine."""
+    served = running.served
+    bundle = served.bundle
+    spec = PrivacySpec.from_mu(mu=MU, dim=bundle.projection_dim, bits=BITS, clip=bundle.clip)
+    started = time.perf_counter()
+    symbols = BinomialQuantizer(spec).privatize(bundle.embed(bundle.encode(PROMPT)[1:]))
+    inputs, _ = served.prompts.build(PrivatePrompt(dequantize(symbols, spec), mu=spec.mu()))
+    handle = served.engine.submit("bench", inputs, SamplingParams(new_tokens, temperature=0))
+    first, tokens = None, 0
+    while not isinstance(event := await handle.events.get(), FinishEvent):
+        if isinstance(event, TokenEvent) and event.token_id is not None:
+            first = first or time.perf_counter() - started
+            tokens += 1
+    return first, tokens, time.perf_counter() - started
+
+
+def _through_grpc(target: str, new_tokens: int, cache_dir: Path) -> tuple[float, int, float]:
+    with Client(ClientConfig(target=target, bundle_cache_dir=cache_dir)) as client:
+        client.bundle()  # fetched once, outside the timing
+        started = time.perf_counter()
+        first = None
+        generation = client.generate(
+            PROMPT, mu=MU, bits=BITS, max_new_tokens=new_tokens, temperature=0
+        )
+        for _ in generation:
+            first = first or time.perf_counter() - started
+        return first, generation.result.usage.generated_tokens, time.perf_counter() - started
+
+
+def _median_run(run, repeats: int) -> dict:
+    runs = [run() for _ in range(repeats)]
+    return {
+        "time_to_first_token_s": statistics.median(r[0] for r in runs),
+        "tokens_per_s": statistics.median(r[1] / r[2] for r in runs),
+        "tokens": runs[0][1],
+    }
+
+
+def _aggregate(target: str, streams: int, new_tokens: int, cache_dir: Path) -> dict:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(streams) as pool:
+        runs = list(
+            pool.map(lambda _: _through_grpc(target, new_tokens, cache_dir), range(streams))
+        )
+    wall = time.perf_counter() - started
+    return {
+        "streams": streams,
+        "aggregate_tokens_per_s": sum(r[1] for r in runs) / wall,
+        "median_time_to_first_token_s": statistics.median(r[0] for r in runs),
+    }
+
+
+def run_benchmark(*, model: str, new_tokens: int, repeats: int, cache_dir: Path) -> dict:
+    settings = Settings(model=model, port=0, metrics_port=-1, max_running=16, max_waiting=64,
+                        max_new_tokens=max(256, new_tokens))  # fmt: skip
+    server = _ServerThread(settings)
+    target = f"127.0.0.1:{server.running.port}"
+    try:
+        steps = tqdm(total=2 + 3, desc="e2e benchmark", unit="stage")
+        in_process = _median_run(
+            lambda: server.run(_in_process(server.running, new_tokens)), repeats
+        )
+        steps.update()
+        grpc_single = _median_run(lambda: _through_grpc(target, new_tokens, cache_dir), repeats)
+        steps.update()
+        concurrency = []
+        for streams in (1, 4, 16):
+            concurrency.append(_aggregate(target, streams, new_tokens, cache_dir))
+            steps.update()
+        steps.close()
+    finally:
+        server.close()
+    return {
+        "model": model,
+        "prompt": PROMPT,
+        "mu": MU,
+        "bits": BITS,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "machine": platform.platform(),
+        "in_process": in_process,
+        "grpc": grpc_single,
+        "grpc_tokens_per_s_cost": 1 - grpc_single["tokens_per_s"] / in_process["tokens_per_s"],
+        "concurrency": concurrency,
+    }
+
+
+def _markdown(result: dict) -> str:
+    ip, gr = result["in_process"], result["grpc"]
+    lines = [
+        "# End-to-end benchmark",
+        "",
+        f"Model `{result['model']}`, μ={result['mu']}, b={result['bits']}, greedy, "
+        f"{result['new_tokens']} new tokens, median of {result['repeats']}. {result['machine']}.",
+        "",
+        "| path | time to first token (ms) | tokens/s |",
+        "|---|---:|---:|",
+        f"| in-process engine | {1000 * ip['time_to_first_token_s']:.1f} | {ip['tokens_per_s']:.1f} |",
+        f"| through gRPC (SDK) | {1000 * gr['time_to_first_token_s']:.1f} | {gr['tokens_per_s']:.1f} |",
+        "",
+        f"gRPC costs {100 * result['grpc_tokens_per_s_cost']:.1f} % of single-stream tokens/s.",
+        "",
+        "| concurrent streams | aggregate tokens/s | median time to first token (ms) |",
+        "|---:|---:|---:|",
+    ]
+    for row in result["concurrency"]:
+        lines.append(f"| {row['streams']} | {row['aggregate_tokens_per_s']:.1f} "
+                     f"| {1000 * row['median_time_to_first_token_s']:.1f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument("--model", default="../shared/models/stories260K")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = run_benchmark(model=args.model, new_tokens=args.new_tokens, repeats=args.repeats,
+                           cache_dir=args.out / ".bundle-cache")  # fmt: skip
+    (args.out / "bench_e2e.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "bench_e2e.md").write_text(_markdown(result))
+    print(_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
