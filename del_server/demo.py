@@ -1,14 +1,17 @@
 """`make demo`: a real server and a real client talking over gRPC on this machine.
 
-Starts `del-server serve` with the default model (or MODEL=...) in the background, waits for
-its health service to report SERVING, runs one private generation with `del-client`, and
-stops the server with SIGTERM (a graceful drain), whatever happens in between.
+Starts `del-server serve` with the default model and its trained adapter (or MODEL=...,
+ADAPTER=...) in the background, waits for its health service to report SERVING, picks the
+provider's calibrated privacy level nearest a 10 % attack rate (or --mu), runs one private
+generation with `del-client`, and stops the server with SIGTERM (a graceful drain),
+whatever happens in between.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -20,6 +23,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 BIN = Path(sys.executable).parent
+DEFAULT_MODEL = "../shared/models/stories260K"
+DEFAULT_ADAPTER = Path(__file__).parent / "adapters" / "stories260K"
+TARGET_ATTACK_RATE = 0.10
 
 
 def _free_port() -> int:
@@ -45,28 +51,74 @@ def _wait_until_serving(target: str, server: subprocess.Popen, timeout_s: float)
     raise SystemExit(f"del-server did not report SERVING within {timeout_s:.0f} s")
 
 
+def _calibrated_mu(target: str) -> float:
+    """The provider's level nearest TARGET_ATTACK_RATE (μ = 10 if it has none), announced."""
+    from del_client import Client, ClientConfig
+
+    with Client(ClientConfig(target)) as client:
+        levels = client.manifest().model.privacy_levels
+    if not levels:
+        print("privacy level: μ = 10 per token (this adapter has no calibrated levels)")
+        return 10.0
+    level = min(levels, key=lambda lv: abs(lv.target_attack_rate - TARGET_ATTACK_RATE))
+    print(
+        f"privacy level: μ = {level.mu:.4g} per token, ε = {level.epsilon_token:.4g} per token at "
+        f"δ = {level.delta:g} (exact); calibrated so a server recovers at most "
+        f"{level.target_attack_rate:.0%} of prompt tokens (measured: likelihood attack "
+        f"{level.likelihood_rate:.1%}, nearest neighbour {level.nearest_neighbour_rate:.1%})",
+        flush=True,
+    )
+    return level.mu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=os.environ.get("MODEL", "../shared/models/stories260K"))
+    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL))
     parser.add_argument("--adapter", default=os.environ.get("ADAPTER"))
     parser.add_argument("--prompt", default="Once upon a time, there was a little dog")
-    parser.add_argument("--mu", default="20")
+    parser.add_argument("--mu", type=float, help="privacy level (default: a calibrated one)")
     parser.add_argument("--timeout-s", type=float, default=300)
     args = parser.parse_args()
+    if args.adapter is None and args.model == DEFAULT_MODEL and DEFAULT_ADAPTER.is_dir():
+        args.adapter = str(DEFAULT_ADAPTER)
 
     port, metrics_port = _free_port(), _free_port()
     target = f"127.0.0.1:{port}"
-    command = [str(BIN / "del-server"), "serve", "--model", args.model, "--port", str(port),
-               "--metrics-port", str(metrics_port), "--log-level", "WARNING"]  # fmt: skip
+    command = [
+        str(BIN / "del-server"),
+        "serve",
+        "--model",
+        args.model,
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        "--log-level",
+        "WARNING",
+    ]
     if args.adapter:
         command += ["--adapter", args.adapter]
-    print(f"$ {' '.join(command)}", flush=True)
+    print(f"$ {shlex.join(command)}", flush=True)
     server = subprocess.Popen(command)
     try:
         _wait_until_serving(target, server, args.timeout_s)
-        client = [str(BIN / "del-client"), "generate", args.prompt, "--server", target,
-                  "--mu", args.mu, "--bits", "4", "--max-new-tokens", "64", "--seed", "1"]  # fmt: skip
-        print(f"$ {' '.join(client)}", flush=True)
+        mu = args.mu if args.mu is not None else _calibrated_mu(target)
+        client = [
+            str(BIN / "del-client"),
+            "generate",
+            args.prompt,
+            "--server",
+            target,
+            "--mu",
+            repr(mu),
+            "--bits",
+            "4",
+            "--max-new-tokens",
+            "64",
+            "--seed",
+            "1",
+        ]
+        print(f"$ {shlex.join(client)}", flush=True)
         subprocess.run(client, check=True)
     finally:
         server.send_signal(signal.SIGTERM)

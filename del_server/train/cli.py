@@ -1,0 +1,127 @@
+"""`del-server train {all,projection,soft-prompt}` and `del-server calibrate`.
+
+    del-server train all --model M --data TEXT --out DIR        every stage + report
+    del-server train projection --model M --data TEXT --out DIR  W_p, W_d, clip
+    del-server calibrate --model M --data TEXT --out DIR         levels for DIR's adapter
+    del-server train soft-prompt --model M --data TEXT --out DIR soft prompts for DIR's levels
+
+Every command reads and writes the adapter in --out, so the stages chain; `train all` also
+writes training.json, TRAINING.md and a loss plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ..adapter import Adapter
+from .calibrate import DEFAULT_TARGETS
+from .pipeline import (
+    TrainConfig,
+    Workbench,
+    calibration_stage,
+    projection_stage,
+    run_all,
+    soft_prompt_stage,
+)
+
+DEFAULT_DATA = "../shared/data/tinystories/tinystories_val_head_dev.txt"
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="../shared/models/stories260K", help="path or hub id")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="a text file or a directory of *.txt")
+    parser.add_argument("--out", type=Path, required=True, help="adapter directory")
+    parser.add_argument("--dim", type=int, default=16, help="projection dim k")
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--resume", action="store_true", help="continue from out/checkpoints")
+
+
+def _projection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--projection-steps", type=int, default=800)
+    parser.add_argument("--noise-mu", type=float, help="train the projection with this noise")
+
+
+def _calibration_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--targets",
+        type=_floats,
+        default=DEFAULT_TARGETS,
+        help="target attack success rates, comma-separated",
+    )
+    parser.add_argument(
+        "--attack", choices=["strongest", "likelihood", "nearest_neighbour"], default="strongest"
+    )
+    parser.add_argument("--calibration-tokens", type=int, default=4000)
+
+
+def _soft_prompt_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--length", type=int, default=8, help="soft prompt vectors m")
+    parser.add_argument("--soft-prompt-steps", type=int, default=600)
+    parser.add_argument("--mu", type=_floats, default=(), help="levels (default: calibrated)")
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        dim=args.dim,
+        bits=args.bits,
+        seed=args.seed,
+        batch=args.batch,
+        resume=args.resume,
+        projection_steps=getattr(args, "projection_steps", 0),
+        projection_noise_mu=getattr(args, "noise_mu", None),
+        targets=getattr(args, "targets", DEFAULT_TARGETS),
+        attack=getattr(args, "attack", "strongest"),
+        calibration_tokens=getattr(args, "calibration_tokens", 4000),
+        soft_prompt_length=getattr(args, "length", 8),
+        soft_prompt_steps=getattr(args, "soft_prompt_steps", 0),
+        soft_prompt_mus=getattr(args, "mu", ()),
+        command=shlex.join(["del-server", *sys.argv[1:]]),
+    )
+
+
+def _run_all(args: argparse.Namespace) -> None:
+    adapter = run_all(_config(args))
+    print(f"adapter written to {args.out}: levels μ = {sorted(adapter.soft_prompts)}")
+
+
+def _run_stage(stage, needs_adapter: bool):
+    def run(args: argparse.Namespace) -> None:
+        bench = Workbench.open(_config(args))
+        adapter = stage(bench, Adapter.load(args.out)) if needs_adapter else stage(bench)
+        adapter.save(args.out)
+        print(f"adapter written to {args.out}")
+
+    return run
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train the projection and soft prompts (offline)")
+    stages = train.add_subparsers(dest="stage", required=True)
+    everything = stages.add_parser("all", help="projection, calibration, soft prompts, report")
+    for add in (_common, _projection_args, _calibration_args, _soft_prompt_args):
+        add(everything)
+    everything.set_defaults(run=_run_all)
+    projection = stages.add_parser("projection", help="W_p, W_d from PCA, fine-tuned")
+    _common(projection)
+    _projection_args(projection)
+    projection.set_defaults(run=_run_stage(projection_stage, needs_adapter=False))
+    soft = stages.add_parser("soft-prompt", help="one soft prompt per privacy level")
+    _common(soft)
+    _soft_prompt_args(soft)
+    soft.set_defaults(run=_run_stage(soft_prompt_stage, needs_adapter=True))
+    calibrate = sub.add_parser("calibrate", help="privacy level per target attack success rate")
+    _common(calibrate)
+    _calibration_args(calibrate)
+    calibrate.set_defaults(run=_run_stage(calibration_stage, needs_adapter=True))

@@ -1,0 +1,74 @@
+"""Held-out losses that say whether a level is worth anything.
+
+For one privacy level, on validation windows, the continuation's mean NLL (nats/token):
+    clean               the prompt's own embeddings, no projection, no noise
+    projected           through the projection and clip, no noise (what the projection costs)
+    noisy + soft prompt what DEL serves at this level
+    noisy               the same noise, no soft prompt
+    no prompt           the continuation from BOS alone: perfect privacy, zero communication
+Noisy figures are the mean and standard deviation over several noise seeds. A level whose
+soft-prompted loss is not below the no-prompt loss carries no useful information.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from del_client.mechanism import PrivacySpec
+
+from ..adapter import Adapter
+from .data import Windows
+from .objective import FrozenLM, private_prompt
+
+EVAL_BATCH = 64
+
+
+@torch.no_grad()
+def mean_loss(lm: FrozenLM, windows: Windows, prompt_fn, soft: torch.Tensor | None) -> float:
+    """Token-weighted mean over all windows; prompt_fn(prompt_ids) -> (B, Tp, d) or None."""
+    total, count = 0.0, 0
+    for start in range(0, len(windows), EVAL_BATCH):
+        prompts = windows.prompts[start : start + EVAL_BATCH]
+        continuations = windows.continuations[start : start + EVAL_BATCH]
+        loss = lm.continuation_loss(prompt_fn(prompts), continuations, soft)
+        total += loss.item() * continuations.numel()
+        count += continuations.numel()
+    return total / count
+
+
+def _spread(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "seeds": len(values),
+    }
+
+
+def reference_losses(lm: FrozenLM, adapter: Adapter, windows: Windows) -> dict:
+    """Losses that do not depend on the privacy level: clean, projected without noise, none."""
+    projected = lambda ids: private_prompt(lm, adapter, ids, None, None)  # noqa: E731
+    return {
+        "clean": mean_loss(lm, windows, lm.embed, None),
+        "projected_no_noise": mean_loss(lm, windows, projected, None),
+        "no_prompt": mean_loss(lm, windows, lambda _: None, None),
+    }
+
+
+def level_losses(
+    lm: FrozenLM,
+    adapter: Adapter,
+    windows: Windows,
+    spec: PrivacySpec,
+    soft: torch.Tensor | None,
+    seeds: tuple[int, ...] = (0, 1, 2),
+) -> dict:
+    """Noisy losses with and without the soft prompt, over `seeds`."""
+    with_soft, without = [], []
+    for seed in seeds:
+        for target, prompt in ((with_soft, soft), (without, None)):
+            generator = torch.Generator().manual_seed(seed)
+            noisy = lambda ids, g=generator: private_prompt(lm, adapter, ids, spec, g)  # noqa: E731
+            target.append(mean_loss(lm, windows, noisy, prompt))
+    return {"noisy_soft_prompt": _spread(with_soft), "noisy": _spread(without)}

@@ -1,0 +1,85 @@
+"""The one optimisation loop every training stage shares.
+
+Adam on a dict of named tensors, a progress bar with the running loss, and a checkpoint every
+`checkpoint_every` steps: parameters, Adam moments and the data/noise generator's state in a
+safetensors file (no pickle), the step and loss history in JSON beside it. `resume=True`
+continues from the checkpoint as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+LossFn = Callable[[torch.Generator], torch.Tensor]
+
+
+def _save(path: Path, params, optimizer, generator, step: int, losses: list[float]) -> None:
+    tensors = {f"param.{name}": p.detach().contiguous() for name, p in params.items()}
+    for name, p in params.items():
+        for key, value in optimizer.state.get(p, {}).items():
+            tensors[f"adam.{name}.{key}"] = value.detach().reshape(-1).contiguous().clone()
+    tensors["generator"] = generator.get_state()
+    save_file(tensors, path.with_suffix(".safetensors"))
+    path.with_suffix(".json").write_text(json.dumps({"step": step, "losses": losses}))
+
+
+def _load(path: Path, params, optimizer, generator) -> tuple[int, list[float]]:
+    tensors = load_file(path.with_suffix(".safetensors"))
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[f"param.{name}"])
+            state = {
+                key.split(".")[-1]: value
+                for key, value in tensors.items()
+                if key.startswith(f"adam.{name}.")
+            }
+            if state:
+                state["exp_avg"] = state["exp_avg"].view_as(p)
+                state["exp_avg_sq"] = state["exp_avg_sq"].view_as(p)
+                state["step"] = state["step"].reshape(())
+                optimizer.state[p] = state
+    generator.set_state(tensors["generator"])
+    progress = json.loads(path.with_suffix(".json").read_text())
+    return progress["step"], progress["losses"]
+
+
+def optimize(
+    params: dict[str, torch.Tensor],
+    loss_fn: LossFn,
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+    desc: str,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 100,
+) -> list[float]:
+    """Minimise loss_fn over params for `steps` steps; returns the loss of every step."""
+    for p in params.values():
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params.values(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    start, losses = 0, []
+    if resume and checkpoint is not None and checkpoint.with_suffix(".json").exists():
+        start, losses = _load(checkpoint, params, optimizer, generator)
+    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, unit="step", leave=False)
+    for step in bar:
+        loss = loss_fn(generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+            _save(checkpoint, params, optimizer, generator, step + 1, losses)
+    for p in params.values():
+        p.requires_grad_(False)
+    return losses

@@ -1,0 +1,237 @@
+"""The stages in order for one model, each also runnable on its own from the CLI.
+
+    projection   -> out/adapter.*                (W_p, W_d, clip; no levels yet)
+    calibrate    -> adds the calibration table   (μ per target attack rate)
+    soft prompts -> adds one soft prompt a level
+    report       -> out/training.json, out/TRAINING.md, out/training_losses.png
+
+`run_all` writes an adapter that `del-server serve --adapter out` loads. Checkpoints go to
+out/checkpoints; `resume=True` picks every stage up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from del_client.mechanism import PrivacySpec
+
+from ..adapter import Adapter, pca_adapter
+from ..models import LoadedModel, load_model
+from .calibrate import DEFAULT_TARGETS, calibrate
+from .data import Split, load_split
+from .evaluate import level_losses, reference_losses
+from .objective import FrozenLM
+from .projection import train_projection
+from .report import plot_losses, write_markdown
+from .soft_prompt import train_soft_prompt
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    data: str
+    out: Path
+    dim: int = 16
+    bits: int = 4
+    projection_steps: int = 800
+    projection_noise_mu: float | None = None  # noise-aware projection training at this μ
+    soft_prompt_length: int = 8
+    soft_prompt_steps: int = 600
+    soft_prompt_mus: tuple[float, ...] = ()  # empty: the calibrated levels
+    batch: int = 32
+    targets: tuple[float, ...] = DEFAULT_TARGETS
+    attack: str = "strongest"
+    calibration_tokens: int = 4000
+    eval_windows: int = 256
+    eval_seeds: tuple[int, ...] = (0, 1, 2)
+    seed: int = 0
+    resume: bool = False
+    command: str = ""  # the command line that produced this run, for the report
+
+
+@dataclass
+class Workbench:
+    """What every stage needs, loaded once: the model, the frozen LM, the data split."""
+
+    config: TrainConfig
+    loaded: LoadedModel
+    lm: FrozenLM
+    split: Split
+    timings: dict[str, float] = field(default_factory=dict)
+    losses: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, config: TrainConfig) -> Workbench:
+        torch.manual_seed(config.seed)
+        (config.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        loaded = load_model(config.model)
+        if torch.cuda.is_available():
+            loaded.model.to("cuda")
+        return cls(
+            config,
+            loaded,
+            FrozenLM(loaded.model, loaded.bos_id),
+            load_split(config.data, loaded.tokenizer),
+        )
+
+    def checkpoint(self, name: str) -> Path:
+        return self.config.out / "checkpoints" / name
+
+    def spec(self, adapter: Adapter, mu: float) -> PrivacySpec:
+        return PrivacySpec.from_mu(
+            mu=mu, dim=adapter.projection_dim, bits=self.config.bits, clip=adapter.clip
+        )
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
+
+
+def projection_stage(bench: Workbench) -> Adapter:
+    c = bench.config
+    noise = None
+    if c.projection_noise_mu is not None:  # the clip of PCA, since the trained one is not known yet
+        start_clip = pca_adapter(bench.lm.table, dim=c.dim).clip
+        noise = PrivacySpec.from_mu(
+            mu=c.projection_noise_mu, dim=c.dim, bits=c.bits, clip=start_clip
+        )
+    with bench.timed("projection_s"):
+        adapter, bench.losses["projection"] = train_projection(
+            bench.lm,
+            bench.split.train,
+            dim=c.dim,
+            steps=c.projection_steps,
+            batch=c.batch,
+            seed=c.seed,
+            noise=noise,
+            checkpoint=bench.checkpoint("projection"),
+            resume=c.resume,
+        )
+    metadata = {**adapter.metadata, "model_id": bench.loaded.model_id, "bits": c.bits}
+    return replace(adapter, metadata=metadata)
+
+
+def calibration_stage(bench: Workbench, adapter: Adapter) -> Adapter:
+    c = bench.config
+    held_out = bench.split.validation.prompts.reshape(-1)[: c.calibration_tokens].numpy()
+    with bench.timed("calibration_s"):
+        levels = calibrate(
+            adapter,
+            bench.lm.table.detach(),
+            held_out,
+            targets=c.targets,
+            bits=c.bits,
+            attack=c.attack,
+            seed=c.seed,
+        )
+    return replace(adapter, calibration=[level.to_dict() for level in levels])
+
+
+def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
+    c = bench.config
+    mus = c.soft_prompt_mus or tuple(level["mu"] for level in adapter.calibration)
+    if not mus:
+        raise ValueError("no privacy levels: calibrate first or pass --mu")
+    prompts = dict(adapter.soft_prompts)
+    with bench.timed("soft_prompts_s"):
+        for mu in mus:
+            prompts[mu], bench.losses[f"soft_prompt_mu{mu:g}"] = train_soft_prompt(
+                bench.lm,
+                adapter,
+                bench.split.train,
+                bench.loaded.tokenizer,
+                bench.spec(adapter, mu),
+                length=c.soft_prompt_length,
+                steps=c.soft_prompt_steps,
+                batch=c.batch,
+                seed=c.seed,
+                checkpoint=bench.checkpoint(f"soft_prompt_mu{mu:.6g}"),
+                resume=c.resume,
+            )
+    metadata = {
+        **adapter.metadata,
+        "soft_prompt_length": c.soft_prompt_length,
+        "soft_prompt_steps": c.soft_prompt_steps,
+    }
+    return replace(adapter, soft_prompts=prompts, metadata=metadata)
+
+
+def evaluation(bench: Workbench, adapter: Adapter) -> dict:
+    c = bench.config
+    validation = bench.split.validation.head(c.eval_windows)
+    with bench.timed("evaluation_s"):
+        references = reference_losses(bench.lm, adapter, validation)
+        levels = []
+        for mu, soft in sorted(adapter.soft_prompts.items()):
+            losses = level_losses(
+                bench.lm, adapter, validation, bench.spec(adapter, mu), soft, c.eval_seeds
+            )
+            informative = losses["noisy_soft_prompt"]["mean"] < references["no_prompt"]
+            levels.append({"mu": mu, **losses, "informative": informative})
+    return {"windows": len(validation), "seeds": list(c.eval_seeds), **references, "levels": levels}
+
+
+def write_report(bench: Workbench, adapter: Adapter, evaluated: dict) -> dict:
+    c = bench.config
+    report = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(c).items()},
+        "model_id": bench.loaded.model_id,
+        "data": {"source": c.data, **bench.split.describe()},
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": str(bench.lm.device),
+        },
+        "clip": adapter.clip,
+        "clip_rule": adapter.metadata["clip_rule"],
+        "timings": bench.timings,
+        "losses": {name: _summary(values) for name, values in bench.losses.items()},
+        "levels": adapter.calibration,
+        "evaluation": evaluated,
+    }
+    (c.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    soft = {
+        float(k.removeprefix("soft_prompt_mu")): v
+        for k, v in bench.losses.items()
+        if k.startswith("soft_prompt_mu")
+    }
+    plot_losses(c.out / "training_losses.png", bench.losses.get("projection", []), soft)
+    write_markdown(c.out / "TRAINING.md", report)
+    return report
+
+
+def run_all(config: TrainConfig) -> Adapter:
+    started = time.perf_counter()
+    bench = Workbench.open(config)
+    adapter = projection_stage(bench)
+    adapter = calibration_stage(bench, adapter)
+    adapter = soft_prompt_stage(bench, adapter)
+    adapter.save(config.out)
+    evaluated = evaluation(bench, adapter)
+    bench.timings["total_s"] = time.perf_counter() - started
+    write_report(bench, adapter, evaluated)
+    return adapter
+
+
+def _summary(losses: list[float]) -> dict:
+    if not losses:
+        return {"steps": 0}
+    window = max(1, min(50, len(losses) // 5))
+    return {
+        "steps": len(losses),
+        "first_mean": float(np.mean(losses[:window])),
+        "last_mean": float(np.mean(losses[-window:])),
+        "window": window,
+    }

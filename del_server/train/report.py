@@ -1,0 +1,88 @@
+"""The training report: TRAINING.md for people, a loss plot, beside training.json for tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def _smooth(values: list[float], window: int = 25) -> np.ndarray:
+    if len(values) < window:
+        return np.asarray(values)
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def plot_losses(
+    path: Path, projection: list[float], soft_prompts: dict[float, list[float]]
+) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot(_smooth(projection))
+    axes[0].set(
+        title="projection (no noise)", xlabel="step", ylabel="continuation NLL (nats/token)"
+    )
+    for mu, losses in soft_prompts.items():
+        axes[1].plot(_smooth(losses), label=f"μ = {mu:.3g}")
+    axes[1].set(title="soft prompts (noisy prompt)", xlabel="step")
+    axes[1].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_markdown(path: Path, report: dict) -> None:
+    e, cfg, data = report["evaluation"], report["config"], report["data"]
+    lines = [
+        f"# Training report: {report['model_id']}",
+        "",
+        f"Reproduce with: `{cfg['command'] or 'del-server train all'}`",
+        "",
+        f"- data: `{data['source']}`, {data['documents']} documents, the last "
+        f"{data['validation_documents']} held out ({data['rule']}); {data['train_windows']} training "
+        f"and {data['validation_windows']} validation windows of 32 prompt + 32 continuation tokens",
+        f"- projection: k = {cfg['dim']}, {report['losses'].get('projection', {}).get('steps', 0)} steps from PCA; "
+        f"clip c = {report['clip']:.4g} ({report['clip_rule']})",
+        f"- quantizer: b = {cfg['bits']} bits; soft prompts of {cfg['soft_prompt_length']} vectors, "
+        f"{cfg['soft_prompt_steps']} steps each, batch {cfg['batch']}, seed {cfg['seed']}",
+        f"- wall time: {report['timings']['total_s']:.0f} s on {report['machine']['platform']} "
+        f"({report['machine']['device']}, {report['machine']['threads']} threads)",
+        "",
+        "## Levels",
+        "",
+        f"Calibrated on {report['levels'][0]['tokens'] if report['levels'] else 0} held-out tokens "
+        f"against the {cfg['attack']} attack; ε is exact per token at δ = 1e-5.",
+        "",
+        "| target attack rate | μ per token | ε per token | nearest-neighbour rate | likelihood rate |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for level in report["levels"]:
+        lines.append(
+            f"| {level['target_attack_rate']:.0%} | {level['mu']:.3f} | {level['epsilon_token']:.2f} "
+            f"| {level['nearest_neighbour_rate']:.2%} | {level['likelihood_rate']:.2%} |"
+        )
+    lines += [
+        "",
+        "## Held-out continuation loss (nats/token)",
+        "",
+        f"{e['windows']} validation windows; noisy figures are mean ± std over {len(e['seeds'])} noise seeds.",
+        "",
+        f"- clean prompt: **{e['clean']:.3f}**",
+        f"- projected prompt, no noise: **{e['projected_no_noise']:.3f}**",
+        f"- no prompt at all (continuation from BOS alone): **{e['no_prompt']:.3f}**",
+        "",
+        "| μ per token | noisy + soft prompt | noisy, no soft prompt | carries information |",
+        "|---:|---:|---:|---|",
+    ]
+    for level in e["levels"]:
+        soft, plain = level["noisy_soft_prompt"], level["noisy"]
+        verdict = "yes" if level["informative"] else "**no**: not better than sending no prompt"
+        lines.append(
+            f"| {level['mu']:.3f} | {soft['mean']:.3f} ± {soft['std']:.2g} "
+            f"| {plain['mean']:.3f} ± {plain['std']:.2g} | {verdict} |"
+        )
+    lines += ["", "![training losses](training_losses.png)", ""]
+    path.write_text("\n".join(lines))

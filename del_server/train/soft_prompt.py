@@ -1,0 +1,107 @@
+"""Stage 3: one soft prompt per privacy level, the paper's central idea.
+
+m vectors of size d prepended to every request at that level, trained with the LLM and the
+projection frozen. Noise is applied exactly where it is at inference, on the user's prompt
+tokens only, freshly drawn at every step; the loss is on the clean continuation. (The paper
+trains with noise on every token and tests with noise on the prompt only; not copied.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from del_client.mechanism import PrivacySpec
+
+from ..adapter import Adapter
+from .data import Windows
+from .loop import optimize
+from .objective import FrozenLM, private_prompt
+
+INIT_TEXT = "Once upon a time, there was a little girl. She liked to play with her friends."
+
+
+def initial_prompt(
+    lm: FrozenLM, tokenizer: Tokenizer, length: int, text: str = INIT_TEXT
+) -> torch.Tensor:
+    """(length, d): the embeddings of a short in-domain text, repeated if too short."""
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    ids = (ids * (length // len(ids) + 1))[:length]
+    return lm.embed(torch.tensor(ids)).detach().clone()
+
+
+# prompt ids (B, Tp) and the step's generator -> (B, Tp, d) what the LLM sees, or None
+PromptFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor | None]
+
+
+def train_soft_prompt(
+    lm: FrozenLM,
+    adapter: Adapter,
+    train: Windows,
+    tokenizer: Tokenizer,
+    spec: PrivacySpec,
+    *,
+    length: int = 8,
+    steps: int = 400,
+    batch: int = 32,
+    lr: float = 1e-2,
+    seed: int = 0,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+) -> tuple[torch.Tensor, list[float]]:
+    """-> ((length, d) soft prompt for `spec`'s level, per-step losses)."""
+    return train_soft_prompt_for(
+        lambda ids, generator: private_prompt(lm, adapter, ids, spec, generator),
+        lm,
+        train,
+        tokenizer,
+        desc=f"soft prompt mu={spec.mu():.3g}",
+        length=length,
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        checkpoint=checkpoint,
+        resume=resume,
+    )
+
+
+def train_soft_prompt_for(
+    prompt_fn: PromptFn,
+    lm: FrozenLM,
+    train: Windows,
+    tokenizer: Tokenizer,
+    *,
+    desc: str,
+    length: int = 8,
+    steps: int = 400,
+    batch: int = 32,
+    lr: float = 1e-2,
+    seed: int = 0,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+) -> tuple[torch.Tensor, list[float]]:
+    """A soft prompt for any prompt path, so that baselines (no prompt, other mechanisms) get
+    the same training as DEL's levels when the evaluation compares them."""
+    params = {"soft_prompt": initial_prompt(lm, tokenizer, length)}
+
+    def loss_fn(generator: torch.Generator) -> torch.Tensor:
+        prompts, continuations = train.batch(batch, generator)
+        with torch.no_grad():  # the projection is frozen: only the soft prompt learns
+            prompt = prompt_fn(prompts, generator)
+        return lm.continuation_loss(prompt, continuations, params["soft_prompt"])
+
+    losses = optimize(
+        params,
+        loss_fn,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        checkpoint=checkpoint,
+        resume=resume,
+        desc=desc,
+    )
+    return params["soft_prompt"].detach().clone(), losses
