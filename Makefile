@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch that lies on this machine's disk; an unpinned torch pulls CUDA.
 TORCH  := torch==2.13.0
 
-.PHONY: install test lint format proto bench demo clean
+.PHONY: install test lint format proto bench demo train-default soak loadtest clean
 
 install: $(BIN)/del-client
 
@@ -34,6 +34,29 @@ proto: install
 bench: install
 	$(BIN)/python -m del_client.bench --out reports
 	$(BIN)/python -m del_server.bench --out reports
+
+# The committed adapter of the default model (about 10 minutes on 2 cores).
+DEFAULT_ADAPTER := del_server/adapters/stories260K
+train-default: install
+	$(BIN)/del-server train all --out $(DEFAULT_ADAPTER) --projection-steps 1500 --soft-prompt-steps 1500
+
+# Privacy, utility, communication and speed report with plots: reports/EVAL.md, eval.json,
+# *.png (about 40 minutes on 2 idle cores; docs/eval/ holds the committed full run).
+.PHONY: eval eval-quick
+eval: install
+	$(BIN)/del-server eval --out reports
+
+# The same on small samples (under 3 minutes): checks the pipeline, not the numbers.
+eval-quick: install
+	$(BIN)/del-server eval --quick --out reports
+
+# Tens of thousands of malformed streams against a server process; its memory must not grow.
+soak: install
+	$(BIN)/pytest -q -s -m soak tests/hardening/test_fuzz.py
+
+# del-client loadtest at 1, 8, 32 and 64 streams against del-server serve: reports/loadtest.*
+loadtest: install
+	$(BIN)/python -m del_server.loadsweep --out reports
 
 # A real server and client over gRPC: MODEL=path-or-hub-id and ADAPTER=dir override defaults.
 demo: install

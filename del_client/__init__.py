@@ -23,6 +23,7 @@ from .bundle import ClientBundle
 from .client import Client
 from .config import ClientConfig
 from .errors import (
+    AuthenticationError,
     BudgetExceededError,
     BundleError,
     BundleMismatchError,
@@ -32,6 +33,8 @@ from .errors import (
     EmbeddingInputError,
     FrameError,
     InvalidRequestError,
+    LedgerError,
+    LimitExceededError,
     PreconditionFailedError,
     PrivacyParameterError,
     ProtocolError,
@@ -40,12 +43,14 @@ from .errors import (
     ServerError,
     ServerUnavailableError,
 )
+from .ledger import LedgerBudget, PrivacyLedger
 from .mechanism import BinomialQuantizer, PrivacySpec, dequantize
 from .privacy import PrivacyReport, privacy_report
 from .session import GenerationResult
 
 __all__ = [
     "AsyncClient",
+    "AuthenticationError",
     "BinomialQuantizer",
     "BudgetExceededError",
     "BundleError",
@@ -60,8 +65,12 @@ __all__ = [
     "FrameError",
     "GenerationResult",
     "InvalidRequestError",
+    "LedgerBudget",
+    "LedgerError",
+    "LimitExceededError",
     "PreconditionFailedError",
     "PrivacyBudget",
+    "PrivacyLedger",
     "PrivacyParameterError",
     "PrivacyReport",
     "PrivacySpec",

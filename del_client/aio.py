@@ -6,13 +6,16 @@ the blocking client has `close`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 
 from .bundle import ClientBundle
 from .config import ClientConfig
 from .proto import inference_pb2, inference_pb2_grpc
+from .retry import Attempts
 from .session import (
     BaseClient,
     BaseGeneration,
@@ -25,6 +28,9 @@ from .session import (
     ReplyFolder,
 )
 from .status import raising_server_errors
+from .transport import call_metadata, open_channel
+
+T = TypeVar("T")
 
 
 class AsyncGeneration(BaseGeneration):
@@ -37,31 +43,43 @@ class AsyncGeneration(BaseGeneration):
 
     Nothing is sent before iteration starts. Stopping early (aclose(), leaving the `async
     with` block, or a break once the event loop finalizes the iterator) cancels the call.
+    UNAVAILABLE before the first reply sends the same frames again (retry.py).
     """
 
     def __init__(
         self,
         stub: inference_pb2_grpc.SplitInferenceStub,
-        deadline_s: float,
+        config: ClientConfig,
         prepare: Callable[[], Awaitable[PreparedRequest]],
     ) -> None:
         super().__init__(prepare)
         self._stub = stub
-        self._deadline_s = deadline_s
+        self._config = config
         self._call: grpc.aio.StreamStreamCall | None = None
 
     async def __aiter__(self) -> AsyncIterator[str]:
         self._begin()
-        request = await self._prepare()
+        request = await self._prepare()  # privatized and charged once, however many attempts
         reply = ReplyFolder(request)
+        attempts = Attempts.start(self._config)
         with raising_server_errors():
-            self._call = self._stub.Generate(iter(request.messages), timeout=self._deadline_s)
-            try:
-                async for response in self._call:
-                    if delta := reply.feed(response):
-                        yield delta
-            finally:
-                self._stopped = self._call.cancel()  # True only if it was still running
+            while True:
+                self._call = self._stub.Generate(
+                    iter(request.messages),
+                    timeout=attempts.timeout(),
+                    metadata=call_metadata(self._config),
+                )
+                try:
+                    async for response in self._call:
+                        if delta := reply.feed(response):
+                            yield delta
+                    break
+                except grpc.RpcError as exc:
+                    if (delay := attempts.after(exc, replied=reply.replied)) is None:
+                        raise
+                finally:
+                    self._stopped = self._call.cancel()  # True only if it was still running
+                await asyncio.sleep(delay)
         self._result = reply.result()
 
     async def collect(self) -> GenerationResult:
@@ -94,30 +112,36 @@ class AsyncClient(BaseClient[AsyncGeneration]):
 
     def __init__(self, config: ClientConfig) -> None:
         super().__init__(config)
-        self._channel = grpc.aio.insecure_channel(config.target)
+        self._channel = open_channel(config, grpc.aio)
         self._stub = inference_pb2_grpc.SplitInferenceStub(self._channel)
+        self._metadata = call_metadata(config)
 
     async def manifest(self) -> Manifest:
         """Ask the server what it serves; later calls use this answer until asked again."""
-        with raising_server_errors():
-            pb = await self._stub.GetManifest(
-                inference_pb2.GetManifestRequest(), timeout=self.config.deadline_s
+        pb = await self._retrying(
+            lambda timeout: self._stub.GetManifest(
+                inference_pb2.GetManifestRequest(), timeout=timeout, metadata=self._metadata
             )
+        )
         self._manifest = Manifest.from_pb(pb)
         return self._manifest
 
     async def bundle(self, mechanism: str = "binomial") -> ClientBundle:
         """The verified bundle the manifest names for `mechanism`: cached, else fetched."""
-        download = BundleDownload((await self._model()).bundle_digest(mechanism))
-        cached = self._cache.get(download.request.digest)
+        digest = (await self._model()).bundle_digest(mechanism)
+        cached = self._cache.get(digest)
         if cached is not None:
             return cached
-        with raising_server_errors():
+
+        async def fetch(timeout: float) -> BundleDownload:
+            download = BundleDownload(digest)  # a retry starts the download over
             async for chunk in self._stub.FetchClientBundle(
-                download.request, timeout=self.config.deadline_s
+                download.request, timeout=timeout, metadata=self._metadata
             ):
                 download.feed(chunk)
-        return self._cache.put(download.bundle())
+            return download
+
+        return self._cache.put((await self._retrying(fetch)).bundle())
 
     def send(self, request: PreparedRequest) -> AsyncGeneration:
         """Stream a request prepared earlier; sending the same one again spends no privacy."""
@@ -125,7 +149,7 @@ class AsyncClient(BaseClient[AsyncGeneration]):
         async def prepared() -> PreparedRequest:
             return request
 
-        return AsyncGeneration(self._stub, self.config.deadline_s, prepared)
+        return AsyncGeneration(self._stub, self.config, prepared)
 
     async def aclose(self) -> None:
         await self._channel.close()
@@ -139,9 +163,21 @@ class AsyncClient(BaseClient[AsyncGeneration]):
     async def _model(self) -> ModelInfo:
         return (self._manifest or await self.manifest()).model
 
+    async def _retrying(self, call: Callable[[float], Awaitable[T]]) -> T:
+        """call(timeout), again after UNAVAILABLE as retry.py allows (it must be idempotent)."""
+        attempts = Attempts.start(self.config)
+        with raising_server_errors():
+            while True:
+                try:
+                    return await call(attempts.timeout())
+                except grpc.RpcError as exc:
+                    if (delay := attempts.after(exc, replied=False)) is None:
+                        raise
+                await asyncio.sleep(delay)
+
     def _generation(self, plan: GenerationPlan) -> AsyncGeneration:
         async def prepare() -> PreparedRequest:
             model = await self._model()
             return self._prepare(plan, model, await self.bundle(plan.privacy.mechanism))
 
-        return AsyncGeneration(self._stub, self.config.deadline_s, prepare)
+        return AsyncGeneration(self._stub, self.config, prepare)

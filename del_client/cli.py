@@ -3,14 +3,21 @@ setting, measure the codec.
 
     del-client generate "Once upon a time" --server localhost:50051 --mu 10 --max-new-tokens 64
     del-client manifest --server localhost:50051 --json
+    del-client budget --identity alice --json
+    del-client loadtest --server localhost:50051 --concurrency 8 --duration 30 --json
+
+Connections: --tls (or --ca FILE) for TLS, --cert/--key for mutual TLS; the bearer token comes
+from $DEL_TOKEN or --token-file, never from a flag (other users can read flags in `ps`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from .errors import DELError
 
@@ -86,6 +93,52 @@ def _run_bench_codec(args: argparse.Namespace) -> None:
 
 def _add_server(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--server", default="localhost:50051", help="host:port of a del-server")
+    tls = cmd.add_argument_group("connection security")
+    tls.add_argument("--tls", action="store_true", help="TLS, server checked against system CAs")
+    tls.add_argument("--ca", type=Path, help="PEM CA file to check the server with (implies --tls)")
+    tls.add_argument("--cert", type=Path, help="PEM client certificate (mutual TLS)")
+    tls.add_argument("--key", type=Path, help="PEM key of --cert")
+    tls.add_argument("--server-name", help="name expected in the server certificate")
+    tls.add_argument("--token-file", type=Path, help="file holding the bearer token ($DEL_TOKEN)")
+    tls.add_argument("--deadline", type=float, default=120.0, help="seconds per call")
+    tls.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE before a reply")
+
+
+def _config(args: argparse.Namespace):
+    """The ClientConfig the connection flags describe; the token from a file or $DEL_TOKEN."""
+    from .config import ClientConfig
+    from .errors import ConfigError
+
+    token = os.environ.get("DEL_TOKEN") or None
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--token-file: {exc}") from exc
+    return ClientConfig(
+        args.server,
+        deadline_s=args.deadline,
+        tls=args.tls,
+        root_certificates=args.ca,
+        client_certificate=args.cert,
+        client_key=args.key,
+        server_name=args.server_name,
+        token=token,
+        retries=args.retries,
+    )
+
+
+def _add_ledger(cmd, *, identity: str | None) -> None:
+    cmd.add_argument(
+        "--ledger",
+        type=Path,
+        help="privacy ledger file (default $DEL_LEDGER or ~/.local/state/del/privacy_ledger.json)",
+    )
+    cmd.add_argument(
+        "--identity",
+        default=identity,
+        help=f"whose budget (default: {identity or 'every identity'})",
+    )
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -108,11 +161,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "tokens there on the default model)",
     )
     target.add_argument("--epsilon", type=float, help="per-token ε at --delta (exact)")
-    cmd.add_argument("--delta", type=float, default=DEFAULT_DELTA,
-                     help="δ for --epsilon and for the ε reported")  # fmt: skip
+    cmd.add_argument(
+        "--delta", type=float, default=DEFAULT_DELTA, help="δ for --epsilon and for the ε reported"
+    )
     cmd.add_argument("--bits", type=int, help=f"bits per coordinate, 1..8 (default {DEFAULT_BITS})")
-    cmd.add_argument("--mechanism", choices=MECHANISMS, default="binomial",
-                     help="raw sends plain embeddings: NO privacy (a baseline)")  # fmt: skip
+    cmd.add_argument(
+        "--mechanism",
+        choices=MECHANISMS,
+        default="binomial",
+        help="raw sends plain embeddings: NO privacy (a baseline)",
+    )
     cmd.add_argument("--max-new-tokens", type=int, default=64)
     cmd.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     cmd.add_argument("--top-p", type=float, default=1.0)
@@ -120,20 +178,42 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument("--seed", type=int, help="fixes the server's sampling (not the privacy noise)")
     cmd.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
     cmd.add_argument("--json", action="store_true", help="no streaming: print one JSON object")
+    spend = cmd.add_argument_group("privacy budget (persistent, per identity)")
+    spend.add_argument(
+        "--budget-epsilon",
+        type=float,
+        help="refuse, before sending, a prompt that would take this identity's "
+        "total ε past this; charges the ledger (see `del-client budget`)",
+    )
+    spend.add_argument(
+        "--budget-delta",
+        type=float,
+        default=DEFAULT_DELTA,
+        help="δ at which the budget's ε is counted",
+    )
+    _add_ledger(spend, identity="default")
     cmd.set_defaults(run=_run_generate)
 
 
 def _run_generate(args: argparse.Namespace) -> None:
     from .client import Client
-    from .config import ClientConfig
+    from .ledger import LedgerBudget, PrivacyLedger
 
+    budget = None
+    if args.budget_epsilon is not None:
+        budget = LedgerBudget(
+            PrivacyLedger(args.ledger),
+            identity=args.identity,
+            epsilon=args.budget_epsilon,
+            delta=args.budget_delta,
+        )
     if args.mechanism == "raw":
         print(
             "del-client: warning: NO PRIVACY: --mechanism raw sends raw embeddings; "
             "the server can read the prompt",
             file=sys.stderr,
         )
-    with Client(ClientConfig(args.server)) as client:
+    with Client(_config(args)) as client:
         generation = client.generate(
             args.prompt,
             mu=args.mu,
@@ -147,6 +227,7 @@ def _run_generate(args: argparse.Namespace) -> None:
             top_k=args.top_k,
             seed=args.seed,
             stop=args.stop,
+            budget=budget,
         )
         if args.json:
             print(json.dumps({"prompt": args.prompt, **generation.collect().to_dict()}))
@@ -180,9 +261,8 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
 
 def _run_manifest(args: argparse.Namespace) -> None:
     from .client import Client
-    from .config import ClientConfig
 
-    with Client(ClientConfig(args.server)) as client:
+    with Client(_config(args)) as client:
         manifest = client.manifest()
     if args.json:
         print(json.dumps(manifest.to_dict()))
@@ -204,6 +284,121 @@ def _run_manifest(args: argparse.Namespace) -> None:
             f"bundle        {m.client_bundle_digest}\n"
             f"raw           {raw}"
         )
+        for level in m.privacy_levels:
+            print(
+                f"level         μ = {level.mu:.4g} (ε = {level.epsilon_token:.4g} per token at "
+                f"δ = {level.delta:g}, b = {level.bits}): calibrated to "
+                f"{level.target_attack_rate:.0%} token recovery; measured nearest neighbour "
+                f"{level.nearest_neighbour_rate:.1%}, likelihood {level.likelihood_rate:.1%}"
+                + ("" if level.soft_prompt else "; no soft prompt")
+            )
+
+
+def _add_budget(sub: argparse._SubParsersAction) -> None:
+    cmd = sub.add_parser(
+        "budget",
+        help="what each identity has spent from its persistent privacy budget",
+        description="Read the privacy ledger: exact ε spent per identity (at the configured δ "
+        "unless --delta), its limit, and what is left. --reset forgets one identity.",
+    )
+    _add_ledger(cmd, identity=None)
+    cmd.add_argument("--delta", type=float, help="state ε at this δ instead")
+    cmd.add_argument("--reset", action="store_true", help="forget what --identity has spent")
+    cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    cmd.set_defaults(run=_run_budget)
+
+
+def _run_budget(args: argparse.Namespace) -> None:
+    from .errors import RequestOptionError
+    from .ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(args.ledger)
+    if args.reset:
+        if args.identity is None:
+            raise RequestOptionError("--reset needs --identity: say whose spending to forget")
+        found = ledger.reset(args.identity)
+        print(f"{'reset' if found else 'no entry for'} {args.identity!r} in {ledger.path}")
+        return
+    entries = ledger.entries()
+    if args.identity is not None:
+        entries = {k: v for k, v in entries.items() if k == args.identity}
+    rows = {}
+    for identity, entry in entries.items():
+        delta = args.delta or entry.delta
+        spent = entry.spent(delta)
+        rows[identity] = {
+            **asdict(entry),
+            "epsilon_spent": spent,
+            "at_delta": delta,
+            "epsilon_left": max(0.0, entry.epsilon_limit - spent) if delta == entry.delta else None,
+        }
+    if args.json:
+        print(json.dumps({"ledger": str(ledger.path), "identities": rows}))
+        return
+    if not rows:
+        print(f"no spending recorded in {ledger.path}")
+    for identity, row in rows.items():
+        left = "" if row["epsilon_left"] is None else f", {row['epsilon_left']:.4g} left"
+        print(
+            f"{identity:<16} ε = {row['epsilon_spent']:.4g} at δ = {row['at_delta']:g} of "
+            f"{row['epsilon_limit']:g}{left} ({row['requests']} requests, updated {row['updated']})"
+        )
+
+
+def _add_loadtest(sub: argparse._SubParsersAction) -> None:
+    from .loadtest import MAX_CONCURRENCY, MAX_DURATION_S
+
+    cmd = sub.add_parser(
+        "loadtest",
+        help="concurrent private generations against a server: throughput, latency, errors",
+        description=f"Run --concurrency streams (at most {MAX_CONCURRENCY}) back to back for "
+        f"--duration seconds (at most {MAX_DURATION_S:g}); in-flight requests then finish.",
+    )
+    _add_server(cmd)
+    cmd.add_argument("--concurrency", type=int, default=8)
+    cmd.add_argument("--duration", type=float, default=10.0, help="seconds of new requests")
+    cmd.add_argument("--max-requests", type=int, help="stop starting requests after this many")
+    cmd.add_argument("--prompt", default="Once upon a time")
+    cmd.add_argument("--mu", type=float, default=10.0)
+    cmd.add_argument("--bits", type=int)
+    cmd.add_argument("--max-new-tokens", type=int, default=32)
+    cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    cmd.set_defaults(run=_run_loadtest)
+
+
+def _run_loadtest(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from .loadtest import run_load
+
+    report = asyncio.run(
+        run_load(
+            _config(args),
+            concurrency=args.concurrency,
+            duration_s=args.duration,
+            prompt=args.prompt,
+            mu=args.mu,
+            bits=args.bits,
+            max_new_tokens=args.max_new_tokens,
+            max_requests=args.max_requests,
+        )
+    )
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return
+    ms = lambda s: "-" if s is None else f"{1000 * s:.1f}"  # noqa: E731
+    errors = ", ".join(f"{code} {n}" for code, n in report.errors.items()) or "none"
+    print(
+        f"load          {report.concurrency} streams for {report.duration_s:g} s against "
+        f"{report.target} ({report.elapsed_s:.1f} s with the tail)\n"
+        f"requests      {report.requests} started, {report.ok} OK, errors: {errors}, "
+        f"lost {report.lost}\n"
+        f"throughput    {report.throughput_rps:.2f} requests/s, {report.tokens_per_s:.1f} tokens/s\n"
+        f"TTFT ms       p50 {ms(report.ttft_s['p50'])}  p90 {ms(report.ttft_s['p90'])}  "
+        f"p99 {ms(report.ttft_s['p99'])}\n"
+        f"e2e ms        p50 {ms(report.e2e_s['p50'])}  p90 {ms(report.e2e_s['p90'])}  "
+        f"p99 {ms(report.e2e_s['p99'])}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_manifest(sub)
     _add_privacy(sub)
     _add_bench_codec(sub)
+    _add_budget(sub)
+    _add_loadtest(sub)
     return parser
 
 

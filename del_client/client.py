@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 
 from .bundle import ClientBundle
 from .config import ClientConfig
 from .proto import inference_pb2, inference_pb2_grpc
+from .retry import Attempts
 from .session import (
     BaseClient,
     BaseGeneration,
@@ -21,6 +24,9 @@ from .session import (
     ReplyFolder,
 )
 from .status import raising_server_errors
+from .transport import call_metadata, open_channel
+
+T = TypeVar("T")
 
 
 class Generation(BaseGeneration):
@@ -32,32 +38,44 @@ class Generation(BaseGeneration):
         print(generation.result.epsilon_prompt)
 
     Nothing is sent before iteration starts. Stopping early (break, close(), leaving a `with`
-    block) cancels the call, and the server stops generating.
+    block) cancels the call, and the server stops generating. UNAVAILABLE before the first
+    reply sends the same frames again (retry.py); the budget was charged once, in prepare.
     """
 
     def __init__(
         self,
         stub: inference_pb2_grpc.SplitInferenceStub,
-        deadline_s: float,
+        config: ClientConfig,
         prepare: Callable[[], PreparedRequest],
     ) -> None:
         super().__init__(prepare)
         self._stub = stub
-        self._deadline_s = deadline_s
+        self._config = config
         self._call: grpc.Future | None = None
 
     def __iter__(self) -> Iterator[str]:
         self._begin()
-        request = self._prepare()
+        request = self._prepare()  # privatized and charged once, however many attempts follow
         reply = ReplyFolder(request)
+        attempts = Attempts.start(self._config)
         with raising_server_errors():
-            self._call = self._stub.Generate(iter(request.messages), timeout=self._deadline_s)
-            try:
-                for response in self._call:
-                    if delta := reply.feed(response):
-                        yield delta
-            finally:
-                self._stopped = self._call.cancel()  # True only if it was still running
+            while True:
+                self._call = self._stub.Generate(
+                    iter(request.messages),
+                    timeout=attempts.timeout(),
+                    metadata=call_metadata(self._config),
+                )
+                try:
+                    for response in self._call:
+                        if delta := reply.feed(response):
+                            yield delta
+                    break
+                except grpc.RpcError as exc:
+                    if (delay := attempts.after(exc, replied=reply.replied)) is None:
+                        raise
+                finally:
+                    self._stopped = self._call.cancel()  # True only if it was still running
+                time.sleep(delay)
         self._result = reply.result()
 
     def collect(self) -> GenerationResult:
@@ -90,34 +108,40 @@ class Client(BaseClient[Generation]):
 
     def __init__(self, config: ClientConfig) -> None:
         super().__init__(config)
-        self._channel = grpc.insecure_channel(config.target)
+        self._channel = open_channel(config, grpc)
         self._stub = inference_pb2_grpc.SplitInferenceStub(self._channel)
+        self._metadata = call_metadata(config)
 
     def manifest(self) -> Manifest:
         """Ask the server what it serves; later calls use this answer until asked again."""
-        with raising_server_errors():
-            pb = self._stub.GetManifest(
-                inference_pb2.GetManifestRequest(), timeout=self.config.deadline_s
+        pb = self._retrying(
+            lambda timeout: self._stub.GetManifest(
+                inference_pb2.GetManifestRequest(), timeout=timeout, metadata=self._metadata
             )
+        )
         self._manifest = Manifest.from_pb(pb)
         return self._manifest
 
     def bundle(self, mechanism: str = "binomial") -> ClientBundle:
         """The verified bundle the manifest names for `mechanism`: cached, else fetched."""
-        download = BundleDownload(self._model().bundle_digest(mechanism))
-        cached = self._cache.get(download.request.digest)
+        digest = self._model().bundle_digest(mechanism)
+        cached = self._cache.get(digest)
         if cached is not None:
             return cached
-        with raising_server_errors():
+
+        def fetch(timeout: float) -> BundleDownload:
+            download = BundleDownload(digest)  # a retry starts the download over
             for chunk in self._stub.FetchClientBundle(
-                download.request, timeout=self.config.deadline_s
+                download.request, timeout=timeout, metadata=self._metadata
             ):
                 download.feed(chunk)
-        return self._cache.put(download.bundle())
+            return download
+
+        return self._cache.put(self._retrying(fetch).bundle())
 
     def send(self, request: PreparedRequest) -> Generation:
         """Stream a request prepared earlier; sending the same one again spends no privacy."""
-        return Generation(self._stub, self.config.deadline_s, lambda: request)
+        return Generation(self._stub, self.config, lambda: request)
 
     def close(self) -> None:
         self._channel.close()
@@ -131,8 +155,20 @@ class Client(BaseClient[Generation]):
     def _model(self) -> ModelInfo:
         return (self._manifest or self.manifest()).model
 
+    def _retrying(self, call: Callable[[float], T]) -> T:
+        """call(timeout), again after UNAVAILABLE as retry.py allows (it must be idempotent)."""
+        attempts = Attempts.start(self.config)
+        with raising_server_errors():
+            while True:
+                try:
+                    return call(attempts.timeout())
+                except grpc.RpcError as exc:
+                    if (delay := attempts.after(exc, replied=False)) is None:
+                        raise
+                time.sleep(delay)
+
     def _generation(self, plan: GenerationPlan) -> Generation:
         def prepare() -> PreparedRequest:
             return self._prepare(plan, self._model(), self.bundle(plan.privacy.mechanism))
 
-        return Generation(self._stub, self.config.deadline_s, prepare)
+        return Generation(self._stub, self.config, prepare)

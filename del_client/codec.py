@@ -173,11 +173,14 @@ class FrameAssembler:
     """Receiving side: checks each frame against the header and its predecessors.
 
     Frames must arrive numbered 0, 1, 2, ... with the header's dim and bits, at least one
-    token each, and no more than `max_tokens` tokens in total.
+    token each, and no more than `max_tokens` tokens in total. `max_frames` and
+    `max_payload_bytes` bound the work a stream can cause, checked before a payload is read.
     """
 
     spec: FrameSpec
     max_tokens: int
+    max_frames: int | None = None
+    max_payload_bytes: int | None = None
 
     def __post_init__(self) -> None:
         self._chunks: list[np.ndarray] = []
@@ -189,6 +192,13 @@ class FrameAssembler:
 
     def add(self, frame: frames_pb2.Frame) -> None:
         expected = len(self._chunks)
+        if self.max_frames is not None and expected >= self.max_frames:
+            raise LimitExceededError(f"the stream exceeds the limit of {self.max_frames} frames")
+        if self.max_payload_bytes is not None and len(frame.payload) > self.max_payload_bytes:
+            raise LimitExceededError(
+                f"a frame payload of {len(frame.payload)} bytes exceeds the limit of "
+                f"{self.max_payload_bytes} bytes"
+            )
         if frame.sequence != expected:
             raise FrameError(f"frame sequence {frame.sequence}, expected {expected}")
         if frame.dim != self.spec.dim or frame.bits != self.spec.bits:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from dataclasses import dataclass, field
@@ -32,18 +33,49 @@ class ClientConfig:
         with Client(config) as client:
             print(client.generate("Once upon a time", mu=10).collect().text)
 
-    `deadline_s` bounds each call (a whole generation included); `bundle_cache_dir` holds
-    verified client bundles by digest; `max_payload_bytes` caps the packed symbols per frame.
-    The connection is plaintext for now: TLS and credentials will be added here.
+        config = ClientConfig("del.example.com:443", tls=True, token=os.environ["DEL_TOKEN"])
+        config = ClientConfig("10.0.0.7:50051", root_certificates="ca.pem",
+                              client_certificate="me.pem", client_key="me.key")  # mutual TLS
+
+    `deadline_s` bounds each call (a whole generation included, retries too);
+    `bundle_cache_dir` holds verified client bundles by digest; `max_payload_bytes` caps the
+    packed symbols per frame (the server's advertised limit caps it further).
+
+    TLS is on with `tls=True` (server verified against the system's CAs) or with
+    `root_certificates` (a PEM CA file); `client_certificate` + `client_key` add mutual TLS.
+    `server_name` is the name to expect in the server's certificate when it is not the
+    target's host. `token` goes in every call's `authorization: Bearer` metadata; it is
+    refused over plaintext except to a loopback address (a local TLS-terminating sidecar), and
+    never shown by repr. A call that fails UNAVAILABLE before anything came back is retried up
+    to `retries` times, waiting `retry_backoff_s`, then twice that, ... (with jitter).
     """
 
     target: str  # "host:port"; IPv6 hosts in brackets: "[::1]:50051"
     deadline_s: float = 120.0
     bundle_cache_dir: Path = field(default_factory=default_cache_dir)
     max_payload_bytes: int = MAX_FRAME_PAYLOAD_BYTES
+    tls: bool = False
+    root_certificates: Path | None = None
+    client_certificate: Path | None = None
+    client_key: Path | None = None
+    server_name: str | None = None
+    token: str | None = field(default=None, repr=False)
+    retries: int = 3
+    retry_backoff_s: float = 0.25
 
     def __post_init__(self) -> None:
         _check_target(self.target)
+        self._check_transport()
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ConfigError(f"retries must be an integer >= 0, got {self.retries!r}")
+        if not (
+            isinstance(self.retry_backoff_s, int | float)
+            and math.isfinite(self.retry_backoff_s)
+            and self.retry_backoff_s >= 0
+        ):
+            raise ConfigError(
+                f"retry_backoff_s must be finite and >= 0, got {self.retry_backoff_s!r}"
+            )
         if isinstance(self.deadline_s, bool) or not isinstance(self.deadline_s, int | float):
             raise ConfigError(f"deadline_s must be a number of seconds, got {self.deadline_s!r}")
         if not (math.isfinite(self.deadline_s) and self.deadline_s > 0):
@@ -62,6 +94,41 @@ class ClientConfig:
                 f"gRPC message), got {self.max_payload_bytes!r}"
             )
 
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.root_certificates is not None or self.client_certificate is not None
+
+    @property
+    def host(self) -> str:
+        return self.target.rpartition(":")[0].strip("[]")
+
+    def _check_transport(self) -> None:
+        for name in ("root_certificates", "client_certificate", "client_key"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, str | os.PathLike):
+                raise ConfigError(f"{name} must be a path to a PEM file, got {value!r}")
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{name}: no such file {str(path)!r}")
+            object.__setattr__(self, name, path)
+        if (self.client_certificate is None) != (self.client_key is None):
+            raise ConfigError("client_certificate and client_key go together (mutual TLS)")
+        if self.server_name is not None and not self.uses_tls:
+            raise ConfigError("server_name is only checked over TLS: set tls=True too")
+        if self.token is None:
+            return
+        if not isinstance(self.token, str) or not self.token or not self.token.isprintable():
+            raise ConfigError("token must be a non-empty string of printable characters")
+        if any(c.isspace() for c in self.token):
+            raise ConfigError("token must not contain spaces or line breaks")
+        if not self.uses_tls and not _is_loopback(self.host):
+            raise ConfigError(
+                f"a token would travel in plaintext to {self.host!r}: use TLS (tls=True or "
+                "root_certificates), or reach a TLS-terminating proxy on a loopback address"
+            )
+
 
 def _check_target(target: str) -> None:
     if not isinstance(target, str):
@@ -73,3 +140,12 @@ def _check_target(target: str) -> None:
         raise ConfigError(f"target {target!r}: put an IPv6 address in brackets, e.g. '[::1]:50051'")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"target must look like 'host:port' with port 1..65535, got {target!r}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

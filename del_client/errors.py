@@ -6,6 +6,7 @@ Catch at the level you care about::
     ├── PrivacyParameterError (ValueError)   a mechanism or accountant parameter is out of range
     ├── EmbeddingInputError (ValueError)     an embedding array has the wrong shape, dtype or values
     ├── BudgetExceededError                  a request would spend more privacy than allowed
+    ├── LedgerError                          the persistent privacy ledger cannot be read or written
     ├── FrameError (ValueError)              a frame or payload is malformed or contradicts its header
     ├── LimitExceededError                   a request is larger than the server's limits allow
     ├── BundleError (ValueError)             a client bundle is malformed
@@ -19,8 +20,9 @@ Catch at the level you care about::
         ├── ResourceExhaustedError           RESOURCE_EXHAUSTED: over a server limit, or busy
         ├── ServerUnavailableError           UNAVAILABLE: unreachable or shutting down
         │                                    (also a ConnectionError)
-        └── DeadlineExceededError            DEADLINE_EXCEEDED: the call ran past its deadline
-                                             (also a TimeoutError)
+        ├── DeadlineExceededError            DEADLINE_EXCEEDED: the call ran past its deadline
+        │                                    (also a TimeoutError)
+        └── AuthenticationError              UNAUTHENTICATED: no valid token (PermissionError)
 
 The server maps the errors it raises to gRPC status codes in one table (FrameError ->
 INVALID_ARGUMENT, BundleMismatchError -> FAILED_PRECONDITION, ...); the client maps the
@@ -42,6 +44,10 @@ class EmbeddingInputError(DELError, ValueError):
 
 class BudgetExceededError(DELError):
     """Sending the request would exceed the configured privacy budget; nothing was sent."""
+
+
+class LedgerError(DELError):
+    """The privacy ledger file is unreadable, corrupt or locked: no request is sent without it."""
 
 
 class FrameError(DELError, ValueError):
@@ -76,11 +82,15 @@ class ServerError(DELError):
     """The server ended the call with a gRPC status other than OK.
 
     `code` is the status code's name ("FAILED_PRECONDITION", ...) and `details` the server's
-    own message, which says what to change.
+    own message, which says what to change. A subclass whose status carries little (a
+    transport failure, or a refusal that deliberately says nothing) puts a `hint` first.
     """
 
+    hint = ""
+
     def __init__(self, code: str, details: str) -> None:
-        super().__init__(f"{details} (status {code})")
+        message = ": ".join(part for part in (self.hint, details) if part)
+        super().__init__(f"{message} (status {code})")
         self.code = code
         self.details = details
 
@@ -101,8 +111,27 @@ class ResourceExhaustedError(ServerError):
 
 
 class ServerUnavailableError(ServerError, ConnectionError):
-    """UNAVAILABLE: the server cannot be reached or is shutting down; retrying later may help."""
+    """UNAVAILABLE: the server cannot be reached or is shutting down; retrying later may help.
+
+    The client already retried if nothing had come back yet (ClientConfig.retries); after the
+    first token it does not, since the text so far has been handed out.
+    """
+
+    hint = "the server is unreachable, restarting or shutting down"
 
 
 class DeadlineExceededError(ServerError, TimeoutError):
-    """DEADLINE_EXCEEDED: the call took longer than ClientConfig.deadline_s."""
+    """DEADLINE_EXCEEDED: the call took longer than ClientConfig.deadline_s, or than the
+    server's own limits (a whole request, or the wait for the client's next message)."""
+
+
+class AuthenticationError(ServerError, PermissionError):
+    """UNAUTHENTICATED: the server wants a valid bearer token (ClientConfig.token).
+
+    The server says nothing more on purpose: which part was wrong would help a guesser.
+    """
+
+    hint = (
+        "the server refused the call's credentials: give a valid token (ClientConfig.token; "
+        "for del-client, $DEL_TOKEN or --token-file)"
+    )

@@ -192,9 +192,13 @@ class BinomialQuantizer:
         uniforms = rng.random(z.size)  # float64 in [0, 1), 53 random bits each
         symbols = np.empty(z.shape, dtype=np.uint8)
         _sample_binomial_symbols(
-            z.reshape(-1), self.spec.clip, self.spec.scale, self.spec.bits, uniforms,
+            z.reshape(-1),
+            self.spec.clip,
+            self.spec.scale,
+            self.spec.bits,
+            uniforms,
             symbols.reshape(-1),
-        )  # fmt: skip
+        )
         return symbols
 
 

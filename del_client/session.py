@@ -22,14 +22,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Generic, TypeVar
 
-from .budget import PrivacyBudget
+from .budget import Budget
 from .bundle import ClientBundle
 from .cache import BundleCache, check_digest
-from .codec import FrameSpec, RawSpec, encode_frames, mechanism_params
+from .codec import (
+    FrameSpec,
+    RawSpec,
+    encode_frames,
+    mechanism_params,
+    packed_size,
+    tokens_per_frame,
+)
 from .config import ClientConfig
 from .errors import (
     BudgetExceededError,
     BundleMismatchError,
+    LimitExceededError,
     PrivacyParameterError,
     ProtocolError,
     RequestOptionError,
@@ -62,6 +70,24 @@ def wire_bytes(message) -> int:
 
 
 @dataclass(frozen=True)
+class PrivacyLevel:
+    """A level the provider calibrated against token-inversion attacks (advisory)."""
+
+    mu: float
+    epsilon_token: float
+    delta: float
+    bits: int
+    target_attack_rate: float
+    nearest_neighbour_rate: float
+    likelihood_rate: float
+    soft_prompt: bool
+
+    @classmethod
+    def from_pb(cls, pb: inference_pb2.PrivacyLevel) -> PrivacyLevel:
+        return cls(**{f.name: getattr(pb, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """One served model, its limits, and the digests of the bundles that go with it."""
 
@@ -76,6 +102,9 @@ class ModelInfo:
     max_new_tokens: int
     raw_mechanism_enabled: bool
     raw_bundle_digest: str  # "" when raw is off
+    privacy_levels: tuple[PrivacyLevel, ...] = ()
+    max_frames: int = 0  # 0: not advertised (an older server)
+    max_frame_payload_bytes: int = 0  # 0: not advertised
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.ModelInfo) -> ModelInfo:
@@ -91,7 +120,37 @@ class ModelInfo:
             max_new_tokens=pb.max_new_tokens,
             raw_mechanism_enabled=pb.raw_mechanism_enabled,
             raw_bundle_digest=pb.raw_bundle_digest,
+            privacy_levels=tuple(PrivacyLevel.from_pb(level) for level in pb.privacy_levels),
+            max_frames=pb.max_frames,
+            max_frame_payload_bytes=pb.max_frame_payload_bytes,
         )
+
+    def frame_payload_bytes(self, wanted: int) -> int:
+        """The frame size to use: the client's choice, capped by what this server accepts."""
+        return min(wanted, self.max_frame_payload_bytes or wanted)
+
+    def check_limits(self, *, tokens: int, frames: int, max_new_tokens: int) -> None:
+        """Refuse, before any privacy is spent, a request this server would refuse anyway.
+
+        A limit of 0 is one the server did not advertise; the server still enforces its own.
+        """
+        problems = []
+        if self.max_new_tokens and max_new_tokens > self.max_new_tokens:
+            problems.append(
+                f"max_new_tokens {max_new_tokens} exceeds the server's limit of "
+                f"{self.max_new_tokens}"
+            )
+        if self.max_prompt_tokens and tokens > self.max_prompt_tokens:
+            problems.append(
+                f"the prompt has {tokens} tokens, over the server's limit of "
+                f"{self.max_prompt_tokens}"
+            )
+        if self.max_frames and frames > self.max_frames:
+            problems.append(
+                f"the prompt needs {frames} frames, over the server's limit of {self.max_frames}"
+            )
+        if problems:
+            raise LimitExceededError("; ".join(problems) + ": nothing was sent, no privacy spent")
 
     def bundle_digest(self, mechanism: str) -> str:
         """The digest of the bundle to encode with under `mechanism`."""
@@ -302,7 +361,7 @@ class GenerationPlan:
     prompt: str
     privacy: PrivacyChoice
     sampling: Sampling
-    budget: PrivacyBudget | None = None
+    budget: Budget | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -322,6 +381,18 @@ class GenerationPlan:
         if not ids:
             raise RequestOptionError("the prompt has no tokens")
         spec = self.privacy.frame_spec(bundle)
+        max_payload_bytes = model.frame_payload_bytes(max_payload_bytes)
+        if packed_size(spec.bits_per_token, 1) > max_payload_bytes:
+            raise LimitExceededError(
+                f"one token takes {packed_size(spec.bits_per_token, 1)} bytes, over the "
+                f"frame limit of {max_payload_bytes}: nothing was sent, no privacy spent"
+            )
+        per_frame = tokens_per_frame(spec, max_payload_bytes)
+        model.check_limits(
+            tokens=len(ids),
+            frames=-(-len(ids) // per_frame),
+            max_new_tokens=self.sampling.max_new_tokens,
+        )
         embeddings = bundle.embed(ids)  # (T, k); the raw bundle's table gives (T, d)
         if isinstance(spec, RawSpec):
             if self.budget is not None:
@@ -424,6 +495,11 @@ class ReplyFolder:
         self._ids: list[int] = []
         self._final: inference_pb2.Final | None = None
 
+    @property
+    def replied(self) -> bool:
+        """Whether any reply arrived: after one, a failed stream is no longer retried."""
+        return bool(self._ids or self._deltas) or self._final is not None
+
     def feed(self, response: inference_pb2.GenerateResponse) -> str:
         """The text delta this reply carries ("" for the Final)."""
         if self._final is not None:
@@ -505,7 +581,7 @@ class BaseClient(Generic[GenerationT]):
         top_k: int = 0,
         seed: int | None = None,
         stop: tuple[str, ...] | list[str] | str = (),
-        budget: PrivacyBudget | None = None,
+        budget: Budget | None = None,
     ) -> GenerationT:
         """Stream a continuation of `prompt`, privatized on this device.
 

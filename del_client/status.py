@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import grpc
 
 from .errors import (
+    AuthenticationError,
     DeadlineExceededError,
     InvalidRequestError,
     PreconditionFailedError,
@@ -26,6 +27,7 @@ ERROR_FOR_STATUS: dict[grpc.StatusCode, type[ServerError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.UNAVAILABLE: ServerUnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
 }
 
 
@@ -35,8 +37,11 @@ def server_error(error: grpc.RpcError) -> ServerError:
     # grpc.RpcError has neither, and AioRpcError is not a grpc.Call, hence duck typing.
     has_status = callable(getattr(error, "code", None))
     code = error.code() if has_status else grpc.StatusCode.UNKNOWN
-    details = (error.details() if has_status else None) or str(error)
-    return ERROR_FOR_STATUS.get(code, ServerError)(code.name, details)
+    details = (error.details() if has_status else None) or ""
+    cls = ERROR_FOR_STATUS.get(code, ServerError)
+    if not details and not cls.hint:  # say something, if only gRPC's debug string
+        details = str(error)
+    return cls(code.name, details)
 
 
 @contextmanager

@@ -105,8 +105,14 @@ def _aggregate(target: str, streams: int, new_tokens: int, cache_dir: Path) -> d
 
 
 def run_benchmark(*, model: str, new_tokens: int, repeats: int, cache_dir: Path) -> dict:
-    settings = Settings(model=model, port=0, metrics_port=-1, max_running=16, max_waiting=64,
-                        max_new_tokens=max(256, new_tokens))  # fmt: skip
+    settings = Settings(
+        model=model,
+        port=0,
+        metrics_port=-1,
+        max_running=16,
+        max_waiting=64,
+        max_new_tokens=max(256, new_tokens),
+    )
     server = _ServerThread(settings)
     target = f"127.0.0.1:{server.running.port}"
     try:
@@ -158,8 +164,10 @@ def _markdown(result: dict) -> str:
         "|---:|---:|---:|",
     ]
     for row in result["concurrency"]:
-        lines.append(f"| {row['streams']} | {row['aggregate_tokens_per_s']:.1f} "
-                     f"| {1000 * row['median_time_to_first_token_s']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {row['streams']} | {row['aggregate_tokens_per_s']:.1f} "
+            f"| {1000 * row['median_time_to_first_token_s']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -171,8 +179,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    result = run_benchmark(model=args.model, new_tokens=args.new_tokens, repeats=args.repeats,
-                           cache_dir=args.out / ".bundle-cache")  # fmt: skip
+    result = run_benchmark(
+        model=args.model,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        cache_dir=args.out / ".bundle-cache",
+    )
     (args.out / "bench_e2e.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "bench_e2e.md").write_text(_markdown(result))
     print(_markdown(result))

@@ -1,4 +1,4 @@
-"""`del-server`: serve a model, or export the client bundle that goes with it."""
+"""`del-server`: serve a model, export its client bundle, train and calibrate its adapter."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 
 from . import settings as settings_module
+from .eval.cli import add_commands as add_eval_commands
 from .logs import configure
+from .train.cli import add_commands as add_training_commands
 
 log = logging.getLogger("del_server")
 
@@ -54,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--raw", action="store_true", help="the unprojected (no privacy) table")
     export.set_defaults(run=_export_client_bundle)
+    add_training_commands(sub)
+    add_eval_commands(sub)
     return parser
 
 

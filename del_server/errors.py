@@ -1,6 +1,6 @@
 """Server-side errors; each maps to one gRPC status code in status.py."""
 
-from del_client.errors import DELError
+from del_client.errors import DELError, FrameError
 
 
 class OverloadedError(DELError):
@@ -13,3 +13,23 @@ class UnknownModelError(DELError):
 
 class MechanismDisabledError(DELError):
     """The header asks for a mechanism this server does not offer (e.g. raw when disabled)."""
+
+
+class ShuttingDownError(DELError):
+    """The server stopped before this stream finished (its drain time ran out): try again."""
+
+
+class AuthError(DELError):
+    """The call carries no valid bearer token. The status says nothing more, on purpose."""
+
+
+class IdleStreamError(DELError):
+    """The client sent nothing for idle_timeout_s before its End marker: the slot is reclaimed."""
+
+
+class RequestTimeoutError(DELError):
+    """The stream outlived max_request_s, the server's cap on any client deadline."""
+
+
+class UndecodableMessageError(FrameError):
+    """A message is not a valid protobuf of the expected type (gRPC would call it INTERNAL)."""

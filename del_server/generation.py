@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 
 from .adapter import Adapter
 from .backends.base import Backend
-from .errors import OverloadedError
+from .errors import OverloadedError, ShuttingDownError
 from .sampling import FinishReason, Sampler, SamplingParams, TextStream
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class Engine:
                     self._running.append(self._waiting.popleft())
             self._round()
         for sequence in [*self._running, *self._waiting]:
-            sequence.handle._send(FailedEvent(RuntimeError("server shutting down")))
+            sequence.handle._send(FailedEvent(ShuttingDownError("the server is shutting down")))
 
     def _round(self) -> None:
         """Advance every running sequence by one token."""

@@ -16,13 +16,41 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from .sampling import FinishReason
 
-LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
-                     1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)  # fmt: skip
+LATENCY_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
 RATIO_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 EPSILON_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 MECHANISMS = ("binomial", "raw")
-STATUS_CODES = ("OK", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
-                "UNAUTHENTICATED", "DEADLINE_EXCEEDED", "CANCELLED", "INTERNAL")  # fmt: skip
+STATUS_CODES = (
+    "OK",
+    "INVALID_ARGUMENT",
+    "FAILED_PRECONDITION",
+    "RESOURCE_EXHAUSTED",
+    "UNAUTHENTICATED",
+    "DEADLINE_EXCEEDED",
+    "CANCELLED",
+    "UNAVAILABLE",
+    "INTERNAL",
+)
 
 
 def build_1_2_5_buckets(maximum: int) -> list[int]:
@@ -66,23 +94,43 @@ class Metrics:
         self.requests = Counter(
             "del_requests", "Generate streams by gRPC status code", ["code"], **r
         )
-        self.request_success = Counter("del_request_success", "Finished requests by finish reason",
-                                       ["finished_reason"], **r)  # fmt: skip
+        self.request_success = Counter(
+            "del_request_success", "Finished requests by finish reason", ["finished_reason"], **r
+        )
         self.running = Gauge("del_num_requests_running", "Sequences being generated", **r)
         self.waiting = Gauge("del_num_requests_waiting", "Requests queued for the engine", **r)
-        self.ttft = Histogram("del_time_to_first_token_seconds", "From End marker to first token",
-                              buckets=LATENCY_BUCKETS_S, **r)  # fmt: skip
-        self.itl = Histogram("del_inter_token_latency_seconds", "Between consecutive tokens",
-                             buckets=LATENCY_BUCKETS_S, **r)  # fmt: skip
-        self.e2e = Histogram("del_e2e_request_latency_seconds", "From header to final message",
-                             buckets=LATENCY_BUCKETS_S, **r)  # fmt: skip
+        self.streams_open = Gauge(
+            "del_num_streams_open", "Generate streams holding a slot (reading or generating)", **r
+        )
+        self.ttft = Histogram(
+            "del_time_to_first_token_seconds",
+            "From End marker to first token",
+            buckets=LATENCY_BUCKETS_S,
+            **r,
+        )
+        self.itl = Histogram(
+            "del_inter_token_latency_seconds",
+            "Between consecutive tokens",
+            buckets=LATENCY_BUCKETS_S,
+            **r,
+        )
+        self.e2e = Histogram(
+            "del_e2e_request_latency_seconds",
+            "From header to final message",
+            buckets=LATENCY_BUCKETS_S,
+            **r,
+        )
         self.prompt_tokens = Counter("del_prompt_tokens", "Prompt tokens received", **r)
         self.generation_tokens = Counter("del_generation_tokens", "Tokens generated", **r)
-        self.request_prompt_tokens = Histogram("del_request_prompt_tokens", "Prompt tokens per request",
-                                               buckets=token_buckets, **r)  # fmt: skip
-        self.request_generation_tokens = Histogram("del_request_generation_tokens",
-                                                   "Generated tokens per request",
-                                                   buckets=token_buckets, **r)  # fmt: skip
+        self.request_prompt_tokens = Histogram(
+            "del_request_prompt_tokens", "Prompt tokens per request", buckets=token_buckets, **r
+        )
+        self.request_generation_tokens = Histogram(
+            "del_request_generation_tokens",
+            "Generated tokens per request",
+            buckets=token_buckets,
+            **r,
+        )
         self.wire_received = Counter(
             "del_wire_received_bytes", "gRPC message bytes received on Generate streams", **r
         )
@@ -93,15 +141,32 @@ class Metrics:
             "del_payload_bits", "Privatized payload bits received", ["mechanism"], **r
         )
         self.frames = Counter("del_frames_received", "Frames received", ["mechanism"], **r)
-        self.bits_per_token = Histogram("del_payload_bits_per_token", "Payload bits per prompt token",
-                                        ["mechanism"], buckets=build_1_2_5_buckets(1 << 20), **r)  # fmt: skip
-        self.compression = Histogram("del_compression_ratio",
-                                     "Payload bits per token over a raw bf16 embedding's bits",
-                                     ["mechanism"], buckets=RATIO_BUCKETS, **r)  # fmt: skip
-        self.by_level = Counter("del_requests_by_privacy_level", "Requests by mechanism and soft-prompt level",
-                                ["mechanism", "level"], **r)  # fmt: skip
-        self.epsilon = Histogram("del_epsilon_per_prompt", "Exact ε per prompt at the reported δ",
-                                 buckets=EPSILON_BUCKETS, **r)  # fmt: skip
+        self.bits_per_token = Histogram(
+            "del_payload_bits_per_token",
+            "Payload bits per prompt token",
+            ["mechanism"],
+            buckets=build_1_2_5_buckets(1 << 20),
+            **r,
+        )
+        self.compression = Histogram(
+            "del_compression_ratio",
+            "Payload bits per token over a raw bf16 embedding's bits",
+            ["mechanism"],
+            buckets=RATIO_BUCKETS,
+            **r,
+        )
+        self.by_level = Counter(
+            "del_requests_by_privacy_level",
+            "Requests by mechanism and soft-prompt level",
+            ["mechanism", "level"],
+            **r,
+        )
+        self.epsilon = Histogram(
+            "del_epsilon_per_prompt",
+            "Exact ε per prompt at the reported δ",
+            buckets=EPSILON_BUCKETS,
+            **r,
+        )
         for code in STATUS_CODES:
             self.requests.labels(code)
         for reason in FinishReason:
@@ -116,6 +181,14 @@ class Metrics:
         """Read the engine's queue sizes at scrape time."""
         self.running.set_function(running)
         self.waiting.set_function(waiting)
+
+    def refused(self, code: str) -> None:
+        """A Generate stream refused before the servicer saw it (e.g. UNAUTHENTICATED)."""
+        self.requests.labels(code).inc()
+
+    def track_streams(self, open_streams: Callable[[], int]) -> None:
+        """Read the open Generate streams at scrape time."""
+        self.streams_open.set_function(open_streams)
 
     def record(self, stats: RequestStats) -> None:
         self.requests.labels(stats.code).inc()

@@ -70,7 +70,10 @@ def build_served_model(settings: Settings) -> ServedModel:
     )
     log.info(
         "model ready",
-        extra={"model_id": loaded.model_id, "projection_dim": adapter.projection_dim,
-               "bundle_digest": served.bundle.digest},
-    )  # fmt: skip
+        extra={
+            "model_id": loaded.model_id,
+            "projection_dim": adapter.projection_dim,
+            "bundle_digest": served.bundle.digest,
+        },
+    )
     return served

@@ -21,15 +21,19 @@ from prometheus_client import CollectorRegistry
 
 from del_client.proto import inference_pb2, inference_pb2_grpc
 
+from .auth import TokenStore
 from .generation import FinishEvent, PrivatePrompt
+from .interceptors import server_interceptors
 from .metrics import Metrics
 from .runtime import ServedModel, build_served_model
 from .sampling import SamplingParams
 from .service import SplitInferenceService
 from .settings import Settings
+from .tls import bind
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["SplitInference"].full_name
+GENERATE_METHOD = f"/{SERVICE_NAME}/Generate"
 
 
 @dataclass(eq=False)
@@ -54,6 +58,20 @@ class RunningServer:
             self._metrics_http.server_close()
 
 
+def _connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """Keepalive and connection-age channel arguments, in the milliseconds gRPC expects."""
+    options = [
+        ("grpc.keepalive_time_ms", round(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", round(settings.keepalive_timeout_s * 1000)),
+    ]
+    if settings.max_connection_age_s > 0:  # gRPC's own default is "never"
+        options += [
+            ("grpc.max_connection_age_ms", round(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", round(settings.max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
 async def _warm_up(served: ServedModel) -> None:
     """One tiny generation through the engine, so the first client pays no start-up cost."""
     x_hat = np.zeros((1, served.adapter.projection_dim), dtype=np.float32)
@@ -67,6 +85,7 @@ async def _warm_up(served: ServedModel) -> None:
 
 async def start(settings: Settings, *, served: ServedModel | None = None) -> RunningServer:
     """Load (unless given), warm up, and serve; returns once the server is SERVING."""
+    tokens = TokenStore.from_settings(settings)  # a bad token file fails before the model loads
     served = served or await asyncio.to_thread(build_served_model, settings)
     registry = CollectorRegistry()
     metrics = Metrics(
@@ -76,19 +95,29 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
     )
     metrics.track_engine(lambda: served.engine.running, lambda: served.engine.waiting)
     server = grpc.aio.server(
+        interceptors=server_interceptors(
+            tokens, lambda method: method == GENERATE_METHOD and metrics.refused("UNAUTHENTICATED")
+        ),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-        ]
+            *_connection_options(settings),
+        ],
     )
     inference_pb2_grpc.add_SplitInferenceServicer_to_server(
         SplitInferenceService(served, settings, metrics), server
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection([SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                                         reflection.SERVICE_NAME], server)  # fmt: skip
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    reflection.enable_server_reflection(
+        [
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = bind(server, settings)  # plaintext, TLS or mutual TLS (tls.py)
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     served.engine.start()
@@ -110,8 +139,10 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     running = await start(settings)
-    print(f"del-server listening on {settings.host}:{running.port} (metrics :{running.metrics_port})",
-          flush=True)  # fmt: skip
+    print(
+        f"del-server listening on {settings.host}:{running.port} (metrics :{running.metrics_port})",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

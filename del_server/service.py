@@ -3,6 +3,10 @@
 A Generate stream is: one StreamHeader, Frames numbered from 0, one End; then the server
 streams TokenChunks and one Final. Every violation ends the stream with a status code from
 status.py; the engine and the other streams never notice.
+
+Every stream is bounded (SECURITY.md): it takes one of max_running + max_waiting slots before
+it reads anything, waits at most idle_timeout_s for each client message, lives at most
+max_request_s, and sends at most max_frames frames of max_frame_bytes each.
 """
 
 from __future__ import annotations
@@ -15,24 +19,34 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from del_client.codec import FrameAssembler, RawSpec, spec_from_params
 from del_client.errors import BundleMismatchError, DELError, FrameError, LimitExceededError
 from del_client.proto import inference_pb2, inference_pb2_grpc
 
 from . import __version__
-from .errors import MechanismDisabledError, UnknownModelError
+from .errors import (
+    IdleStreamError,
+    MechanismDisabledError,
+    OverloadedError,
+    RequestTimeoutError,
+    UndecodableMessageError,
+    UnknownModelError,
+)
 from .generation import FailedEvent, FinishEvent, PrivatePrompt, RawPrompt, TokenEvent
 from .metrics import Metrics, RequestStats
 from .runtime import ServedModel
 from .sampling import FinishReason, SamplingParams
 from .settings import Settings
-from .status import status_for
+from .status import end_call, status_for
 
 log = logging.getLogger(__name__)
 
 GRPC_MESSAGE_PREFIX_BYTES = 5  # compressed flag + 4-byte length before every message
 BUNDLE_CHUNK_BYTES = 1 << 20
+BUNDLE_CHUNK_OVERHEAD = 64  # a chunk's offset, total size and field tags
+DRAIN_S = 1.0  # the longest a refused stream is read before its status goes out
 SUPPORTED_BITS = list(range(1, 9))
 FINISH_REASON_PB = {
     FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
@@ -45,11 +59,36 @@ def _wire_size(message) -> int:
     return message.ByteSize() + GRPC_MESSAGE_PREFIX_BYTES
 
 
+class StreamSlots:
+    """Generate streams open at once, whether reading the prompt or generating.
+
+    The capacity is max_running + max_waiting, what the engine holds, so an admitted stream
+    finds room there (except within one engine round, while a cancelled sequence still sits
+    in it: the engine then answers "server busy" itself). A stream takes its slot before
+    reading anything, so clients that open streams and send nothing cannot pile up work, and
+    the idle timeout hands their slots back.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.open = 0  # touched only on the event loop: no lock
+
+    def acquire(self) -> None:
+        if self.open >= self.capacity:
+            raise OverloadedError(f"server busy: all {self.capacity} stream slots are taken")
+        self.open += 1
+
+    def release(self) -> None:
+        self.open -= 1
+
+
 class _Stream:
     """Counters of one Generate stream, filled as messages cross the wire."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_request_s: float) -> None:
         self.started = time.perf_counter()
+        self.deadline = self.started + max_request_s
+        self.request_done = False  # the End marker was read, or the client closed its side
         self.received_bytes = 0
         self.sent_bytes = 0
         self.frames = 0
@@ -70,6 +109,8 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         self._served = served
         self._settings = settings
         self._metrics = metrics
+        self._slots = StreamSlots(settings.max_running + settings.max_waiting)
+        metrics.track_streams(lambda: self._slots.open)
 
     async def GetManifest(self, request, context) -> inference_pb2.Manifest:
         served, settings = self._served, self._settings
@@ -85,41 +126,50 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             max_new_tokens=settings.max_new_tokens,
             raw_mechanism_enabled=served.raw_bundle is not None,
             raw_bundle_digest=served.raw_bundle.digest if served.raw_bundle else "",
+            max_frames=settings.max_frames,
+            max_frame_payload_bytes=settings.max_frame_bytes,
+            privacy_levels=[_privacy_level(level, served) for level in served.adapter.calibration],
         )
         return inference_pb2.Manifest(server_version=__version__, models=[info])
 
     async def FetchClientBundle(self, request, context) -> AsyncIterator[inference_pb2.BundleChunk]:
         bundle = self._served.bundles.get(request.digest)
         if bundle is None:
-            await context.abort(
+            end_call(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "no bundle with that digest; read the current one from GetManifest",
             )
+            return
         data = bundle.to_bytes()
-        for offset in range(0, len(data), BUNDLE_CHUNK_BYTES):
+        # Each chunk must fit the message size limit, which applies to what the server sends.
+        size = min(BUNDLE_CHUNK_BYTES, self._settings.max_message_bytes - BUNDLE_CHUNK_OVERHEAD)
+        for offset in range(0, len(data), size):
             yield inference_pb2.BundleChunk(
-                data=data[offset : offset + BUNDLE_CHUNK_BYTES], offset=offset, total_size=len(data)
+                data=data[offset : offset + size], offset=offset, total_size=len(data)
             )
 
     async def Generate(
         self, request_iterator, context
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
-        stream = _Stream()
+        stream = _Stream(self._settings.max_request_s)
         code = "OK"
         finish: FinishEvent | None = None
         epsilon = None
         handle = None
+        holds_slot = False
+        requests = aiter(request_iterator)
         try:
-            header, sampling, prompt, epsilon = await self._read_prompt(
-                aiter(request_iterator), stream
-            )
+            self._slots.acquire()
+            holds_slot = True
+            header, sampling, prompt, epsilon = await self._read_prompt(requests, stream)
             inputs, soft_mu = self._served.prompts.build(prompt)
             stream.level = "none" if soft_mu is None else f"{soft_mu:g}"
             handle = self._served.engine.submit(
                 header.request_id or uuid.uuid4().hex, inputs, sampling
             )
             while True:
-                event = await handle.events.get()
+                event = await self._next_event(handle, stream)
                 if isinstance(event, TokenEvent):
                     if event.token_id is not None:
                         stream.token_times.append(time.perf_counter())
@@ -134,18 +184,80 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
                     raise event.error
         except DELError as exc:
             code = status_for(exc).name
-            await context.abort(status_for(exc), str(exc))
+            if not stream.request_done and not isinstance(
+                exc, IdleStreamError | RequestTimeoutError
+            ):
+                await self._drain(requests)
+            end_call(context, status_for(exc), str(exc))
         except asyncio.CancelledError:
             code = "DEADLINE_EXCEEDED" if _deadline_passed(context) else "CANCELLED"
             raise
         except Exception:
             code = "INTERNAL"
             log.exception("Generate failed")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            end_call(context, grpc.StatusCode.INTERNAL, "internal error")
         finally:
             if handle is not None:
                 handle.cancel()
+            if holds_slot:
+                self._slots.release()
             self._metrics.record(self._stats(stream, code, finish, epsilon))
+
+    async def _drain(self, requests) -> None:
+        """Read, and drop, what the client is still sending, before refusing its stream.
+
+        gRPC's asyncio client reports INTERNAL ("Internal error from Core", grpc/grpc#36066)
+        in place of the server's status when that status arrives while it is still writing.
+        Reading the rest of a client's request first lets the real status through; it is
+        bounded by max_frames + 2 messages and DRAIN_S seconds, and nothing read is used.
+        Timeouts are not drained: the client is not writing then.
+        """
+        try:
+            async with asyncio.timeout(min(DRAIN_S, self._settings.idle_timeout_s)):
+                for _ in range(self._settings.max_frames + 2):
+                    message = await anext(requests, None)
+                    if message is None or message.WhichOneof("kind") == "end":
+                        return
+        except (TimeoutError, DecodeError):
+            return
+
+    async def _receive(self, requests, stream: _Stream):
+        """The client's next message (None once it closed its side), waited for a bounded time."""
+        idle_s = self._settings.idle_timeout_s
+        left_s = stream.deadline - time.perf_counter()
+        try:
+            async with asyncio.timeout(min(idle_s, left_s)):
+                message = await anext(requests, None)
+        except TimeoutError:
+            if left_s <= idle_s:
+                raise self._request_timeout() from None
+            raise IdleStreamError(
+                f"no message from the client for {idle_s:g} s before its end marker: "
+                "the stream was closed and its slot freed"
+            ) from None
+        except DecodeError:
+            raise UndecodableMessageError(
+                "a message is not a valid del.v1.GenerateRequest protobuf"
+            ) from None
+        if message is None:
+            stream.request_done = True
+        else:
+            stream.received_bytes += _wire_size(message)
+        return message
+
+    async def _next_event(self, handle, stream: _Stream):
+        """The engine's next event for this stream, within the stream's time cap."""
+        try:
+            async with asyncio.timeout(stream.deadline - time.perf_counter()):
+                return await handle.events.get()
+        except TimeoutError:
+            raise self._request_timeout() from None
+
+    def _request_timeout(self) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"the stream ran past the server's limit of {self._settings.max_request_s:g} s "
+            "per request"
+        )
 
     async def _read_prompt(self, requests, stream: _Stream):
         """Header, frames, End -> (header, sampling, prompt for the engine, ε or None).
@@ -153,22 +265,27 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         The header is checked in full before any frame is read, so a request that would be
         refused anyway is refused before its prompt is decoded.
         """
-        first = await anext(requests, None)
+        first = await self._receive(requests, stream)
         if first is None or first.WhichOneof("kind") != "header":
             raise FrameError("the stream must start with a header")
-        stream.received_bytes += _wire_size(first)
         header = first.header
         spec = self._check_header(header)
         sampling = self._sampling(header.sampling)
         stream.mechanism = "raw" if isinstance(spec, RawSpec) else "binomial"
-        assembler = FrameAssembler(spec, max_tokens=self._settings.max_prompt_tokens)
-        async for message in requests:
-            stream.received_bytes += _wire_size(message)
+        limits = self._settings
+        assembler = FrameAssembler(
+            spec,
+            max_tokens=limits.max_prompt_tokens,
+            max_frames=limits.max_frames,
+            max_payload_bytes=limits.max_frame_bytes,
+        )
+        while (message := await self._receive(requests, stream)) is not None:
             kind = message.WhichOneof("kind")
             if kind == "frame":
                 assembler.add(message.frame)
                 stream.frames += 1
             elif kind == "end":
+                stream.request_done = True
                 break
             else:
                 raise FrameError(f"expected a frame or the end marker, got {kind or 'nothing'}")
@@ -266,6 +383,19 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             e2e_latency_s=time.perf_counter() - stream.started if finish else None,
             epsilon_prompt=epsilon,
         )
+
+
+def _privacy_level(level: dict, served: ServedModel) -> inference_pb2.PrivacyLevel:
+    return inference_pb2.PrivacyLevel(
+        mu=level["mu"],
+        epsilon_token=level["epsilon_token"],
+        delta=level["delta"],
+        bits=level["bits"],
+        target_attack_rate=level["target_attack_rate"],
+        nearest_neighbour_rate=level["nearest_neighbour_rate"],
+        likelihood_rate=level["likelihood_rate"],
+        soft_prompt=level["mu"] in served.adapter.soft_prompts,
+    )
 
 
 def _deadline_passed(context) -> bool:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +51,36 @@ class LoopbackServer:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
 
+@contextmanager
+def serving(settings) -> Iterator[LoopbackServer]:
+    """Start a real server with `settings` on its own loop thread; stop it on exit."""
+    from del_server.server import start
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="loopback-server", daemon=True)
+    thread.start()
+    running = asyncio.run_coroutine_threadsafe(start(settings), loop).result(timeout=180)
+    try:
+        yield LoopbackServer(running, loop)
+    finally:
+        asyncio.run_coroutine_threadsafe(running.stop(grace_s=1.0), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """`with serve(settings) as loopback:` starts a real server with any settings."""
+    return serving
+
+
+@pytest.fixture(scope="session")
+def stories260k(shared_dir) -> Path:
+    return shared_dir / "models" / "stories260K"
+
+
 @pytest.fixture(scope="session")
 def server(shared_dir) -> Iterator[LoopbackServer]:
-    from del_server.server import start
     from del_server.settings import Settings
 
     settings = Settings(
@@ -66,11 +94,5 @@ def server(shared_dir) -> Iterator[LoopbackServer]:
         max_new_tokens=128,
         grace_s=2.0,
     )
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="loopback-server", daemon=True)
-    thread.start()
-    running = asyncio.run_coroutine_threadsafe(start(settings), loop).result(timeout=180)
-    yield LoopbackServer(running, loop)
-    asyncio.run_coroutine_threadsafe(running.stop(grace_s=1.0), loop).result(timeout=60)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
+    with serving(settings) as loopback:
+        yield loopback

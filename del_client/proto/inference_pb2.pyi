@@ -121,7 +121,7 @@ class GetManifestRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "hidden_size", "projection_dim", "clip", "supported_bits", "soft_prompt_mus", "client_bundle_digest", "max_prompt_tokens", "max_new_tokens", "raw_mechanism_enabled", "raw_bundle_digest")
+    __slots__ = ("model_id", "hidden_size", "projection_dim", "clip", "supported_bits", "soft_prompt_mus", "client_bundle_digest", "max_prompt_tokens", "max_new_tokens", "raw_mechanism_enabled", "raw_bundle_digest", "privacy_levels", "max_frames", "max_frame_payload_bytes")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     PROJECTION_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,9 @@ class ModelInfo(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RAW_MECHANISM_ENABLED_FIELD_NUMBER: _ClassVar[int]
     RAW_BUNDLE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     hidden_size: int
     projection_dim: int
@@ -144,7 +147,30 @@ class ModelInfo(_message.Message):
     max_new_tokens: int
     raw_mechanism_enabled: bool
     raw_bundle_digest: str
-    def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., projection_dim: _Optional[int] = ..., clip: _Optional[float] = ..., supported_bits: _Optional[_Iterable[int]] = ..., soft_prompt_mus: _Optional[_Iterable[float]] = ..., client_bundle_digest: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., raw_mechanism_enabled: _Optional[bool] = ..., raw_bundle_digest: _Optional[str] = ...) -> None: ...
+    privacy_levels: _containers.RepeatedCompositeFieldContainer[PrivacyLevel]
+    max_frames: int
+    max_frame_payload_bytes: int
+    def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., projection_dim: _Optional[int] = ..., clip: _Optional[float] = ..., supported_bits: _Optional[_Iterable[int]] = ..., soft_prompt_mus: _Optional[_Iterable[float]] = ..., client_bundle_digest: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., raw_mechanism_enabled: _Optional[bool] = ..., raw_bundle_digest: _Optional[str] = ..., privacy_levels: _Optional[_Iterable[_Union[PrivacyLevel, _Mapping]]] = ..., max_frames: _Optional[int] = ..., max_frame_payload_bytes: _Optional[int] = ...) -> None: ...
+
+class PrivacyLevel(_message.Message):
+    __slots__ = ("mu", "epsilon_token", "delta", "bits", "target_attack_rate", "nearest_neighbour_rate", "likelihood_rate", "soft_prompt")
+    MU_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ATTACK_RATE_FIELD_NUMBER: _ClassVar[int]
+    NEAREST_NEIGHBOUR_RATE_FIELD_NUMBER: _ClassVar[int]
+    LIKELIHOOD_RATE_FIELD_NUMBER: _ClassVar[int]
+    SOFT_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    mu: float
+    epsilon_token: float
+    delta: float
+    bits: int
+    target_attack_rate: float
+    nearest_neighbour_rate: float
+    likelihood_rate: float
+    soft_prompt: bool
+    def __init__(self, mu: _Optional[float] = ..., epsilon_token: _Optional[float] = ..., delta: _Optional[float] = ..., bits: _Optional[int] = ..., target_attack_rate: _Optional[float] = ..., nearest_neighbour_rate: _Optional[float] = ..., likelihood_rate: _Optional[float] = ..., soft_prompt: _Optional[bool] = ...) -> None: ...
 
 class Manifest(_message.Message):
     __slots__ = ("server_version", "models")

@@ -23,10 +23,10 @@ from del_client import (
     Client,
     ClientConfig,
     GenerationResult,
+    LimitExceededError,
     PreconditionFailedError,
     PrivacyBudget,
     PrivacySpec,
-    ResourceExhaustedError,
     ServerUnavailableError,
 )
 from del_client.cli import main
@@ -198,12 +198,16 @@ def test_a_corrupted_cached_bundle_is_deleted_and_fetched_again(server, tmp_path
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
-def test_max_new_tokens_over_the_server_limit_is_resource_exhausted(client):
+def test_max_new_tokens_over_the_server_limit_is_refused_before_anything_is_sent(client, server):
+    # The manifest advertises the limit, so no privacy is spent on a request bound to fail;
+    # the server's own RESOURCE_EXHAUSTED is tested on the wire (tests/server/test_service.py).
     limit = client.manifest().model.max_new_tokens
-    with pytest.raises(ResourceExhaustedError) as refused:
-        client.generate(PROMPT, mu=10, max_new_tokens=limit + 1).collect()
-    assert refused.value.code == "RESOURCE_EXHAUSTED"
-    assert str(limit) in refused.value.details
+    budget = PrivacyBudget(epsilon=1e6, delta=1e-5)
+    before = metric(server, "del_requests_total")
+    with pytest.raises(LimitExceededError, match=f"max_new_tokens {limit + 1} exceeds .* {limit}"):
+        client.generate(PROMPT, mu=10, max_new_tokens=limit + 1, budget=budget).collect()
+    assert budget.spent == 0
+    assert metric(server, "del_requests_total") == before
 
 
 def test_breaking_out_of_the_stream_cancels_the_call_on_the_server(client, server):
@@ -245,8 +249,21 @@ def test_cli_generate_json_prints_the_reference_greedy_continuation(
     server, reference, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("DEL_CACHE_DIR", str(tmp_path))
-    main(["generate", PROMPT, "--server", server.target, "--mechanism", "raw",
-          "--temperature", "0", "--max-new-tokens", "60", "--json"])  # fmt: skip
+    main(
+        [
+            "generate",
+            PROMPT,
+            "--server",
+            server.target,
+            "--mechanism",
+            "raw",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "60",
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     assert PROMPT + out["text"] == reference["greedy_text"]

@@ -56,8 +56,15 @@ def test_soft_prompt_choice_is_exact_or_the_nearest_more_private_level(adapter):
 
 def test_adapter_round_trips_through_safetensors_and_json(tmp_path, adapter, loaded):
     prompts = {4.0: torch.randn(3, 64)}
-    original = Adapter(adapter.down, adapter.up, adapter.mean, adapter.clip, soft_prompts=prompts,
-                       calibration=[{"target": 0.1, "mu": 4.0}], metadata=adapter.metadata)  # fmt: skip
+    original = Adapter(
+        adapter.down,
+        adapter.up,
+        adapter.mean,
+        adapter.clip,
+        soft_prompts=prompts,
+        calibration=[{"target": 0.1, "mu": 4.0}],
+        metadata=adapter.metadata,
+    )
     restored = Adapter.load(original.save(tmp_path))
     torch.testing.assert_close(restored.down, original.down)
     torch.testing.assert_close(restored.soft_prompts[4.0], prompts[4.0])

@@ -253,8 +253,12 @@ def test_metrics_count_a_request_with_its_wire_bytes(server, stub, bundle, spec)
         metric(server, "del_payload_bits_total", '{mechanism="binomial"}')
         == before_bits + final.usage.payload_bits
     )
-    for name in ("del_time_to_first_token_seconds_count", "del_e2e_request_latency_seconds_count",
-                 "del_epsilon_per_prompt_count", "del_compression_ratio_count"):  # fmt: skip
+    for name in (
+        "del_time_to_first_token_seconds_count",
+        "del_e2e_request_latency_seconds_count",
+        "del_epsilon_per_prompt_count",
+        "del_compression_ratio_count",
+    ):
         labels = '{mechanism="binomial"}' if name.startswith("del_compression") else ""
         assert metric(server, name, labels) >= 1
 
