@@ -16,8 +16,10 @@ $(BIN)/del-client: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[server,dev]'
 	touch $@
 
+# torch runs single-threaded in tests: the tiny model gains nothing from intra-op threads, and
+# two OpenMP threads spinning against the servers the suite starts on 2 cores cost minutes.
 test: install
-	$(BIN)/pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q
 
 lint: install
 	$(BIN)/ruff check .

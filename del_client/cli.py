@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .errors import DELError
+from .errors import DELError, RequestOptionError
 
 
 def _add_privacy(sub: argparse._SubParsersAction) -> None:
@@ -157,10 +157,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--mu",
         type=float,
         help=f"per-token Gaussian-DP level (paper calibration); default {DEFAULT_MU:g} when "
-        "neither --mu nor --epsilon is given (the likelihood attack recovers about 3%% of "
-        "tokens there on the default model)",
+        "no privacy option is given",
     )
     target.add_argument("--epsilon", type=float, help="per-token ε at --delta (exact)")
+    target.add_argument(
+        "--level",
+        type=float,
+        metavar="RATE",
+        help="the server's calibrated level for this target attack success rate, e.g. 0.10 "
+        "(`del-client manifest` lists them with their ε and measured attack rates)",
+    )
     cmd.add_argument(
         "--delta", type=float, default=DEFAULT_DELTA, help="δ for --epsilon and for the ε reported"
     )
@@ -214,9 +220,10 @@ def _run_generate(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     with Client(_config(args)) as client:
+        mu = args.mu if args.level is None else _calibrated_mu(client, args.level)
         generation = client.generate(
             args.prompt,
-            mu=args.mu,
+            mu=mu,
             epsilon=args.epsilon,
             delta=args.delta,
             bits=args.bits,
@@ -250,6 +257,16 @@ def _run_generate(args: argparse.Namespace) -> None:
         f"soft prompt   {soft}",
         file=sys.stderr,
     )
+
+
+def _calibrated_mu(client, rate: float) -> float:
+    """μ of the server's level calibrated to `rate`; the choice stays the client's."""
+    levels = client.manifest().model.privacy_levels
+    for level in levels:
+        if abs(level.target_attack_rate - rate) < 1e-9:
+            return level.mu
+    offered = ", ".join(f"{level.target_attack_rate:g}" for level in levels) or "none"
+    raise RequestOptionError(f"the server has no level calibrated to {rate:g} (offered: {offered})")
 
 
 def _add_manifest(sub: argparse._SubParsersAction) -> None:

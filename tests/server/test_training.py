@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from del_client import Client, ClientConfig
+from del_client.cli import main
 from del_client.mechanism import PrivacySpec
 from del_server.adapter import Adapter
 from del_server.backends.transformers import TransformersBackend
@@ -134,15 +135,26 @@ def test_soft_prompt_is_prepended_at_inference_and_changes_the_output(trained, l
     assert with_soft != without
 
 
-def test_trained_adapter_loads_into_a_running_server(trained, tmp_path, serve, stories260k):
+def test_trained_adapter_loads_into_a_running_server(
+    trained, tmp_path, serve, stories260k, capsys, monkeypatch
+):
     out, adapter, _ = trained
     settings = Settings(model=str(stories260k), adapter=str(out), port=0, metrics_port=-1)
+    monkeypatch.setenv("DEL_CACHE_DIR", str(tmp_path))
     with serve(settings) as loopback:
         client = Client(ClientConfig(target=loopback.target, bundle_cache_dir=tmp_path))
         with client:
             model = client.manifest().model
             mu = max(adapter.soft_prompts)
             result = client.generate("Once upon a time", mu=mu, max_new_tokens=4, seed=0).collect()
+        level = adapter.calibration[0]
+        cli = ["generate", "Once upon a time", "--server", loopback.target, "--json"]
+        main([*cli, "--level", str(level["target_attack_rate"]), "--max-new-tokens", "2"])
+        assert json.loads(capsys.readouterr().out)["soft_prompt_mu"] == pytest.approx(level["mu"])
+        with pytest.raises(SystemExit) as refused:
+            main([*cli, "--level", "0.5"])
+        assert refused.value.code == 2
+        assert "no level calibrated to 0.5" in capsys.readouterr().err
     assert sorted(model.soft_prompt_mus) == sorted(adapter.soft_prompts)
     assert [lv.mu for lv in model.privacy_levels] == [lv["mu"] for lv in adapter.calibration]
     assert result.soft_prompt_mu == pytest.approx(mu)
