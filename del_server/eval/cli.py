@@ -1,0 +1,72 @@
+"""`del-server eval [--quick | --smoke] [--adapter DIR] [--out DIR] ...`
+
+    del-server eval                 the full run (`make eval`): the numbers the README quotes
+    del-server eval --quick         small samples, under 3 minutes (`make eval-quick`)
+    del-server eval --smoke         seconds: what the test suite runs to check the report's shape
+    del-server eval --render-only   redraw EVAL.md and the figures from OUT/eval.json
+
+Writes OUT/eval.json, OUT/EVAL.md and the PNG figures (OUT defaults to reports/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from .config import DEFAULT_ADAPTER, DEFAULT_DATA, DEFAULT_MODEL, preset
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .pipeline import render, run  # torch, transformers, the encoder: only when it runs
+
+    if args.render_only:
+        report = json.loads((args.out / "eval.json").read_text())
+        render(report, args.out)
+        print(f"{args.out}/EVAL.md and figures redrawn from {args.out}/eval.json")
+        return
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    config = preset(
+        mode,
+        model=args.model,
+        adapter=args.adapter,
+        data=args.data,
+        out=args.out,
+        seed=args.seed,
+        threads=args.threads,
+        soft_prompt_steps=args.soft_prompt_steps,
+    )
+    report = run(config, command=shlex.join(["del-server", *sys.argv[1:]]))
+    print(f"{args.out}/EVAL.md written in {report['timings']['total_s'] / 60:.1f} min")
+    for line in report["findings"]["utility"]:
+        print(f"- {line}")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval", help="privacy, utility, communication and speed report with plots"
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small samples, under 3 minutes")
+    size.add_argument("--smoke", action="store_true", help="tiny samples: checks the pipeline")
+    size.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: redraw EVAL.md, findings and figures from OUT/eval.json",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="path or hub id")
+    parser.add_argument("--adapter", default=DEFAULT_ADAPTER, help="trained adapter directory")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="the text the adapter was trained on")
+    parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default 1: best for the tiny default model)"
+    )
+    parser.add_argument(
+        "--soft-prompt-steps",
+        type=int,
+        help="steps for the baselines' soft prompts (default: as many as the adapter's)",
+    )
+    parser.set_defaults(run=_run)

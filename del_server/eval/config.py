@@ -1,0 +1,104 @@
+"""What one evaluation run measures and on how much data: one frozen object, three presets.
+
+    smoke  seconds of work: the test suite checks the report's shape with it, not its numbers
+    quick  `make eval-quick`, under 3 minutes: every stage on small samples
+    full   `make eval`, the numbers the README quotes (under 45 minutes on 2 idle cores)
+
+Every sample size and seed lands in eval.json and in the caption of each figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+DEFAULT_MODEL = "../shared/models/stories260K"
+DEFAULT_ADAPTER = "del_server/adapters/stories260K"
+DEFAULT_DATA = "../shared/data/tinystories/tinystories_val_head_dev.txt"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    mode: str
+    model: str = DEFAULT_MODEL
+    adapter: str = DEFAULT_ADAPTER
+    data: str = DEFAULT_DATA
+    out: Path = Path("reports")
+    bits: int = 4
+    delta: float = 1e-5  # δ at which every ε is reported
+    seed: int = 0
+    # torch threads. One suits the tiny default model: its per-op work is so small that a
+    # second thread costs more in synchronisation than it gives, and far more on a busy
+    # machine (measured: 4 soft-prompt steps/s with one thread, 0.4 with two, under load).
+    threads: int = 1
+    # Privacy: attack success on held-out tokens the levels were not calibrated on.
+    attack_tokens: int = 4000
+    calibration_tokens: int | None = None  # None: as many as the adapter was calibrated on
+    calibration_iterations: int = 20  # bisection steps when matching a baseline to a level
+    inversion_steps: int = 1500  # training steps of the learned inversion network
+    inversion_batch: int = 512
+    # Utility: held-out windows (32 prompt + 32 continuation tokens) and noise seeds.
+    loss_windows: int = 256
+    coherence_windows: int = 128
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    # Soft prompts the evaluation trains for the baselines; None: as many steps as the
+    # adapter's own soft prompts had, so that every method gets the same training.
+    soft_prompt_steps: int | None = None
+    # Communication through gRPC.
+    wire_requests: int = 16
+    # Speed (del_server.bench and del_client.bench, plus latency samples through gRPC).
+    codec_tokens: int = 100_000
+    bench_new_tokens: int = 128
+    bench_repeats: int = 5
+    latency_requests: int = 8  # sequential requests sampled for the latency distributions
+    concurrency: tuple[int, ...] = (1, 4, 16)
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+PRESETS = {
+    "full": EvalConfig(mode="full"),
+    "quick": EvalConfig(
+        mode="quick",
+        attack_tokens=1500,
+        calibration_tokens=1000,
+        calibration_iterations=10,
+        inversion_steps=150,
+        loss_windows=32,
+        coherence_windows=24,
+        seeds=(0, 1, 2),
+        soft_prompt_steps=30,
+        wire_requests=4,
+        codec_tokens=20_000,
+        bench_new_tokens=32,
+        bench_repeats=2,
+        latency_requests=3,
+        concurrency=(1, 4),
+    ),
+    "smoke": EvalConfig(
+        mode="smoke",
+        attack_tokens=400,
+        calibration_tokens=400,
+        calibration_iterations=8,
+        inversion_steps=20,
+        inversion_batch=128,
+        loss_windows=8,
+        coherence_windows=8,
+        seeds=(0, 1),
+        soft_prompt_steps=4,
+        wire_requests=2,
+        codec_tokens=2000,
+        bench_new_tokens=8,
+        bench_repeats=1,
+        latency_requests=2,
+        concurrency=(1, 2),
+    ),
+}
+
+
+def preset(mode: str, **overrides) -> EvalConfig:
+    """The named preset with some fields replaced (None values are left as the preset has them)."""
+    if mode not in PRESETS:
+        raise ValueError(f"unknown evaluation mode {mode!r}; expected one of {sorted(PRESETS)}")
+    return replace(PRESETS[mode], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,130 @@
+"""The evaluation in order, each stage timed, into out/eval.json, out/EVAL.md and the plots.
+
+methods        DEL's levels from the adapter; baselines matched to them; their soft prompts
+privacy        three attacks per private method, exact ε per token and per prompt
+utility        loss and coherence per method over noise seeds
+communication  real gRPC requests at each level and raw; computed sizes; symbol entropy
+speed          codec and end-to-end benchmarks; latency samples through gRPC
+report         findings, eval.json, plots, EVAL.md
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..bench import _ServerThread
+from ..settings import Settings
+from .baselines import all_methods, soft_prompt_steps
+from .coherence import ENCODER, SentenceEncoder
+from .communication import communication_stage
+from .config import EvalConfig
+from .context import EvalContext
+from .findings import comparisons, privacy_findings, summary_findings, utility_findings
+from .plots import draw_all
+from .privacy import privacy_stage
+from .report import SCHEMA, write_markdown
+from .speed import speed_stage
+from .utility import UtilityBench, utility_stage
+
+
+@contextmanager
+def serving(config: EvalConfig) -> Iterator[str]:
+    """A real server with the trained adapter (and the raw baseline on) -> its target."""
+    settings = Settings(
+        model=config.model,
+        adapter=config.adapter,
+        port=0,
+        metrics_port=-1,
+        enable_raw=True,
+        max_running=max(config.concurrency),
+        max_waiting=64,
+        max_new_tokens=max(256, config.bench_new_tokens),
+    )
+    server = _ServerThread(settings)
+    try:
+        yield f"127.0.0.1:{server.running.port}"
+    finally:
+        server.close()
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[f"{name}_s"] = time.perf_counter() - start
+
+    def total(self) -> dict[str, float]:
+        return {**self.timings, "total_s": time.perf_counter() - self._started}
+
+
+def run(config: EvalConfig, *, command: str = "del-server eval") -> dict:
+    timer = _Timer()
+    torch.set_num_threads(config.threads)
+    config.out.mkdir(parents=True, exist_ok=True)
+    ctx = EvalContext.open(config)
+    prompt_tokens = ctx.split.validation.prompts.shape[1]
+    with timer.stage("methods"):
+        methods = all_methods(ctx)
+    with timer.stage("privacy"):
+        privacy = privacy_stage(ctx, methods, prompt_tokens=prompt_tokens)
+    with timer.stage("utility"):
+        bench = UtilityBench(ctx, SentenceEncoder())
+        measured = utility_stage(bench, methods)
+    with (
+        timer.stage("communication_speed"),
+        serving(config) as target,
+        tempfile.TemporaryDirectory(prefix="del-eval-bundles-") as cache_dir,
+    ):
+        communication = communication_stage(ctx, methods, target, Path(cache_dir))
+        speed = speed_stage(ctx, target, Path(cache_dir))
+    targets = [level["target_attack_rate"] for level in ctx.adapter.calibration]
+    report = {
+        "schema": SCHEMA,
+        "command": command,
+        "config": config.to_dict(),
+        "setup": {**ctx.describe(), "calibration_tokens": int(ctx.calibration_tokens().size)},
+        "methods": [m.describe() for m in methods],
+        "privacy": privacy,
+        "utility": {
+            "loss_windows": config.loss_windows,
+            "coherence_windows": config.coherence_windows,
+            "seeds": list(config.seeds),
+            "encoder": ENCODER,
+            "baseline_soft_prompt_steps": soft_prompt_steps(ctx),
+            "rows": [m.to_dict() for m in measured],
+            "samples": {m.method.key: m.sample for m in measured},
+        },
+        "comparisons": comparisons(measured, targets),
+        "communication": communication,
+        "speed": speed,
+        "timings": timer.total(),
+    }
+    render(report, config.out)
+    return report
+
+
+def render(report: dict, out: Path) -> None:
+    """Findings, figures, eval.json and EVAL.md from the measurements in `report` alone, so a
+    change of wording or plotting needs no new measurement (`del-server eval --render-only`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    levels = report["setup"]["adapter"]["levels"]
+    report["findings"] = {
+        "summary": summary_findings(report),
+        "utility": utility_findings(report["comparisons"], levels),
+        "privacy": privacy_findings(report["privacy"]["rows"]),
+    }
+    report["plots"] = draw_all(report, out)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, out / "EVAL.md")

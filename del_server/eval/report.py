@@ -1,0 +1,335 @@
+"""EVAL.md for people, from the same dict that becomes eval.json for tools.
+
+The headline table is a function of its own so the README's "Results" section can quote it
+verbatim (and a test can check that it still does).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SCHEMA = "del-eval/1"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(stat: dict, digits: int = 3) -> str:
+    if stat["seeds"] <= 1:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
+
+
+def _rows(report: dict) -> dict[str, dict]:
+    return {row["key"]: row for row in report["utility"]["rows"]}
+
+
+def _attacks(report: dict) -> dict[str, dict]:
+    return {row["method"]: row for row in report["privacy"]["rows"]}
+
+
+def headline_markdown(report: dict) -> str:
+    """One row per calibrated level: privacy, attacks, utility against the alternatives, then
+    the references every level must be read against."""
+    rows, attacks = _rows(report), _attacks(report)
+    comm = report["communication"]
+    here = comm["computed_bits_per_token"]["this_model"]
+    big = comm["computed_bits_per_token"]["7b_class"]
+    prompt_tokens = report["privacy"]["prompt_tokens"]
+    lines = [
+        f"| target attack rate | ε per token ({prompt_tokens}-token prompt) | attack success: "
+        "nearest neighbour / likelihood / learned | coherence: DEL + soft prompt | DEL, no soft "
+        "prompt | Gaussian + soft prompt (matched) | loss: DEL + soft prompt | DEL, no soft "
+        "prompt |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for level in report["setup"]["adapter"]["levels"]:
+        t = level["target_attack_rate"]
+        attack = attacks.get(f"del@{t:g}")
+        ours, plain = rows.get(f"del+soft@{t:g}"), rows.get(f"del@{t:g}")
+        gaussian = rows.get(f"gaussian+soft@{t:g}")
+        if attack is None or ours is None or plain is None:
+            continue
+        lines.append(
+            f"| {t:.0%} | {attack['epsilon_token']:.1f} ({attack['epsilon_prompt']:.0f}) "
+            f"| {_pct(attack['nearest_neighbour'])} / {_pct(attack['likelihood'])} / "
+            f"{_pct(attack['learned'])} | {_ci(ours['coherence'])} | {_ci(plain['coherence'])} "
+            f"| {_ci(gaussian['coherence']) if gaussian else '–'} | {_ci(ours['loss'])} "
+            f"| {_ci(plain['loss'])} |"
+        )
+    clean, nothing, soft = rows["clean"], rows["no_prompt"], rows.get("no_prompt+soft")
+    lines += [
+        "",
+        f"References: clean prompt (no privacy) coherence {_ci(clean['coherence'])}, loss "
+        f"{_ci(clean['loss'])}; **no prompt at all** (perfect privacy, nothing sent) coherence "
+        f"{_ci(nothing['coherence'])}, loss {_ci(nothing['loss'])}"
+        + (
+            f", and with a soft prompt trained for it coherence {_ci(soft['coherence'])}, loss "
+            f"{_ci(soft['loss'])}"
+            if soft
+            else ""
+        )
+        + f". Bits per prompt token: DEL {here['del']} vs {here['raw_fp16']} for a raw fp16 "
+        f"embedding (d = {here['hidden_size']}); at 7B dimensions {big['del']} vs "
+        f"{big['raw_fp16']:,}. Loss in nats/token; ± is a 95 % interval over noise seeds.",
+    ]
+    return "\n".join(lines)
+
+
+def _setup(report: dict) -> list[str]:
+    s, cfg, u, p = report["setup"], report["config"], report["utility"], report["privacy"]
+    a = s["adapter"]
+    return [
+        "## Setup",
+        "",
+        f"- model: `{s['model']['id']}` ({s['model']['parameters']:,} parameters, hidden size "
+        f"{s['model']['hidden_size']}, vocabulary {s['model']['vocab_size']}) from `{s['model']['source']}`",
+        f"- adapter: `{a['path']}`: k = {a['projection_dim']}, clip {a['clip']:.4g} "
+        f"({a['clip_rule']}), soft prompts of {a['soft_prompt_length']} vectors trained "
+        f"{a['soft_prompt_steps']} steps; b = {cfg['bits']} bits",
+        f"- data: `{s['data']['source']}`, {s['data']['documents']} documents, the last "
+        f"{s['data']['validation_documents']} held out; windows of 32 prompt + 32 continuation tokens",
+        f"- utility: {u['loss_windows']} held-out windows for the loss, {u['coherence_windows']} "
+        f"for coherence (greedy continuations of 32 tokens, encoder: {u['encoder']}); noise "
+        f"seeds {u['seeds']}; baseline soft prompts: {u['baseline_soft_prompt_steps']} steps, seed {cfg['seed']}",
+        f"- privacy: {p['tokens']} held-out tokens ({p['token_set']}), noise seed "
+        f"{p['noise_seed']}; ε exact at δ = {p['delta']:g}; baselines matched to each level on "
+        f"the adapter's {report['setup']['calibration_tokens']} calibration tokens "
+        f"({cfg['calibration_iterations']} bisection steps)",
+        f"- machine: {s['machine']['platform']}, {s['machine']['threads']} torch threads; "
+        f"wall time {report['timings']['total_s'] / 60:.1f} min "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in report['timings'].items() if k != 'total_s')})",
+        "",
+    ]
+
+
+def _privacy(report: dict) -> list[str]:
+    p = report["privacy"]
+    lines = [
+        "## Privacy: token inversion against exact ε",
+        "",
+        f"Success rate of three attacks on {p['tokens']} held-out tokens (noise seed "
+        f"{p['noise_seed']}); ε is exact at δ = {p['delta']:g}, per token and for a "
+        f"{p['prompt_tokens']}-token prompt (every token replaced). μ is the per-token "
+        "Gaussian-DP figure (the paper's approximation for the binomial mechanism, exact for the "
+        "Gaussian one). A soft prompt is server-side post-processing, so it changes nothing here.",
+        "",
+        "| method | target | μ per token | ε per token | ε per prompt | nearest neighbour | likelihood | learned | strongest |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in p["rows"]:
+        lines.append(
+            f"| {r['method']} | {_pct(r['target_attack_rate'])} | {_num(r['mu_token'], 2)} "
+            f"| {_num(r['epsilon_token'], 1)} | {_num(r['epsilon_prompt'], 0)} "
+            f"| {_pct(r['nearest_neighbour'])} | {_pct(r['likelihood'])} | {_pct(r['learned'])} "
+            f"| {_pct(r['strongest'])} |"
+        )
+    lines += [
+        "",
+        "`clean`: the server receives the embedding itself (the raw mechanism); `no_prompt`: it "
+        "receives nothing and guesses the most frequent token of public in-domain text.",
+        "",
+        *[f"- {line}" for line in report["findings"]["privacy"]],
+        "",
+        "![attack success against ε](attacks_vs_epsilon.png)",
+        "",
+    ]
+    return lines
+
+
+def _utility(report: dict) -> list[str]:
+    u = report["utility"]
+    lines = [
+        "## Utility, and the baselines at matched attack success rate",
+        "",
+        f"Loss on {u['loss_windows']} and coherence on {u['coherence_windows']} held-out windows; "
+        f"noisy methods: mean ± 95 % interval over noise seeds {u['seeds']}. Baselines are "
+        "matched to each DEL level by the same attack criterion (see Setup). Coherence has a "
+        "high floor on this data: the generic story that the model writes from BOS alone "
+        f"scores {_rows(report)['no_prompt']['coherence']['mean']:.3f}, so read its "
+        "differences against that, not against zero.",
+        "",
+        "| method | target | μ per token | loss (nats/token) | perplexity | coherence |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in u["rows"]:
+        lines.append(
+            f"| {r['label']} | {_pct(r['target_attack_rate'])} | {_num(r['mu_token'], 2)} "
+            f"| {_ci(r['loss'])} | {_ci(r['perplexity'], 2)} | {_ci(r['coherence'])} |"
+        )
+    lines += [
+        "",
+        "DEL with its soft prompt against each alternative at the same level (coherence: paired "
+        "over windows; loss: over seeds; 95 %):",
+        "",
+        "| target | against | coherence difference | loss difference |",
+        "|---:|---|---:|---:|",
+    ]
+    for c in report["comparisons"]:
+        coh, loss = c["coherence_difference"], c["loss_difference"]
+        lines.append(
+            f"| {c['target_attack_rate']:.0%} | {c['against_label']} "
+            f"| {coh['mean']:+.3f} ± {coh['ci95']:.3f} ({coh['verdict']}) "
+            f"| {loss['mean']:+.3f} ± {loss['ci95']:.3f} ({loss['verdict']}) |"
+        )
+    lines += [
+        "",
+        *[f"- {line}" for line in report["findings"]["utility"]],
+        "",
+        "![utility against attack success](utility_vs_attack.png)",
+        "",
+        "![utility against ε](utility_vs_epsilon.png)",
+        "",
+        "Sample continuations (greedy, first noise seed), for reading:",
+        "",
+    ]
+    for key, (generated, reference) in u["samples"].items():
+        lines.append(f"- `{key}`: “{generated.strip()}” — reference: “{reference.strip()}”")
+    lines.append("")
+    return lines
+
+
+def _communication(report: dict) -> list[str]:
+    c = report["communication"]
+    here, big = c["computed_bits_per_token"]["this_model"], c["computed_bits_per_token"]["7b_class"]
+    lines = [
+        "## Communication",
+        "",
+        f"Measured through the real gRPC path: the SDK against a server on loopback, mean of "
+        f"{next(iter(c['wire'].values()))['requests']} held-out prompts per row, "
+        f"{c['wire_new_tokens']} greedy tokens back. Upstream = everything the client sent "
+        "(header, frames, end: gRPC messages with their 5-byte prefixes).",
+        "",
+        "| path | prompt tokens | upstream bytes/request | payload bits/token | wire bits/prompt token | downstream bytes/generated token |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, w in c["wire"].items():
+        lines.append(
+            f"| {key} | {w['prompt_tokens']:.1f} | {w['upstream_bytes_per_request']:,.0f} "
+            f"| {w['payload_bits_per_token']:,.0f} | {w['wire_bits_per_prompt_token']:,.0f} "
+            f"| {w['downstream_bytes_per_generated_token']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Computed bits per token (b = {c['bits']}):",
+        "",
+        "| | raw fp32 | raw fp16 | DEL payload | DEL k = d | entropy floor (approximation) | ratio fp16 / DEL |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| this model (d = {here['hidden_size']}, k = {here['projection_dim']}) | {here['raw_fp32']:,} "
+        f"| {here['raw_fp16']:,} | {here['del']:,} | {here['del_full']:,} "
+        f"| {here['entropy_approximation_del']:.0f} | {here['raw_fp16'] / here['del']:.0f}× |",
+        f"| 7B class (d = {big['hidden_size']}, k = {big['projection_dim']}) | {big['raw_fp32']:,} "
+        f"| {big['raw_fp16']:,} | {big['del']:,} | {big['hidden_size'] * c['bits']:,} "
+        f"| {big['entropy_approximation_del']:.0f} | {big['raw_fp16'] / big['del']:.0f}× |",
+        "",
+        "Measured entropy of the transmitted symbols (the floor an ideal entropy coder would "
+        "reach), per method and level:",
+        "",
+        "| method | payload bits/token | entropy bits/token | tokens |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, e in c["symbol_entropy"].items():
+        lines.append(
+            f"| {key} | {e['payload_bits_per_token']} | {e['entropy_bits_per_token']:.1f} | {e['tokens']} |"
+        )
+    lines += ["", "![bits per token](bits_per_token.png)", ""]
+    return lines
+
+
+def _percentiles(distribution: dict) -> str:
+    percentiles = distribution["percentiles_ms"]
+    if not percentiles:
+        return "–"
+    return " / ".join(f"{percentiles[p]:.1f}" for p in (50, 90, 99))
+
+
+def _speed(report: dict) -> list[str]:
+    s = report["speed"]
+    e2e = s["end_to_end"]
+    lines = [
+        "## Speed",
+        "",
+        "Codec (del_client.bench: privatize + pack + frame, and back; one thread, best of 3):",
+        "",
+        "| k | b | encode tokens/s | decode tokens/s | wire bits/token (32-token prompt) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for codec in s["codec"]:
+        lines.append(
+            f"| {codec['dim']} | {codec['bits']} | {codec['encode_tokens_per_s']:,.0f} "
+            f"| {codec['decode_tokens_per_s']:,.0f} | {codec['wire_bits_per_token_prompt']:.1f} |"
+        )
+    ip, gr = e2e["in_process"], e2e["grpc"]
+    lines += [
+        "",
+        f"End to end (del_server.bench: `{e2e['model']}` with its PCA default, μ = {e2e['mu']}, "
+        f"greedy, {e2e['new_tokens']} new tokens, median of {e2e['repeats']}):",
+        "",
+        "| path | time to first token (ms) | tokens/s |",
+        "|---|---:|---:|",
+        f"| in-process engine | {1000 * ip['time_to_first_token_s']:.1f} | {ip['tokens_per_s']:.1f} |",
+        f"| through gRPC (SDK) | {1000 * gr['time_to_first_token_s']:.1f} | {gr['tokens_per_s']:.1f} |",
+        "",
+        "| concurrent streams | aggregate tokens/s | median time to first token (ms) |",
+        "|---:|---:|---:|",
+    ]
+    for row in e2e["concurrency"]:
+        lines.append(
+            f"| {row['streams']} | {row['aggregate_tokens_per_s']:.1f} "
+            f"| {1000 * row['median_time_to_first_token_s']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Latency distributions through gRPC with the trained adapter ({s['new_tokens']} new "
+        "tokens, greedy), p50 / p90 / p99 in ms:",
+        "",
+        "| streams | requests | time to first token | inter-token latency | gaps |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in s["latency"]:
+        lines.append(
+            f"| {row['streams']} | {row['requests']} | {_percentiles(row['time_to_first_token'])} "
+            f"| {_percentiles(row['inter_token_latency'])} | {row['inter_token_latency']['samples']} |"
+        )
+    lines += ["", "![latency](latency.png)", ""]
+    return lines
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    mode = report["config"]["mode"]
+    lines = [
+        f"# DEL evaluation ({mode})",
+        "",
+        f"Generated by `{report['command']}` (schema `{report['schema']}`). Every number below "
+        "comes from `eval.json` beside this file; every figure states its sample size and seeds.",
+    ]
+    if mode != "full":
+        lines += [
+            "",
+            f"**This is a `{mode}` run on small samples: it checks that the pipeline works. "
+            "Quote the numbers of `make eval` only.**",
+        ]
+    lines += [
+        "",
+        "## Headline",
+        "",
+        *[f"- {line}" for line in report["findings"]["summary"]],
+        "",
+        headline_markdown(report),
+        "",
+        "Per level:",
+        "",
+        *[f"- {line}" for line in report["findings"]["utility"]],
+        "",
+        *_setup(report),
+        *_privacy(report),
+        *_utility(report),
+        *_communication(report),
+        *_speed(report),
+    ]
+    path.write_text("\n".join(lines) + "\n")
