@@ -63,9 +63,10 @@ def _calibrated_mu(target: str) -> float:
     level = min(levels, key=lambda lv: abs(lv.target_attack_rate - TARGET_ATTACK_RATE))
     print(
         f"privacy level: μ = {level.mu:.4g} per token, ε = {level.epsilon_token:.4g} per token at "
-        f"δ = {level.delta:g} (exact); calibrated so a server recovers at most "
-        f"{level.target_attack_rate:.0%} of prompt tokens (measured: likelihood attack "
-        f"{level.likelihood_rate:.1%}, nearest neighbour {level.nearest_neighbour_rate:.1%})",
+        f"δ = {level.delta:g} (exact); calibrated to {level.target_attack_rate:.0%} token "
+        f"recovery by the nearest-neighbour and likelihood attacks (measured: likelihood "
+        f"{level.likelihood_rate:.1%}, nearest neighbour {level.nearest_neighbour_rate:.1%}; "
+        "stronger attacks do better, see docs/eval/EVAL.md)",
         flush=True,
     )
     return level.mu
