@@ -189,7 +189,10 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             ):
                 await self._drain(requests)
             end_call(context, status_for(exc), str(exc))
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client left (or its deadline passed): gRPC either cancels the task while it
+            # waits, or, when the loss shows up as a failed write, closes this generator at
+            # its `yield` (GeneratorExit). Both are the same event for the books.
             code = "DEADLINE_EXCEEDED" if _deadline_passed(context) else "CANCELLED"
             raise
         except Exception:
