@@ -4,10 +4,10 @@
     inputs = [soft prompt for the privacy level (m, d)] + [clean BOS (1, d)] + h
     ─ frozen LLM with KV cache ─ sample ─ token events
 
-One scheduler thread owns the model and advances every running sequence by one token per
-round; requests join between rounds and leave when finished or cancelled. Nothing else
-touches the model, so batching the round (continuous batching) is a change to `_round`
-alone. Events go back to each request's asyncio queue with `call_soon_threadsafe`.
+One scheduler thread owns the model. Each round it prefills the requests that just joined
+(one forward pass each: prompts differ in length) and then advances every running sequence
+by one token in a single batched forward pass (continuous batching: requests join and leave
+between rounds). Events go back to each request's asyncio queue with `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import collections
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 
 from .adapter import Adapter
-from .backends.base import Backend
+from .backends.base import Backend, DecodeBatch
 from .errors import OverloadedError, ShuttingDownError
 from .sampling import FinishReason, Sampler, SamplingParams, TextStream
 
@@ -112,9 +111,10 @@ class _Sequence:
     inputs: torch.Tensor  # (T, d)
     sampler: Sampler
     text: TextStream
-    state: Any = None
     last_token: int | None = None
     generated: int = 0
+    prefilled: bool = False  # has a row in the engine's decode batch
+    done: bool = False  # finished or failed; leaves at the end of the round
 
 
 class Engine:
@@ -137,7 +137,9 @@ class Engine:
         self._max_running = max_running
         self._max_waiting = max_waiting
         self._waiting: collections.deque[_Sequence] = collections.deque()
+        # Admitted sequences in order; the prefilled ones are the rows of the batch, in order.
         self._running: list[_Sequence] = []
+        self._batch: DecodeBatch = backend.new_batch()
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="del-engine", daemon=True)
@@ -193,25 +195,62 @@ class Engine:
             sequence.handle._send(FailedEvent(ShuttingDownError("the server is shutting down")))
 
     def _round(self) -> None:
-        """Advance every running sequence by one token."""
-        for sequence in list(self._running):
-            if sequence.handle.cancelled.is_set():
-                self._running.remove(sequence)
-                continue
-            try:
-                finished = self._step(sequence)
-            except Exception as exc:  # a failing request must not take the engine down
-                log.exception("generation failed", extra={"request_id": sequence.handle.request_id})
-                sequence.handle._send(FailedEvent(exc))
-                finished = True
-            if finished:
-                self._running.remove(sequence)
+        """Prefill the sequences that joined, then advance every running one by one token."""
+        for sequence in self._running:
+            if not (sequence.prefilled or sequence.handle.cancelled.is_set()):
+                self._prefill(sequence)
+        self._drop_finished()
+        if self._running:
+            self._decode()
+            self._drop_finished()
 
-    def _step(self, sequence: _Sequence) -> bool:
-        if sequence.state is None:
-            logits, sequence.state = self._backend.prefill(sequence.inputs)
-        else:
-            logits, sequence.state = self._backend.decode(sequence.last_token, sequence.state)
+    def _prefill(self, sequence: _Sequence) -> None:
+        try:
+            logits, state = self._backend.prefill(sequence.inputs)
+        except Exception as exc:  # a failing request must not take the engine down
+            self._fail([sequence], exc)
+            return
+        self._batch.add(state)
+        sequence.prefilled = True
+        self._advance_or_fail(sequence, logits)
+
+    def _decode(self) -> None:
+        try:
+            logits = self._batch.decode([s.last_token for s in self._running])
+        except Exception as exc:  # the rows share one state: each of them fails
+            self._fail(self._running, exc)
+            return
+        for sequence, row in zip(self._running, logits, strict=True):
+            self._advance_or_fail(sequence, row)
+
+    def _drop_finished(self) -> None:
+        """Remove finished and cancelled sequences, and their rows of the batch."""
+        running, rows, row = [], [], 0
+        for sequence in self._running:
+            stays = not (sequence.done or sequence.handle.cancelled.is_set())
+            if sequence.prefilled:
+                rows += [row] if stays else []
+                row += 1
+            running += [sequence] if stays else []
+        if len(running) < len(self._running):
+            self._batch.keep(rows)
+            self._running = running
+
+    def _fail(self, sequences: list[_Sequence], exc: Exception) -> None:
+        ids = [s.handle.request_id for s in sequences]
+        log.error("generation failed", exc_info=exc, extra={"request_ids": ids})
+        for sequence in sequences:
+            sequence.handle._send(FailedEvent(exc))
+            sequence.done = True
+
+    def _advance_or_fail(self, sequence: _Sequence, logits: torch.Tensor) -> None:
+        try:
+            sequence.done = self._advance(sequence, logits)
+        except Exception as exc:
+            self._fail([sequence], exc)
+
+    def _advance(self, sequence: _Sequence, logits: torch.Tensor) -> bool:
+        """Sample the next token from `logits` and send it; True when the sequence is done."""
         token = sequence.sampler(logits)
         sequence.last_token = token
         handle = sequence.handle

@@ -1,14 +1,33 @@
 """The narrow interface the generation engine needs from whatever runs the LLM.
 
-An engine that accepts prompt embeddings (vLLM's `prompt_embeds`) can implement it for
-multi-GPU serving; the engine, service and metrics stay as they are.
+A request is prefilled alone (prompts differ in length), then joins a `DecodeBatch` whose
+rows advance together, one forward pass per round. An engine that accepts prompt embeddings
+(vLLM's `prompt_embeds`) can implement the same two types for multi-GPU serving; the engine,
+service and metrics stay as they are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
+
+
+class DecodeBatch(Protocol):
+    """Prefilled sequences decoded together; row i is the i-th sequence added and still kept."""
+
+    @property
+    def size(self) -> int: ...
+
+    def add(self, state: Any) -> None:
+        """Append a sequence, as the state `Backend.prefill` returned, as the last row."""
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only these rows, in this order (the others finished or were cancelled)."""
+
+    def decode(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """Feed each row its last generated token; return the next logits (size, V)."""
 
 
 class Backend(Protocol):
@@ -18,7 +37,7 @@ class Backend(Protocol):
         """(n,) ids -> (n, d) clean input embeddings (template tokens, generated tokens)."""
 
     def prefill(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """(T, d) prompt embeddings -> (next-token logits (V,), opaque decoding state)."""
+        """(T, d) prompt embeddings -> (next-token logits (V,), state for `DecodeBatch.add`)."""
 
-    def decode(self, token_id: int, state: Any) -> tuple[torch.Tensor, Any]:
-        """Feed one generated token; return the next logits (V,) and the updated state."""
+    def new_batch(self) -> DecodeBatch:
+        """An empty batch for this model."""

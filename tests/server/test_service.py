@@ -303,6 +303,22 @@ def test_more_concurrent_streams_than_running_slots_all_complete(stub, bundle, s
     assert all(1 <= n <= 16 for n in results)
 
 
+def test_a_request_generates_the_same_tokens_alone_or_batched_with_others(stub, bundle, spec):
+    """The engine decodes running requests in one padded batch; no row sees another."""
+
+    def run(text, seed):
+        messages = private_request(
+            bundle, spec, text, max_new_tokens=24, temperature=0.8, seed=seed
+        )
+        return [i for r in stub.Generate(iter(messages)) for i in r.tokens.token_ids]
+
+    texts = ["Once upon a time", "The cat sat", "Tom and Lily went to the park to play ball"]
+    alone = [run(text, seed) for seed, text in enumerate(texts)]
+    with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
+        together = list(pool.map(run, texts, range(len(texts))))
+    assert together == alone
+
+
 def test_private_frames_carry_no_more_than_k_times_b_bits_per_token(stub, bundle, spec):
     messages = private_request(bundle, spec)
     payload = sum(len(m.frame.payload) for m in messages[1:-1])

@@ -122,10 +122,12 @@ def test_soft_prompt_is_prepended_at_inference_and_changes_the_output(trained, l
     def greedy(a: Adapter) -> list[int]:
         inputs, used = PromptBuilder(backend, a, loaded.bos_id).build(PrivatePrompt(x_hat, mu=mu))
         logits, state = backend.prefill(inputs)
+        batch = backend.new_batch()
+        batch.add(state)
         ids = []
         for _ in range(8):
             ids.append(int(logits.argmax()))
-            logits, state = backend.decode(ids[-1], state)
+            logits = batch.decode([ids[-1]])[0]
         return ids, inputs.shape[0], used
 
     with_soft, length_soft, used = greedy(adapter)
