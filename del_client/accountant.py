@@ -26,6 +26,7 @@ Beside it, the paper's central-limit figure: one draw is μ_r-GDP with μ_r = (2
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -87,8 +88,13 @@ def delta_for_epsilon(epsilon: float, *, n: int, q: float) -> float:
     return math.exp(log_delta(epsilon, n=n, q=q))
 
 
+@functools.lru_cache(maxsize=4096)
 def epsilon_for_delta(delta: float, *, n: int, q: float) -> float:
-    """ε(δ): the smallest ε for which n draws at q are (ε, δ)-DP (inf when none is)."""
+    """ε(δ): the smallest ε for which n draws at q are (ε, δ)-DP (inf when none is).
+
+    Cached: a root search takes milliseconds, and a server reports ε for every request, of
+    which only a few (level, length) pairs are distinct.
+    """
     _check_delta(delta)
     _check_draws_and_q(n, q)
     if q == 1.0:

@@ -169,19 +169,20 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
                 header.request_id or uuid.uuid4().hex, inputs, sampling
             )
             while True:
-                event = await self._next_event(handle, stream)
-                if isinstance(event, TokenEvent):
-                    if event.token_id is not None:
-                        stream.token_times.append(time.perf_counter())
-                    ids = [] if event.token_id is None else [event.token_id]
-                    chunk = inference_pb2.TokenChunk(token_ids=ids, text=event.text)
+                tokens, end = await self._next_events(handle, stream)
+                if tokens:
+                    now = time.perf_counter()
+                    ids = [t.token_id for t in tokens if t.token_id is not None]
+                    stream.token_times += [now] * len(ids)
+                    text = "".join(t.text for t in tokens)
+                    chunk = inference_pb2.TokenChunk(token_ids=ids, text=text)
                     yield stream.sent(inference_pb2.GenerateResponse(tokens=chunk))
-                elif isinstance(event, FinishEvent):
-                    finish = event
-                    yield self._final(stream, event, soft_mu)
+                if isinstance(end, FinishEvent):
+                    finish = end
+                    yield self._final(stream, end, soft_mu)
                     return
-                elif isinstance(event, FailedEvent):
-                    raise event.error
+                if isinstance(end, FailedEvent):
+                    raise end.error
         except DELError as exc:
             code = status_for(exc).name
             if not stream.request_done and not isinstance(
@@ -248,13 +249,27 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             stream.received_bytes += _wire_size(message)
         return message
 
-    async def _next_event(self, handle, stream: _Stream):
-        """The engine's next event for this stream, within the stream's time cap."""
+    async def _next_events(
+        self, handle, stream: _Stream
+    ) -> tuple[list[TokenEvent], FinishEvent | FailedEvent | None]:
+        """Every token the engine has ready for this stream (at least one event, waited for
+        within the stream's time cap) and the event that ends it, if that came too.
+
+        One message carries all the tokens ready: a client that keeps up gets each token as
+        it is made, and one that falls behind (or a busy server) gets fewer, larger messages.
+        """
         try:
             async with asyncio.timeout(stream.deadline - time.perf_counter()):
-                return await handle.events.get()
+                event = await handle.events.get()
         except TimeoutError:
             raise self._request_timeout() from None
+        tokens = []
+        while isinstance(event, TokenEvent):
+            tokens.append(event)
+            if handle.events.empty():
+                return tokens, None
+            event = handle.events.get_nowait()
+        return tokens, event
 
     def _request_timeout(self) -> RequestTimeoutError:
         return RequestTimeoutError(
@@ -301,7 +316,10 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         stream.payload_bits = assembler.tokens * spec.bits_per_token  # symbols, without padding
         if isinstance(spec, RawSpec):
             return header, sampling, RawPrompt(assembler.embeddings()), None
-        epsilon = spec.epsilon(delta=self._settings.report_delta, tokens=assembler.tokens)
+        # A root search on a cache miss: off the event loop, which serves every stream.
+        epsilon = await asyncio.to_thread(
+            spec.epsilon, delta=self._settings.report_delta, tokens=assembler.tokens
+        )
         return header, sampling, PrivatePrompt(assembler.embeddings(), mu=spec.mu()), epsilon
 
     def _check_header(self, header: inference_pb2.StreamHeader):
