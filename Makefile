@@ -13,7 +13,7 @@ $(BIN)/del-client: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[server,dev]'
+	$(BIN)/pip install --quiet -e '.[server,train,eval,dev]'
 	touch $@
 
 # torch runs single-threaded in tests: the tiny model gains nothing from intra-op threads, and

@@ -16,10 +16,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..extras import require_extra
 from .config import DEFAULT_ADAPTER, DEFAULT_DATA, DEFAULT_MODEL, preset
 
 
 def _run(args: argparse.Namespace) -> None:
+    require_extra("eval", "del-server eval")
     from .pipeline import render, run  # torch, transformers, the encoder: only when it runs
 
     if args.render_only:

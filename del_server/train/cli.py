@@ -17,15 +17,8 @@ import sys
 from pathlib import Path
 
 from ..adapter import Adapter
+from ..extras import require_extra
 from .calibrate import DEFAULT_TARGETS
-from .pipeline import (
-    TrainConfig,
-    Workbench,
-    calibration_stage,
-    projection_stage,
-    run_all,
-    soft_prompt_stage,
-)
 
 DEFAULT_DATA = "../shared/data/tinystories/tinystories_val_head_dev.txt"
 
@@ -69,8 +62,16 @@ def _soft_prompt_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mu", type=_floats, default=(), help="levels (default: calibrated)")
 
 
-def _config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
+def _pipeline():
+    """The training pipeline, imported when a command runs (it plots with matplotlib)."""
+    require_extra("train", "del-server train")
+    from . import pipeline
+
+    return pipeline
+
+
+def _config(args: argparse.Namespace):
+    return _pipeline().TrainConfig(
         model=args.model,
         data=args.data,
         out=args.out,
@@ -92,13 +93,14 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _run_all(args: argparse.Namespace) -> None:
-    adapter = run_all(_config(args))
+    adapter = _pipeline().run_all(_config(args))
     print(f"adapter written to {args.out}: levels μ = {sorted(adapter.soft_prompts)}")
 
 
-def _run_stage(stage, needs_adapter: bool):
+def _run_stage(name: str, needs_adapter: bool):
     def run(args: argparse.Namespace) -> None:
-        bench = Workbench.open(_config(args))
+        stage = getattr(_pipeline(), name)
+        bench = _pipeline().Workbench.open(_config(args))
         adapter = stage(bench, Adapter.load(args.out)) if needs_adapter else stage(bench)
         adapter.save(args.out)
         print(f"adapter written to {args.out}")
@@ -116,12 +118,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     projection = stages.add_parser("projection", help="W_p, W_d from PCA, fine-tuned")
     _common(projection)
     _projection_args(projection)
-    projection.set_defaults(run=_run_stage(projection_stage, needs_adapter=False))
+    projection.set_defaults(run=_run_stage("projection_stage", needs_adapter=False))
     soft = stages.add_parser("soft-prompt", help="one soft prompt per privacy level")
     _common(soft)
     _soft_prompt_args(soft)
-    soft.set_defaults(run=_run_stage(soft_prompt_stage, needs_adapter=True))
+    soft.set_defaults(run=_run_stage("soft_prompt_stage", needs_adapter=True))
     calibrate = sub.add_parser("calibrate", help="privacy level per target attack success rate")
     _common(calibrate)
     _calibration_args(calibrate)
-    calibrate.set_defaults(run=_run_stage(calibration_stage, needs_adapter=True))
+    calibrate.set_defaults(run=_run_stage("calibration_stage", needs_adapter=True))
