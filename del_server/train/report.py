@@ -74,15 +74,22 @@ def write_markdown(path: Path, report: dict) -> None:
         f"- projected prompt, no noise: **{e['projected_no_noise']:.3f}**",
         f"- no prompt at all (continuation from BOS alone): **{e['no_prompt']:.3f}**",
         "",
-        "| μ per token | noisy + soft prompt | noisy, no soft prompt | carries information |",
+        "| μ per token | noisy + soft prompt | noisy, no soft prompt | beats no prompt |",
         "|---:|---:|---:|---|",
     ]
     for level in e["levels"]:
         soft, plain = level["noisy_soft_prompt"], level["noisy"]
-        verdict = "yes" if level["informative"] else "**no**: not better than sending no prompt"
+        verdict = "yes" if level["informative"] else "**no**"
         lines.append(
             f"| {level['mu']:.3f} | {soft['mean']:.3f} ± {soft['std']:.2g} "
             f"| {plain['mean']:.3f} ± {plain['std']:.2g} | {verdict} |"
         )
-    lines += ["", "![training losses](training_losses.png)", ""]
+    lines += [
+        "",
+        "Beating no prompt is necessary, not sufficient: a soft prompt with no private tokens",
+        "after it also beats it. `del-server eval` trains that baseline and compares against it.",
+        "",
+        "![training losses](training_losses.png)",
+        "",
+    ]
     path.write_text("\n".join(lines))
