@@ -2,7 +2,9 @@
 
 Health reports SERVING only after the model has answered a warm-up generation. On SIGTERM:
 health NOT_SERVING (load balancers stop sending), stop accepting, let in-flight streams finish
-within `grace_s`, stop the engine and the metrics endpoint.
+within `grace_s`, stop the engine and the metrics endpoint. With `health_port`, the same health
+status is also served in plaintext on a listener of its own (nothing else is served there),
+for probes that cannot speak TLS.
 """
 
 from __future__ import annotations
@@ -48,10 +50,14 @@ class RunningServer:
     health: health_aio.HealthServicer
     settings: Settings
     _metrics_http: object | None
+    health_port: int | None = None
+    _health_server: grpc.aio.Server | None = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_s if grace_s is None else grace_s)
+        if self._health_server is not None:  # probes see NOT_SERVING until the drain ends
+            await self._health_server.stop(0)
         await asyncio.to_thread(self.served.engine.stop)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -70,6 +76,17 @@ def _connection_options(settings: Settings) -> list[tuple[str, int]]:
             ("grpc.max_connection_age_grace_ms", round(settings.max_connection_age_grace_s * 1000)),
         ]
     return options
+
+
+async def _start_health_listener(
+    health: health_aio.HealthServicer, settings: Settings
+) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server with the health service alone: no tokens, no TLS, no model."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+    await server.start()
+    return server, port
 
 
 async def _warm_up(served: ServedModel) -> None:
@@ -122,6 +139,9 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     served.engine.start()
     await server.start()
+    health_server, health_port = None, None
+    if settings.health_port >= 0:
+        health_server, health_port = await _start_health_listener(health, settings)
     await _warm_up(served)
     metrics_http = None
     metrics_port = None
@@ -130,9 +150,20 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
         metrics_port = metrics_http.server_port
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"port": port, "metrics_port": metrics_port})
+    log.info(
+        "serving", extra={"port": port, "metrics_port": metrics_port, "health_port": health_port}
+    )
     return RunningServer(
-        server, port, metrics_port, metrics, served, health, settings, metrics_http
+        server,
+        port,
+        metrics_port,
+        metrics,
+        served,
+        health,
+        settings,
+        metrics_http,
+        health_port,
+        health_server,
     )
 
 

@@ -33,6 +33,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port (tests)
     metrics_port: int = 9400  # 0 picks a free port; -1 disables the metrics endpoint
+    # Plaintext grpc.health.v1 and nothing else, for probes that cannot speak TLS (the
+    # kubelet's); 0 picks a free port; -1: health is only on the main port.
+    health_port: int = -1
     # Limits.
     max_prompt_tokens: int = 512
     max_new_tokens: int = 256  # the most a request may ask for
@@ -83,8 +86,10 @@ class Settings:
             raise ValueError(f"report_delta must lie in (0, 1), got {self.report_delta}")
         if self.model_format not in ("auto", "llama2c", "hf"):
             raise ValueError(f"model_format must be auto, llama2c or hf, got {self.model_format!r}")
-        if not 0 <= self.port < 65536 or not -1 <= self.metrics_port < 65536:
-            raise ValueError("ports must lie in 0..65535 (metrics: -1 disables)")
+        if not 0 <= self.port < 65536 or not all(
+            -1 <= p < 65536 for p in (self.metrics_port, self.health_port)
+        ):
+            raise ValueError("ports must lie in 0..65535 (metrics and health: -1 disables)")
         self._check_hardening()
 
     def _check_hardening(self) -> None:

@@ -112,10 +112,15 @@ def test_pods_expose_and_probe_the_ports_the_server_listens_on(
     objects = rendered[kustomization]
     environ = {**server_image.env, **server_config(objects)}
     ports = {p["name"]: p["containerPort"] for p in container(objects)["ports"]}
-    assert ports == {"grpc": int(environ["DEL_PORT"]), "metrics": int(environ["DEL_METRICS_PORT"])}
+    assert ports == {
+        "grpc": int(environ["DEL_PORT"]),
+        "metrics": int(environ["DEL_METRICS_PORT"]),
+        "health": int(environ["DEL_HEALTH_PORT"]),
+    }
     assert environ["DEL_HOST"] == "0.0.0.0", "probes and peers reach the pod's own address"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container(objects)[probe]["grpc"]["port"] == ports["grpc"], probe
+        # The plaintext health listener: the kubelet cannot probe a TLS port over gRPC.
+        assert container(objects)[probe]["grpc"]["port"] == ports["health"], probe
 
 
 def test_termination_grace_outlasts_the_servers_drain(rendered, kustomization):

@@ -12,8 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hardening_kit import sample
 
 from del_client import Client, ClientConfig, ServerUnavailableError
+from del_client.proto import inference_pb2, inference_pb2_grpc
 
 PROMPT = "Once upon a time"
+SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,38 @@ def test_health_answers_over_tls(tls_server, pki):
             health_pb2.HealthCheckRequest(), timeout=10
         )
     assert check.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def health_check(channel: grpc.Channel, service: str = "") -> int:
+    request = health_pb2.HealthCheckRequest(service=service)
+    return health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status
+
+
+def test_probes_that_cannot_speak_tls_read_health_on_its_own_plaintext_port(
+    serve, settings_for, pki
+):
+    """The kubelet's gRPC probes speak plaintext and carry no client certificate."""
+    settings = settings_for(
+        tls_cert=str(pki.server_cert),
+        tls_key=str(pki.server_key),
+        tls_client_ca=str(pki.ca.ca_file),
+        health_port=0,
+    )
+    with serve(settings) as server:
+        probe_target = f"127.0.0.1:{server.running.health_port}"
+        with grpc.insecure_channel(probe_target) as channel:
+            assert health_check(channel) == SERVING_STATUS
+            assert health_check(channel, "del.v1.SplitInference") == SERVING_STATUS
+            with pytest.raises(grpc.RpcError) as other:  # health is all that port serves
+                inference_pb2_grpc.SplitInferenceStub(channel).GetManifest(
+                    inference_pb2.GetManifestRequest(), timeout=10
+                )
+            assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError):
+            health_check(channel)  # the main port still speaks mutual TLS only
+    with grpc.insecure_channel(probe_target) as channel, pytest.raises(grpc.RpcError) as gone:
+        health_check(channel)
+    assert gone.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 @pytest.mark.parametrize(
