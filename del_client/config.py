@@ -24,6 +24,9 @@ def default_cache_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "del" / "bundles"
 
 
+LOAD_BALANCING = ("round_robin", "pick_first")
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """Where the server is and how to talk to it; shared by Client and AsyncClient.
@@ -48,6 +51,10 @@ class ClientConfig:
     refused over plaintext except to a loopback address (a local TLS-terminating sidecar), and
     never shown by repr. A call that fails UNAVAILABLE before anything came back is retried up
     to `retries` times, waiting `retry_backoff_s`, then twice that, ... (with jitter).
+
+    `load_balancing` is gRPC's policy over the addresses the target resolves to:
+    "round_robin" (default) keeps a connection to each and spreads calls across them (every
+    replica behind a headless Service), "pick_first" uses one at a time.
     """
 
     target: str  # "host:port"; IPv6 hosts in brackets: "[::1]:50051"
@@ -62,6 +69,7 @@ class ClientConfig:
     token: str | None = field(default=None, repr=False)
     retries: int = 3
     retry_backoff_s: float = 0.25
+    load_balancing: str = "round_robin"
 
     def __post_init__(self) -> None:
         _check_target(self.target)
@@ -75,6 +83,11 @@ class ClientConfig:
         ):
             raise ConfigError(
                 f"retry_backoff_s must be finite and >= 0, got {self.retry_backoff_s!r}"
+            )
+        if self.load_balancing not in LOAD_BALANCING:
+            raise ConfigError(
+                f"load_balancing must be one of {', '.join(LOAD_BALANCING)}, "
+                f"got {self.load_balancing!r}"
             )
         if isinstance(self.deadline_s, bool) or not isinstance(self.deadline_s, int | float):
             raise ConfigError(f"deadline_s must be a number of seconds, got {self.deadline_s!r}")
@@ -99,8 +112,9 @@ class ClientConfig:
         return self.tls or self.root_certificates is not None or self.client_certificate is not None
 
     @property
-    def host(self) -> str:
-        return self.target.rpartition(":")[0].strip("[]")
+    def hosts(self) -> tuple[str, ...]:
+        """The host of every address in the target (one unless it is an ipv4:/ipv6: list)."""
+        return tuple(host for host, _ in _addresses(self.target))
 
     def _check_transport(self) -> None:
         for name in ("root_certificates", "client_certificate", "client_key"):
@@ -123,23 +137,48 @@ class ClientConfig:
             raise ConfigError("token must be a non-empty string of printable characters")
         if any(c.isspace() for c in self.token):
             raise ConfigError("token must not contain spaces or line breaks")
-        if not self.uses_tls and not _is_loopback(self.host):
+        outside = [host for host in self.hosts if not _is_loopback(host)]
+        if not self.uses_tls and outside:
             raise ConfigError(
-                f"a token would travel in plaintext to {self.host!r}: use TLS (tls=True or "
+                f"a token would travel in plaintext to {outside[0]!r}: use TLS (tls=True or "
                 "root_certificates), or reach a TLS-terminating proxy on a loopback address"
             )
 
 
+TARGET_FORMS = "'host:port', 'dns:///host:port' or 'ipv4:a:port,b:port' (ipv6: likewise)"
+
+
 def _check_target(target: str) -> None:
     if not isinstance(target, str):
-        raise ConfigError(f"target must be a 'host:port' string, got {target!r}")
-    host, sep, port = target.rpartition(":")
+        raise ConfigError(f"target must be one of {TARGET_FORMS}, got {target!r}")
+    _addresses(target)
+
+
+def _addresses(target: str) -> list[tuple[str, int]]:
+    """(host, port) of each address gRPC will resolve `target` to, or ConfigError.
+
+    gRPC's name syntax: a bare 'host:port' or 'dns:///host:port' is resolved through DNS (a
+    headless Service's name gives every replica); 'ipv4:' and 'ipv6:' list addresses.
+    """
+    if target.startswith("dns:///"):
+        return [_address(target, target.removeprefix("dns:///"))]
+    for scheme in ("ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            return [_address(target, part) for part in target.removeprefix(scheme).split(",")]
+    return [_address(target, target)]
+
+
+def _address(target: str, address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
         raise ConfigError(f"target {target!r}: put an IPv6 address in brackets, e.g. '[::1]:50051'")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"target must look like 'host:port' with port 1..65535, got {target!r}")
+        raise ConfigError(
+            f"target must look like {TARGET_FORMS} with ports 1..65535, got {target!r}"
+        )
+    return host, int(port)
 
 
 def _is_loopback(host: str) -> bool:

@@ -27,10 +27,11 @@ def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials | None:
 
 
 def channel_options(config: ClientConfig) -> list[tuple[str, str]]:
-    if config.server_name is None:
-        return []
-    # Verify the certificate against this name instead of the target's host (e.g. an IP).
-    return [("grpc.ssl_target_name_override", config.server_name)]
+    options = [("grpc.lb_policy_name", config.load_balancing)]
+    if config.server_name is not None:
+        # Verify the certificate against this name instead of the target's host (e.g. an IP).
+        options.append(("grpc.ssl_target_name_override", config.server_name))
+    return options
 
 
 def open_channel(config: ClientConfig, grpc_module: ModuleType = grpc):

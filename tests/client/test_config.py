@@ -32,6 +32,7 @@ def pem(tmp_path):
         ({"retry_backoff_s": -0.1}, "retry_backoff_s"),
         ({"retry_backoff_s": float("nan")}, "retry_backoff_s"),
         ({"root_certificates": 42}, "path to a PEM file"),
+        ({"load_balancing": "least_request"}, "load_balancing must be one of"),
     ],
 )
 def test_invalid_transport_fields_are_refused(pem, fields, message):
@@ -57,7 +58,10 @@ def test_both_clients_get_the_same_channel_recipe(pem):
     assert call_metadata(plain) == ()
     named = ClientConfig("10.0.0.7:443", tls=True, server_name="del.example", token=TOKEN)
     assert channel_credentials(named) is not None
-    assert channel_options(named) == [("grpc.ssl_target_name_override", "del.example")]
+    assert channel_options(named) == [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.ssl_target_name_override", "del.example"),
+    ]
     assert call_metadata(named) == (("authorization", f"Bearer {TOKEN}"),)
 
 
@@ -73,3 +77,32 @@ def test_the_cli_reads_the_token_from_a_file_or_the_environment(tmp_path, monkey
     assert from_file.token == "from-the-file-0123456789abcdef"
     with pytest.raises(ConfigError, match="--token-file"):
         _config(parse("--token-file", str(tmp_path / "missing")))
+
+
+@pytest.mark.parametrize(
+    ("target", "hosts"),
+    [
+        ("127.0.0.1:50051", ("127.0.0.1",)),
+        ("[::1]:50051", ("::1",)),
+        ("dns:///del-server.del.svc.cluster.local:50051", ("del-server.del.svc.cluster.local",)),
+        ("ipv4:10.0.0.1:50051,10.0.0.2:50051", ("10.0.0.1", "10.0.0.2")),
+        ("ipv6:[::1]:50051,[fe80::1]:50051", ("::1", "fe80::1")),
+    ],
+)
+def test_targets_take_grpcs_name_forms(target, hosts):
+    assert ClientConfig(target).hosts == hosts
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["localhost", "localhost:0", "::1:50051", "dns:///", "ipv4:10.0.0.1:50051,", "http://a:1"],
+)
+def test_malformed_targets_are_refused(target):
+    with pytest.raises(ConfigError, match="target"):
+        ClientConfig(target)
+
+
+def test_a_token_goes_in_plaintext_only_when_every_address_is_loopback():
+    ClientConfig("ipv4:127.0.0.1:50051,127.0.0.2:50051", token=TOKEN)
+    with pytest.raises(ConfigError, match="'10.0.0.2'"):
+        ClientConfig("ipv4:127.0.0.1:50051,10.0.0.2:50051", token=TOKEN)
