@@ -104,5 +104,5 @@ def test_malformed_targets_are_refused(target):
 
 def test_a_token_goes_in_plaintext_only_when_every_address_is_loopback():
     ClientConfig("ipv4:127.0.0.1:50051,127.0.0.2:50051", token=TOKEN)
-    with pytest.raises(ConfigError, match="'10.0.0.2'"):
+    with pytest.raises(ConfigError, match=r"'10\.0\.0\.2'"):
         ClientConfig("ipv4:127.0.0.1:50051,10.0.0.2:50051", token=TOKEN)
