@@ -118,7 +118,7 @@ class _Sequence:
 
 
 class Engine:
-    """Owns the backend; runs every admitted request step by step on one thread."""
+    """Owns the backend on one thread; every admitted request advances one token per round."""
 
     def __init__(
         self,
