@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .config import LOAD_BALANCING
 from .errors import DELError, RequestOptionError
 
 
@@ -92,7 +93,17 @@ def _run_bench_codec(args: argparse.Namespace) -> None:
 
 
 def _add_server(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--server", default="localhost:50051", help="host:port of a del-server")
+    cmd.add_argument(
+        "--server",
+        default="localhost:50051",
+        help="host:port of a del-server (also dns:///host:port, or ipv4:a:port,b:port)",
+    )
+    cmd.add_argument(
+        "--load-balancing",
+        choices=LOAD_BALANCING,
+        default="pick_first",
+        help="round_robin: spread calls over every address the server name resolves to",
+    )
     tls = cmd.add_argument_group("connection security")
     tls.add_argument("--tls", action="store_true", help="TLS, server checked against system CAs")
     tls.add_argument("--ca", type=Path, help="PEM CA file to check the server with (implies --tls)")
@@ -125,6 +136,7 @@ def _config(args: argparse.Namespace):
         server_name=args.server_name,
         token=token,
         retries=args.retries,
+        load_balancing=args.load_balancing,
     )
 
 

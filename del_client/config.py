@@ -52,9 +52,10 @@ class ClientConfig:
     never shown by repr. A call that fails UNAVAILABLE before anything came back is retried up
     to `retries` times, waiting `retry_backoff_s`, then twice that, ... (with jitter).
 
-    `load_balancing` is gRPC's policy over the addresses the target resolves to:
-    "round_robin" (default) keeps a connection to each and spreads calls across them (every
-    replica behind a headless Service), "pick_first" uses one at a time.
+    `load_balancing` is gRPC's policy over the addresses the target resolves to: "pick_first"
+    (gRPC's default) uses one at a time and reconnects as soon as a call needs it;
+    "round_robin" keeps a connection to each and spreads calls across them (every replica
+    behind a headless Service), reconnecting to a restarted one after gRPC's backoff.
     """
 
     target: str  # "host:port"; IPv6 hosts in brackets: "[::1]:50051"
@@ -69,7 +70,7 @@ class ClientConfig:
     token: str | None = field(default=None, repr=False)
     retries: int = 3
     retry_backoff_s: float = 0.25
-    load_balancing: str = "round_robin"
+    load_balancing: str = "pick_first"
 
     def __post_init__(self) -> None:
         _check_target(self.target)

@@ -59,7 +59,7 @@ def test_both_clients_get_the_same_channel_recipe(pem):
     named = ClientConfig("10.0.0.7:443", tls=True, server_name="del.example", token=TOKEN)
     assert channel_credentials(named) is not None
     assert channel_options(named) == [
-        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.lb_policy_name", "pick_first"),
         ("grpc.ssl_target_name_override", "del.example"),
     ]
     assert call_metadata(named) == (("authorization", f"Bearer {TOKEN}"),)

@@ -1,5 +1,6 @@
-"""Behind a headless Service a client sees one address per replica: by default the SDK keeps
-a connection to each and spreads its streams over all of them (gRPC's round_robin)."""
+"""Behind a headless Service a client sees one address per replica: with round_robin the SDK
+keeps a connection to each and spreads its streams over all of them; with pick_first (gRPC's
+default) it stays on one."""
 
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ def generate_eight(replicas, tmp_path, **config) -> list[float]:
 
 
 def test_round_robin_spreads_one_clients_generations_over_every_replica(replicas, tmp_path):
-    served = generate_eight(replicas, tmp_path)
+    served = generate_eight(replicas, tmp_path, load_balancing="round_robin")
     assert sum(served) == 8
     assert min(served) >= 2  # strictly alternating once both connections are up
 
 
 def test_pick_first_keeps_a_client_on_one_replica(replicas, tmp_path):
-    assert sorted(generate_eight(replicas, tmp_path, load_balancing="pick_first")) == [0, 8]
+    assert sorted(generate_eight(replicas, tmp_path)) == [0, 8]
