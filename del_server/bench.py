@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from del_client import Client, ClientConfig
 from del_client.mechanism import BinomialQuantizer, PrivacySpec, dequantize
+from del_client.sampling import Sampling
 
 from .generation import FinishEvent, PrivatePrompt, TokenEvent
-from .sampling import SamplingParams
 from .server import RunningServer, start
 from .settings import Settings
 
@@ -59,7 +59,7 @@ async def _in_process(running: RunningServer, new_tokens: int) -> tuple[float, i
     started = time.perf_counter()
     symbols = BinomialQuantizer(spec).privatize(bundle.embed(bundle.encode(PROMPT)[1:]))
     inputs, _ = served.prompts.build(PrivatePrompt(dequantize(symbols, spec), mu=spec.mu()))
-    handle = served.engine.submit("bench", inputs, SamplingParams(new_tokens, temperature=0))
+    handle = served.engine.submit("bench", inputs, Sampling(new_tokens, temperature=0))
     first, tokens = None, 0
     while not isinstance(event := await handle.events.get(), FinishEvent):
         if isinstance(event, TokenEvent) and event.token_id is not None:

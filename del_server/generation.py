@@ -22,10 +22,12 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from del_client.sampling import Sampling
+
 from .adapter import Adapter
 from .backends.base import Backend, DecodeBatch
 from .errors import OverloadedError, ShuttingDownError
-from .sampling import FinishReason, Sampler, SamplingParams, TextStream
+from .sampling import FinishReason, Sampler, TextStream
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +163,7 @@ class Engine:
             self._wakeup.notify()
         self._thread.join()
 
-    def submit(
-        self, request_id: str, inputs: torch.Tensor, sampling: SamplingParams
-    ) -> RequestHandle:
+    def submit(self, request_id: str, inputs: torch.Tensor, sampling: Sampling) -> RequestHandle:
         """Queue a request; OverloadedError when the waiting queue is full. Call from the loop."""
         handle = RequestHandle(request_id, asyncio.Queue(), asyncio.get_running_loop())
         sequence = _Sequence(

@@ -10,6 +10,8 @@ from enum import StrEnum
 import torch
 from tokenizers import Tokenizer
 
+from del_client.sampling import Sampling
+
 
 class FinishReason(StrEnum):
     LENGTH = "length"
@@ -17,35 +19,11 @@ class FinishReason(StrEnum):
     EOS = "eos"
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Validated sampling settings. temperature 0 is greedy; top_p 1 and top_k 0 are off."""
-
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature}")
-        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
-            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if any(not s for s in self.stop):
-            raise ValueError("stop sequences must be non-empty")
-
-
 @dataclass
 class Sampler:
     """Draws tokens for one request with its own generator, so requests never share noise."""
 
-    params: SamplingParams
+    params: Sampling
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:

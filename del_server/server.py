@@ -22,13 +22,13 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from del_client.proto import inference_pb2, inference_pb2_grpc
+from del_client.sampling import Sampling
 
 from .auth import TokenStore
 from .generation import FinishEvent, PrivatePrompt
 from .interceptors import server_interceptors
 from .metrics import Metrics
 from .runtime import ServedModel, build_served_model
-from .sampling import SamplingParams
 from .service import SplitInferenceService
 from .settings import Settings
 from .tls import bind
@@ -93,9 +93,7 @@ async def _warm_up(served: ServedModel) -> None:
     """One tiny generation through the engine, so the first client pays no start-up cost."""
     x_hat = np.zeros((1, served.adapter.projection_dim), dtype=np.float32)
     inputs, _ = served.prompts.build(PrivatePrompt(x_hat, mu=1.0))
-    handle = served.engine.submit(
-        "warm-up", inputs, SamplingParams(max_new_tokens=2, temperature=0)
-    )
+    handle = served.engine.submit("warm-up", inputs, Sampling(max_new_tokens=2, temperature=0))
     while not isinstance(await handle.events.get(), FinishEvent):
         pass
 

@@ -22,8 +22,15 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from del_client.codec import FrameAssembler, RawSpec, spec_from_params
-from del_client.errors import BundleMismatchError, DELError, FrameError, LimitExceededError
+from del_client.errors import (
+    BundleMismatchError,
+    DELError,
+    FrameError,
+    LimitExceededError,
+    RequestOptionError,
+)
 from del_client.proto import inference_pb2, inference_pb2_grpc
+from del_client.sampling import Sampling
 
 from . import __version__
 from .errors import (
@@ -37,7 +44,7 @@ from .errors import (
 from .generation import FailedEvent, FinishEvent, PrivatePrompt, RawPrompt, TokenEvent
 from .metrics import Metrics, RequestStats
 from .runtime import ServedModel
-from .sampling import FinishReason, SamplingParams
+from .sampling import FinishReason
 from .settings import Settings
 from .status import end_call, status_for
 
@@ -346,14 +353,14 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             raise FrameError(f"mechanism dim {spec.dim} does not match the bundle's {dim}")
         return spec
 
-    def _sampling(self, pb: inference_pb2.SamplingParams) -> SamplingParams:
+    def _sampling(self, pb: inference_pb2.SamplingParams) -> Sampling:
         limit = self._settings.max_new_tokens
         if pb.max_new_tokens > limit:
             raise LimitExceededError(
                 f"max_new_tokens {pb.max_new_tokens} exceeds the limit of {limit}"
             )
         try:
-            return SamplingParams(
+            return Sampling(
                 max_new_tokens=pb.max_new_tokens or self._settings.default_new_tokens,
                 temperature=pb.temperature,
                 top_p=pb.top_p or 1.0,
@@ -361,7 +368,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
                 seed=pb.seed if pb.HasField("seed") else None,
                 stop=tuple(pb.stop),
             )
-        except ValueError as exc:
+        except RequestOptionError as exc:
             raise FrameError(f"invalid sampling parameters: {exc}") from exc
 
     def _final(self, stream: _Stream, event: FinishEvent, soft_mu: float | None):

@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
+from del_client.errors import RequestOptionError
+from del_client.sampling import Sampling
 from del_server.models.llama2c_tokenizer import load_llama2c_tokenizer
-from del_server.sampling import Sampler, SamplingParams, TextStream
+from del_server.sampling import Sampler, TextStream
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +20,14 @@ def tokenizer(shared_dir):
 
 def test_temperature_zero_is_argmax():
     logits = torch.tensor([0.1, 3.0, 2.9])
-    assert Sampler(SamplingParams(max_new_tokens=1, temperature=0))(logits) == 1
+    assert Sampler(Sampling(max_new_tokens=1, temperature=0))(logits) == 1
 
 
 def test_top_k_and_top_p_never_pick_outside_the_kept_set():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
-    top_k = Sampler(SamplingParams(max_new_tokens=1, top_k=2, seed=0))
+    top_k = Sampler(Sampling(max_new_tokens=1, top_k=2, seed=0))
     assert {top_k(logits) for _ in range(300)} == {0, 1}
-    top_p = Sampler(SamplingParams(max_new_tokens=1, top_p=0.75, seed=0))
+    top_p = Sampler(Sampling(max_new_tokens=1, top_p=0.75, seed=0))
     assert {top_p(logits) for _ in range(300)} == {0, 1}
 
 
@@ -42,8 +44,8 @@ def test_top_k_and_top_p_never_pick_outside_the_kept_set():
     ],
 )
 def test_invalid_sampling_parameters_are_refused(bad):
-    with pytest.raises(ValueError):  # noqa: PT011 - each case names its own field
-        SamplingParams(**{"max_new_tokens": 4, **bad})
+    with pytest.raises(RequestOptionError, match=next(iter(bad))):
+        Sampling(**{"max_new_tokens": 4, **bad})
 
 
 def anchor(tokenizer) -> int:
