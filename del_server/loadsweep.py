@@ -5,7 +5,7 @@ load generator would otherwise share its interpreter), with room for every strea
 (--max-running and --max-waiting at the largest concurrency). After each level the server's
 own counters are read from its metrics endpoint and set beside the client's: every request
 the client started must appear there with the same outcome, so nothing is lost on either side.
-Writes loadtest.json and loadtest.md.
+Writes loadtest.json, loadtest.md and loadtest.png.
 
     python -m del_server.loadsweep --concurrency 1 8 32 64 --duration 20 --out reports
 """
@@ -116,6 +116,35 @@ def _markdown(rows: list[dict], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plot(rows: list[dict], machine: str, path: Path) -> None:
+    """Throughput and latency percentiles against the number of concurrent streams."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    streams = [r["concurrency"] for r in rows]
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    throughput.plot(streams, [r["tokens_per_s"] for r in rows], "o-")
+    throughput.set(xlabel="concurrent streams", ylabel="generated tokens/s", xscale="log")
+    throughput.set_ylim(bottom=0)
+    for key, label, color in (
+        ("ttft_s", "time to first token", "C0"),
+        ("e2e_s", "end to end", "C1"),
+    ):
+        for percentile, style in (("p50", "o-"), ("p99", "o--")):
+            values = [1000 * (r[key][percentile] or float("nan")) for r in rows]
+            latency.plot(streams, values, style, color=color, label=f"{label} {percentile}")
+    latency.set(xlabel="concurrent streams", ylabel="ms", xscale="log", yscale="log")
+    latency.legend(fontsize="small")
+    for axes in (throughput, latency):
+        axes.set_xticks(streams, [str(n) for n in streams])
+        axes.grid(alpha=0.3)
+    figure.suptitle(f"del-client loadtest against del-server ({machine})", fontsize="medium")
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -133,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps({"machine": machine, "levels": rows}, indent=1)
     )
     (args.out / "loadtest.md").write_text(_markdown(rows, machine))
+    _plot(rows, machine, args.out / "loadtest.png")
     if not all(r["server_agrees"] and r["lost"] == 0 for r in rows):
         raise SystemExit("some requests were lost or miscounted: see loadtest.json")
 

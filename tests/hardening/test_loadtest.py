@@ -13,6 +13,7 @@ from hardening_kit import sample
 from del_client import ClientConfig, RequestOptionError
 from del_client.cli import main
 from del_client.loadtest import latency_summary, run_load
+from del_server import loadsweep
 
 
 @pytest.fixture
@@ -88,3 +89,13 @@ def test_the_load_is_bounded(config, bounds):
 def test_latency_summary_of_nothing_is_empty_not_an_error():
     assert latency_summary([]) == {"p50": None, "p90": None, "p99": None, "mean": None, "max": None}
     assert latency_summary([1.0, 2.0, 3.0])["p50"] == 2.0
+
+
+def test_the_sweep_against_a_server_process_writes_its_table_data_and_plot(stories260k, tmp_path):
+    sweep = ["--concurrency", "1", "2", "--duration", "1", "--max-new-tokens", "4"]
+    loadsweep.main(["--model", str(stories260k), *sweep, "--out", str(tmp_path)])
+    levels = json.loads((tmp_path / "loadtest.json").read_text())["levels"]
+    assert [level["concurrency"] for level in levels] == [1, 2]
+    assert all(level["server_agrees"] and level["ok"] > 0 for level in levels)
+    assert (tmp_path / "loadtest.md").read_text().count("| True |") == 2
+    assert (tmp_path / "loadtest.png").read_bytes().startswith(b"\x89PNG")
