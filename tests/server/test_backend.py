@@ -35,17 +35,38 @@ def prompt(stories, backend, text: str) -> torch.Tensor:
     return backend.embed(ids)
 
 
+class GreedyRows:
+    """Greedy decoding of several prompts in one batch, round by round, as the engine runs it."""
+
+    def __init__(self, batch) -> None:
+        self.batch = batch
+        self.ids: list[list[int]] = []
+        self.logits: list[list[torch.Tensor]] = []
+
+    def join(self, backend, inputs: torch.Tensor) -> None:
+        logits, state = backend.prefill(inputs)
+        self.batch.add(state)
+        self.ids.append([int(logits.argmax())])
+        self.logits.append([logits])
+
+    def step(self, rounds: int = 1) -> None:
+        for _ in range(rounds):
+            for row, logits in enumerate(self.batch.decode([ids[-1] for ids in self.ids])):
+                self.ids[row].append(int(logits.argmax()))
+                self.logits[row].append(logits)
+
+    def keep(self, rows: list[int]) -> None:
+        self.batch.keep(rows)
+        self.ids = [self.ids[row] for row in rows]
+        self.logits = [self.logits[row] for row in rows]
+
+
 def greedy_alone(backend, inputs: torch.Tensor, steps: int) -> tuple[list[int], torch.Tensor]:
     """Greedy ids and the logits of every step for one sequence, decoded by itself."""
-    logits, state = backend.prefill(inputs)
-    alone = SequentialBatch(backend.model)
-    alone.add(state)
-    ids, history = [int(logits.argmax())], [logits]
-    for _ in range(steps - 1):
-        logits = alone.decode([ids[-1]])[0]
-        ids.append(int(logits.argmax()))
-        history.append(logits)
-    return ids, torch.stack(history)
+    alone = GreedyRows(SequentialBatch(backend.model))
+    alone.join(backend, inputs)
+    alone.step(steps - 1)
+    return alone.ids[0], torch.stack(alone.logits[0])
 
 
 def test_the_default_model_decodes_in_one_padded_batch(backend):
@@ -57,64 +78,41 @@ def test_rows_of_different_lengths_decode_as_they_would_alone(stories, backend):
     steps = 24
     inputs = [prompt(stories, backend, text) for text in TEXTS]
     assert len({x.shape[0] for x in inputs}) == len(TEXTS)  # the padding is really exercised
-    batch, ids, history = backend.new_batch(), [], []
+    rows = GreedyRows(backend.new_batch())
     for x in inputs:
-        logits, state = backend.prefill(x)
-        batch.add(state)
-        ids.append([int(logits.argmax())])
-        history.append([logits])
-    for _ in range(steps - 1):
-        logits = batch.decode([row[-1] for row in ids])
-        assert logits.shape == (len(TEXTS), stories.model.config.vocab_size)
-        for row, row_logits in enumerate(logits):
-            ids[row].append(int(row_logits.argmax()))
-            history[row].append(row_logits)
+        rows.join(backend, x)
+    rows.step(steps - 1)
     for row, x in enumerate(inputs):
         alone_ids, alone_logits = greedy_alone(backend, x, steps)
-        assert ids[row] == alone_ids
-        torch.testing.assert_close(torch.stack(history[row]), alone_logits, atol=1e-4, rtol=0)
+        assert rows.ids[row] == alone_ids
+        torch.testing.assert_close(torch.stack(rows.logits[row]), alone_logits, atol=1e-4, rtol=0)
 
 
 def test_rows_leave_and_join_between_rounds(stories, backend):
     """Drop the longest row mid-way (its padding goes with it) and let a new one join."""
     first, long, late = (prompt(stories, backend, TEXTS[i]) for i in (0, 1, 3))
-    batch = backend.new_batch()
-    streams: list[list[int]] = []
-    for x in (first, long):
-        logits, state = backend.prefill(x)
-        batch.add(state)
-        streams.append([int(logits.argmax())])
-    for _ in range(5):
-        for row, logits in enumerate(batch.decode([s[-1] for s in streams])):
-            streams[row].append(int(logits.argmax()))
-    batch.keep([0])
-    del streams[1]
-    logits, state = backend.prefill(late)
-    batch.add(state)
-    streams.append([int(logits.argmax())])
-    for _ in range(10):
-        for row, logits in enumerate(batch.decode([s[-1] for s in streams])):
-            streams[row].append(int(logits.argmax()))
-    assert batch.size == 2
-    assert streams[0] == greedy_alone(backend, first, 16)[0]
-    assert streams[1] == greedy_alone(backend, late, 11)[0]
-    batch.keep([])
-    assert batch.size == 0
+    rows = GreedyRows(backend.new_batch())
+    rows.join(backend, first)
+    rows.join(backend, long)
+    rows.step(5)
+    rows.keep([0])
+    rows.join(backend, late)
+    rows.step(10)
+    assert rows.batch.size == 2
+    assert rows.ids[0] == greedy_alone(backend, first, 16)[0]
+    assert rows.ids[1] == greedy_alone(backend, late, 11)[0]
+    rows.keep([])
+    assert rows.batch.size == 0
 
 
 def test_the_golden_greedy_continuation_survives_batching(stories, backend, stories260k):
     """reference_greedy.json, computed outside transformers, decoded beside another prompt."""
     reference = json.loads((stories260k / "reference_greedy.json").read_text())
-    batch, streams = backend.new_batch(), []
-    for x in (prompt(stories, backend, TEXTS[1]), backend.embed(reference["prompt_ids"])):
-        logits, state = backend.prefill(x)
-        batch.add(state)
-        streams.append([int(logits.argmax())])
-    generated = len(reference["greedy_ids_60"]) - len(reference["prompt_ids"])
-    for _ in range(generated - 1):
-        for row, logits in enumerate(batch.decode([s[-1] for s in streams])):
-            streams[row].append(int(logits.argmax()))
-    assert reference["prompt_ids"] + streams[1] == reference["greedy_ids_60"]
+    rows = GreedyRows(backend.new_batch())
+    rows.join(backend, prompt(stories, backend, TEXTS[1]))
+    rows.join(backend, backend.embed(reference["prompt_ids"]))
+    rows.step(len(reference["greedy_ids_60"]) - len(reference["prompt_ids"]) - 1)
+    assert reference["prompt_ids"] + rows.ids[1] == reference["greedy_ids_60"]
 
 
 def test_sliding_window_models_decode_row_by_row():
