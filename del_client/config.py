@@ -161,12 +161,26 @@ def _addresses(target: str) -> list[tuple[str, int]]:
     gRPC's name syntax: a bare 'host:port' or 'dns:///host:port' is resolved through DNS (a
     headless Service's name gives every replica); 'ipv4:' and 'ipv6:' list addresses.
     """
-    if target.startswith("dns:///"):
-        return [_address(target, target.removeprefix("dns:///"))]
-    for scheme in ("ipv4:", "ipv6:"):
+    if target.startswith("dns:"):  # dns:host:port, dns:///host:port, dns://resolver/host:port
+        name = target.removeprefix("dns:")
+        if name.startswith("//"):
+            name = name[2:].partition("/")[2]
+        return [_address(target, name)]
+    for scheme, version in (("ipv4:", 4), ("ipv6:", 6)):
         if target.startswith(scheme):
-            return [_address(target, part) for part in target.removeprefix(scheme).split(",")]
+            addresses = [_address(target, a) for a in target.removeprefix(scheme).split(",")]
+            for host, _ in addresses:
+                if not _is_ip(host, version):
+                    raise ConfigError(f"target {target!r}: {host!r} is not an IPv{version} address")
+            return addresses
     return [_address(target, target)]
+
+
+def _is_ip(host: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == version
+    except ValueError:
+        return False
 
 
 def _address(target: str, address: str) -> tuple[str, int]:

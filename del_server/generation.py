@@ -16,6 +16,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,7 @@ class RawPrompt:
 class TokenEvent:
     token_id: int | None  # None: text held back until the end, no new token
     text: str
+    at: float = field(default_factory=time.perf_counter)  # when the engine made it
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,11 @@ class Engine:
                     break
                 while self._waiting and len(self._running) < self._max_running:
                     self._running.append(self._waiting.popleft())
-            self._round()
+            try:
+                self._round()
+            except Exception as exc:  # a bug here must not leave the server without an engine
+                self._fail([s for s in self._running if not s.done], exc)
+                self._running, self._batch = [], self._backend.new_batch()
         for sequence in [*self._running, *self._waiting]:
             sequence.handle._send(FailedEvent(ShuttingDownError("the server is shutting down")))
 
@@ -207,10 +213,10 @@ class Engine:
     def _prefill(self, sequence: _Sequence) -> None:
         try:
             logits, state = self._backend.prefill(sequence.inputs)
-        except Exception as exc:  # a failing request must not take the engine down
+            self._batch.add(state)  # all or nothing: the batch is unchanged when it fails
+        except Exception as exc:  # e.g. out of memory: this request fails, the others go on
             self._fail([sequence], exc)
             return
-        self._batch.add(state)
         sequence.prefilled = True
         self._advance_or_fail(sequence, logits)
 

@@ -19,6 +19,11 @@ class FinishReason(StrEnum):
     EOS = "eos"
 
 
+# Temperatures below this decode greedily (vLLM's rule): dividing logits by a tinier one
+# overflows to inf, and that limit of sampling is the argmax anyway.
+GREEDY_BELOW = 1e-5
+
+
 @dataclass
 class Sampler:
     """Draws tokens for one request with its own generator, so requests never share noise."""
@@ -33,7 +38,7 @@ class Sampler:
     def __call__(self, logits: torch.Tensor) -> int:
         """logits (V,) -> next token id."""
         p = self.params
-        if p.temperature == 0:
+        if p.temperature < GREEDY_BELOW:
             return int(torch.argmax(logits))
         logits = logits.float() / p.temperature
         if p.top_k:

@@ -137,32 +137,30 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     served.engine.start()
     await server.start()
-    health_server, health_port = None, None
-    if settings.health_port >= 0:
-        health_server, health_port = await _start_health_listener(health, settings)
-    await _warm_up(served)
-    metrics_http = None
-    metrics_port = None
-    if settings.metrics_port >= 0:
-        metrics_http = metrics.serve(settings.host, settings.metrics_port)
-        metrics_port = metrics_http.server_port
+    running = RunningServer(server, port, None, metrics, served, health, settings, None)
+    try:
+        if settings.health_port >= 0:
+            running._health_server, running.health_port = await _start_health_listener(
+                health, settings
+            )
+        await _warm_up(served)
+        if settings.metrics_port >= 0:
+            running._metrics_http = metrics.serve(settings.host, settings.metrics_port)
+            running.metrics_port = running._metrics_http.server_port
+    except BaseException:
+        await running.stop(grace_s=0)  # nothing half-started outlives a failed start
+        raise
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "serving", extra={"port": port, "metrics_port": metrics_port, "health_port": health_port}
+        "serving",
+        extra={
+            "port": port,
+            "metrics_port": running.metrics_port,
+            "health_port": running.health_port,
+        },
     )
-    return RunningServer(
-        server,
-        port,
-        metrics_port,
-        metrics,
-        served,
-        health,
-        settings,
-        metrics_http,
-        health_port,
-        health_server,
-    )
+    return running
 
 
 async def serve(settings: Settings) -> None:

@@ -178,9 +178,8 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             while True:
                 tokens, end = await self._next_events(handle, stream)
                 if tokens:
-                    now = time.perf_counter()
                     ids = [t.token_id for t in tokens if t.token_id is not None]
-                    stream.token_times += [now] * len(ids)
+                    stream.token_times += [t.at for t in tokens if t.token_id is not None]
                     text = "".join(t.text for t in tokens)
                     chunk = inference_pb2.TokenChunk(token_ids=ids, text=text)
                     yield stream.sent(inference_pb2.GenerateResponse(tokens=chunk))

@@ -90,6 +90,12 @@ class Settings:
             -1 <= p < 65536 for p in (self.metrics_port, self.health_port)
         ):
             raise ValueError("ports must lie in 0..65535 (metrics and health: -1 disables)")
+        fixed = [p for p in (self.port, self.metrics_port, self.health_port) if p > 0]
+        if len(set(fixed)) < len(fixed):
+            raise ValueError(
+                f"port, metrics_port and health_port must differ, got {self.port}, "
+                f"{self.metrics_port} and {self.health_port}"
+            )
         self._check_hardening()
 
     def _check_hardening(self) -> None:

@@ -1,9 +1,9 @@
 """Backend over a Hugging Face causal LM and its KV cache.
 
 Running sequences share one left-padded KV cache (`PaddedBatch`): a round is a single forward
-pass over all of them, with the padding masked out and each row at its own position. Models
-whose cache is not plain full attention (sliding-window or hybrid layers keep a different
-length per layer) decode row by row instead (`SequentialBatch`), which is always correct.
+pass over all of them, with the padding masked out and each row at its own position. That is
+exact only under conditions `_pads_exactly` checks; other models decode row by row
+(`SequentialBatch`), which is always correct.
 
 transformers 5 names the cache `cache` (argument and output; `past_key_values` is deprecated).
 """
@@ -35,8 +35,7 @@ class TransformersBackend:
         self.device = next(model.parameters()).device
         self.dtype = model.get_input_embeddings().weight.dtype
         self.hidden_size = model.config.hidden_size
-        layers = DynamicCache(config=model.config).layers
-        self.pads_batches = all(type(layer) is DynamicLayer for layer in layers)
+        self.pads_batches = _pads_exactly(model)
 
     @torch.inference_mode()
     def embed(self, token_ids: list[int]) -> torch.Tensor:
@@ -76,19 +75,25 @@ class PaddedBatch:
         return self._positions.shape[0]
 
     def add(self, state: Prefilled) -> None:
+        """All or nothing: every new tensor is built before any replaces the batch's."""
         row_mask = torch.ones((1, state.length), dtype=torch.long, device=self._device)
         position = torch.tensor([state.length], device=self._device)
         if self._cache is None:
             self._cache, self._mask, self._positions = state.cache, row_mask, position
             return
         width = max(self._mask.shape[1], state.length)
-        for mine, theirs in zip(self._cache.layers, state.cache.layers, strict=True):
-            mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
-            mine.values = torch.cat(
-                [_left_pad(mine.values, width), _left_pad(theirs.values, width)]
+        joined = [
+            (
+                torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)]),
+                torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)]),
             )
-        self._mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(row_mask, width)])
-        self._positions = torch.cat([self._positions, position])
+            for mine, theirs in zip(self._cache.layers, state.cache.layers, strict=True)
+        ]
+        mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(row_mask, width)])
+        positions = torch.cat([self._positions, position])
+        for layer, (keys, values) in zip(self._cache.layers, joined, strict=True):
+            layer.keys, layer.values = keys, values
+        self._mask, self._positions = mask, positions
 
     def keep(self, rows: Sequence[int]) -> None:
         if not rows:
@@ -147,6 +152,30 @@ class SequentialBatch:
             self._caches[row] = out.cache
             logits.append(out.logits[0, -1])
         return torch.stack(logits)
+
+
+# Attention implementations that build their mask from the 2-D padding mask (checked against
+# row-by-row decoding for eager and sdpa; flash attention unpads with it).
+_MASKED_ATTENTION = {"eager", "sdpa", "flash_attention_2", "flash_attention_3"}
+
+
+def _pads_exactly(model: PreTrainedModel) -> bool:
+    """Whether one left-padded cache decodes every row exactly as it would decode alone.
+
+    It needs full-attention cache layers (sliding-window or hybrid layers keep a different
+    length per layer), an attention that honours the padding mask, and position-independent
+    RoPE scaling (dynamic and longrope rescale by the largest position in the whole batch).
+    """
+    config = model.config
+    layers = DynamicCache(config=config).layers
+    rope = getattr(config, "rope_parameters", None) or {}
+    per_layer_type = [v for v in rope.values() if isinstance(v, dict)]  # e.g. Gemma 3
+    rope_types = {p.get("rope_type", "default") for p in per_layer_type or [rope]}
+    return (
+        all(type(layer) is DynamicLayer for layer in layers)
+        and config._attn_implementation in _MASKED_ATTENTION
+        and not rope_types & {"dynamic", "longrope"}
+    )
 
 
 def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:

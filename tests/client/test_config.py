@@ -85,6 +85,8 @@ def test_the_cli_reads_the_token_from_a_file_or_the_environment(tmp_path, monkey
         ("127.0.0.1:50051", ("127.0.0.1",)),
         ("[::1]:50051", ("::1",)),
         ("dns:///del-server.del.svc.cluster.local:50051", ("del-server.del.svc.cluster.local",)),
+        ("dns:del-server:50051", ("del-server",)),
+        ("dns://10.96.0.10/del-server:50051", ("del-server",)),
         ("ipv4:10.0.0.1:50051,10.0.0.2:50051", ("10.0.0.1", "10.0.0.2")),
         ("ipv6:[::1]:50051,[fe80::1]:50051", ("::1", "fe80::1")),
     ],
@@ -95,7 +97,16 @@ def test_targets_take_grpcs_name_forms(target, hosts):
 
 @pytest.mark.parametrize(
     "target",
-    ["localhost", "localhost:0", "::1:50051", "dns:///", "ipv4:10.0.0.1:50051,", "http://a:1"],
+    [
+        "localhost",
+        "localhost:0",
+        "::1:50051",
+        "dns:///",
+        "ipv4:10.0.0.1:50051,",
+        "ipv4:localhost:50051",
+        "ipv6:127.0.0.1:50051",
+        "http://a:1",
+    ],
 )
 def test_malformed_targets_are_refused(target):
     with pytest.raises(ConfigError, match="target"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -257,3 +258,23 @@ def test_retries_end_after_the_configured_number_still_charged_once(
     assert len(path.attempts) == 3
     assert len({tuple(attempt) for attempt in path.attempts}) == 1
     assert ledger_budget.ledger.entry("alice").requests == 1
+
+
+def test_a_start_that_fails_late_leaves_nothing_running(settings_for):
+    """The health port is taken: start fails after the engine and the main port came up."""
+    from del_server.server import start
+
+    engines = lambda: {t for t in threading.enumerate() if t.name == "del-engine"}  # noqa: E731
+    before = engines()  # other tests' servers may be running
+    with socket.socket() as taken, socket.socket() as probe:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        probe.bind(("127.0.0.1", 0))
+        main_port = probe.getsockname()[1]
+        probe.close()
+        settings = settings_for(port=main_port, health_port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match="Failed to bind"):
+            asyncio.run(start(settings))
+    assert engines() == before
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", main_port))  # the main port was given back

@@ -3,11 +3,12 @@ leave between rounds, and every row decodes exactly as it would alone."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
-from transformers import MistralConfig, MistralForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from del_server.backends.transformers import PaddedBatch, SequentialBatch, TransformersBackend
 from del_server.models import load_model
@@ -115,17 +116,52 @@ def test_the_golden_greedy_continuation_survives_batching(stories, backend, stor
     assert reference["prompt_ids"] + rows.ids[1] == reference["greedy_ids_60"]
 
 
-def test_sliding_window_models_decode_row_by_row():
-    """Their cache layers differ in length, so padding them into one cache would be wrong."""
-    config = MistralConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=4,
-    )
-    backend = TransformersBackend(MistralForCausalLM(config))
+def test_the_default_model_pads_exactly_with_sdpa_attention_too(stories, backend):
+    """sdpa builds its own mask from the padding mask: still equal to decoding alone."""
+    sdpa = TransformersBackend(copy.deepcopy(stories.model))
+    sdpa.model.set_attn_implementation("sdpa")
+    assert sdpa.pads_batches
+    inputs = [prompt(stories, sdpa, text) for text in TEXTS]
+    rows = GreedyRows(sdpa.new_batch())
+    for x in inputs:
+        rows.join(sdpa, x)
+    rows.step(11)
+    for row, x in enumerate(inputs):
+        alone_ids, alone_logits = greedy_alone(backend, x, 12)
+        assert rows.ids[row] == alone_ids
+        torch.testing.assert_close(torch.stack(rows.logits[row]), alone_logits, atol=1e-4, rtol=0)
+
+
+TINY = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param(
+            lambda: MistralForCausalLM(MistralConfig(**TINY, sliding_window=4)), id="sliding window"
+        ),
+        pytest.param(
+            lambda: LlamaForCausalLM(
+                LlamaConfig(
+                    **TINY,
+                    rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0},
+                )
+            ),
+            id="dynamic RoPE",
+        ),
+    ],
+)
+def test_models_a_padded_cache_would_change_decode_row_by_row(model):
+    """Sliding-window layers keep a different length per layer; dynamic RoPE rescales every
+    row by the longest one's position. Padding them into one cache would change the output."""
+    backend = TransformersBackend(model())
     assert not backend.pads_batches
     assert isinstance(backend.new_batch(), SequentialBatch)

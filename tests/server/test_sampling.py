@@ -18,9 +18,12 @@ def tokenizer(shared_dir):
     return load_llama2c_tokenizer(shared_dir / "models" / "stories260K" / "tok512.bin")
 
 
-def test_temperature_zero_is_argmax():
+@pytest.mark.parametrize("temperature", [0.0, 1e-45, 9e-6])
+def test_temperature_zero_and_below_1e_5_is_argmax(temperature):
+    """1e-45 would overflow the scaled logits to inf: its limit, the argmax, is taken instead."""
     logits = torch.tensor([0.1, 3.0, 2.9])
-    assert Sampler(Sampling(max_new_tokens=1, temperature=0))(logits) == 1
+    sampler = Sampler(Sampling(max_new_tokens=1, temperature=temperature, seed=0))
+    assert {sampler(logits) for _ in range(50)} == {1}
 
 
 def test_top_k_and_top_p_never_pick_outside_the_kept_set():

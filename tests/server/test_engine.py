@@ -1,0 +1,82 @@
+"""The engine: a request that cannot join the running batch fails alone, and the engine runs on.
+
+The fault is injected into the real backend's batch (the way running out of memory while the
+batch grows would show), so everything else is the real model and the real scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from del_client.sampling import Sampling
+from del_server.backends.transformers import TransformersBackend
+from del_server.generation import Engine, FailedEvent, FinishEvent, TokenEvent
+from del_server.models import load_model
+
+
+class RefusesOneJoin:
+    """The real backend, whose batch refuses the `refused`-th sequence to join it."""
+
+    def __init__(self, backend: TransformersBackend, refused: int) -> None:
+        self._backend, self._refused, self._joins = backend, refused, 0
+        self.hidden_size = backend.hidden_size
+        self.embed, self.prefill = backend.embed, backend.prefill
+
+    def new_batch(self):
+        batch = self._backend.new_batch()
+        add = batch.add
+
+        def refusing_add(state) -> None:
+            self._joins += 1
+            if self._joins == self._refused:
+                raise MemoryError("no room for another row")
+            add(state)
+
+        batch.add = refusing_add
+        return batch
+
+
+@pytest.fixture(scope="module")
+def stories(stories260k):
+    return load_model(str(stories260k))
+
+
+async def outcome(handle) -> tuple[int, FinishEvent | FailedEvent]:
+    """Tokens received, and the event that ended the request (within 60 s: no hanging test)."""
+    tokens = 0
+    async with asyncio.timeout(60):
+        while not isinstance(event := await handle.events.get(), FinishEvent | FailedEvent):
+            tokens += isinstance(event, TokenEvent) and event.token_id is not None
+    return tokens, event
+
+
+def test_a_request_that_cannot_join_the_batch_fails_alone(stories):
+    backend = RefusesOneJoin(TransformersBackend(stories.model), refused=2)
+    engine = Engine(
+        backend, stories.tokenizer, eos_id=None, anchor_id=3, max_running=4, max_waiting=4
+    )
+    inputs = backend.embed([stories.bos_id, 403, 261])
+
+    async def run():
+        engine.start()
+        try:
+            running = engine.submit("running", inputs, Sampling(max_new_tokens=48, temperature=0))
+            await running.events.get()  # it is in the batch before the next one arrives
+            refused = engine.submit("refused", inputs, Sampling(max_new_tokens=8, temperature=0))
+            results = await asyncio.gather(outcome(running), outcome(refused))
+            later = engine.submit("later", inputs, Sampling(max_new_tokens=4, temperature=0))
+            return [*results, await outcome(later)]
+        finally:
+            await asyncio.to_thread(engine.stop)
+
+    (running, finished), (refused_tokens, failed), (_, later) = asyncio.run(run())
+    assert isinstance(finished, FinishEvent)
+    assert running + 1 == finished.generated_tokens == 48  # its first token was read above
+    assert isinstance(failed, FailedEvent)
+    assert isinstance(failed.error, MemoryError)
+    assert refused_tokens == 0
+    assert isinstance(later, FinishEvent)
+    assert later.generated_tokens == 4
+    assert engine.running == 0
