@@ -36,6 +36,7 @@ from .tls import bind
 log = logging.getLogger(__name__)
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["SplitInference"].full_name
 GENERATE_METHOD = f"/{SERVICE_NAME}/Generate"
+HEALTH_LISTENER_MAX_RPCS = 16
 
 
 @dataclass(eq=False)
@@ -81,8 +82,12 @@ def _connection_options(settings: Settings) -> list[tuple[str, int]]:
 async def _start_health_listener(
     health: health_aio.HealthServicer, settings: Settings
 ) -> tuple[grpc.aio.Server, int]:
-    """A plaintext server with the health service alone: no tokens, no TLS, no model."""
-    server = grpc.aio.server()
+    """A plaintext server with the health service alone: no tokens, no TLS, no model.
+
+    Probes send a Check now and then; a few concurrent calls are plenty, and the cap keeps
+    a flood of unauthenticated Watch streams from holding resources.
+    """
+    server = grpc.aio.server(maximum_concurrent_rpcs=HEALTH_LISTENER_MAX_RPCS)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_insecure_port(f"{settings.host}:{settings.health_port}")
     await server.start()

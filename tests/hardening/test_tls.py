@@ -13,6 +13,7 @@ from hardening_kit import sample
 
 from del_client import Client, ClientConfig, ServerUnavailableError
 from del_client.proto import inference_pb2, inference_pb2_grpc
+from del_server.server import HEALTH_LISTENER_MAX_RPCS
 
 PROMPT = "Once upon a time"
 SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
@@ -83,6 +84,15 @@ def test_probes_that_cannot_speak_tls_read_health_on_its_own_plaintext_port(
                     inference_pb2.GetManifestRequest(), timeout=10
                 )
             assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            watch = health_pb2_grpc.HealthStub(channel).Watch
+            request = health_pb2.HealthCheckRequest()
+            watches = [watch(request, timeout=10) for _ in range(HEALTH_LISTENER_MAX_RPCS)]
+            assert all(next(w).status == SERVING_STATUS for w in watches)
+            with pytest.raises(grpc.RpcError) as flood:  # unauthenticated: so it is capped
+                health_check(channel)
+            assert flood.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for watch in watches:
+                watch.cancel()
         with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError):
             health_check(channel)  # the main port still speaks mutual TLS only
     with grpc.insecure_channel(probe_target) as channel, pytest.raises(grpc.RpcError) as gone:
