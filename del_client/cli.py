@@ -314,11 +314,13 @@ def _run_manifest(args: argparse.Namespace) -> None:
             f"raw           {raw}"
         )
         for level in m.privacy_levels:
+            learned = "" if level.learned_rate is None else f", learned {level.learned_rate:.1%}"
             print(
                 f"level         μ = {level.mu:.4g} (ε = {level.epsilon_token:.4g} per token at "
                 f"δ = {level.delta:g}, b = {level.bits}): calibrated to "
-                f"{level.target_attack_rate:.0%} token recovery; measured nearest neighbour "
-                f"{level.nearest_neighbour_rate:.1%}, likelihood {level.likelihood_rate:.1%}"
+                f"{level.target_attack_rate:.0%} token recovery by {level.calibrated_against}; "
+                f"measured nearest neighbour {level.nearest_neighbour_rate:.1%}, likelihood "
+                f"{level.likelihood_rate:.1%}{learned}"
                 + ("" if level.soft_prompt else "; no soft prompt")
             )
 

@@ -69,6 +69,16 @@ def wire_bytes(message) -> int:
 # ── What the server serves ──────────────────────────────────────────────────────────────
 
 
+# PrivacyLevel.attack: what `del-server calibrate --attack` accepts, and what it means
+ATTACKS_IN_WORDS = {
+    "strongest": "the nearest-neighbour and likelihood attacks",
+    "nearest_neighbour": "the nearest-neighbour attack",
+    "likelihood": "the likelihood attack",
+    "learned": "a learned inversion network",
+    "all": "the nearest-neighbour, likelihood and learned attacks",
+}
+
+
 @dataclass(frozen=True)
 class PrivacyLevel:
     """A level the provider calibrated against token-inversion attacks (advisory)."""
@@ -81,10 +91,19 @@ class PrivacyLevel:
     nearest_neighbour_rate: float
     likelihood_rate: float
     soft_prompt: bool
+    attack: str = ""  # what the level was calibrated against
+    learned_rate: float | None = None  # the attacker's inversion network, when measured
+
+    @property
+    def calibrated_against(self) -> str:
+        """The attacks the level was calibrated against, in words."""
+        return ATTACKS_IN_WORDS.get(self.attack, self.attack or "token-inversion attacks")
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.PrivacyLevel) -> PrivacyLevel:
-        return cls(**{f.name: getattr(pb, f.name) for f in fields(cls)})
+        values = {f.name: getattr(pb, f.name) for f in fields(cls) if f.name != "learned_rate"}
+        learned = pb.learned_rate if pb.HasField("learned_rate") else None
+        return cls(**values, learned_rate=learned)
 
 
 @dataclass(frozen=True)

@@ -61,12 +61,18 @@ def _calibrated_mu(target: str) -> float:
         print("privacy level: μ = 10 per token (this adapter has no calibrated levels)")
         return 10.0
     level = min(levels, key=lambda lv: abs(lv.target_attack_rate - TARGET_ATTACK_RATE))
+    measured = (
+        f"likelihood {level.likelihood_rate:.1%}, nearest neighbour "
+        f"{level.nearest_neighbour_rate:.1%}"
+    )
+    if level.learned_rate is None:
+        measured += "; stronger attacks do better, see docs/eval/EVAL.md"
+    else:
+        measured += f", learned {level.learned_rate:.1%}"
     print(
         f"privacy level: μ = {level.mu:.4g} per token, ε = {level.epsilon_token:.4g} per token at "
         f"δ = {level.delta:g} (exact); calibrated to {level.target_attack_rate:.0%} token "
-        f"recovery by the nearest-neighbour and likelihood attacks (measured: likelihood "
-        f"{level.likelihood_rate:.1%}, nearest neighbour {level.nearest_neighbour_rate:.1%}; "
-        "stronger attacks do better, see docs/eval/EVAL.md)",
+        f"recovery by {level.calibrated_against} (measured: {measured})",
         flush=True,
     )
     return level.mu

@@ -422,6 +422,8 @@ def _privacy_level(level: dict, served: ServedModel) -> inference_pb2.PrivacyLev
         nearest_neighbour_rate=level["nearest_neighbour_rate"],
         likelihood_rate=level["likelihood_rate"],
         soft_prompt=level["mu"] in served.adapter.soft_prompts,
+        learned_rate=level.get("learned_rate"),  # absent in adapters calibrated without it
+        attack=level.get("attack", ""),
     )
 
 

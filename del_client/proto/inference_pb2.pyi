@@ -153,7 +153,7 @@ class ModelInfo(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., projection_dim: _Optional[int] = ..., clip: _Optional[float] = ..., supported_bits: _Optional[_Iterable[int]] = ..., soft_prompt_mus: _Optional[_Iterable[float]] = ..., client_bundle_digest: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., raw_mechanism_enabled: _Optional[bool] = ..., raw_bundle_digest: _Optional[str] = ..., privacy_levels: _Optional[_Iterable[_Union[PrivacyLevel, _Mapping]]] = ..., max_frames: _Optional[int] = ..., max_frame_payload_bytes: _Optional[int] = ...) -> None: ...
 
 class PrivacyLevel(_message.Message):
-    __slots__ = ("mu", "epsilon_token", "delta", "bits", "target_attack_rate", "nearest_neighbour_rate", "likelihood_rate", "soft_prompt")
+    __slots__ = ("mu", "epsilon_token", "delta", "bits", "target_attack_rate", "nearest_neighbour_rate", "likelihood_rate", "soft_prompt", "learned_rate", "attack")
     MU_FIELD_NUMBER: _ClassVar[int]
     EPSILON_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,8 @@ class PrivacyLevel(_message.Message):
     NEAREST_NEIGHBOUR_RATE_FIELD_NUMBER: _ClassVar[int]
     LIKELIHOOD_RATE_FIELD_NUMBER: _ClassVar[int]
     SOFT_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    LEARNED_RATE_FIELD_NUMBER: _ClassVar[int]
+    ATTACK_FIELD_NUMBER: _ClassVar[int]
     mu: float
     epsilon_token: float
     delta: float
@@ -170,7 +172,9 @@ class PrivacyLevel(_message.Message):
     nearest_neighbour_rate: float
     likelihood_rate: float
     soft_prompt: bool
-    def __init__(self, mu: _Optional[float] = ..., epsilon_token: _Optional[float] = ..., delta: _Optional[float] = ..., bits: _Optional[int] = ..., target_attack_rate: _Optional[float] = ..., nearest_neighbour_rate: _Optional[float] = ..., likelihood_rate: _Optional[float] = ..., soft_prompt: _Optional[bool] = ...) -> None: ...
+    learned_rate: float
+    attack: str
+    def __init__(self, mu: _Optional[float] = ..., epsilon_token: _Optional[float] = ..., delta: _Optional[float] = ..., bits: _Optional[int] = ..., target_attack_rate: _Optional[float] = ..., nearest_neighbour_rate: _Optional[float] = ..., likelihood_rate: _Optional[float] = ..., soft_prompt: _Optional[bool] = ..., learned_rate: _Optional[float] = ..., attack: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
     __slots__ = ("server_version", "models")

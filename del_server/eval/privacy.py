@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..adapter import Adapter
-from ..train.attacks import learned_attack_rate, train_inversion_network
+from ..train.attacks import learned_attack
 from .context import EvalContext
 from .mechanisms import Mechanism
 from .methods import Method
@@ -121,23 +121,16 @@ def attack_private_method(
     nearest, likelihood = cheap_attack_rates(ctx, adapter, mechanism, tokens, config.seed + 1)
     learned_rate = None
     if learned:
-        table, public = ctx.table(adapter), ctx.public_tokens()
-
-        def pairs(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-            ids = rng.choice(public, size=count)
-            return mechanism.privatize(table[ids], rng), ids
-
-        network = train_inversion_network(
-            pairs,
-            dim=mechanism.dim,
+        learned_rate = learned_attack(
+            mechanism.privatize,
+            ctx.table(adapter),
+            ctx.public_tokens(),
+            tokens,
             alphabet=mechanism.alphabet,
-            vocab=ctx.vocab_size,
             steps=config.inversion_steps,
             batch=config.inversion_batch,
             seed=config.seed,
         )
-        symbols = mechanism.privatize(table[tokens], np.random.default_rng(config.seed + 1))
-        learned_rate = learned_attack_rate(network, symbols, tokens)
     rates = [r for r in (nearest, likelihood, learned_rate) if r is not None]
     return AttackRow(
         method=method.key,

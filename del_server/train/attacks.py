@@ -10,8 +10,8 @@ Both attacks see exactly what a server sees: the symbols the deployed client cod
   and take the most likely (a uniform prior: it uses no knowledge of the text);
 - learned (InversionNetwork): a network the attacker trains on (symbols -> token) pairs it
   generates itself with the public mechanism from public text, so it also learns which
-  tokens are frequent. The evaluation (del_server.eval) runs it; calibration does not, since
-  it needs training at every level.
+  tokens are frequent. The evaluation (del_server.eval) always runs it; calibration does on
+  request (`--attack learned` or `all`), as it trains a network at every bisection step.
 """
 
 from __future__ import annotations
@@ -127,6 +127,40 @@ def train_inversion_network(
         desc="inversion network",
     )
     return network.eval()
+
+
+# (vectors (n, k), rng) -> symbols (n, k): a mechanism as the attacker can run it
+PrivatizeFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def learned_attack(
+    privatize: PrivatizeFn,
+    table: np.ndarray,  # (V, k) client table
+    public_ids: np.ndarray,  # tokens of public text: the attacker's training prior
+    token_ids: np.ndarray,  # (n,) held-out tokens to recover
+    *,
+    alphabet: int,
+    steps: int,
+    batch: int,
+    seed: int,
+) -> float:
+    """Train an inversion network on pairs made from `public_ids`; its rate on `token_ids`."""
+
+    def pairs(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        ids = rng.choice(public_ids, size=count)
+        return privatize(table[ids], rng), ids
+
+    network = train_inversion_network(
+        pairs,
+        dim=table.shape[1],
+        alphabet=alphabet,
+        vocab=table.shape[0],
+        steps=steps,
+        batch=batch,
+        seed=seed,
+    )
+    symbols = privatize(table[token_ids], np.random.default_rng(seed + 1))
+    return learned_attack_rate(network, symbols, token_ids)
 
 
 @torch.no_grad()

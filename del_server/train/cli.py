@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..adapter import Adapter
 from ..extras import require_extra
-from .calibrate import DEFAULT_TARGETS
+from .calibrate import ATTACKS, DEFAULT_TARGETS
 
 DEFAULT_DATA = "../shared/data/tinystories/tinystories_val_head_dev.txt"
 
@@ -51,9 +51,14 @@ def _calibration_args(parser: argparse.ArgumentParser) -> None:
         help="target attack success rates, comma-separated",
     )
     parser.add_argument(
-        "--attack", choices=["strongest", "likelihood", "nearest_neighbour"], default="strongest"
+        "--attack",
+        choices=ATTACKS,
+        default="strongest",
+        help="strongest of nearest neighbour and likelihood (cheap); learned: the attacker's "
+        "inversion network, trained at every bisection step (slow); all: strongest of the three",
     )
     parser.add_argument("--calibration-tokens", type=int, default=4000)
+    parser.add_argument("--inversion-steps", type=int, default=400, help="learned attack training")
 
 
 def _soft_prompt_args(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +90,7 @@ def _config(args: argparse.Namespace):
         targets=getattr(args, "targets", DEFAULT_TARGETS),
         attack=getattr(args, "attack", "strongest"),
         calibration_tokens=getattr(args, "calibration_tokens", 4000),
+        inversion_steps=getattr(args, "inversion_steps", 400),
         soft_prompt_length=getattr(args, "length", 8),
         soft_prompt_steps=getattr(args, "soft_prompt_steps", 0),
         soft_prompt_mus=getattr(args, "mu", ()),

@@ -26,7 +26,7 @@ from del_client.mechanism import PrivacySpec
 
 from ..adapter import Adapter, pca_adapter
 from ..models import LoadedModel, load_model
-from .calibrate import DEFAULT_TARGETS, calibrate
+from .calibrate import DEFAULT_TARGETS, LEARNED_ITERATIONS, LearnedAttack, calibrate
 from .data import Split, load_split
 from .evaluate import level_losses, reference_losses
 from .objective import FrozenLM
@@ -49,8 +49,9 @@ class TrainConfig:
     soft_prompt_mus: tuple[float, ...] = ()  # empty: the calibrated levels
     batch: int = 32
     targets: tuple[float, ...] = DEFAULT_TARGETS
-    attack: str = "strongest"
+    attack: str = "strongest"  # calibrate.ATTACKS
     calibration_tokens: int = 4000
+    inversion_steps: int = 400  # training of the learned attack ("learned", "all"), per step
     eval_windows: int = 256
     eval_seeds: tuple[int, ...] = (0, 1, 2)
     seed: int = 0
@@ -125,6 +126,8 @@ def projection_stage(bench: Workbench) -> Adapter:
 def calibration_stage(bench: Workbench, adapter: Adapter) -> Adapter:
     c = bench.config
     held_out = bench.split.validation.prompts.reshape(-1)[: c.calibration_tokens].numpy()
+    train = bench.split.train
+    public = torch.cat([train.prompts.reshape(-1), train.continuations.reshape(-1)]).numpy()
     with bench.timed("calibration_s"):
         levels = calibrate(
             adapter,
@@ -133,7 +136,9 @@ def calibration_stage(bench: Workbench, adapter: Adapter) -> Adapter:
             targets=c.targets,
             bits=c.bits,
             attack=c.attack,
+            learned=LearnedAttack(public, steps=c.inversion_steps),
             seed=c.seed,
+            iterations=LEARNED_ITERATIONS if c.attack in ("learned", "all") else 24,
         )
     return replace(adapter, calibration=[level.to_dict() for level in levels])
 

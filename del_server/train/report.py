@@ -56,13 +56,16 @@ def write_markdown(path: Path, report: dict) -> None:
         f"Calibrated on {report['levels'][0]['tokens'] if report['levels'] else 0} held-out tokens "
         f"against the {cfg['attack']} attack; ε is exact per token at δ = 1e-5.",
         "",
-        "| target attack rate | μ per token | ε per token | nearest-neighbour rate | likelihood rate |",
-        "|---:|---:|---:|---:|---:|",
+        "| target attack rate | μ per token | ε per token | nearest-neighbour rate "
+        "| likelihood rate | learned rate |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for level in report["levels"]:
+        learned = level.get("learned_rate")
         lines.append(
             f"| {level['target_attack_rate']:.0%} | {level['mu']:.3f} | {level['epsilon_token']:.2f} "
-            f"| {level['nearest_neighbour_rate']:.2%} | {level['likelihood_rate']:.2%} |"
+            f"| {level['nearest_neighbour_rate']:.2%} | {level['likelihood_rate']:.2%} "
+            f"| {'not run' if learned is None else f'{learned:.2%}'} |"
         )
     lines += [
         "",

@@ -20,7 +20,7 @@ from del_server.backends.transformers import TransformersBackend
 from del_server.generation import PrivatePrompt, PromptBuilder
 from del_server.settings import Settings
 from del_server.train.attacks import attack_rates, client_table
-from del_server.train.calibrate import calibrate
+from del_server.train.calibrate import LearnedAttack, calibrate
 from del_server.train.data import load_split, read_documents
 from del_server.train.loop import optimize
 from del_server.train.pipeline import TrainConfig, run_all
@@ -159,7 +159,28 @@ def test_trained_adapter_loads_into_a_running_server(
         assert "no level calibrated to 0.5" in capsys.readouterr().err
     assert sorted(model.soft_prompt_mus) == sorted(adapter.soft_prompts)
     assert [lv.mu for lv in model.privacy_levels] == [lv["mu"] for lv in adapter.calibration]
+    assert {(lv.attack, lv.learned_rate) for lv in model.privacy_levels} == {("strongest", None)}
     assert result.soft_prompt_mu == pytest.approx(mu)
+
+
+def test_calibrating_against_all_attacks_bounds_the_learned_one_too(trained, loaded, shared_dir):
+    """The learned attack (an inversion network with a prior from public text) is trained
+    at every bisection step; the level keeps every attack, the learned one included, under
+    its target."""
+    adapter = trained[1]
+    embeddings = loaded.embeddings.detach()
+    split = load_split(shared_dir / TINYSTORIES, loaded.tokenizer)
+    public = split.train.prompts.reshape(-1).numpy()
+    held_out = split.validation.prompts.reshape(-1)[:1000].numpy()
+    learned = LearnedAttack(public, steps=60, batch=256)
+    (level,) = calibrate(
+        adapter, embeddings, held_out, targets=(0.1,), attack="all", learned=learned, iterations=6
+    )
+    assert level.attack == "all"
+    assert level.learned_rate is not None
+    assert max(level.nearest_neighbour_rate, level.likelihood_rate, level.learned_rate) < 0.1
+    with pytest.raises(ValueError, match="needs the attacker's public text"):
+        calibrate(adapter, embeddings, held_out, attack="learned")
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
