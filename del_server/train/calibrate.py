@@ -121,6 +121,13 @@ def calibrate(
                 hi = middle
         mu = math.exp(lo)  # the most private end of the bracket: rate just below the target
         cheap, learned_success = rates(mu)
+        if rate((cheap, learned_success)) >= target:  # lo never moved: out of reach
+            raise ValueError(
+                f"a target of {target:.1%} is out of reach for the {attack} attack: at "
+                f"μ = {mu:g}, where the symbols carry next to nothing, it still recovers "
+                f"{rate((cheap, learned_success)):.1%} of tokens from what it knows of the text "
+                "alone; choose targets above that"
+            )
         levels.append(
             CalibratedLevel(
                 target_attack_rate=target,

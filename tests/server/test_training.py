@@ -181,6 +181,17 @@ def test_calibrating_against_all_attacks_bounds_the_learned_one_too(trained, loa
     assert max(level.nearest_neighbour_rate, level.likelihood_rate, level.learned_rate) < 0.1
     with pytest.raises(ValueError, match="needs the attacker's public text"):
         calibrate(adapter, embeddings, held_out, attack="learned")
+    # Guessing frequent tokens already beats 1 %: no μ brings the learned attack below it.
+    with pytest.raises(ValueError, match=r"a target of 1\.0% is out of reach for the all attack"):
+        calibrate(
+            adapter,
+            embeddings,
+            held_out,
+            targets=(0.01,),
+            attack="all",
+            learned=learned,
+            iterations=4,
+        )
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
