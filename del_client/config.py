@@ -58,7 +58,7 @@ class ClientConfig:
     behind a headless Service), reconnecting to a restarted one after gRPC's backoff.
     """
 
-    target: str  # "host:port"; IPv6 hosts in brackets: "[::1]:50051"
+    target: str  # "host:port" ("[::1]:50051"), "dns:///name:port", "ipv4:a:port,b:port"
     deadline_s: float = 120.0
     bundle_cache_dir: Path = field(default_factory=default_cache_dir)
     max_payload_bytes: int = MAX_FRAME_PAYLOAD_BYTES
