@@ -9,6 +9,7 @@ from enum import StrEnum
 
 import torch
 from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 from del_client.sampling import Sampling
 
@@ -57,43 +58,39 @@ class Sampler:
 class TextStream:
     """Turns generated ids into text deltas, holding back what is not yet final.
 
-    Held back: a trailing incomplete UTF-8 sequence (decoded as U+FFFD) and a tail that could
-    still grow into a stop sequence. Text is decoded after an anchor token so the first
-    generated token keeps its leading space, as it would after the (private) prompt.
+    Decoding is incremental (`tokenizers`' DecodeStream: each token costs the same however
+    long the generation, on the engine thread every request shares); it withholds a trailing
+    incomplete UTF-8 sequence itself. Held back here: a tail that could still grow into a
+    stop sequence. The stream starts after an anchor token so the first generated token keeps
+    its leading space, as it would after the (private) prompt.
     """
 
     def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], anchor_id: int) -> None:
         self._tokenizer = tokenizer
         self._stop = stop
-        self._anchor = [anchor_id]
-        self._anchor_len = len(tokenizer.decode(self._anchor))
-        self._ids: list[int] = []
+        self._hold = max((len(s) - 1 for s in stop), default=0)
+        self._decoder = DecodeStream(ids=[anchor_id], skip_special_tokens=True)
+        self._text = ""
         self._sent = 0
         self.stopped = False
 
-    def _text(self) -> str:
-        return self._tokenizer.decode(self._anchor + self._ids)[self._anchor_len :]
-
     def push(self, token_id: int) -> str:
         """Add a token; return the text that became final (may be empty)."""
-        self._ids.append(token_id)
-        text = self._text()
-        for stop in self._stop:
-            at = text.find(stop)
-            if at != -1:
-                self.stopped = True
-                return self._emit(text[:at])
-        hold = max((len(s) - 1 for s in self._stop), default=0)
-        end = len(text) - hold
-        while end > self._sent and text[end - 1] == "\ufffd":
-            end -= 1
-        return self._emit(text[:end])
+        searched = max(0, len(self._text) - self._hold)  # no stop ends before the new text
+        self._text += self._decoder.step(self._tokenizer, token_id) or ""
+        found = [at for at in (self._text.find(s, searched) for s in self._stop) if at != -1]
+        if found:
+            self.stopped = True
+            return self._emit(min(found))
+        return self._emit(len(self._text) - self._hold)
 
     def flush(self) -> str:
         """The rest of the text at the end of generation (nothing after a stop)."""
-        return "" if self.stopped else self._emit(self._text())
+        return "" if self.stopped else self._emit(len(self._text))
 
-    def _emit(self, text: str) -> str:
-        delta = text[self._sent :]
-        self._sent = max(self._sent, len(text))
+    def _emit(self, end: int) -> str:
+        """The text from what was sent up to `end` (nothing when `end` is not past it)."""
+        end = max(end, self._sent)
+        delta = self._text[self._sent : end]
+        self._sent = end
         return delta

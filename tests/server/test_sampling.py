@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from del_client.errors import RequestOptionError
 from del_client.sampling import Sampling
@@ -80,3 +82,24 @@ def test_stop_sequence_truncates_and_sets_stopped(tokenizer):
             break
     assert stream.stopped
     assert text + stream.flush() == " She said "
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), st.lists(st.text(min_size=1, max_size=8), max_size=2))
+def test_deltas_add_up_to_the_text_up_to_the_first_stop(tokenizer, text, stops):
+    """Incremental decoding loses and adds nothing: for any text the model could generate
+    (byte fallback included), the deltas concatenate to its decoded text, cut before the
+    earliest stop sequence when one occurs."""
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    anchor_id = anchor(tokenizer)
+    full = tokenizer.decode([anchor_id, *ids])[len(tokenizer.decode([anchor_id])) :]
+    stream = TextStream(tokenizer, tuple(stops), anchor_id)
+    deltas = []
+    for token_id in ids:
+        deltas.append(stream.push(token_id))
+        if stream.stopped:
+            break
+    deltas.append(stream.flush())
+    cuts = [at for at in (full.find(stop) for stop in stops) if at != -1]
+    assert "".join(deltas) == (full[: min(cuts)] if cuts else full)
+    assert stream.stopped == bool(cuts)
