@@ -145,29 +145,43 @@ def run_benchmark(*, model: str, new_tokens: int, repeats: int, cache_dir: Path)
     }
 
 
-def _markdown(result: dict) -> str:
+def path_table(result: dict) -> list[str]:
+    """Markdown rows: single-stream time to first token and tokens/s, in process and via gRPC."""
     ip, gr = result["in_process"], result["grpc"]
+    return [
+        "| path | time to first token (ms) | tokens/s |",
+        "|---|---:|---:|",
+        f"| in-process engine | {1000 * ip['time_to_first_token_s']:.1f} | {ip['tokens_per_s']:.1f} |",
+        f"| through gRPC (SDK) | {1000 * gr['time_to_first_token_s']:.1f} | {gr['tokens_per_s']:.1f} |",
+    ]
+
+
+def concurrency_table(result: dict) -> list[str]:
+    """Markdown rows: aggregate tokens/s and median time to first token per stream count."""
+    return [
+        "| concurrent streams | aggregate tokens/s | median time to first token (ms) |",
+        "|---:|---:|---:|",
+        *(
+            f"| {row['streams']} | {row['aggregate_tokens_per_s']:.1f} "
+            f"| {1000 * row['median_time_to_first_token_s']:.1f} |"
+            for row in result["concurrency"]
+        ),
+    ]
+
+
+def _markdown(result: dict) -> str:
     lines = [
         "# End-to-end benchmark",
         "",
         f"Model `{result['model']}`, μ={result['mu']}, b={result['bits']}, greedy, "
         f"{result['new_tokens']} new tokens, median of {result['repeats']}. {result['machine']}.",
         "",
-        "| path | time to first token (ms) | tokens/s |",
-        "|---|---:|---:|",
-        f"| in-process engine | {1000 * ip['time_to_first_token_s']:.1f} | {ip['tokens_per_s']:.1f} |",
-        f"| through gRPC (SDK) | {1000 * gr['time_to_first_token_s']:.1f} | {gr['tokens_per_s']:.1f} |",
+        *path_table(result),
         "",
         f"gRPC costs {100 * result['grpc_tokens_per_s_cost']:.1f} % of single-stream tokens/s.",
         "",
-        "| concurrent streams | aggregate tokens/s | median time to first token (ms) |",
-        "|---:|---:|---:|",
+        *concurrency_table(result),
     ]
-    for row in result["concurrency"]:
-        lines.append(
-            f"| {row['streams']} | {row['aggregate_tokens_per_s']:.1f} "
-            f"| {1000 * row['median_time_to_first_token_s']:.1f} |"
-        )
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..bench import concurrency_table, path_table
+
 SCHEMA = "del-eval/1"
 
 
@@ -264,25 +266,15 @@ def _speed(report: dict) -> list[str]:
             f"| {codec['dim']} | {codec['bits']} | {codec['encode_tokens_per_s']:,.0f} "
             f"| {codec['decode_tokens_per_s']:,.0f} | {codec['wire_bits_per_token_prompt']:.1f} |"
         )
-    ip, gr = e2e["in_process"], e2e["grpc"]
     lines += [
         "",
         f"End to end (del_server.bench: `{e2e['model']}` with its PCA default, μ = {e2e['mu']}, "
         f"greedy, {e2e['new_tokens']} new tokens, median of {e2e['repeats']}):",
         "",
-        "| path | time to first token (ms) | tokens/s |",
-        "|---|---:|---:|",
-        f"| in-process engine | {1000 * ip['time_to_first_token_s']:.1f} | {ip['tokens_per_s']:.1f} |",
-        f"| through gRPC (SDK) | {1000 * gr['time_to_first_token_s']:.1f} | {gr['tokens_per_s']:.1f} |",
+        *path_table(e2e),
         "",
-        "| concurrent streams | aggregate tokens/s | median time to first token (ms) |",
-        "|---:|---:|---:|",
+        *concurrency_table(e2e),
     ]
-    for row in e2e["concurrency"]:
-        lines.append(
-            f"| {row['streams']} | {row['aggregate_tokens_per_s']:.1f} "
-            f"| {1000 * row['median_time_to_first_token_s']:.1f} |"
-        )
     lines += [
         "",
         f"Latency distributions through gRPC with the trained adapter ({s['new_tokens']} new "
