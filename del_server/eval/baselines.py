@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..adapter import Adapter
 from ..train.calibrate import MU_RANGE
-from ..train.soft_prompt import train_soft_prompt_for
+from ..train.soft_prompt import train_soft_prompt
 from .context import EvalContext
 from .mechanisms import Binomial, GaussianQuantized, Mechanism, identity_adapter
 from .methods import Method
@@ -108,7 +108,7 @@ def with_trained_soft_prompt(ctx: EvalContext, method: Method) -> Method:
         seed = int(torch.randint(2**62, (1,), generator=generator))
         return method.prompt(ctx.lm, ids, np.random.default_rng(seed))
 
-    soft, _ = train_soft_prompt_for(
+    soft, _ = train_soft_prompt(
         prompt_fn,
         ctx.lm,
         ctx.split.train,

@@ -32,7 +32,7 @@ from .evaluate import level_losses, reference_losses
 from .objective import FrozenLM
 from .projection import train_projection
 from .report import plot_losses, write_markdown
-from .soft_prompt import train_soft_prompt
+from .soft_prompt import level_prompt, train_soft_prompt
 
 
 @dataclass(frozen=True)
@@ -151,12 +151,13 @@ def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
     prompts = dict(adapter.soft_prompts)
     with bench.timed("soft_prompts_s"):
         for mu in mus:
+            spec = bench.spec(adapter, mu)
             prompts[mu], bench.losses[f"soft_prompt_mu{mu:g}"] = train_soft_prompt(
+                level_prompt(bench.lm, adapter, spec),
                 bench.lm,
-                adapter,
                 bench.split.train,
                 bench.loaded.tokenizer,
-                bench.spec(adapter, mu),
+                desc=f"soft prompt mu={spec.mu():.3g}",
                 length=c.soft_prompt_length,
                 steps=c.soft_prompt_steps,
                 batch=c.batch,

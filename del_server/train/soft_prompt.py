@@ -37,39 +37,12 @@ def initial_prompt(
 PromptFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor | None]
 
 
+def level_prompt(lm: FrozenLM, adapter: Adapter, spec: PrivacySpec) -> PromptFn:
+    """The prompt path of a DEL privacy level: fresh mechanism noise on the prompt tokens."""
+    return lambda ids, generator: private_prompt(lm, adapter, ids, spec, generator)
+
+
 def train_soft_prompt(
-    lm: FrozenLM,
-    adapter: Adapter,
-    train: Windows,
-    tokenizer: Tokenizer,
-    spec: PrivacySpec,
-    *,
-    length: int = 8,
-    steps: int = 400,
-    batch: int = 32,
-    lr: float = 1e-2,
-    seed: int = 0,
-    checkpoint: Path | None = None,
-    resume: bool = False,
-) -> tuple[torch.Tensor, list[float]]:
-    """-> ((length, d) soft prompt for `spec`'s level, per-step losses)."""
-    return train_soft_prompt_for(
-        lambda ids, generator: private_prompt(lm, adapter, ids, spec, generator),
-        lm,
-        train,
-        tokenizer,
-        desc=f"soft prompt mu={spec.mu():.3g}",
-        length=length,
-        steps=steps,
-        batch=batch,
-        lr=lr,
-        seed=seed,
-        checkpoint=checkpoint,
-        resume=resume,
-    )
-
-
-def train_soft_prompt_for(
     prompt_fn: PromptFn,
     lm: FrozenLM,
     train: Windows,
@@ -84,8 +57,9 @@ def train_soft_prompt_for(
     checkpoint: Path | None = None,
     resume: bool = False,
 ) -> tuple[torch.Tensor, list[float]]:
-    """A soft prompt for any prompt path, so that baselines (no prompt, other mechanisms) get
-    the same training as DEL's levels when the evaluation compares them."""
+    """-> ((length, d) soft prompt, per-step losses) for any prompt path: a DEL level
+    (`level_prompt`), or a baseline (no prompt, other mechanisms) that the evaluation then
+    compares with exactly the same training."""
     params = {"soft_prompt": initial_prompt(lm, tokenizer, length)}
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
