@@ -18,13 +18,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import torch
 from scipy import special, stats
 
 from del_client.accountant import gdp_epsilon
 from del_client.mechanism import BinomialQuantizer, PrivacySpec, dequantize
-
-from ..adapter import DEFAULT_CLIP_QUANTILE, Adapter
 
 
 class Mechanism(Protocol):
@@ -152,21 +149,3 @@ class GaussianQuantized:
 
     def mu(self) -> float:
         return self.mu_token
-
-
-def identity_adapter(
-    embeddings: torch.Tensor, *, clip_quantile: float = DEFAULT_CLIP_QUANTILE
-) -> Adapter:
-    """DEL without projection (k = d): the centred embedding itself is quantized, with the
-    clip chosen by the same rule as the projected adapter's, so only the projection differs."""
-    table = embeddings.detach().float()
-    mean = table.mean(dim=0)
-    clip = float(torch.quantile((table - mean).abs().flatten(), clip_quantile))
-    eye = torch.eye(table.shape[1])
-    return Adapter(
-        down=eye,
-        up=eye.clone(),
-        mean=mean,
-        clip=clip,
-        metadata={"projection": "identity", "clip_rule": f"quantile {clip_quantile} of |E − mean|"},
-    )

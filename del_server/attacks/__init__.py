@@ -1,0 +1,11 @@
+"""Token inversion at the server: every attack DEL's privacy levels are calibrated and
+evaluated against, in one place (train.calibrate and eval.privacy both call suite.Attacker).
+
+mechanisms  DEL's binomial quantizer and the Gaussian baseline: privatize, decode, likelihood
+tokenwise   the exact per-token log-likelihood matrix; nearest-neighbour and likelihood attacks
+learned     the attacker's inversion network, trained on public text
+sequence    a bigram prior: forward-backward marginals and Viterbi over the pruned lattice
+beam        the provider's own LLM as the prior: batched beam search with bigram look-ahead
+recovery    token, content-token and whole-prompt recovery with prompt-clustered intervals
+suite       the attacker: runs any of them on the same symbols of the same prompts
+"""

@@ -1,0 +1,148 @@
+"""Context-aware attacks with a bigram prior: the received symbols of a whole prompt, decoded
+as a hidden Markov model whose hidden states are the prompt tokens.
+
+    P(tokens, symbols) = P(v_1) · Π_t P(v_t | v_{t-1}) · Π_t P(symbols_t | v_t)
+
+The emission term is the mechanism's exact likelihood (tokenwise.log_likelihood_matrix); the
+transition term is a bigram model of public in-domain text (the provider's training split,
+or whatever text the attacker has). Forward-backward gives each token's posterior marginal
+(its argmax maximises the expected number of recovered tokens); Viterbi the single most
+likely prompt. Both are exact over the candidates kept per position: every token for a small
+vocabulary, the `keep` most likely under likelihood × unigram prior for a large one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DEFAULT_KEEP = 512  # candidates per position: the whole vocabulary of the default model
+
+
+@dataclass(frozen=True)
+class BigramPrior:
+    """log P(v) for a prompt's first token and log P(v | previous token), add-α smoothed."""
+
+    log_start: torch.Tensor  # (V,) the unigram: a prompt may start anywhere in the text
+    log_transition: torch.Tensor  # (V, V) row: previous token, column: next token
+
+    @classmethod
+    def fit(cls, token_ids: np.ndarray, vocab: int, *, smoothing: float = 0.1) -> BigramPrior:
+        """Counts over one stream of public token ids (consecutive ids are neighbours)."""
+        ids = torch.from_numpy(np.asarray(token_ids, dtype=np.int64))
+        if ids.numel() < 2:
+            raise ValueError("a bigram prior needs at least two tokens of public text")
+        unigram = torch.bincount(ids, minlength=vocab).double() + smoothing
+        pairs = torch.bincount(ids[:-1] * vocab + ids[1:], minlength=vocab * vocab)
+        bigram = pairs.reshape(vocab, vocab).double() + smoothing
+        return cls(
+            log_start=(unigram / unigram.sum()).log().float(),
+            log_transition=(bigram / bigram.sum(dim=1, keepdim=True)).log().float(),
+        )
+
+    @property
+    def vocab(self) -> int:
+        return self.log_start.shape[0]
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """Each position's candidate tokens with their emission scores and the transitions
+    between consecutive positions' candidates: the pruned HMM, (P prompts, T positions,
+    M candidates)."""
+
+    candidates: torch.Tensor  # (P, T, M) token ids
+    emission: torch.Tensor  # (P, T, M) log P(symbols_t | candidate)
+    start: torch.Tensor  # (P, M) log P(first token = candidate)
+    prior: BigramPrior
+
+    @classmethod
+    def build(
+        cls, log_likelihood: torch.Tensor, prior: BigramPrior, keep: int = DEFAULT_KEEP
+    ) -> Lattice:
+        """`log_likelihood` (P, T, V) from tokenwise.log_likelihood_matrix."""
+        if keep >= prior.vocab:  # every token: no pruning, one transition matrix for all
+            candidates = torch.arange(prior.vocab).expand(*log_likelihood.shape)
+        else:
+            _, candidates = (log_likelihood + prior.log_start).topk(keep, dim=-1)
+        return cls(
+            candidates=candidates,
+            emission=log_likelihood.gather(-1, candidates),
+            start=prior.log_start[candidates[:, 0]],
+            prior=prior,
+        )
+
+    @property
+    def pruned(self) -> bool:
+        return self.candidates.shape[-1] < self.prior.vocab
+
+    @property
+    def length(self) -> int:
+        return self.candidates.shape[1]
+
+    def transition(self, t: int) -> torch.Tensor:
+        """(P or 1, M, M) log P(candidate j at t + 1 | candidate i at t)."""
+        if not self.pruned:
+            return self.prior.log_transition[None]
+        before, after = self.candidates[:, t], self.candidates[:, t + 1]
+        return self.prior.log_transition[before[:, :, None], after[:, None, :]]
+
+    def backward(self) -> torch.Tensor:
+        """(P, T, M) β_t = log P(symbols after t | candidate at t): the look-ahead of every
+        partial hypothesis (zero at the last position)."""
+        beta = torch.zeros_like(self.emission)
+        for t in range(self.length - 2, -1, -1):
+            after = self.emission[:, t + 1] + beta[:, t + 1]  # (P, M)
+            beta[:, t] = _log_matmul(self.transition(t), after[:, :, None]).squeeze(-1)
+        return beta
+
+    def forward(self) -> torch.Tensor:
+        """(P, T, M) α_t = log P(symbols up to t, candidate at t)."""
+        alpha = torch.empty_like(self.emission)
+        alpha[:, 0] = self.start + self.emission[:, 0]
+        for t in range(1, self.length):
+            came = _log_matmul(alpha[:, t - 1][:, None, :], self.transition(t - 1)).squeeze(1)
+            alpha[:, t] = came + self.emission[:, t]
+        return alpha
+
+
+def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(exp(a) @ exp(b)) for a batch of matrices, as a matrix product in float64 with each
+    factor scaled by its largest entry (exact up to rounding, no (P, M, M, M) intermediate)."""
+    a_max = a.amax(dim=-1, keepdim=True).clamp_min(-1e30)
+    b_max = b.amax(dim=-2, keepdim=True).clamp_min(-1e30)
+    product = (a - a_max).double().exp() @ (b - b_max).double().exp()
+    return (product.log() + a_max.double() + b_max.double()).float()
+
+
+@torch.no_grad()
+def posterior_marginals(lattice: Lattice) -> torch.Tensor:
+    """(P, T, M) log P(candidate at t | every symbol of the prompt)."""
+    joint = lattice.forward() + lattice.backward()
+    return joint - torch.logsumexp(joint, dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def marginal_guesses(lattice: Lattice) -> np.ndarray:
+    """(P, T) each position's most probable token given the whole prompt's symbols."""
+    best = posterior_marginals(lattice).argmax(dim=-1, keepdim=True)
+    return lattice.candidates.gather(-1, best).squeeze(-1).numpy()
+
+
+@torch.no_grad()
+def viterbi_guesses(lattice: Lattice) -> np.ndarray:
+    """(P, T) the single most probable prompt."""
+    score = lattice.start + lattice.emission[:, 0]  # (P, M)
+    pointers = []
+    for t in range(1, lattice.length):
+        came = score[:, :, None] + lattice.transition(t - 1)  # (P, M from, M to)
+        score, pointer = came.max(dim=1)
+        score = score + lattice.emission[:, t]
+        pointers.append(pointer)
+    path = [score.argmax(dim=-1)]  # (P,) candidate index at the last position
+    for pointer in reversed(pointers):
+        path.append(pointer.gather(-1, path[-1][:, None]).squeeze(-1))
+    index = torch.stack(path[::-1], dim=1)  # (P, T)
+    return lattice.candidates.gather(-1, index[..., None]).squeeze(-1).numpy()

@@ -1,0 +1,168 @@
+"""Every attack, run on the same received symbols of the same prompts: what calibration keeps
+under a level's target and what the evaluation reports.
+
+The attacker is the server (DESIGN §2): it knows the mechanism and its parameters, the client
+table, the model and the language (public in-domain text). Attacks, weakest knowledge first:
+
+    nearest_neighbour  de-project the decoded symbols, take the closest embedding (the paper's)
+    likelihood         each token's exact likelihood alone (a uniform prior)
+    learned            an inversion network trained on public text: likelihood + token frequency
+    bigram_marginal    forward-backward with a bigram prior: each token's posterior argmax
+    bigram_viterbi     the most likely whole prompt under the same model
+    lm_beam            beam search with the provider's own LLM as the prior (the strongest)
+
+"Cheap" attacks are fast enough to run inside a bisection; the others verify its result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from ..adapter import Adapter
+from .beam import DEFAULT_WIDTH, beam_guesses
+from .learned import learned_guesses, train_learned_attacker
+from .mechanisms import Mechanism
+from .recovery import Recovery, content_mask, recovery
+from .sequence import DEFAULT_KEEP, BigramPrior, Lattice, marginal_guesses, viterbi_guesses
+from .tokenwise import client_table, log_likelihood_matrix, nearest_neighbour_guesses
+
+ATTACKS_IN_WORDS = {
+    "nearest_neighbour": "nearest neighbour",
+    "likelihood": "per-token likelihood",
+    "learned": "learned inversion network",
+    "bigram_marginal": "likelihood + bigram prior (forward-backward)",
+    "bigram_viterbi": "likelihood + bigram prior (Viterbi)",
+    "lm_beam": "likelihood + the model as prior (beam search)",
+}
+ATTACKS = tuple(ATTACKS_IN_WORDS)
+CHEAP = ("nearest_neighbour", "likelihood", "bigram_marginal", "bigram_viterbi")
+PRIOR_ONLY = ("bigram_marginal", "bigram_viterbi", "lm_beam")  # those that can guess blind
+PROMPTS_PER_CHUNK = 32  # bounds the (prompts, M, M) transition tensors and the beam's batch
+
+
+@dataclass(frozen=True)
+class AttackOptions:
+    beam_width: int = DEFAULT_WIDTH
+    keep: int = DEFAULT_KEEP  # candidates per position for the sequence attacks
+    learned_steps: int = 400
+    learned_batch: int = 512
+
+
+@dataclass(frozen=True, eq=False)
+class Attacker:
+    """What the server knows besides the symbols: the model and public text of the domain."""
+
+    embeddings: torch.Tensor  # (V, d) the model's input embeddings
+    model: PreTrainedModel
+    bos_id: int | None
+    public_ids: np.ndarray  # a stream of public in-domain token ids
+    options: AttackOptions = field(default_factory=AttackOptions)
+
+    @property
+    def vocab(self) -> int:
+        return self.embeddings.shape[0]
+
+    @cached_property
+    def prior(self) -> BigramPrior:
+        return BigramPrior.fit(self.public_ids, self.vocab)
+
+    def attack(
+        self,
+        adapter: Adapter,
+        mechanism: Mechanism,
+        prompts: np.ndarray,  # (P, T) token ids
+        *,
+        seed: int,
+        attacks: Iterable[str] = ATTACKS,
+        progress: bool = False,
+    ) -> dict[str, Recovery]:
+        """Privatize `prompts` once (seeded measurement noise) and run each attack on them."""
+        attacks = _checked(attacks)
+        table = client_table(adapter, self.embeddings)
+        symbols = mechanism.privatize(table[prompts.reshape(-1)], np.random.default_rng(seed))
+        symbols = symbols.reshape(*prompts.shape, -1)
+        guesses: dict[str, np.ndarray] = {}
+        if "nearest_neighbour" in attacks:
+            decoded = mechanism.decode(symbols.reshape(-1, symbols.shape[-1]))
+            guesses["nearest_neighbour"] = nearest_neighbour_guesses(
+                adapter, self.embeddings, decoded
+            ).reshape(prompts.shape)
+        if "learned" in attacks:
+            network = train_learned_attacker(
+                mechanism.privatize,
+                table,
+                self.public_ids,
+                alphabet=mechanism.alphabet,
+                steps=self.options.learned_steps,
+                batch=self.options.learned_batch,
+                seed=seed,
+            )
+            guesses["learned"] = learned_guesses(network, symbols)
+        contextual = [a for a in attacks if a in ("likelihood", *PRIOR_ONLY)]
+        if contextual:
+            log_table = mechanism.log_likelihood(table)
+            guesses |= self._contextual(
+                contextual,
+                lambda chunk: log_likelihood_matrix(log_table, chunk),
+                symbols,
+                progress,
+            )
+        return self._scored(guesses, prompts)
+
+    def prior_alone(self, prompts: np.ndarray) -> dict[str, Recovery]:
+        """What the sequence attacks recover with no symbols at all (a flat likelihood): the
+        floor under which no level's attack rate can be pushed."""
+
+        def flat(chunk: np.ndarray) -> torch.Tensor:
+            return torch.zeros(*chunk.shape[:2], self.vocab)
+
+        placeholder = np.zeros((*prompts.shape, 1), dtype=np.uint8)
+        return self._scored(self._contextual(PRIOR_ONLY, flat, placeholder, False), prompts)
+
+    def _contextual(self, attacks, likelihood_of, symbols, progress) -> dict[str, np.ndarray]:
+        """The likelihood attack and the sequence attacks, prompt chunk by chunk."""
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in attacks}
+        chunks = range(0, len(symbols), PROMPTS_PER_CHUNK)
+        for start in tqdm(chunks, desc="context attacks", leave=False, disable=not progress):
+            log_likelihood = likelihood_of(symbols[start : start + PROMPTS_PER_CHUNK])
+            if "likelihood" in attacks:
+                parts["likelihood"].append(log_likelihood.argmax(dim=-1).numpy())
+            if not set(attacks) & set(PRIOR_ONLY):
+                continue
+            lattice = Lattice.build(log_likelihood, self.prior, keep=self.options.keep)
+            if "bigram_marginal" in attacks:
+                parts["bigram_marginal"].append(marginal_guesses(lattice))
+            if "bigram_viterbi" in attacks:
+                parts["bigram_viterbi"].append(viterbi_guesses(lattice))
+            if "lm_beam" in attacks:
+                parts["lm_beam"].append(
+                    beam_guesses(self.model, self.bos_id, lattice, width=self.options.beam_width)
+                )
+        return {name: np.concatenate(chunks_of) for name, chunks_of in parts.items()}
+
+    def _scored(self, guesses: dict[str, np.ndarray], prompts: np.ndarray) -> dict[str, Recovery]:
+        content = content_mask(prompts, self.public_ids, self.vocab)
+        return {
+            name: recovery(guesses[name], prompts, content) for name in ATTACKS if name in guesses
+        }
+
+
+def strongest(results: dict[str, Recovery]) -> tuple[str, Recovery]:
+    """The attack that recovered the most tokens."""
+    name = max(results, key=lambda n: results[n].rate)
+    return name, results[name]
+
+
+def _checked(attacks: Iterable[str]) -> tuple[str, ...]:
+    attacks = tuple(attacks)
+    unknown = sorted(set(attacks) - set(ATTACKS))
+    if unknown:
+        raise ValueError(f"unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
+    return attacks

@@ -1,0 +1,169 @@
+"""The attacks a privacy level must withstand: exact where they claim to be, and stronger with
+context than without, on the real model and real held-out text."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from del_server.adapter import pca_adapter
+from del_server.attacks.mechanisms import Binomial
+from del_server.attacks.recovery import clustered_interval, content_mask, recovery
+from del_server.attacks.sequence import (
+    BigramPrior,
+    Lattice,
+    marginal_guesses,
+    posterior_marginals,
+    viterbi_guesses,
+)
+from del_server.attacks.suite import ATTACKS, Attacker, AttackOptions
+from del_server.train.calibrate import calibrate
+from del_server.train.data import load_split
+
+TINYSTORIES = "data/tinystories/tinystories_val_head_dev.txt"
+
+
+def _tiny_hmm(seed: int, vocab: int = 4, length: int = 4) -> tuple[BigramPrior, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    prior = BigramPrior.fit(rng.integers(0, vocab, 60), vocab, smoothing=0.5)
+    log_likelihood = torch.from_numpy(rng.normal(0, 2, (2, length, vocab))).float()
+    return prior, log_likelihood
+
+
+def _joint(prior: BigramPrior, log_likelihood: torch.Tensor, path: tuple[int, ...]) -> float:
+    score = float(prior.log_start[path[0]])
+    for t, v in enumerate(path):
+        score += float(log_likelihood[t, v])
+        if t:
+            score += float(prior.log_transition[path[t - 1], v])
+    return score
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_forward_backward_and_viterbi_equal_brute_force_enumeration(seed):
+    prior, log_likelihood = _tiny_hmm(seed)
+    prompts, length, vocab = log_likelihood.shape
+    lattice = Lattice.build(log_likelihood, prior)
+    marginals = posterior_marginals(lattice).exp().numpy()
+    viterbi = viterbi_guesses(lattice)
+    for p in range(prompts):
+        paths = list(itertools.product(range(vocab), repeat=length))
+        joint = np.array([_joint(prior, log_likelihood[p], path) for path in paths])
+        weights = np.exp(joint - joint.max())
+        weights /= weights.sum()
+        expected = np.zeros((length, vocab))
+        for path, weight in zip(paths, weights, strict=True):
+            expected[np.arange(length), path] += weight
+        np.testing.assert_allclose(marginals[p], expected, atol=1e-5)
+        assert tuple(viterbi[p]) == paths[int(joint.argmax())]
+    assert (marginal_guesses(lattice) == marginals.argmax(-1)).all()
+
+
+def test_pruning_tokens_the_symbols_rule_out_changes_nothing():
+    prior, log_likelihood = _tiny_hmm(3, vocab=6, length=5)
+    log_likelihood[:, :, 0] = -1e4  # token 0 is impossible everywhere: pruning drops it
+    full, pruned = Lattice.build(log_likelihood, prior), Lattice.build(log_likelihood, prior, 5)
+    assert pruned.pruned
+    assert not full.pruned
+    np.testing.assert_array_equal(viterbi_guesses(full), viterbi_guesses(pruned))
+    np.testing.assert_array_equal(marginal_guesses(full), marginal_guesses(pruned))
+
+
+def test_recovery_counts_tokens_prompts_and_clusters_the_interval_by_prompt():
+    truth = np.array([[1, 2, 3, 4], [1, 2, 3, 4], [5, 6, 7, 8]])
+    guesses = np.array([[1, 2, 3, 4], [1, 2, 0, 0], [0, 0, 0, 8]])
+    result = recovery(guesses, truth, content=truth > 2)
+    assert result.rate == pytest.approx(7 / 12)
+    assert result.exact_prompts == pytest.approx(1 / 3)
+    assert result.half_prompts == pytest.approx(2 / 3)
+    assert result.content_rate == pytest.approx(3 / 8)  # 3, 4 of the first prompt; 8
+    # The clustered standard error of a mean of equal-size clusters is the per-prompt rates'.
+    per_prompt = np.array([1.0, 0.5, 0.25])
+    se = per_prompt.std(ddof=1) / np.sqrt(3)
+    rate, low, high = clustered_interval(np.array([4, 2, 1]), np.array([4, 4, 4]))
+    assert (low, high) == pytest.approx(
+        (max(0, rate - 1.96 * se), min(1, rate + 1.96 * se)), abs=1e-3
+    )
+
+
+def test_content_tokens_are_those_outside_the_most_frequent_public_tokens():
+    public = np.repeat(np.arange(60), np.arange(60, 0, -1))  # token 0 the most frequent
+    mask = content_mask(np.array([0, 49, 50, 59]), public, vocab=60)
+    assert mask.tolist() == [False, False, True, True]
+
+
+@pytest.fixture(scope="module")
+def held_out(shared_dir, stories260k):
+    from del_server.models import load_model
+
+    loaded = load_model(str(stories260k))
+    split = load_split(shared_dir / TINYSTORIES, loaded.tokenizer)
+    train = split.train
+    public = torch.cat([train.prompts, train.continuations], dim=1).reshape(-1).numpy()
+    embeddings = loaded.model.get_input_embeddings().weight.detach().float()
+    attacker = Attacker(
+        embeddings,
+        loaded.model,
+        loaded.bos_id,
+        public,
+        AttackOptions(beam_width=16, learned_steps=60, learned_batch=256),
+    )
+    adapter = pca_adapter(embeddings, dim=16)
+    return attacker, adapter, split.validation
+
+
+def test_context_beats_per_token_likelihood_beyond_sampling_noise(held_out):
+    attacker, adapter, validation = held_out
+    prompts = validation.prompts[:64].numpy()
+    mechanism = Binomial.at(mu=24.0, dim=16, bits=4, clip=adapter.clip)
+    results = attacker.attack(adapter, mechanism, prompts, seed=0)
+    assert set(results) == set(ATTACKS)
+    likelihood = results["likelihood"]
+    for name in ("bigram_marginal", "lm_beam"):
+        assert results[name].low > likelihood.high, (name, results[name], likelihood)
+
+
+def test_blind_guessing_recovers_only_the_most_predictable_tokens(held_out):
+    attacker, _, validation = held_out
+    blind = attacker.prior_alone(validation.prompts[:32].numpy())
+    assert 0 < max(r.rate for r in blind.values()) < 0.1
+
+
+def test_a_calibrated_level_holds_on_prompts_it_was_not_calibrated_on(held_out):
+    attacker, adapter, validation = held_out
+    levels = calibrate(
+        adapter,
+        attacker,
+        validation.prompts[:48].numpy(),
+        measured_on="test",
+        targets=(0.15,),
+        seed=0,
+        iterations=8,
+    )
+    level = levels[0]
+    assert level.attacks[level.strongest_attack]["high"] < 0.15
+    assert level.epsilon_token == pytest.approx(
+        Binomial.at(mu=level.mu, dim=16, bits=4, clip=adapter.clip).epsilon(delta=1e-5)
+    )
+    fresh = validation.prompts[48:112].numpy()
+    mechanism = Binomial.at(mu=level.mu, dim=16, bits=4, clip=adapter.clip)
+    measured = attacker.attack(adapter, mechanism, fresh, seed=7)
+    worst = max(r.rate for r in measured.values())
+    # Under the target on fresh prompts and noise, within these 64 prompts' sampling error.
+    assert worst < 0.15 + 0.03, measured
+
+
+def test_a_target_below_what_blind_guessing_gets_is_refused(held_out):
+    attacker, adapter, validation = held_out
+    with pytest.raises(ValueError, match="out of reach"):
+        calibrate(
+            adapter,
+            attacker,
+            validation.prompts[:24].numpy(),
+            measured_on="test",
+            targets=(0.005,),
+            iterations=4,
+        )
