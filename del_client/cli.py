@@ -154,7 +154,7 @@ def _add_ledger(cmd, *, identity: str | None) -> None:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    from .session import DEFAULT_BITS, DEFAULT_DELTA, DEFAULT_MU, MECHANISMS
+    from .session import DEFAULT_BITS, DEFAULT_DELTA, MECHANISMS
 
     cmd = sub.add_parser(
         "generate",
@@ -168,16 +168,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     target.add_argument(
         "--mu",
         type=float,
-        help=f"per-token Gaussian-DP level (paper calibration); default {DEFAULT_MU:g} when "
-        "no privacy option is given",
+        help="per-token Gaussian-DP level (paper calibration); with no privacy option the "
+        "server's most private calibrated level is used",
     )
     target.add_argument("--epsilon", type=float, help="per-token ε at --delta (exact)")
     target.add_argument(
         "--level",
         type=float,
         metavar="RATE",
-        help="the server's calibrated level for this target attack success rate, e.g. 0.10 "
-        "(`del-client manifest` lists them with their ε and measured attack rates)",
+        help="the server's calibrated level for this target attack success rate, e.g. 0.10: "
+        "its μ and bits (`del-client manifest` lists them with their ε and attack rates)",
     )
     cmd.add_argument(
         "--delta", type=float, default=DEFAULT_DELTA, help="δ for --epsilon and for the ε reported"
@@ -232,10 +232,10 @@ def _run_generate(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     with Client(_config(args)) as client:
-        mu = args.mu if args.level is None else _calibrated_mu(client, args.level)
         generation = client.generate(
             args.prompt,
-            mu=mu,
+            mu=args.mu,
+            level=args.level,
             epsilon=args.epsilon,
             delta=args.delta,
             bits=args.bits,
@@ -271,16 +271,6 @@ def _run_generate(args: argparse.Namespace) -> None:
     )
 
 
-def _calibrated_mu(client, rate: float) -> float:
-    """μ of the server's level calibrated to `rate`; the choice stays the client's."""
-    levels = client.manifest().model.privacy_levels
-    for level in levels:
-        if abs(level.target_attack_rate - rate) < 1e-9:
-            return level.mu
-    offered = ", ".join(f"{level.target_attack_rate:g}" for level in levels) or "none"
-    raise RequestOptionError(f"the server has no level calibrated to {rate:g} (offered: {offered})")
-
-
 def _add_manifest(sub: argparse._SubParsersAction) -> None:
     cmd = sub.add_parser("manifest", help="what a server serves: model, limits, bundle digests")
     _add_server(cmd)
@@ -314,15 +304,23 @@ def _run_manifest(args: argparse.Namespace) -> None:
             f"raw           {raw}"
         )
         for level in m.privacy_levels:
-            learned = "" if level.learned_rate is None else f", learned {level.learned_rate:.1%}"
             print(
-                f"level         μ = {level.mu:.4g} (ε = {level.epsilon_token:.4g} per token at "
-                f"δ = {level.delta:g}, b = {level.bits}): calibrated to "
-                f"{level.target_attack_rate:.0%} token recovery by {level.calibrated_against}; "
-                f"measured nearest neighbour {level.nearest_neighbour_rate:.1%}, likelihood "
-                f"{level.likelihood_rate:.1%}{learned}"
-                + ("" if level.soft_prompt else "; no soft prompt")
+                f"level {level.target_attack_rate:<7.0%} μ = {level.mu:.4g}, ε = "
+                f"{level.epsilon_token:.4g} per token at δ = {level.delta:g}, b = {level.bits}"
+                + ("" if level.soft_prompt else ", no soft prompt")
+                + f"\n              {level.summary()}"
             )
+            for attack in level.attacks:
+                print(
+                    f"                {attack.in_words:<48} {attack.rate:6.1%} "
+                    f"(95 % {attack.low:.1%}–{attack.high:.1%}), content tokens "
+                    f"{attack.content_rate:.1%}, half a prompt or more {attack.half_prompts:.0%}"
+                )
+            if level.measured_on:
+                print(
+                    f"              measured on {level.measured_prompts} prompts "
+                    f"({level.measured_tokens} tokens) of {level.measured_on}"
+                )
 
 
 def _add_budget(sub: argparse._SubParsersAction) -> None:
@@ -340,7 +338,6 @@ def _add_budget(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_budget(args: argparse.Namespace) -> None:
-    from .errors import RequestOptionError
     from .ledger import PrivacyLedger
 
     ledger = PrivacyLedger(args.ledger)

@@ -46,10 +46,6 @@ from .proto import inference_pb2
 from .sampling import Sampling
 
 MECHANISMS = ("binomial", "raw")
-# When the user names no privacy level: DESIGN §5 measured the likelihood attack at about 3 %
-# of tokens at μ = 10 on the default model. Privacy is the client's choice; the server never
-# picks it, so this is a constant, not a level read from the manifest.
-DEFAULT_MU = 10.0
 DEFAULT_DELTA = 1e-5
 DEFAULT_BITS = 4
 GRPC_MESSAGE_PREFIX_BYTES = 5  # compressed flag + 4-byte length before every message
@@ -69,14 +65,32 @@ def wire_bytes(message) -> int:
 # ── What the server serves ──────────────────────────────────────────────────────────────
 
 
-# PrivacyLevel.attack: what `del-server calibrate --attack` accepts, and what it means
+# AttackRate.attack: the attacks a provider runs against a level, in words
 ATTACKS_IN_WORDS = {
-    "strongest": "the nearest-neighbour and likelihood attacks",
-    "nearest_neighbour": "the nearest-neighbour attack",
-    "likelihood": "the likelihood attack",
-    "learned": "a learned inversion network",
-    "all": "the nearest-neighbour, likelihood and learned attacks",
+    "nearest_neighbour": "nearest neighbour",
+    "likelihood": "per-token likelihood",
+    "learned": "learned inversion network",
+    "bigram_marginal": "likelihood + bigram prior (forward-backward)",
+    "bigram_viterbi": "likelihood + bigram prior (Viterbi)",
+    "lm_beam": "likelihood + the model as prior (beam search)",
 }
+
+
+@dataclass(frozen=True)
+class AttackRate:
+    """One attack's success at a level, on the provider's held-out prompts."""
+
+    attack: str
+    rate: float  # share of prompt tokens recovered
+    low: float  # 95 % interval, clustered by prompt
+    high: float
+    content_rate: float  # tokens outside the 50 most frequent
+    half_prompts: float  # prompts with at least half of their tokens recovered
+    exact_prompts: float  # prompts recovered entirely
+
+    @property
+    def in_words(self) -> str:
+        return ATTACKS_IN_WORDS.get(self.attack, self.attack)
 
 
 @dataclass(frozen=True)
@@ -88,22 +102,39 @@ class PrivacyLevel:
     delta: float
     bits: int
     target_attack_rate: float
-    nearest_neighbour_rate: float
-    likelihood_rate: float
     soft_prompt: bool
-    attack: str = ""  # what the level was calibrated against
-    learned_rate: float | None = None  # the attacker's inversion network, when measured
+    attacks: tuple[AttackRate, ...] = ()
+    strongest_attack: str = ""
+    strongest_rate: float = 0.0
+    strongest_rate_high: float = 0.0  # 95 % upper bound: the level holds when under target
+    prior_alone_rate: float = 0.0  # the best blind guess: no level goes below it
+    measured_on: str = ""
+    measured_tokens: int = 0
+    measured_prompts: int = 0
 
-    @property
-    def calibrated_against(self) -> str:
-        """The attacks the level was calibrated against, in words."""
-        return ATTACKS_IN_WORDS.get(self.attack, self.attack or "token-inversion attacks")
+    def summary(self) -> str:
+        """What the level protects, in one sentence a user can read."""
+        if not self.attacks:  # an adapter calibrated before context-aware attacks existed
+            return (
+                f"calibrated to {self.target_attack_rate:.0%} token recovery by per-token "
+                "attacks only: a server using the language as a prior may recover more"
+            )
+        strongest = ATTACKS_IN_WORDS.get(self.strongest_attack, self.strongest_attack)
+        return (
+            f"a server that tries hard recovers about {self.strongest_rate * 100:.0f} of every "
+            f"100 prompt tokens (at most {self.strongest_rate_high:.0%} with 95 % confidence; "
+            f"strongest attack: {strongest}); guessing from the language alone it would get "
+            f"{self.prior_alone_rate * 100:.0f}"
+        )
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.PrivacyLevel) -> PrivacyLevel:
-        values = {f.name: getattr(pb, f.name) for f in fields(cls) if f.name != "learned_rate"}
-        learned = pb.learned_rate if pb.HasField("learned_rate") else None
-        return cls(**values, learned_rate=learned)
+        attacks = tuple(
+            AttackRate(**{f.name: getattr(a, f.name) for f in fields(AttackRate)})
+            for a in pb.attacks
+        )
+        values = {f.name: getattr(pb, f.name) for f in fields(cls) if f.name != "attacks"}
+        return cls(**values, attacks=attacks)
 
 
 @dataclass(frozen=True)
@@ -142,6 +173,23 @@ class ModelInfo:
             privacy_levels=tuple(PrivacyLevel.from_pb(level) for level in pb.privacy_levels),
             max_frames=pb.max_frames,
             max_frame_payload_bytes=pb.max_frame_payload_bytes,
+        )
+
+    def level(self, target: float | None) -> PrivacyLevel:
+        """The calibrated level for `target` attack rate; None: the most private one."""
+        if not self.privacy_levels:
+            raise PrivacyParameterError(
+                "the server offers no calibrated privacy level: choose one yourself with mu, "
+                "epsilon (or --mu/--epsilon), knowing that nothing measured it on this model"
+            )
+        if target is None:
+            return min(self.privacy_levels, key=lambda level: level.mu)
+        for level in self.privacy_levels:
+            if abs(level.target_attack_rate - target) < 1e-9:
+                return level
+        offered = ", ".join(f"{level.target_attack_rate:g}" for level in self.privacy_levels)
+        raise PrivacyParameterError(
+            f"the server has no level calibrated to {target:g} (offered: {offered})"
         )
 
     def frame_payload_bytes(self, wanted: int) -> int:
@@ -239,10 +287,12 @@ def _check_mechanism(mechanism: str) -> None:
 
 @dataclass(frozen=True)
 class PrivacyChoice:
-    """How to privatize the prompt: μ, or (ε, δ), or a ready PrivacySpec; or raw (none).
+    """How to privatize the prompt: one of μ, (ε, δ), a ready PrivacySpec, or one of the
+    server's calibrated levels by its target attack rate; or raw (none).
 
-    With none of them the mechanism is binomial at DEFAULT_MU. `bits` defaults to
-    DEFAULT_BITS (a ready spec brings its own). Projection dim and clip come from the bundle.
+    With none of them the mechanism is binomial at the server's MOST private level (a client
+    never falls back to a privacy constant that was measured on some other model). `bits`
+    defaults to the level's, or DEFAULT_BITS. Projection dim and clip come from the bundle.
     `delta` is also the δ at which the result reports ε.
     """
 
@@ -252,20 +302,28 @@ class PrivacyChoice:
     spec: PrivacySpec | None = None
     delta: float = DEFAULT_DELTA
     bits: int | None = None
+    level: float | None = None  # a target attack rate the manifest offers, e.g. 0.10
 
     def __post_init__(self) -> None:
         _check_mechanism(self.mechanism)
-        given = [name for name in ("mu", "epsilon", "spec") if getattr(self, name) is not None]
+        chosen = ("mu", "epsilon", "spec", "level")
+        given = [name for name in chosen if getattr(self, name) is not None]
         if self.mechanism == "raw" and (given or self.bits is not None):
             raise PrivacyParameterError(
                 f"the raw mechanism sends unprivatized embeddings: {given or ['bits']} would "
                 "have no effect; use mechanism='binomial' for privacy"
             )
         if len(given) > 1:
-            raise PrivacyParameterError(f"give one of mu, epsilon or spec, got {given}")
+            raise PrivacyParameterError(f"give one of mu, epsilon, spec or level, got {given}")
         for name in ("mu", "epsilon"):
             if getattr(self, name) is not None:
                 _positive_finite(name, getattr(self, name))
+        if self.level is not None and not (
+            isinstance(self.level, float | int) and 0 < self.level < 1
+        ):
+            raise PrivacyParameterError(
+                f"level is a target attack rate in (0, 1), e.g. 0.10, got {self.level!r}"
+            )
         if not (isinstance(self.delta, float | int) and 0 < self.delta < 1):
             raise PrivacyParameterError(f"delta must lie in (0, 1), got {self.delta!r}")
         if self.bits is not None:
@@ -280,7 +338,7 @@ class PrivacyChoice:
                     f"bits={self.bits} contradicts the spec's bits={self.spec.bits}"
                 )
 
-    def frame_spec(self, bundle: ClientBundle) -> FrameSpec:
+    def frame_spec(self, bundle: ClientBundle, model: ModelInfo) -> FrameSpec:
         """The mechanism's public parameters for this bundle's projection dim and clip."""
         if self.mechanism == "raw":
             return RawSpec(dim=bundle.projection_dim)
@@ -290,14 +348,16 @@ class PrivacyChoice:
                     f"spec has dim {self.spec.dim}, the bundle projects to {bundle.projection_dim}"
                 )
             return self.spec
-        shape = {
-            "dim": bundle.projection_dim,
-            "bits": self.bits or DEFAULT_BITS,
-            "clip": bundle.clip,
-        }
+        shape = {"dim": bundle.projection_dim, "clip": bundle.clip}
         if self.epsilon is not None:
-            return PrivacySpec.from_epsilon(epsilon=self.epsilon, delta=self.delta, **shape)
-        return PrivacySpec.from_mu(mu=DEFAULT_MU if self.mu is None else self.mu, **shape)
+            bits = self.bits or DEFAULT_BITS
+            return PrivacySpec.from_epsilon(
+                epsilon=self.epsilon, delta=self.delta, bits=bits, **shape
+            )
+        if self.mu is not None:
+            return PrivacySpec.from_mu(mu=self.mu, bits=self.bits or DEFAULT_BITS, **shape)
+        level = model.level(self.level)
+        return PrivacySpec.from_mu(mu=level.mu, bits=self.bits or level.bits, **shape)
 
 
 # ── What goes on the wire ───────────────────────────────────────────────────────────────
@@ -347,7 +407,7 @@ class GenerationPlan:
         ids = ids[1:] if bundle.bos_id is not None else ids  # the server adds a clean BOS
         if not ids:
             raise RequestOptionError("the prompt has no tokens")
-        spec = self.privacy.frame_spec(bundle)
+        spec = self.privacy.frame_spec(bundle, model)
         max_payload_bytes = model.frame_payload_bytes(max_payload_bytes)
         if packed_size(spec.bits_per_token, 1) > max_payload_bytes:
             raise LimitExceededError(
@@ -541,6 +601,7 @@ class BaseClient(Generic[GenerationT]):
         delta: float = DEFAULT_DELTA,
         bits: int | None = None,
         privacy: PrivacySpec | None = None,
+        level: float | None = None,
         mechanism: str = "binomial",
         max_new_tokens: int = 64,
         temperature: float = 1.0,
@@ -553,14 +614,15 @@ class BaseClient(Generic[GenerationT]):
         """Stream a continuation of `prompt`, privatized on this device.
 
         Privacy: `mu` (per-token Gaussian-DP, the paper's knob), or `epsilon` at `delta`
-        (exact), or a ready `privacy` spec; none of them means μ = DEFAULT_MU. `bits` per
-        coordinate defaults to 4. mechanism="raw" sends plain embeddings: NO privacy.
+        (exact), or a ready `privacy` spec, or `level`: the server's level calibrated to that
+        target attack rate (its μ and bits); none of them means the server's most private
+        level. `bits` per coordinate defaults to the level's, else 4. mechanism="raw" sends plain embeddings: NO privacy.
         `budget` is charged once, before anything is sent (BudgetExceededError otherwise).
         Options are checked now; the manifest, bundle and stream are touched on iteration.
         """
         plan = GenerationPlan(
             prompt=prompt,
-            privacy=PrivacyChoice(mechanism, mu, epsilon, privacy, delta, bits),
+            privacy=PrivacyChoice(mechanism, mu, epsilon, privacy, delta, bits, level),
             sampling=Sampling(max_new_tokens, temperature, top_p, top_k, seed, stop),
             budget=budget,
         )

@@ -130,9 +130,39 @@ class Adapter:
             clip=description["clip"],
             norm_bound=description["norm_bound"],
             soft_prompts={lvl["mu"]: tensors[lvl["tensor"]] for lvl in description["soft_prompts"]},
-            calibration=description["calibration"],
+            calibration=_checked_levels(description["calibration"], directory),
             metadata=description["metadata"],
         )
+
+
+# What a calibrated level records (train.calibrate.CalibratedLevel); the manifest reads them all.
+LEVEL_FIELDS = (
+    "target_attack_rate",
+    "mu",
+    "epsilon_token",
+    "delta",
+    "bits",
+    "attacks",
+    "strongest_attack",
+    "prior_alone_rate",
+    "measured_on",
+    "tokens",
+    "prompts",
+)
+
+
+def _checked_levels(levels: list[dict], directory: Path) -> list[dict]:
+    """Refuse at load, not at the first manifest request, a level the server cannot publish."""
+    for level in levels:
+        missing = [key for key in LEVEL_FIELDS if key not in level]
+        if missing:
+            raise ValueError(
+                f"{directory}: a calibration level lacks {', '.join(missing)} (calibrated by an "
+                f"older version): recalibrate with `del-server calibrate --out {directory}`"
+            )
+        if level["strongest_attack"] not in level["attacks"]:
+            raise ValueError(f"{directory}: a level's strongest attack has no measured rate")
+    return levels
 
 
 def pca_adapter(

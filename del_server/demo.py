@@ -1,10 +1,10 @@
 """`make demo`: a real server and a real client talking over gRPC on this machine.
 
 Starts `del-server serve` with the default model and its trained adapter (or MODEL=...,
-ADAPTER=...) in the background, waits for its health service to report SERVING, picks the
-provider's calibrated privacy level nearest a 10 % attack rate (or --mu), runs one private
-generation with `del-client`, and stops the server with SIGTERM (a graceful drain),
-whatever happens in between.
+ADAPTER=...) in the background, waits for its health service to report SERVING, says in one
+line each what every calibrated privacy level costs and protects, runs one private generation
+with `del-client` at the level nearest a 10 % attack rate (or --mu), and stops the server with
+SIGTERM (a graceful drain), whatever happens in between.
 """
 
 from __future__ import annotations
@@ -51,31 +51,26 @@ def _wait_until_serving(target: str, server: subprocess.Popen, timeout_s: float)
     raise SystemExit(f"del-server did not report SERVING within {timeout_s:.0f} s")
 
 
-def _calibrated_mu(target: str) -> float:
-    """The provider's level nearest TARGET_ATTACK_RATE (μ = 10 if it has none), announced."""
+def _chosen_level(target: str) -> list[str]:
+    """Announce every level in one line; the client flags for the one nearest
+    TARGET_ATTACK_RATE (none: the client's own default, which it will say)."""
     from del_client import Client, ClientConfig
 
     with Client(ClientConfig(target)) as client:
         levels = client.manifest().model.privacy_levels
     if not levels:
-        print("privacy level: μ = 10 per token (this adapter has no calibrated levels)")
-        return 10.0
-    level = min(levels, key=lambda lv: abs(lv.target_attack_rate - TARGET_ATTACK_RATE))
-    measured = (
-        f"likelihood {level.likelihood_rate:.1%}, nearest neighbour "
-        f"{level.nearest_neighbour_rate:.1%}"
-    )
-    if level.learned_rate is None:
-        measured += "; stronger attacks do better, see docs/eval/EVAL.md"
-    else:
-        measured += f", learned {level.learned_rate:.1%}"
-    print(
-        f"privacy level: μ = {level.mu:.4g} per token, ε = {level.epsilon_token:.4g} per token at "
-        f"δ = {level.delta:g} (exact); calibrated to {level.target_attack_rate:.0%} token "
-        f"recovery by {level.calibrated_against} (measured: {measured})",
-        flush=True,
-    )
-    return level.mu
+        print("privacy levels: none calibrated for this model; the client will refuse without --mu")
+        return []
+    chosen = min(levels, key=lambda lv: abs(lv.target_attack_rate - TARGET_ATTACK_RATE))
+    print("privacy levels (ε exact per token at δ = 1e-5; a more private level gives more garbled")
+    print("continuations at the same ε-cost per token: noise is the price of hiding the prompt):")
+    for level in sorted(levels, key=lambda lv: lv.mu):
+        mark = "→" if level is chosen else " "
+        print(
+            f" {mark} ≤ {level.target_attack_rate:.0%}: ε = {level.epsilon_token:.3g}; {level.summary()}"
+        )
+    print(flush=True)
+    return ["--level", repr(chosen.target_attack_rate)]
 
 
 def main() -> None:
@@ -109,17 +104,14 @@ def main() -> None:
     server = subprocess.Popen(command)
     try:
         _wait_until_serving(target, server, args.timeout_s)
-        mu = args.mu if args.mu is not None else _calibrated_mu(target)
+        privacy = ["--mu", repr(args.mu)] if args.mu is not None else _chosen_level(target)
         client = [
             str(BIN / "del-client"),
             "generate",
             args.prompt,
             "--server",
             target,
-            "--mu",
-            repr(mu),
-            "--bits",
-            "4",
+            *privacy,
             "--max-new-tokens",
             "64",
             "--seed",

@@ -412,18 +412,37 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         )
 
 
+# What AttackRate carries of an attacks.recovery.Recovery
+ATTACK_RATE_FIELDS = ("rate", "low", "high", "content_rate", "half_prompts", "exact_prompts")
+
+
 def _privacy_level(level: dict, served: ServedModel) -> inference_pb2.PrivacyLevel:
+    attacks, strongest = level["attacks"], level["attacks"][level["strongest_attack"]]
     return inference_pb2.PrivacyLevel(
         mu=level["mu"],
         epsilon_token=level["epsilon_token"],
         delta=level["delta"],
         bits=level["bits"],
         target_attack_rate=level["target_attack_rate"],
-        nearest_neighbour_rate=level["nearest_neighbour_rate"],
-        likelihood_rate=level["likelihood_rate"],
+        nearest_neighbour_rate=attacks.get("nearest_neighbour", {}).get("rate", 0.0),
+        likelihood_rate=attacks.get("likelihood", {}).get("rate", 0.0),
         soft_prompt=level["mu"] in served.adapter.soft_prompts,
-        learned_rate=level.get("learned_rate"),  # absent in adapters calibrated without it
-        attack=level.get("attack", ""),
+        learned_rate=attacks.get("learned", {}).get("rate"),
+        attack="all",
+        attacks=[
+            inference_pb2.AttackRate(
+                attack=name,
+                **{key: result[key] for key in ATTACK_RATE_FIELDS},
+            )
+            for name, result in attacks.items()
+        ],
+        strongest_attack=level["strongest_attack"],
+        strongest_rate=strongest["rate"],
+        strongest_rate_high=strongest["high"],
+        prior_alone_rate=level["prior_alone_rate"],
+        measured_on=level["measured_on"],
+        measured_tokens=level["tokens"],
+        measured_prompts=level["prompts"],
     )
 
 

@@ -153,7 +153,7 @@ class ModelInfo(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., projection_dim: _Optional[int] = ..., clip: _Optional[float] = ..., supported_bits: _Optional[_Iterable[int]] = ..., soft_prompt_mus: _Optional[_Iterable[float]] = ..., client_bundle_digest: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., raw_mechanism_enabled: _Optional[bool] = ..., raw_bundle_digest: _Optional[str] = ..., privacy_levels: _Optional[_Iterable[_Union[PrivacyLevel, _Mapping]]] = ..., max_frames: _Optional[int] = ..., max_frame_payload_bytes: _Optional[int] = ...) -> None: ...
 
 class PrivacyLevel(_message.Message):
-    __slots__ = ("mu", "epsilon_token", "delta", "bits", "target_attack_rate", "nearest_neighbour_rate", "likelihood_rate", "soft_prompt", "learned_rate", "attack")
+    __slots__ = ("mu", "epsilon_token", "delta", "bits", "target_attack_rate", "nearest_neighbour_rate", "likelihood_rate", "soft_prompt", "learned_rate", "attack", "attacks", "strongest_attack", "strongest_rate", "strongest_rate_high", "prior_alone_rate", "measured_on", "measured_tokens", "measured_prompts")
     MU_FIELD_NUMBER: _ClassVar[int]
     EPSILON_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,14 @@ class PrivacyLevel(_message.Message):
     SOFT_PROMPT_FIELD_NUMBER: _ClassVar[int]
     LEARNED_RATE_FIELD_NUMBER: _ClassVar[int]
     ATTACK_FIELD_NUMBER: _ClassVar[int]
+    ATTACKS_FIELD_NUMBER: _ClassVar[int]
+    STRONGEST_ATTACK_FIELD_NUMBER: _ClassVar[int]
+    STRONGEST_RATE_FIELD_NUMBER: _ClassVar[int]
+    STRONGEST_RATE_HIGH_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_ALONE_RATE_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_ON_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     mu: float
     epsilon_token: float
     delta: float
@@ -174,7 +182,33 @@ class PrivacyLevel(_message.Message):
     soft_prompt: bool
     learned_rate: float
     attack: str
-    def __init__(self, mu: _Optional[float] = ..., epsilon_token: _Optional[float] = ..., delta: _Optional[float] = ..., bits: _Optional[int] = ..., target_attack_rate: _Optional[float] = ..., nearest_neighbour_rate: _Optional[float] = ..., likelihood_rate: _Optional[float] = ..., soft_prompt: _Optional[bool] = ..., learned_rate: _Optional[float] = ..., attack: _Optional[str] = ...) -> None: ...
+    attacks: _containers.RepeatedCompositeFieldContainer[AttackRate]
+    strongest_attack: str
+    strongest_rate: float
+    strongest_rate_high: float
+    prior_alone_rate: float
+    measured_on: str
+    measured_tokens: int
+    measured_prompts: int
+    def __init__(self, mu: _Optional[float] = ..., epsilon_token: _Optional[float] = ..., delta: _Optional[float] = ..., bits: _Optional[int] = ..., target_attack_rate: _Optional[float] = ..., nearest_neighbour_rate: _Optional[float] = ..., likelihood_rate: _Optional[float] = ..., soft_prompt: _Optional[bool] = ..., learned_rate: _Optional[float] = ..., attack: _Optional[str] = ..., attacks: _Optional[_Iterable[_Union[AttackRate, _Mapping]]] = ..., strongest_attack: _Optional[str] = ..., strongest_rate: _Optional[float] = ..., strongest_rate_high: _Optional[float] = ..., prior_alone_rate: _Optional[float] = ..., measured_on: _Optional[str] = ..., measured_tokens: _Optional[int] = ..., measured_prompts: _Optional[int] = ...) -> None: ...
+
+class AttackRate(_message.Message):
+    __slots__ = ("attack", "rate", "low", "high", "content_rate", "half_prompts", "exact_prompts")
+    ATTACK_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_RATE_FIELD_NUMBER: _ClassVar[int]
+    HALF_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    attack: str
+    rate: float
+    low: float
+    high: float
+    content_rate: float
+    half_prompts: float
+    exact_prompts: float
+    def __init__(self, attack: _Optional[str] = ..., rate: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., content_rate: _Optional[float] = ..., half_prompts: _Optional[float] = ..., exact_prompts: _Optional[float] = ...) -> None: ...
 
 class Manifest(_message.Message):
     __slots__ = ("server_version", "models")

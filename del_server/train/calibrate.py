@@ -1,36 +1,40 @@
-"""Stage 2: for each target attack success rate, the privacy level (μ) that reaches it.
+"""Stage 2: for each target attack success rate, the largest μ (the least noise, so the best
+utility) at which even the strongest attack we know stays under the target.
 
-Bisection on log μ over an attack's rate, with the same noise seed at every μ so the measured
-rate moves monotonically. Runs on the deployed pipeline: the client's table, the
-projected-space clip and del_client's quantizer.
+A level holds when the upper end of the 95 % interval (clustered by prompt) of the strongest
+attack's token recovery is below the target, on held-out prompts with reproducible noise:
 
-Attacks: "strongest" (default) takes the stronger of nearest neighbour and likelihood, which
-are cheap; "learned" trains the attacker's inversion network (prior included) at every step,
-and "all" takes the strongest of the three. The learned attack recovers several times the
-cheap attacks' rate at the same μ (docs/eval), so "all" is the conservative choice.
+1. bisection on log μ over the cheap attacks (attacks.suite.CHEAP minus Viterbi, which the
+   forward-backward marginals dominate), with the same noise seed at every μ so the measured
+   rate moves monotonically;
+2. verification at the bisection's μ with every attack, the learned inversion network and the
+   LLM beam search included; while the strongest still reaches the target, μ steps down by
+   STEP_DOWN and is verified again.
+
+A target that even μ = MU_RANGE[0] (symbols that carry next to nothing) cannot meet is refused:
+the attacker reaches it from its knowledge of the language alone.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from del_client.mechanism import BinomialQuantizer, PrivacySpec
-from del_client.session import ATTACKS_IN_WORDS
-
 from ..adapter import Adapter
-from .attacks import AttackRates, attack_rates, client_table, learned_attack
+from ..attacks.mechanisms import Binomial, Mechanism
+from ..attacks.recovery import Recovery
+from ..attacks.suite import ATTACKS, Attacker, strongest
 
-DEFAULT_TARGETS = (0.02, 0.10, 0.15)
-ATTACKS = tuple(ATTACKS_IN_WORDS)  # the names the manifest carries (PrivacyLevel.attack)
-# Bisection steps when each trains a network: 12 halvings of the log-μ range leave a bracket
-# under 0.3 % wide, well inside the noise of a measured attack rate.
-LEARNED_ITERATIONS = 12
+DEFAULT_TARGETS = (0.05, 0.10, 0.20)
+BISECTION_ATTACKS = ("nearest_neighbour", "likelihood", "bigram_marginal")
+ITERATIONS = 12  # halvings of the log-μ range: a bracket under 0.3 % wide
 MU_RANGE = (0.05, 5000.0)
+STEP_DOWN = 0.95
+MAX_STEPS_DOWN = 40
 REPORT_DELTA = 1e-5
 
 
@@ -40,106 +44,84 @@ class CalibratedLevel:
     mu: float
     epsilon_token: float  # exact, at REPORT_DELTA
     delta: float
-    attack: str  # which attack the level was calibrated against
-    nearest_neighbour_rate: float
-    likelihood_rate: float
-    tokens: int
     bits: int
-    learned_rate: float | None = None  # measured when calibrated against "learned" or "all"
+    attacks: dict[str, dict]  # attack name -> attacks.recovery.Recovery as a dict
+    strongest_attack: str
+    prior_alone_rate: float  # what the strongest blind guess recovers: the floor
+    measured_on: str  # the text the rates were measured on
+    tokens: int
+    prompts: int
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class LearnedAttack:
-    """How the attacker's inversion network is trained: on public text, `steps` batches."""
-
-    public_ids: np.ndarray  # tokens of public (training-split) text
-    steps: int = 400
-    batch: int = 512
+def level_holds(results: dict[str, Recovery], target: float) -> bool:
+    """The strongest attack's 95 % upper bound is under the target."""
+    return max(r.high for r in results.values()) < target
 
 
 def calibrate(
     adapter: Adapter,
-    embeddings: torch.Tensor,
-    token_ids: np.ndarray,
+    attacker: Attacker,
+    prompts: np.ndarray,  # (P, T) held-out prompt token ids
     *,
+    measured_on: str,
     targets: tuple[float, ...] = DEFAULT_TARGETS,
     bits: int = 4,
-    attack: str = "strongest",
-    learned: LearnedAttack | None = None,
     seed: int = 0,
-    iterations: int = 24,
+    iterations: int = ITERATIONS,
+    mechanism_at: Callable[[float], Mechanism] | None = None,
 ) -> list[CalibratedLevel]:
-    if attack not in ATTACKS:
-        raise ValueError(f"unknown attack {attack!r}; one of {', '.join(ATTACKS)}")
-    if attack in ("learned", "all") and learned is None:
-        raise ValueError(f"attack {attack!r} needs the attacker's public text (learned=...)")
-    table = client_table(adapter, embeddings)
+    """One level per target. `mechanism_at(μ)` is DEL's quantizer for `adapter` by default;
+    the evaluation passes its baselines' mechanisms to match them to the same targets."""
 
-    def spec_at(mu: float) -> PrivacySpec:
-        return PrivacySpec.from_mu(mu=mu, dim=adapter.projection_dim, bits=bits, clip=adapter.clip)
+    def mechanism(mu: float) -> Mechanism:
+        if mechanism_at is not None:
+            return mechanism_at(mu)
+        return Binomial.at(mu=mu, dim=adapter.projection_dim, bits=bits, clip=adapter.clip)
 
-    def learned_rate(mu: float) -> float:
-        def privatize(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            return BinomialQuantizer(spec_at(mu), rng=rng).privatize(x)  # the attacker's noise
+    def measured(mu: float, attacks: tuple[str, ...]) -> dict[str, Recovery]:
+        return attacker.attack(adapter, mechanism(mu), prompts, seed=seed, attacks=attacks)
 
-        return learned_attack(
-            privatize,
-            table,
-            learned.public_ids,
-            token_ids,
-            alphabet=spec_at(mu).levels + 1,
-            steps=learned.steps,
-            batch=learned.batch,
-            seed=seed,
-        )
-
-    def rates(mu: float) -> tuple[AttackRates, float | None]:
-        cheap = attack_rates(adapter, embeddings, table, token_ids, spec_at(mu), seed)
-        return cheap, (learned_rate(mu) if attack in ("learned", "all") else None)
-
-    def rate(measured: tuple[AttackRates, float | None]) -> float:
-        cheap, learned_success = measured
-        return {
-            "strongest": cheap.strongest,
-            "nearest_neighbour": cheap.nearest_neighbour,
-            "likelihood": cheap.likelihood,
-            "learned": learned_success,
-            "all": max(cheap.strongest, learned_success or 0.0),
-        }[attack]
-
+    blind = attacker.prior_alone(prompts)
     levels = []
     for target in targets:
         lo, hi = math.log(MU_RANGE[0]), math.log(MU_RANGE[1])
-        for _ in tqdm(range(iterations), desc=f"calibrating {target:.0%} ({attack})", leave=False):
+        for _ in tqdm(range(iterations), desc=f"calibrating {target:.0%}", leave=False):
             middle = (lo + hi) / 2
-            if rate(rates(math.exp(middle))) < target:
+            if level_holds(measured(math.exp(middle), BISECTION_ATTACKS), target):
                 lo = middle
             else:
                 hi = middle
-        mu = math.exp(lo)  # the most private end of the bracket: rate just below the target
-        cheap, learned_success = rates(mu)
-        if rate((cheap, learned_success)) >= target:  # lo never moved: out of reach
+        mu = math.exp(lo)  # the most private end of the bracket
+        for _ in tqdm(range(MAX_STEPS_DOWN), desc=f"verifying {target:.0%}", leave=False):
+            results = measured(mu, ATTACKS)
+            if level_holds(results, target) or mu <= MU_RANGE[0]:
+                break
+            mu = max(MU_RANGE[0], mu * STEP_DOWN)
+        if not level_holds(results, target):
+            name, worst = strongest(results)
             raise ValueError(
-                f"a target of {target:.1%} is out of reach for the {attack} attack: at "
-                f"μ = {mu:g}, where the symbols carry next to nothing, it still recovers "
-                f"{rate((cheap, learned_success)):.1%} of tokens from what it knows of the text "
-                "alone; choose targets above that"
+                f"a target of {target:.1%} is out of reach: at μ = {mu:g}, where the symbols "
+                f"carry next to nothing, the {name} attack still recovers {worst.rate:.1%} of "
+                f"tokens (95 % up to {worst.high:.1%}) from what it knows of the language "
+                f"alone (blind guessing: {max(r.rate for r in blind.values()):.1%}); choose "
+                "targets above that"
             )
         levels.append(
             CalibratedLevel(
                 target_attack_rate=target,
                 mu=mu,
-                epsilon_token=spec_at(mu).epsilon(delta=REPORT_DELTA),
+                epsilon_token=mechanism(mu).epsilon(delta=REPORT_DELTA),
                 delta=REPORT_DELTA,
-                attack=attack,
-                nearest_neighbour_rate=cheap.nearest_neighbour,
-                likelihood_rate=cheap.likelihood,
-                tokens=cheap.tokens,
                 bits=bits,
-                learned_rate=learned_success,
+                attacks={name: r.to_dict() for name, r in results.items()},
+                strongest_attack=strongest(results)[0],
+                prior_alone_rate=max(r.rate for r in blind.values()),
+                measured_on=measured_on,
+                tokens=int(prompts.size),
+                prompts=len(prompts),
             )
         )
     return levels

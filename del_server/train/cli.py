@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..adapter import Adapter
 from ..extras import require_extra
-from .calibrate import ATTACKS, DEFAULT_TARGETS
+from .calibrate import DEFAULT_TARGETS
 
 DEFAULT_DATA = "../shared/data/tinystories/tinystories_val_head_dev.txt"
 
@@ -51,14 +51,13 @@ def _calibration_args(parser: argparse.ArgumentParser) -> None:
         help="target attack success rates, comma-separated",
     )
     parser.add_argument(
-        "--attack",
-        choices=ATTACKS,
-        default="strongest",
-        help="strongest of nearest neighbour and likelihood (cheap); learned: the attacker's "
-        "inversion network, trained at every bisection step (slow); all: strongest of the three",
+        "--calibration-prompts",
+        type=int,
+        default=250,
+        help="held-out prompts every attack is measured on (32 tokens each)",
     )
-    parser.add_argument("--calibration-tokens", type=int, default=4000)
     parser.add_argument("--inversion-steps", type=int, default=400, help="learned attack training")
+    parser.add_argument("--beam-width", type=int, default=64, help="the LLM beam attack's width")
 
 
 def _soft_prompt_args(parser: argparse.ArgumentParser) -> None:
@@ -88,9 +87,9 @@ def _config(args: argparse.Namespace):
         projection_steps=getattr(args, "projection_steps", 0),
         projection_noise_mu=getattr(args, "noise_mu", None),
         targets=getattr(args, "targets", DEFAULT_TARGETS),
-        attack=getattr(args, "attack", "strongest"),
-        calibration_tokens=getattr(args, "calibration_tokens", 4000),
+        calibration_prompts=getattr(args, "calibration_prompts", 250),
         inversion_steps=getattr(args, "inversion_steps", 400),
+        beam_width=getattr(args, "beam_width", 64),
         soft_prompt_length=getattr(args, "length", 8),
         soft_prompt_steps=getattr(args, "soft_prompt_steps", 0),
         soft_prompt_mus=getattr(args, "mu", ()),

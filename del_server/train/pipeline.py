@@ -25,8 +25,9 @@ import torch
 from del_client.mechanism import PrivacySpec
 
 from ..adapter import Adapter, pca_adapter
+from ..attacks.suite import Attacker, AttackOptions
 from ..models import LoadedModel, load_model
-from .calibrate import DEFAULT_TARGETS, LEARNED_ITERATIONS, LearnedAttack, calibrate
+from .calibrate import DEFAULT_TARGETS, calibrate
 from .data import Split, load_split
 from .evaluate import level_losses, reference_losses
 from .objective import FrozenLM
@@ -49,9 +50,9 @@ class TrainConfig:
     soft_prompt_mus: tuple[float, ...] = ()  # empty: the calibrated levels
     batch: int = 32
     targets: tuple[float, ...] = DEFAULT_TARGETS
-    attack: str = "strongest"  # calibrate.ATTACKS
-    calibration_tokens: int = 4000
-    inversion_steps: int = 400  # training of the learned attack ("learned", "all"), per step
+    calibration_prompts: int = 250  # held-out prompts every attack is measured on
+    inversion_steps: int = 400  # training of the learned attack, per verification
+    beam_width: int = 64  # the LLM beam attack
     eval_windows: int = 256
     eval_seeds: tuple[int, ...] = (0, 1, 2)
     seed: int = 0
@@ -82,6 +83,20 @@ class Workbench:
             loaded,
             FrozenLM(loaded.model, loaded.bos_id),
             load_split(config.data, loaded.tokenizer),
+        )
+
+    def attacker(self) -> Attacker:
+        """The server as attacker: this model, the training split as its public text."""
+        train = self.split.train
+        public = torch.cat([train.prompts, train.continuations], dim=1).reshape(-1).numpy()
+        return Attacker(
+            embeddings=self.lm.table.detach().float(),
+            model=self.loaded.model,
+            bos_id=self.loaded.bos_id,
+            public_ids=public,
+            options=AttackOptions(
+                beam_width=self.config.beam_width, learned_steps=self.config.inversion_steps
+            ),
         )
 
     def checkpoint(self, name: str) -> Path:
@@ -125,20 +140,16 @@ def projection_stage(bench: Workbench) -> Adapter:
 
 def calibration_stage(bench: Workbench, adapter: Adapter) -> Adapter:
     c = bench.config
-    held_out = bench.split.validation.prompts.reshape(-1)[: c.calibration_tokens].numpy()
-    train = bench.split.train
-    public = torch.cat([train.prompts.reshape(-1), train.continuations.reshape(-1)]).numpy()
+    prompts = bench.split.validation.prompts[: c.calibration_prompts].numpy()
     with bench.timed("calibration_s"):
         levels = calibrate(
             adapter,
-            bench.lm.table.detach(),
-            held_out,
+            bench.attacker(),
+            prompts,
+            measured_on=f"{Path(c.data).name}, held-out prompts",
             targets=c.targets,
             bits=c.bits,
-            attack=c.attack,
-            learned=LearnedAttack(public, steps=c.inversion_steps),
             seed=c.seed,
-            iterations=LEARNED_ITERATIONS if c.attack in ("learned", "all") else 24,
         )
     return replace(adapter, calibration=[level.to_dict() for level in levels])
 

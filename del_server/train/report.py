@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..attacks.suite import ATTACKS, ATTACKS_IN_WORDS
+
 
 def _smooth(values: list[float], window: int = 25) -> np.ndarray:
     if len(values) < window:
@@ -53,20 +55,30 @@ def write_markdown(path: Path, report: dict) -> None:
         "",
         "## Levels",
         "",
-        f"Calibrated on {report['levels'][0]['tokens'] if report['levels'] else 0} held-out tokens "
-        f"against the {cfg['attack']} attack; ε is exact per token at δ = 1e-5.",
+        f"Measured on {_measured(report['levels'])}. A level holds when the upper end of the 95 % "
+        "interval (clustered by prompt) of the STRONGEST attack's token recovery is under its "
+        "target; ε is exact per token at δ = 1e-5. Rates are token recovery, point estimate.",
         "",
-        "| target attack rate | μ per token | ε per token | nearest-neighbour rate "
-        "| likelihood rate | learned rate |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| target | μ per token | ε per token | strongest attack | its rate (95 % CI) "
+        + "".join(f"| {name} " for name in ATTACKS)
+        + "|",
+        "|---:|---:|---:|---|---:|" + "---:|" * len(ATTACKS),
     ]
     for level in report["levels"]:
-        learned = level.get("learned_rate")
+        attacks, name = level["attacks"], level["strongest_attack"]
+        top = attacks[name]
         lines.append(
             f"| {level['target_attack_rate']:.0%} | {level['mu']:.3f} | {level['epsilon_token']:.2f} "
-            f"| {level['nearest_neighbour_rate']:.2%} | {level['likelihood_rate']:.2%} "
-            f"| {'not run' if learned is None else f'{learned:.2%}'} |"
+            f"| {ATTACKS_IN_WORDS[name]} | {top['rate']:.1%} ({top['low']:.1%}–{top['high']:.1%}) "
+            + "".join(f"| {attacks[a]['rate']:.1%} " for a in ATTACKS)
+            + "|"
         )
+    if report["levels"]:
+        lines += [
+            "",
+            f"Knowing only the language (no symbols), the best blind guess recovers "
+            f"{report['levels'][0]['prior_alone_rate']:.1%} of tokens: no level can go below it.",
+        ]
     lines += [
         "",
         "## Held-out continuation loss (nats/token)",
@@ -96,3 +108,10 @@ def write_markdown(path: Path, report: dict) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _measured(levels: list[dict]) -> str:
+    if not levels:
+        return "no levels"
+    level = levels[0]
+    return f"{level['prompts']} prompts ({level['tokens']} tokens) of {level['measured_on']}"

@@ -301,6 +301,28 @@ def test_cli_manifest_json_describes_the_served_model(server, tmp_path, monkeypa
 def test_cli_reports_a_server_refusal_and_exits_2(server, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DEL_CACHE_DIR", str(tmp_path))
     with pytest.raises(SystemExit) as exited:
-        main(["generate", PROMPT, "--server", server.target, "--max-new-tokens", "1000"])
+        main(
+            [
+                "generate",
+                PROMPT,
+                "--server",
+                server.target,
+                "--mu",
+                "10",
+                "--max-new-tokens",
+                "1000",
+            ]
+        )
     assert exited.value.code == 2
     assert capsys.readouterr().err.startswith("del-client: error: max_new_tokens 1000 exceeds")
+
+
+def test_without_a_privacy_choice_a_server_with_no_levels_is_refused(
+    server, tmp_path, monkeypatch, capsys
+):
+    """No stale default: with no calibrated level to fall back on, the user must choose."""
+    monkeypatch.setenv("DEL_CACHE_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as exited:
+        main(["generate", PROMPT, "--server", server.target])
+    assert exited.value.code == 2
+    assert "offers no calibrated privacy level: choose one yourself" in capsys.readouterr().err

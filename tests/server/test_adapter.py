@@ -54,6 +54,22 @@ def test_soft_prompt_choice_is_exact_or_the_nearest_more_private_level(adapter):
     assert with_prompts.soft_prompt_for(1.0) is None
 
 
+RATE = {"rate": 0.08, "low": 0.07, "high": 0.09, "content_rate": 0.05, "half_prompts": 0.0}
+LEVEL = {  # a level as train.calibrate records it
+    "target_attack_rate": 0.1,
+    "mu": 4.0,
+    "epsilon_token": 25.0,
+    "delta": 1e-5,
+    "bits": 4,
+    "attacks": {"likelihood": {**RATE, "exact_prompts": 0.0}},
+    "strongest_attack": "likelihood",
+    "prior_alone_rate": 0.03,
+    "measured_on": "held-out prompts",
+    "tokens": 320,
+    "prompts": 10,
+}
+
+
 def test_adapter_round_trips_through_safetensors_and_json(tmp_path, adapter, loaded):
     prompts = {4.0: torch.randn(3, 64)}
     original = Adapter(
@@ -62,7 +78,7 @@ def test_adapter_round_trips_through_safetensors_and_json(tmp_path, adapter, loa
         adapter.mean,
         adapter.clip,
         soft_prompts=prompts,
-        calibration=[{"target": 0.1, "mu": 4.0}],
+        calibration=[LEVEL],
         metadata=adapter.metadata,
     )
     restored = Adapter.load(original.save(tmp_path))
@@ -70,6 +86,15 @@ def test_adapter_round_trips_through_safetensors_and_json(tmp_path, adapter, loa
     torch.testing.assert_close(restored.soft_prompts[4.0], prompts[4.0])
     assert restored.calibration == original.calibration
     assert restored.metadata["embedding_sha256"] == embedding_digest(loaded.embeddings)
+
+
+def test_loading_refuses_a_level_the_server_could_not_publish(tmp_path, adapter):
+    stale = {k: v for k, v in LEVEL.items() if k not in ("attacks", "strongest_attack")}
+    Adapter(adapter.down, adapter.up, adapter.mean, adapter.clip, calibration=[stale]).save(
+        tmp_path
+    )
+    with pytest.raises(ValueError, match="lacks attacks, strongest_attack.*del-server calibrate"):
+        Adapter.load(tmp_path)
 
 
 def test_loading_refuses_edited_tensors(tmp_path, adapter):

@@ -16,11 +16,10 @@ from del_client import Client, ClientConfig
 from del_client.cli import main
 from del_client.mechanism import PrivacySpec
 from del_server.adapter import Adapter
+from del_server.attacks.suite import ATTACKS
 from del_server.backends.transformers import TransformersBackend
 from del_server.generation import PrivatePrompt, PromptBuilder
 from del_server.settings import Settings
-from del_server.train.attacks import attack_rates, client_table
-from del_server.train.calibrate import LearnedAttack, calibrate
 from del_server.train.data import load_split, read_documents
 from del_server.train.loop import optimize
 from del_server.train.pipeline import TrainConfig, run_all
@@ -44,8 +43,10 @@ def trained(tmp_path_factory, shared_dir, stories260k):
         out=out,
         projection_steps=100,
         soft_prompt_steps=40,
-        targets=(0.05, 0.15),
-        calibration_tokens=1500,
+        targets=(0.08, 0.15),
+        calibration_prompts=40,
+        beam_width=8,
+        inversion_steps=40,
         eval_windows=32,
         eval_seeds=(0, 1),
     )
@@ -86,30 +87,20 @@ def test_report_orders_clean_below_projected_and_states_informativeness(trained)
     assert sorted(adapter.soft_prompts) == sorted(level["mu"] for level in report["levels"])
 
 
-def test_calibrated_levels_reach_their_targets(trained):
-    report = trained[2]
+def test_every_level_holds_against_every_attack_and_says_so(trained):
+    out, _, report = trained
     for level in report["levels"]:
-        strongest = max(level["nearest_neighbour_rate"], level["likelihood_rate"])
-        # Within binomial sampling error of the target on the calibration tokens (z = 4).
-        tolerance = 4 * np.sqrt(
-            level["target_attack_rate"] * (1 - level["target_attack_rate"]) / level["tokens"]
+        assert set(level["attacks"]) == set(ATTACKS)
+        strongest = level["attacks"][level["strongest_attack"]]
+        assert strongest["rate"] == max(a["rate"] for a in level["attacks"].values())
+        assert max(a["high"] for a in level["attacks"].values()) < level["target_attack_rate"]
+        assert level["epsilon_token"] == pytest.approx(
+            PrivacySpec.from_mu(mu=level["mu"], dim=16, bits=4, clip=report["clip"]).epsilon(
+                delta=1e-5
+            )
         )
-        assert abs(strongest - level["target_attack_rate"]) < tolerance + 0.01
-
-
-def test_likelihood_attack_is_at_least_as_strong_as_nearest_neighbour(trained, loaded):
-    adapter = trained[1]
-    embeddings = loaded.embeddings.detach()
-    tokens = np.arange(3, 512)  # every ordinary token once
-    spec = PrivacySpec.from_mu(mu=20.0, dim=adapter.projection_dim, bits=4, clip=adapter.clip)
-    rates = attack_rates(
-        adapter, embeddings, client_table(adapter, embeddings), tokens, spec, seed=0
-    )
-    assert rates.likelihood >= rates.nearest_neighbour
-    levels = calibrate(adapter, embeddings, tokens, targets=(0.1,), seed=0, iterations=12)
-    assert levels[0].epsilon_token == pytest.approx(
-        PrivacySpec.from_mu(mu=levels[0].mu, dim=16, bits=4, clip=adapter.clip).epsilon(delta=1e-5)
-    )
+        assert 0 < level["prior_alone_rate"] < level["target_attack_rate"]
+    assert "strongest attack" in (out / "TRAINING.md").read_text()
 
 
 def test_soft_prompt_is_prepended_at_inference_and_changes_the_output(trained, loaded):
@@ -149,6 +140,7 @@ def test_trained_adapter_loads_into_a_running_server(
             model = client.manifest().model
             mu = max(adapter.soft_prompts)
             result = client.generate("Once upon a time", mu=mu, max_new_tokens=4, seed=0).collect()
+            default = client.generate("Once upon a time", max_new_tokens=2, seed=0).collect()
         level = adapter.calibration[0]
         cli = ["generate", "Once upon a time", "--server", loopback.target, "--json"]
         main([*cli, "--level", str(level["target_attack_rate"]), "--max-new-tokens", "2"])
@@ -159,39 +151,15 @@ def test_trained_adapter_loads_into_a_running_server(
         assert "no level calibrated to 0.5" in capsys.readouterr().err
     assert sorted(model.soft_prompt_mus) == sorted(adapter.soft_prompts)
     assert [lv.mu for lv in model.privacy_levels] == [lv["mu"] for lv in adapter.calibration]
-    assert {(lv.attack, lv.learned_rate) for lv in model.privacy_levels} == {("strongest", None)}
+    for served, level in zip(model.privacy_levels, adapter.calibration, strict=True):
+        assert {a.attack for a in served.attacks} == set(ATTACKS)
+        assert served.strongest_attack == level["strongest_attack"]
+        assert served.strongest_rate_high < served.target_attack_rate
+        assert served.measured_prompts == 40
+        assert "a server that tries hard recovers about" in served.summary()
     assert result.soft_prompt_mu == pytest.approx(mu)
-
-
-def test_calibrating_against_all_attacks_bounds_the_learned_one_too(trained, loaded, shared_dir):
-    """The learned attack (an inversion network with a prior from public text) is trained
-    at every bisection step; the level keeps every attack, the learned one included, under
-    its target."""
-    adapter = trained[1]
-    embeddings = loaded.embeddings.detach()
-    split = load_split(shared_dir / TINYSTORIES, loaded.tokenizer)
-    public = split.train.prompts.reshape(-1).numpy()
-    held_out = split.validation.prompts.reshape(-1)[:1000].numpy()
-    learned = LearnedAttack(public, steps=60, batch=256)
-    (level,) = calibrate(
-        adapter, embeddings, held_out, targets=(0.1,), attack="all", learned=learned, iterations=6
-    )
-    assert level.attack == "all"
-    assert level.learned_rate is not None
-    assert max(level.nearest_neighbour_rate, level.likelihood_rate, level.learned_rate) < 0.1
-    with pytest.raises(ValueError, match="needs the attacker's public text"):
-        calibrate(adapter, embeddings, held_out, attack="learned")
-    # Guessing frequent tokens already beats 1 %: no μ brings the learned attack below it.
-    with pytest.raises(ValueError, match=r"a target of 1\.0% is out of reach for the all attack"):
-        calibrate(
-            adapter,
-            embeddings,
-            held_out,
-            targets=(0.01,),
-            attack="all",
-            learned=learned,
-            iterations=4,
-        )
+    # No privacy option: the server's most private level, never a constant from elsewhere.
+    assert default.soft_prompt_mu == pytest.approx(min(adapter.soft_prompts))
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
