@@ -33,6 +33,8 @@ format: install
 proto: install
 	$(BIN)/python protos/generate.py
 
+# reports/bench_codec.* (codec throughput), bench_cli.* (del-client start-up: --help, manifest)
+# and bench_e2e.* (generations in-process and through gRPC).
 bench: install
 	$(BIN)/python -m del_client.bench --out reports
 	$(BIN)/python -m del_server.bench --out reports

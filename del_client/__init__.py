@@ -17,11 +17,8 @@ with a differentially private stochastic quantizer (BinomialQuantizer), accounts
 privacy spent exactly (accountant, PrivacyBudget) and bit-packs the symbols into frames (codec).
 """
 
-from .aio import AsyncClient
-from .budget import PrivacyBudget
-from .bundle import ClientBundle
-from .client import Client
-from .config import ClientConfig
+from importlib import import_module
+
 from .errors import (
     AuthenticationError,
     BudgetExceededError,
@@ -43,42 +40,58 @@ from .errors import (
     ServerError,
     ServerUnavailableError,
 )
-from .ledger import LedgerBudget, PrivacyLedger
-from .mechanism import BinomialQuantizer, PrivacySpec, dequantize
-from .privacy import PrivacyReport, privacy_report
-from .session import GenerationResult
+
+# The rest of the public API, by defining module, imported on first use: between them these
+# modules load numpy, gRPC, numba and scipy (seconds), which `del-client --help`, or a program
+# that only catches a DELError, should not wait for.
+_LAZY = {
+    "AsyncClient": "aio",
+    "BinomialQuantizer": "mechanism",
+    "Client": "client",
+    "ClientBundle": "bundle",
+    "ClientConfig": "config",
+    "GenerationResult": "session",
+    "LedgerBudget": "ledger",
+    "PrivacyBudget": "budget",
+    "PrivacyLedger": "ledger",
+    "PrivacyReport": "privacy",
+    "PrivacySpec": "mechanism",
+    "dequantize": "mechanism",
+    "privacy_report": "privacy",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # once: later lookups never come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})  # names not yet imported complete too
+
 
 __all__ = [
-    "AsyncClient",
     "AuthenticationError",
-    "BinomialQuantizer",
     "BudgetExceededError",
     "BundleError",
     "BundleMismatchError",
-    "Client",
-    "ClientBundle",
-    "ClientConfig",
     "ConfigError",
     "DELError",
     "DeadlineExceededError",
     "EmbeddingInputError",
     "FrameError",
-    "GenerationResult",
     "InvalidRequestError",
-    "LedgerBudget",
     "LedgerError",
     "LimitExceededError",
     "PreconditionFailedError",
-    "PrivacyBudget",
-    "PrivacyLedger",
     "PrivacyParameterError",
-    "PrivacyReport",
-    "PrivacySpec",
     "ProtocolError",
     "RequestOptionError",
     "ResourceExhaustedError",
     "ServerError",
     "ServerUnavailableError",
-    "dequantize",
-    "privacy_report",
+    *_LAZY,
 ]

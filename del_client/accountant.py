@@ -30,7 +30,6 @@ import functools
 import math
 
 import numpy as np
-from scipy import optimize, special, stats
 
 from .errors import PrivacyParameterError
 
@@ -39,7 +38,7 @@ _LOG_DELTA_FLOOR = -1e4
 _TAIL_SIGMAS = 12.0
 # Largest log-odds a = log(q/(1-q)) searched: q = 1 − 1.5e-8. Beyond it 1 − q loses digits and
 # the inversion drifts; ε above 18 per Bernoulli draw is no privacy anyway, so it is refused.
-_MAX_LOG_ODDS = 18.0
+MAX_LOG_ODDS = 18.0
 
 
 def _check_draws_and_q(n: int, q: float) -> None:
@@ -61,6 +60,8 @@ def _check_delta(delta: float) -> None:
 
 def log_delta(epsilon: float, *, n: int, q: float) -> float:
     """log δ(ε) of the pair Binomial(n, q) vs Binomial(n, 1 − q); −inf when δ is exactly 0."""
+    from scipy import special, stats  # here: importing scipy takes seconds (module docstring)
+
     _check_draws_and_q(n, q)
     _check_epsilon(epsilon)
     if q == 0.5:
@@ -95,6 +96,8 @@ def epsilon_for_delta(delta: float, *, n: int, q: float) -> float:
     Cached: a root search takes milliseconds, and a server reports ε for every request, of
     which only a few (level, length) pairs are distinct.
     """
+    from scipy import optimize
+
     _check_delta(delta)
     _check_draws_and_q(n, q)
     if q == 1.0:
@@ -112,6 +115,8 @@ def epsilon_for_delta(delta: float, *, n: int, q: float) -> float:
 
 def q_for_epsilon(epsilon: float, *, delta: float, n: int) -> float:
     """The q at which n draws are exactly (ε, δ)-DP: the inverse of epsilon_for_delta over q."""
+    from scipy import optimize, special
+
     _check_delta(delta)
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise PrivacyParameterError(f"epsilon must be finite and > 0, got {epsilon!r}")
@@ -122,16 +127,16 @@ def q_for_epsilon(epsilon: float, *, delta: float, n: int) -> float:
         return epsilon_for_delta(delta, n=n, q=float(special.expit(a))) - epsilon
 
     lo = epsilon / n  # the loss never exceeds n·a, so ε(lo) <= epsilon in exact arithmetic
-    if lo >= _MAX_LOG_ODDS or shortfall(lo) >= 0:
+    if lo >= MAX_LOG_ODDS or shortfall(lo) >= 0:
         raise PrivacyParameterError(
             f"epsilon={epsilon} over {n} draws needs q within float resolution of 1; "
             "ask for a smaller epsilon or more draws"
         )
-    hi = min(max(2 * lo, 1e-3), _MAX_LOG_ODDS)
+    hi = min(max(2 * lo, 1e-3), MAX_LOG_ODDS)
     while shortfall(hi) < 0:
-        if hi == _MAX_LOG_ODDS:
+        if hi == MAX_LOG_ODDS:
             raise PrivacyParameterError(f"epsilon={epsilon} at delta={delta} needs q -> 1")
-        hi = min(2 * hi, _MAX_LOG_ODDS)
+        hi = min(2 * hi, MAX_LOG_ODDS)
     a = optimize.brentq(shortfall, lo, hi, xtol=1e-15, rtol=1e-13, maxiter=500)
     return float(special.expit(a))
 
@@ -146,6 +151,8 @@ def gdp_mu(*, n: int, q: float) -> float:
 
 def gdp_epsilon(delta: float, *, mu: float) -> float:
     """ε at δ for a μ-GDP mechanism (Dong, Roth & Su 2019), to compare with the exact ε."""
+    from scipy import optimize, special
+
     _check_delta(delta)
     if not (math.isfinite(mu) and mu > 0):
         raise PrivacyParameterError(f"mu must be finite and > 0, got {mu!r}")

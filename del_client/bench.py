@@ -1,10 +1,17 @@
-"""Codec throughput: privatize + pack + frame (encode) and parse + unpack + decode (decode).
+"""What the client costs on this machine: codec throughput and command start-up.
 
-Inputs are synthetic Gaussian embeddings with standard deviation clip/2, since the cost of the
-codec does not depend on what the embeddings mean. Each figure is the best of `repeats`
-runs on one thread, as `timeit` reports, so it measures the code rather than the machine's
-other load. `python -m del_client.bench --out reports` (what `make bench` runs) writes the
-grid to bench_codec.json and bench_codec.md.
+Codec: privatize + pack + frame (encode) and parse + unpack + decode (decode). Inputs are
+synthetic Gaussian embeddings with standard deviation clip/2, since the cost of the codec does
+not depend on what the embeddings mean. Each figure is the best of `repeats` runs on one
+thread, as `timeit` reports, so it measures the code rather than the machine's other load.
+
+Start-up: the wall time of `del-client --help` and `del-client manifest`, each in a fresh
+interpreter as from a shell, best of several runs. Without a server to ask, manifest is timed
+against a loopback port that refuses the connection: its imports and channel, plus one refused
+connection where a server would answer one loopback round trip.
+
+`python -m del_client.bench --out reports` (what `make bench` runs) writes bench_codec.json,
+bench_codec.md, bench_cli.json and bench_cli.md.
 """
 
 from __future__ import annotations
@@ -13,6 +20,10 @@ import argparse
 import json
 import math
 import platform
+import socket
+import statistics
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,12 +32,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .codec import FrameAssembler, encode_frames
-from .mechanism import BinomialQuantizer, PrivacySpec
+from .mechanism import BinomialQuantizer, PrivacySpec, _count
 from .proto import frames_pb2
 
 BENCH_MU = 20.0
 BENCH_CLIP = 1.0
 PROMPT_TOKENS = 32
+# The longest a user should wait for each command's first line, in seconds.
+STARTUP_GOALS_S = {"--help": 0.5, "manifest": 1.0}
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,7 @@ def _wire_bits_per_token(symbols: np.ndarray, spec: PrivacySpec) -> float:
 
 
 def measure_codec(*, dim: int, bits: int, tokens: int, repeats: int = 3) -> CodecBenchmark:
+    tokens = _count("tokens", tokens, 1)  # a rate over no tokens would divide by zero
     spec = PrivacySpec.from_mu(mu=BENCH_MU, dim=dim, bits=bits, clip=BENCH_CLIP)
     quantizer = BinomialQuantizer(spec)
     z = np.random.default_rng(0).normal(0, BENCH_CLIP / 2, (tokens, dim)).astype(np.float32)
@@ -92,6 +106,58 @@ def measure_codec(*, dim: int, bits: int, tokens: int, repeats: int = 3) -> Code
     )
 
 
+@dataclass(frozen=True)
+class StartupBenchmark:
+    command: str  # as typed after `del-client`
+    best_s: float
+    median_s: float
+    runs: int
+    goal_s: float
+
+
+def measure_startup(args: list[str], *, goal_s: float, runs: int = 5) -> StartupBenchmark:
+    """Wall time of `del-client ARGS` in a fresh interpreter (what the console script runs)."""
+    command = [sys.executable, "-c", "from del_client.cli import main; main()", *args]
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        times.append(time.perf_counter() - start)
+        if done.returncode not in (0, 2):  # 2: a refusal the command explains, not a crash
+            raise RuntimeError(f"del-client {' '.join(args)} failed:\n{done.stderr}")
+    return StartupBenchmark(" ".join(args), min(times), statistics.median(times), runs, goal_s)
+
+
+def measure_cli(server: str | None, *, runs: int = 5) -> list[StartupBenchmark]:
+    """--help, and manifest against `server` or else a loopback port that refuses connections."""
+    with socket.socket() as unused:  # bound, never listening: connections to it are refused
+        unused.bind(("127.0.0.1", 0))
+        target = server or f"127.0.0.1:{unused.getsockname()[1]}"
+        manifest = ["manifest", "--server", target, "--retries", "0"]
+        return [
+            measure_startup(["--help"], goal_s=STARTUP_GOALS_S["--help"], runs=runs),
+            measure_startup(manifest, goal_s=STARTUP_GOALS_S["manifest"], runs=runs),
+        ]
+
+
+def _cli_markdown(results: list[StartupBenchmark]) -> str:
+    lines = [
+        "# del-client start-up",
+        "",
+        f"Wall time of each command in a fresh interpreter, best and median of {results[0].runs} "
+        f"runs. Machine: {platform.processor() or platform.machine()}. Without a server to ask, "
+        "manifest is refused by a loopback port: start-up plus one refused connection.",
+        "",
+        "| command | best s | median s | goal s |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| `del-client {r.command}` | {r.best_s:.3f} | {r.median_s:.3f} | {r.goal_s:g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _markdown(results: list[CodecBenchmark]) -> str:
     lines = [
         "# Codec benchmark",
@@ -116,6 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark the DEL codec over a grid of k and b.")
     parser.add_argument("--out", type=Path, default=Path("reports"))
     parser.add_argument("--tokens", type=int, default=100_000)
+    parser.add_argument("--server", help="time `del-client manifest` against this server")
     args = parser.parse_args()
     grid = [(dim, bits) for dim in (16, 64, 128) for bits in (1, 2, 4, 8)]
     results = [
@@ -128,6 +195,12 @@ def main() -> None:
     )
     (args.out / "bench_codec.md").write_text(_markdown(results))
     print(_markdown(results))
+    startup = measure_cli(args.server)
+    (args.out / "bench_cli.json").write_text(
+        json.dumps([asdict(r) for r in startup], indent=2) + "\n"
+    )
+    (args.out / "bench_cli.md").write_text(_cli_markdown(startup))
+    print(_cli_markdown(startup))
 
 
 if __name__ == "__main__":

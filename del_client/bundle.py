@@ -4,6 +4,10 @@ It holds the tokenizer, the projected embedding table Z = (E − mean(E))·W_p�
 float32) and the clip bound c that belongs with the projection. The client never holds LLM
 weights; for a 7B model Z is 32x smaller than the embedding table.
 
+A prompt is encoded as it is written: a tokenizer.json may pad every input to a fixed length
+or cut long ones (sentence encoders do, e.g. to 128 tokens), so the server exports and the
+client encodes with `plain_tokenizer`, and a bundle published before that is still safe.
+
 On disk and on the wire it is one safetensors file: the tensor `table` plus a single metadata
 entry holding canonical JSON (sorted keys; one entry, so the header bytes are deterministic).
 Its digest is the SHA-256 of those bytes: the server advertises it in its manifest, and a
@@ -36,6 +40,18 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def plain_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """A copy of `tokenizer` that encodes text as it is: no padding, no truncation.
+
+    Padding would send [PAD] tokens as part of the prompt (and spend privacy on them);
+    truncation would silently drop the end of a long prompt.
+    """
+    plain = Tokenizer.from_str(tokenizer.to_str())
+    plain.no_padding()
+    plain.no_truncation()
+    return plain
+
+
 @dataclass(frozen=True, eq=False)
 class ClientBundle:
     """Tokenizer + projected table + clip, for one served model and projection."""
@@ -47,6 +63,7 @@ class ClientBundle:
     bos_id: int | None = None
     eos_id: int | None = None
     _bytes: bytes = field(init=False, repr=False)
+    _encoder: Tokenizer = field(init=False, repr=False)  # `tokenizer` as plain_tokenizer
 
     def __post_init__(self) -> None:
         table = np.ascontiguousarray(self.table, dtype=np.float32)
@@ -56,6 +73,8 @@ class ClientBundle:
             {"table": table}, metadata={_METADATA_KEY: _canonical(self._metadata())}
         )
         object.__setattr__(self, "_bytes", blob)
+        # Encode with a plain copy and keep `tokenizer` as published: its bytes are the digest.
+        object.__setattr__(self, "_encoder", plain_tokenizer(self.tokenizer))
 
     @property
     def projection_dim(self) -> int:
@@ -80,7 +99,7 @@ class ClientBundle:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, with BOS first when the model has one."""
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        ids = self._encoder.encode(text, add_special_tokens=False).ids
         return ([self.bos_id] if self.bos_id is not None else []) + ids
 
     def embed(self, ids: list[int] | np.ndarray) -> np.ndarray:

@@ -16,19 +16,46 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TextIO
 
-from .config import LOAD_BALANCING
 from .errors import DELError, RequestOptionError
 
+# SGR faint and reset: the prompt is dimmed on a terminal so the continuation stands apart.
+_DIM, _RESET = "\033[2m", "\033[0m"
 
-def _add_privacy(sub: argparse._SubParsersAction) -> None:
-    cmd = sub.add_parser(
-        "privacy",
-        help="explain a privacy setting: A, q, bits per token, exact ε per token and per prompt",
-        description="Derive the quantizer from a privacy target and report its exact guarantee.",
-    )
+
+class _Command(argparse.ArgumentParser):
+    """A subcommand whose options are declared when it is used (parsed, or its help shown).
+
+    Declaring them imports the modules whose defaults they show (numpy, gRPC, numba, scipy:
+    seconds), which neither `del-client --help` nor any other subcommand should wait for.
+    """
+
+    def __init__(self, *args, declare: Callable[[argparse.ArgumentParser], None], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._declare: Callable[[argparse.ArgumentParser], None] | None = declare
+
+    def _declared(self) -> None:
+        if self._declare is not None:
+            declare, self._declare = self._declare, None
+            declare(self)
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._declared()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._declared()
+        return super().format_help()
+
+
+def _add_privacy(cmd: argparse.ArgumentParser) -> None:
+    cmd.description = "Derive the quantizer from a privacy target and report its exact guarantee."
     target = cmd.add_mutually_exclusive_group(required=True)
     target.add_argument("--mu", type=float, help="per-token Gaussian-DP level (paper calibration)")
     target.add_argument("--epsilon", type=float, help="per-token ε at --delta (exact)")
@@ -65,12 +92,8 @@ def _run_privacy(args: argparse.Namespace) -> None:
     )
 
 
-def _add_bench_codec(sub: argparse._SubParsersAction) -> None:
-    cmd = sub.add_parser(
-        "bench-codec",
-        help="measure encode/decode throughput of the codec on this machine",
-        description="Like `openssl speed`: privatize+pack and unpack+decode throughput, 1 thread.",
-    )
+def _add_bench_codec(cmd: argparse.ArgumentParser) -> None:
+    cmd.description = "Like `openssl speed`: privatize+pack and unpack+decode throughput, 1 thread."
     cmd.add_argument("--dim", type=int, default=128)
     cmd.add_argument("--bits", type=int, default=4)
     cmd.add_argument("--tokens", type=int, default=100_000)
@@ -93,6 +116,8 @@ def _run_bench_codec(args: argparse.Namespace) -> None:
 
 
 def _add_server(cmd: argparse.ArgumentParser) -> None:
+    from .config import LOAD_BALANCING
+
     cmd.add_argument(
         "--server",
         default="localhost:50051",
@@ -140,27 +165,22 @@ def _config(args: argparse.Namespace):
     )
 
 
-def _add_ledger(cmd, *, identity: str | None) -> None:
+def _add_ledger(cmd, *, identity: str) -> None:
     cmd.add_argument(
         "--ledger",
         type=Path,
         help="privacy ledger file (default $DEL_LEDGER or ~/.local/state/del/privacy_ledger.json)",
     )
-    cmd.add_argument(
-        "--identity",
-        default=identity,
-        help=f"whose budget (default: {identity or 'every identity'})",
-    )
+    cmd.add_argument("--identity", help=f"whose budget (default: {identity})")
 
 
-def _add_generate(sub: argparse._SubParsersAction) -> None:
+def _add_generate(cmd: argparse.ArgumentParser) -> None:
+    from .ledger import DEFAULT_IDENTITY
     from .session import DEFAULT_BITS, DEFAULT_DELTA, MECHANISMS
 
-    cmd = sub.add_parser(
-        "generate",
-        help="continue a prompt through a server; the prompt leaves this machine privatized",
-        description="Stream the continuation to stdout (prompt first); a summary of wire "
-        "bits and exact ε goes to stderr.",
+    cmd.description = (
+        "Stream the continuation to stdout after the prompt (the prompt dimmed on a terminal, "
+        "plain in a pipe); a summary of wire bits and exact ε goes to stderr."
     )
     cmd.add_argument("prompt")
     _add_server(cmd)
@@ -196,35 +216,69 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument("--seed", type=int, help="fixes the server's sampling (not the privacy noise)")
     cmd.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
     cmd.add_argument("--json", action="store_true", help="no streaming: print one JSON object")
-    spend = cmd.add_argument_group("privacy budget (persistent, per identity)")
+    spend = cmd.add_argument_group(
+        "privacy budget (persistent, per identity)",
+        "Any of these charges the ledger (see `del-client budget`); without --budget-epsilon, "
+        "against the limit the ledger holds for the identity.",
+    )
     spend.add_argument(
         "--budget-epsilon",
         type=float,
         help="refuse, before sending, a prompt that would take this identity's "
-        "total ε past this; charges the ledger (see `del-client budget`)",
+        "total ε past this; sets the identity's limit in the ledger",
     )
     spend.add_argument(
         "--budget-delta",
         type=float,
-        default=DEFAULT_DELTA,
-        help="δ at which the budget's ε is counted",
+        help=f"δ at which --budget-epsilon is counted (default {DEFAULT_DELTA:g})",
     )
-    _add_ledger(spend, identity="default")
+    _add_ledger(spend, identity=DEFAULT_IDENTITY)
     cmd.set_defaults(run=_run_generate)
+
+
+def _ledger_budget(args: argparse.Namespace):
+    """The LedgerBudget the budget flags ask for, or None when none is given.
+
+    --budget-epsilon sets the identity's limit; --identity or --ledger alone charge against
+    the limit the ledger already holds for it. A budget flag that charged nothing would let
+    the user believe the prompt was counted.
+    """
+    from .ledger import DEFAULT_IDENTITY, LedgerBudget, PrivacyLedger
+    from .session import DEFAULT_DELTA
+
+    if all(v is None for v in (args.budget_epsilon, args.budget_delta, args.identity, args.ledger)):
+        return None
+    ledger = PrivacyLedger(args.ledger)
+    identity = args.identity or DEFAULT_IDENTITY
+    if args.budget_epsilon is not None:
+        delta = DEFAULT_DELTA if args.budget_delta is None else args.budget_delta
+        return LedgerBudget(ledger, identity=identity, epsilon=args.budget_epsilon, delta=delta)
+    if args.budget_delta is not None:
+        raise RequestOptionError("--budget-delta goes with --budget-epsilon: it is that limit's δ")
+    entry = ledger.entry(identity)
+    if entry is None:
+        raise RequestOptionError(
+            f"identity {identity!r} has no budget in {ledger.path} yet: "
+            "add --budget-epsilon E to set its limit"
+        )
+    return LedgerBudget(ledger, identity=identity, epsilon=entry.epsilon_limit, delta=entry.delta)
+
+
+def _shown(prompt: str, stream: TextIO) -> str:
+    """The prompt as `generate` prints it before the continuation.
+
+    Dimmed on a terminal, where the two would otherwise run together; as it is in a pipe (or
+    with $NO_COLOR set), whose reader gets exactly prompt + continuation.
+    """
+    if stream.isatty() and not os.environ.get("NO_COLOR"):
+        return f"{_DIM}{prompt}{_RESET}"
+    return prompt
 
 
 def _run_generate(args: argparse.Namespace) -> None:
     from .client import Client
-    from .ledger import LedgerBudget, PrivacyLedger
 
-    budget = None
-    if args.budget_epsilon is not None:
-        budget = LedgerBudget(
-            PrivacyLedger(args.ledger),
-            identity=args.identity,
-            epsilon=args.budget_epsilon,
-            delta=args.budget_delta,
-        )
+    budget = _ledger_budget(args)
     if args.mechanism == "raw":
         print(
             "del-client: warning: NO PRIVACY: --mechanism raw sends raw embeddings; "
@@ -253,7 +307,7 @@ def _run_generate(args: argparse.Namespace) -> None:
             return
         deltas = iter(generation)
         first = next(deltas, "")  # a refusal raises here, before anything is printed
-        print(args.prompt + first, end="", flush=True)
+        print(_shown(args.prompt, sys.stdout) + first, end="", flush=True)
         for delta in deltas:
             print(delta, end="", flush=True)
         print()
@@ -271,8 +325,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     )
 
 
-def _add_manifest(sub: argparse._SubParsersAction) -> None:
-    cmd = sub.add_parser("manifest", help="what a server serves: model, limits, bundle digests")
+def _add_manifest(cmd: argparse.ArgumentParser) -> None:
     _add_server(cmd)
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     cmd.set_defaults(run=_run_manifest)
@@ -323,14 +376,12 @@ def _run_manifest(args: argparse.Namespace) -> None:
                 )
 
 
-def _add_budget(sub: argparse._SubParsersAction) -> None:
-    cmd = sub.add_parser(
-        "budget",
-        help="what each identity has spent from its persistent privacy budget",
-        description="Read the privacy ledger: exact ε spent per identity (at the configured δ "
-        "unless --delta), its limit, and what is left. --reset forgets one identity.",
+def _add_budget(cmd: argparse.ArgumentParser) -> None:
+    cmd.description = (
+        "Read the privacy ledger: exact ε spent per identity (at the configured δ unless "
+        "--delta), its limit, and what is left. --reset forgets one identity."
     )
-    _add_ledger(cmd, identity=None)
+    _add_ledger(cmd, identity="every identity")
     cmd.add_argument("--delta", type=float, help="state ε at this δ instead")
     cmd.add_argument("--reset", action="store_true", help="forget what --identity has spent")
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
@@ -373,14 +424,12 @@ def _run_budget(args: argparse.Namespace) -> None:
         )
 
 
-def _add_loadtest(sub: argparse._SubParsersAction) -> None:
+def _add_loadtest(cmd: argparse.ArgumentParser) -> None:
     from .loadtest import MAX_CONCURRENCY, MAX_DURATION_S
 
-    cmd = sub.add_parser(
-        "loadtest",
-        help="concurrent private generations against a server: throughput, latency, errors",
-        description=f"Run --concurrency streams (at most {MAX_CONCURRENCY}) back to back for "
-        f"--duration seconds (at most {MAX_DURATION_S:g}); in-flight requests then finish.",
+    cmd.description = (
+        f"Run --concurrency streams (at most {MAX_CONCURRENCY}) back to back for "
+        f"--duration seconds (at most {MAX_DURATION_S:g}); in-flight requests then finish."
     )
     _add_server(cmd)
     cmd.add_argument("--concurrency", type=int, default=8)
@@ -429,17 +478,36 @@ def _run_loadtest(args: argparse.Namespace) -> None:
     )
 
 
+# Each command: its line in `del-client --help`, and what declares its options.
+COMMANDS = {
+    "generate": (
+        "continue a prompt through a server; the prompt leaves this machine privatized",
+        _add_generate,
+    ),
+    "manifest": ("what a server serves: model, limits, bundle digests", _add_manifest),
+    "privacy": (
+        "explain a privacy setting: A, q, bits per token, exact ε per token and per prompt",
+        _add_privacy,
+    ),
+    "bench-codec": (
+        "measure encode/decode throughput of the codec on this machine",
+        _add_bench_codec,
+    ),
+    "budget": ("what each identity has spent from its persistent privacy budget", _add_budget),
+    "loadtest": (
+        "concurrent private generations against a server: throughput, latency, errors",
+        _add_loadtest,
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="del-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_generate(sub)
-    _add_manifest(sub)
-    _add_privacy(sub)
-    _add_bench_codec(sub)
-    _add_budget(sub)
-    _add_loadtest(sub)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Command)
+    for name, (summary, declare) in COMMANDS.items():
+        sub.add_parser(name, help=summary, declare=declare)
     return parser
 
 

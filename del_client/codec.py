@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from .errors import FrameError, LimitExceededError
-from .mechanism import MAX_BITS, MIN_BITS, PrivacySpec, check_embeddings, decode_table
+from .mechanism import MAX_BITS, MIN_BITS, PrivacySpec, check_embeddings, compiled, decode_table
 from .proto import frames_pb2
 
 # A frame's payload stays under this size, far below gRPC's 4 MiB default message limit.
@@ -30,7 +29,7 @@ def packed_size(count: int, bits: int) -> int:
     return (count * bits + 7) // 8
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled
 def _pack(symbols, bits, out):  # pragma: no cover - compiled
     acc = np.uint32(0)
     held = 0
@@ -46,7 +45,7 @@ def _pack(symbols, bits, out):  # pragma: no cover - compiled
         out[o] = (acc << (8 - held)) & 0xFF
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled
 def _unpack(payload, bits, out):  # pragma: no cover - compiled
     """Fill out with symbols; return the padding bits left in the last byte (must be 0)."""
     mask = np.uint32((1 << bits) - 1)

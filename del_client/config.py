@@ -166,6 +166,7 @@ def _addresses(target: str) -> list[tuple[str, int]]:
         if name.startswith("//"):
             name = name[2:].partition("/")[2]
         return [_address(target, name)]
+    _refuse_url(target)
     for scheme, version in (("ipv4:", 4), ("ipv6:", 6)):
         if target.startswith(scheme):
             addresses = [_address(target, a) for a in target.removeprefix(scheme).split(",")]
@@ -174,6 +175,24 @@ def _addresses(target: str) -> list[tuple[str, int]]:
                     raise ConfigError(f"target {target!r}: {host!r} is not an IPv{version} address")
             return addresses
     return [_address(target, target)]
+
+
+def _refuse_url(target: str) -> None:
+    """A URL ('http://host:port') is not a gRPC name: say what to write instead.
+
+    Its scheme cannot simply be dropped: 'https' would have to mean TLS, which is a separate
+    setting, so the user decides.
+    """
+    scheme, sep, rest = target.partition("://")
+    if not sep:
+        return
+    address = rest.partition("/")[0] or "host"
+    if not address.rpartition(":")[2].isdigit():
+        address += ":PORT"
+    tls = " and turn on TLS (tls=True; del-client --tls)" if scheme in ("https", "grpcs") else ""
+    raise ConfigError(
+        f"target {target!r} is a URL, but gRPC targets take no scheme: write {address!r}{tls}"
+    )
 
 
 def _is_ip(host: str, version: int) -> bool:

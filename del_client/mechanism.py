@@ -17,10 +17,11 @@ which matters because the client privatizes every token it sends.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from . import accountant
@@ -28,6 +29,26 @@ from .errors import EmbeddingInputError, PrivacyParameterError
 from .randomness import secure_generator
 
 MIN_BITS, MAX_BITS = 1, 8
+
+
+def compiled(kernel: Callable) -> Callable:
+    """`kernel` compiled by numba on its first call (and cached on disk, cache=True).
+
+    Importing numba takes about a second, which commands that never privatize or pack
+    (`del-client --help`, `del-client manifest`) should not wait for.
+    """
+    jitted = None
+
+    @functools.wraps(kernel)
+    def call(*args):
+        nonlocal jitted
+        if jitted is None:
+            import numba
+
+            jitted = numba.njit(nogil=True, cache=True)(kernel)
+        return jitted(*args)
+
+    return call
 
 
 def _positive_finite(name: str, value: float) -> float:
@@ -75,9 +96,20 @@ class PrivacySpec:
 
     @classmethod
     def from_mu(cls, *, mu: float, dim: int, bits: int, clip: float) -> PrivacySpec:
-        """The paper's calibration: per-draw μ_r = μ/√(kK), A = c·√(4/μ_r² + 1)."""
+        """The paper's calibration: per-draw μ_r = μ/√(kK), A = c·√(4/μ_r² + 1).
+
+        A draw's log-odds log(q/(1 − q)) is then 2·asinh(μ_r/2); past the accountant's
+        largest, where from_epsilon refuses too, 1 − q has lost its digits and nothing is
+        private any more, so such a μ is refused rather than reported as a guarantee.
+        """
         mu = _positive_finite("mu", mu)
         draws = _count("dim", dim, 1) * ((1 << _count("bits", bits, MIN_BITS, MAX_BITS)) - 1)
+        largest = 2 * math.sinh(accountant.MAX_LOG_ODDS / 2) * math.sqrt(draws)
+        if mu > largest:
+            raise PrivacyParameterError(
+                f"mu={mu:g} over {draws} draws per token needs q within float resolution of 1 "
+                f"(no privacy left); ask for mu <= {largest:.6g} at dim={dim}, bits={bits}"
+            )
         mu_draw = mu / math.sqrt(draws)
         clip = _positive_finite("clip", clip)
         # c·√(4/μ_r² + 1) written so that a tiny μ_r cannot underflow when squared.
@@ -126,7 +158,7 @@ class PrivacySpec:
 _CHUNK = 1024
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled
 def _sample_binomial_symbols(x, clip, scale, bits, u, out):  # pragma: no cover - compiled
     """out[i] ~ Binomial(K, 1/2 + clip(x[i])/(2A)) by inversion of u[i] (all 1-D, same size)."""
     K = (1 << bits) - 1

@@ -122,9 +122,9 @@ class PrivacyLevel:
         strongest = ATTACKS_IN_WORDS.get(self.strongest_attack, self.strongest_attack)
         return (
             f"a server that tries hard recovers about {self.strongest_rate * 100:.0f} of every "
-            f"100 prompt tokens (at most {self.strongest_rate_high:.0%} with 95 % confidence; "
-            f"strongest attack: {strongest}); guessing from the language alone it would get "
-            f"{self.prior_alone_rate * 100:.0f}"
+            f"100 prompt tokens (95 % interval up to {self.strongest_rate_high:.1%}; strongest "
+            f"attack: {strongest}); with nothing sent it would guess "
+            f"{self.prior_alone_rate * 100:.0f} of 100 from the language alone"
         )
 
     @classmethod
@@ -393,6 +393,13 @@ class GenerationPlan:
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
             raise RequestOptionError(f"prompt must be a str, got {type(self.prompt).__name__}")
+        try:  # a lone surrogate (e.g. undecodable bytes on a command line) is no text to encode
+            self.prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RequestOptionError(
+                f"the prompt is not valid Unicode text: {exc.object[exc.start]!r} at character "
+                f"{exc.start} is a lone surrogate (bytes that were not UTF-8?)"
+            ) from None
 
     def prepare(
         self, model: ModelInfo, bundle: ClientBundle, *, max_payload_bytes: int

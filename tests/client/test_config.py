@@ -113,6 +113,20 @@ def test_malformed_targets_are_refused(target):
         ClientConfig(target)
 
 
+@pytest.mark.parametrize(
+    ("url", "instead"),
+    [
+        ("http://localhost:50051", "write 'localhost:50051'$"),
+        ("grpc://10.0.0.7:50051/", "write '10.0.0.7:50051'$"),
+        ("http://[::1]:50051", r"write '\[::1\]:50051'$"),
+        ("https://del.example.com", "write 'del.example.com:PORT' and turn on TLS"),
+    ],
+)
+def test_a_url_is_refused_with_the_target_to_write_instead(url, instead):
+    with pytest.raises(ConfigError, match=f"is a URL, but gRPC targets take no scheme: {instead}"):
+        ClientConfig(url)
+
+
 def test_a_token_goes_in_plaintext_only_when_every_address_is_loopback():
     ClientConfig("ipv4:127.0.0.1:50051,127.0.0.2:50051", token=TOKEN)
     with pytest.raises(ConfigError, match=r"'10\.0\.0\.2'"):

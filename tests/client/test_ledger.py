@@ -11,7 +11,7 @@ import pytest
 
 from del_client import accountant
 from del_client.budget import PrivacyBudget
-from del_client.cli import main
+from del_client.cli import _ledger_budget, build_parser, main
 from del_client.errors import BudgetExceededError, LedgerError, PrivacyParameterError
 from del_client.ledger import LedgerBudget, PrivacyLedger
 from del_client.mechanism import PrivacySpec
@@ -181,4 +181,43 @@ def test_cli_budget_reset_needs_an_identity(ledger, capsys):
     assert "--reset needs --identity" in capsys.readouterr().err
     main(["budget", "--ledger", str(ledger.path), "--reset", "--identity", "alice"])
     assert "reset 'alice'" in capsys.readouterr().out
+    assert ledger.entries() == {}
+
+
+def generate_budget(ledger, *flags: str):
+    """The budget `del-client generate` would charge with these flags."""
+    argv = ["generate", "Once upon a time", "--ledger", str(ledger.path), *flags]
+    return _ledger_budget(build_parser().parse_args(argv))
+
+
+def test_cli_generate_with_an_identity_charges_the_limit_the_ledger_holds(ledger):
+    budget(ledger, epsilon=5000).charge(SPEC, tokens=4)
+    configured = generate_budget(ledger, "--identity", "alice")
+    assert (configured.identity, configured.epsilon, configured.delta) == ("alice", 5000, DELTA)
+    configured.charge(SPEC, tokens=1)
+    assert ledger.entry("alice").requests == 2
+    assert _ledger_budget(build_parser().parse_args(["generate", "x"])) is None  # no flag
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--identity", "alice"],
+            "identity 'alice' has no budget in {path} yet: add --budget-epsilon",
+        ),
+        ([], "identity 'default' has no budget in {path} yet: add --budget-epsilon"),
+        (["--budget-delta", "1e-6"], "--budget-delta goes with --budget-epsilon"),
+    ],
+)
+def test_cli_generate_refuses_budget_flags_that_would_charge_nothing(
+    ledger, capsys, flags, message
+):
+    argv = ["generate", "x", "--server", "127.0.0.1:1", "--ledger", str(ledger.path), *flags]
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("del-client: error: " + message.format(path=ledger.path))
+    assert err.count("\n") == 1
     assert ledger.entries() == {}

@@ -373,6 +373,21 @@ def test_from_mu_with_a_vanishing_mu_gives_pure_noise_or_a_privacy_error():
         PrivacySpec.from_mu(mu=1e-320, dim=128, bits=4, clip=0.05)
 
 
+@pytest.mark.parametrize(("dim", "bits"), [(16, 4), (1, 1), (128, 8)])
+def test_from_mu_refuses_a_mu_past_the_q_that_from_epsilon_refuses_too(dim, bits):
+    """Past a draw's log-odds of 18, 1 − q loses its digits: neither target may get there."""
+    draws = dim * (2**bits - 1)
+    largest = 2 * math.sinh(9) * math.sqrt(draws)  # log-odds 2·asinh(μ_r/2) = 18
+    spec = PrivacySpec.from_mu(mu=largest * (1 - 1e-9), dim=dim, bits=bits, clip=1.0)
+    assert math.log(spec.q / (1 - spec.q)) == pytest.approx(18, rel=1e-6)
+    for mu in (largest * (1 + 1e-9), 1e9):
+        with pytest.raises(PrivacyParameterError, match="q within float resolution of 1"):
+            PrivacySpec.from_mu(mu=mu, dim=dim, bits=bits, clip=1.0)
+    past = spec.epsilon(delta=1e-5) * 1.01
+    with pytest.raises(PrivacyParameterError, match="q within float resolution of 1"):
+        PrivacySpec.from_epsilon(epsilon=past, delta=1e-5, dim=dim, bits=bits, clip=1.0)
+
+
 def test_from_mu_and_the_paper_mu_figure_invert_each_other():
     for mu in (0.5, 4.0, 20.0, 300.0):
         spec = PrivacySpec.from_mu(mu=mu, dim=128, bits=4, clip=0.05)
