@@ -39,7 +39,8 @@ bench: install
 	$(BIN)/python -m del_client.bench --out reports
 	$(BIN)/python -m del_server.bench --out reports
 
-# The committed adapter of the default model (about 10 minutes on 2 cores).
+# The committed adapter of the default model (34 minutes on 2 cores shared with other jobs:
+# projection, calibration against every attack, three soft prompts; TRAINING.md has the times).
 DEFAULT_ADAPTER := del_server/adapters/stories260K
 train-default: install
 	$(BIN)/del-server train all --out $(DEFAULT_ADAPTER) --projection-steps 1500 --soft-prompt-steps 1500

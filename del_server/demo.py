@@ -62,8 +62,9 @@ def _chosen_level(target: str) -> list[str]:
         print("privacy levels: none calibrated for this model; the client will refuse without --mu")
         return []
     chosen = min(levels, key=lambda lv: abs(lv.target_attack_rate - TARGET_ATTACK_RATE))
-    print("privacy levels (ε exact per token at δ = 1e-5; a more private level gives more garbled")
-    print("continuations at the same ε-cost per token: noise is the price of hiding the prompt):")
+    print("privacy levels (ε exact per token at δ = 1e-5). The noise that hides the prompt also")
+    print("garbles what the model reads: expect a continuation that drifts from the prompt, the")
+    print("more so the more private the level (docs/eval measures by how much):")
     for level in sorted(levels, key=lambda lv: lv.mu):
         mark = "→" if level is chosen else " "
         print(
