@@ -4,14 +4,20 @@
                              or UNAUTHENTICATED with no details (nothing to learn from it)
     MalformedRequestGuard    a unary request that is not valid protobuf gets INVALID_ARGUMENT
                              (gRPC's own answer is UNKNOWN, carrying the parser's exception)
+    InternalErrorGuard       a unary-request method that raises answers INTERNAL with a
+                             request id its logged traceback carries (gRPC's own answer is
+                             UNKNOWN, carrying the exception's text)
 
 Generate reads its own stream, so service.py turns an undecodable stream message into
-INVALID_ARGUMENT there; the guard covers the unary-request methods.
+INVALID_ARGUMENT, and an unexpected exception into INTERNAL, there; the guards cover the
+unary-request methods.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import uuid
 from collections.abc import Callable
 
 import grpc
@@ -19,8 +25,9 @@ from google.protobuf.message import DecodeError
 
 from .auth import TokenStore
 from .errors import AuthError, UndecodableMessageError
-from .status import end_call, status_for
+from .status import end_call, internal_error, status_for
 
+log = logging.getLogger(__name__)
 HEALTH_PREFIX = "/grpc.health.v1.Health/"  # load balancers and probes carry no token
 _UNDECODABLE = object()
 
@@ -111,9 +118,55 @@ class MalformedRequestGuard(grpc.aio.ServerInterceptor):
         )
 
 
+class InternalErrorGuard(grpc.aio.ServerInterceptor):
+    """Answers INTERNAL, with an id to find its traceback in the log, when a unary-request
+    method raises; a status the method chose itself (an abort) goes out as it is."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        original = handler.unary_unary or handler.unary_stream
+        method = handler_call_details.method
+
+        def fail(context) -> None:
+            request_id = uuid.uuid4().hex
+            log.exception("%s failed", method, extra={"request_id": request_id})
+            internal_error(context, request_id)
+
+        if inspect.isasyncgenfunction(original):
+
+            async def behavior(request, context):
+                try:
+                    async for response in original(request, context):
+                        yield response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    fail(context)
+
+        else:
+
+            async def behavior(request, context):
+                try:
+                    return await original(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    fail(context)
+                    return None
+
+        return _handler_like(
+            handler,
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
 def server_interceptors(
     tokens: TokenStore | None, on_refused: Callable[[str], None]
 ) -> list[grpc.aio.ServerInterceptor]:
-    """Authentication first (a stranger learns nothing), then the request guard."""
-    guard: list[grpc.aio.ServerInterceptor] = [MalformedRequestGuard()]
-    return guard if tokens is None else [AuthInterceptor(tokens, on_refused), guard[0]]
+    """Authentication first (a stranger learns nothing), then the request guards."""
+    guards: list[grpc.aio.ServerInterceptor] = [MalformedRequestGuard(), InternalErrorGuard()]
+    return guards if tokens is None else [AuthInterceptor(tokens, on_refused), *guards]

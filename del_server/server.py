@@ -2,9 +2,14 @@
 
 Health reports SERVING only after the model has answered a warm-up generation. On SIGTERM:
 health NOT_SERVING (load balancers stop sending), stop accepting, let in-flight streams finish
-within `grace_s`, stop the engine and the metrics endpoint. With `health_port`, the same health
-status is also served in plaintext on a listener of its own (nothing else is served there),
-for probes that cannot speak TLS.
+within `grace_s`, stop the engine and the metrics endpoint. A stream that reaches the service
+while it drains, or that the drain cuts off, ends UNAVAILABLE: the client may retry elsewhere.
+With `health_port`, the same health status is also served in plaintext on a listener of its
+own (nothing else is served there), for probes that cannot speak TLS.
+
+Every port is the server's alone: gRPC would otherwise share a port in use (SO_REUSEPORT) and
+the kernel split connections between two servers. A port in use fails the start, before the
+model loads when it can be seen then.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -21,6 +28,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from del_client.codec import pack_symbols, unpack_symbols
+from del_client.mechanism import PrivacySpec
 from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_client.sampling import Sampling
 
@@ -30,13 +39,14 @@ from .interceptors import server_interceptors
 from .metrics import Metrics
 from .runtime import ServedModel, build_served_model
 from .service import SplitInferenceService
-from .settings import Settings
+from .settings import SettingError, Settings, check_files, check_ports
 from .tls import bind
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["SplitInference"].full_name
 GENERATE_METHOD = f"/{SERVICE_NAME}/Generate"
 HEALTH_LISTENER_MAX_RPCS = 16
+EXCLUSIVE_PORT = ("grpc.so_reuseport", 0)
 
 
 @dataclass(eq=False)
@@ -48,6 +58,7 @@ class RunningServer:
     metrics_port: int | None
     metrics: Metrics
     served: ServedModel
+    service: SplitInferenceService
     health: health_aio.HealthServicer
     settings: Settings
     _metrics_http: object | None
@@ -56,6 +67,7 @@ class RunningServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
+        self.service.drain()
         await self.server.stop(self.settings.grace_s if grace_s is None else grace_s)
         if self._health_server is not None:  # probes see NOT_SERVING until the drain ends
             await self._health_server.stop(0)
@@ -87,15 +99,37 @@ async def _start_health_listener(
     Probes send a Check now and then; a few concurrent calls are plenty, and the cap keeps
     a flood of unauthenticated Watch streams from holding resources.
     """
-    server = grpc.aio.server(maximum_concurrent_rpcs=HEALTH_LISTENER_MAX_RPCS)
+    server = grpc.aio.server(
+        maximum_concurrent_rpcs=HEALTH_LISTENER_MAX_RPCS, options=[EXCLUSIVE_PORT]
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+    with _bind_failure("health_port", settings):
+        port = server.add_insecure_port(f"{settings.host}:{settings.health_port}")
     await server.start()
     return server, port
 
 
+@contextmanager
+def _bind_failure(name: str, settings: Settings) -> Iterator[None]:
+    """A port that cannot be bound (taken while the model loaded) fails naming its setting."""
+    try:
+        yield
+    except (RuntimeError, OSError) as exc:  # gRPC: "Failed to bind"; http.server: EADDRINUSE
+        port, host = getattr(settings, name), settings.host
+        raise SettingError(
+            lambda n: (
+                f"{n(name)} {port} cannot be bound on {host}: another process listens "
+                f"there, or {host} is not an address of this machine"
+            )
+        ) from exc
+
+
 async def _warm_up(served: ServedModel) -> None:
-    """One tiny generation through the engine, so the first client pays no start-up cost."""
+    """One tiny generation through the engine, the frame decoder compiled and the accountant
+    loaded (numba and scipy load on first use), so the first client pays no start-up cost."""
+    await asyncio.to_thread(unpack_symbols, pack_symbols(np.zeros(8, np.uint8), 4), 4, 8)
+    spec = PrivacySpec.from_mu(mu=1.0, dim=served.adapter.projection_dim, bits=4, clip=1.0)
+    await asyncio.to_thread(spec.epsilon, delta=1e-5)
     x_hat = np.zeros((1, served.adapter.projection_dim), dtype=np.float32)
     inputs, _ = served.prompts.build(PrivatePrompt(x_hat, mu=1.0))
     handle = served.engine.submit("warm-up", inputs, Sampling(max_new_tokens=2, temperature=0))
@@ -105,7 +139,10 @@ async def _warm_up(served: ServedModel) -> None:
 
 async def start(settings: Settings, *, served: ServedModel | None = None) -> RunningServer:
     """Load (unless given), warm up, and serve; returns once the server is SERVING."""
-    tokens = TokenStore.from_settings(settings)  # a bad token file fails before the model loads
+    # A missing file, a port in use or a bad token file fails before the model loads.
+    check_files(settings)
+    check_ports(settings)
+    tokens = TokenStore.from_settings(settings)
     served = served or await asyncio.to_thread(build_served_model, settings)
     registry = CollectorRegistry()
     metrics = Metrics(
@@ -121,12 +158,12 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            EXCLUSIVE_PORT,
             *_connection_options(settings),
         ],
     )
-    inference_pb2_grpc.add_SplitInferenceServicer_to_server(
-        SplitInferenceService(served, settings, metrics), server
-    )
+    servicer = SplitInferenceService(served, settings, metrics)
+    inference_pb2_grpc.add_SplitInferenceServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -137,12 +174,13 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
         ],
         server,
     )
-    port = bind(server, settings)  # plaintext, TLS or mutual TLS (tls.py)
+    with _bind_failure("port", settings):
+        port = bind(server, settings)  # plaintext, TLS or mutual TLS (tls.py)
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     served.engine.start()
     await server.start()
-    running = RunningServer(server, port, None, metrics, served, health, settings, None)
+    running = RunningServer(server, port, None, metrics, served, servicer, health, settings, None)
     try:
         if settings.health_port >= 0:
             running._health_server, running.health_port = await _start_health_listener(
@@ -150,7 +188,8 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
             )
         await _warm_up(served)
         if settings.metrics_port >= 0:
-            running._metrics_http = metrics.serve(settings.host, settings.metrics_port)
+            with _bind_failure("metrics_port", settings):
+                running._metrics_http = metrics.serve(settings.host, settings.metrics_port)
             running.metrics_port = running._metrics_http.server_port
     except BaseException:
         await running.stop(grace_s=0)  # nothing half-started outlives a failed start

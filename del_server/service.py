@@ -7,6 +7,10 @@ status.py; the engine and the other streams never notice.
 Every stream is bounded (SECURITY.md): it takes one of max_running + max_waiting slots before
 it reads anything, waits at most idle_timeout_s for each client message, lives at most
 max_request_s, and sends at most max_frames frames of max_frame_bytes each.
+
+Every stream, whatever its end, leaves one INFO log line ("request finished") with its
+request id, status, privacy level, sizes and timings, never its text; an INTERNAL status
+carries that request id, so its traceback can be found in the log.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from .errors import (
     MechanismDisabledError,
     OverloadedError,
     RequestTimeoutError,
+    ShuttingDownError,
     UndecodableMessageError,
     UnknownModelError,
 )
@@ -46,7 +51,7 @@ from .metrics import Metrics, RequestStats
 from .runtime import ServedModel
 from .sampling import FinishReason
 from .settings import Settings
-from .status import end_call, status_for
+from .status import end_call, internal_error, status_for
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,7 @@ GRPC_MESSAGE_PREFIX_BYTES = 5  # compressed flag + 4-byte length before every me
 BUNDLE_CHUNK_BYTES = 1 << 20
 BUNDLE_CHUNK_OVERHEAD = 64  # a chunk's offset, total size and field tags
 DRAIN_S = 1.0  # the longest a refused stream is read before its status goes out
+MAX_REQUEST_ID_CHARS = 64  # a longer client-chosen id is replaced by the server's own
 SUPPORTED_BITS = list(range(1, 9))
 FINISH_REASON_PB = {
     FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
@@ -93,6 +99,7 @@ class _Stream:
     """Counters of one Generate stream, filled as messages cross the wire."""
 
     def __init__(self, max_request_s: float) -> None:
+        self.request_id = uuid.uuid4().hex  # the client's own once its header is read
         self.started = time.perf_counter()
         self.deadline = self.started + max_request_s
         self.request_done = False  # the End marker was read, or the client closed its side
@@ -102,6 +109,7 @@ class _Stream:
         self.payload_bits = 0
         self.mechanism = "binomial"
         self.level = "none"
+        self.mu: float | None = None
         self.prompt_tokens = 0
         self.end_at: float | None = None
         self.token_times: list[float] = []
@@ -117,7 +125,13 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         self._settings = settings
         self._metrics = metrics
         self._slots = StreamSlots(settings.max_running + settings.max_waiting)
+        self._draining = False
         metrics.track_streams(lambda: self._slots.open)
+
+    def drain(self) -> None:
+        """The server is shutting down: new streams are refused, and the streams it cuts off
+        are counted, as UNAVAILABLE, which tells a client to retry (another replica)."""
+        self._draining = True
 
     async def GetManifest(self, request, context) -> inference_pb2.Manifest:
         served, settings = self._served, self._settings
@@ -167,14 +181,14 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         holds_slot = False
         requests = aiter(request_iterator)
         try:
+            if self._draining:
+                raise ShuttingDownError("the server is shutting down: retry")
             self._slots.acquire()
             holds_slot = True
-            header, sampling, prompt, epsilon = await self._read_prompt(requests, stream)
+            sampling, prompt, epsilon = await self._read_prompt(requests, stream)
             inputs, soft_mu = self._served.prompts.build(prompt)
             stream.level = "none" if soft_mu is None else f"{soft_mu:g}"
-            handle = self._served.engine.submit(
-                header.request_id or uuid.uuid4().hex, inputs, sampling
-            )
+            handle = self._served.engine.submit(stream.request_id, inputs, sampling)
             while True:
                 tokens, end = await self._next_events(handle, stream)
                 if tokens:
@@ -197,21 +211,30 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
                 await self._drain(requests)
             end_call(context, status_for(exc), str(exc))
         except (asyncio.CancelledError, GeneratorExit):
-            # The client left (or its deadline passed): gRPC either cancels the task while it
-            # waits, or, when the loss shows up as a failed write, closes this generator at
-            # its `yield` (GeneratorExit). Both are the same event for the books.
-            code = "DEADLINE_EXCEEDED" if _deadline_passed(context) else "CANCELLED"
+            # The client left (or its deadline passed, or the drain ran out): gRPC either
+            # cancels the task while it waits, or, when the loss shows up as a failed write,
+            # closes this generator at its `yield` (GeneratorExit). Both are the same event
+            # for the books.
+            code = self._cut_off_code(context)
             raise
         except Exception:
             code = "INTERNAL"
-            log.exception("Generate failed")
-            end_call(context, grpc.StatusCode.INTERNAL, "internal error")
+            log.exception("Generate failed", extra={"request_id": stream.request_id})
+            internal_error(context, stream.request_id)
         finally:
             if handle is not None:
                 handle.cancel()
             if holds_slot:
                 self._slots.release()
-            self._metrics.record(self._stats(stream, code, finish, epsilon))
+            stats = self._stats(stream, code, finish, epsilon)
+            self._metrics.record(stats)
+            _log_finished(stream, stats)
+
+    def _cut_off_code(self, context) -> str:
+        """Why a stream ended without its final message, as a status name."""
+        if _deadline_passed(context):
+            return "DEADLINE_EXCEEDED"
+        return "UNAVAILABLE" if self._draining else "CANCELLED"
 
     async def _drain(self, requests) -> None:
         """Read, and drop, what the client is still sending, before refusing its stream.
@@ -251,6 +274,8 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             ) from None
         if message is None:
             stream.request_done = True
+            if self._draining:  # the shutdown, not the client, closed the stream early
+                raise ShuttingDownError("the server shut down before the request was read: retry")
         else:
             stream.received_bytes += _wire_size(message)
         return message
@@ -284,7 +309,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         )
 
     async def _read_prompt(self, requests, stream: _Stream):
-        """Header, frames, End -> (header, sampling, prompt for the engine, ε or None).
+        """Header, frames, End -> (sampling, prompt for the engine, ε or None).
 
         The header is checked in full before any frame is read, so a request that would be
         refused anyway is refused before its prompt is decoded.
@@ -293,6 +318,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         if first is None or first.WhichOneof("kind") != "header":
             raise FrameError("the stream must start with a header")
         header = first.header
+        stream.request_id = _request_id(header) or stream.request_id
         spec = self._check_header(header)
         sampling = self._sampling(header.sampling)
         stream.mechanism = "raw" if isinstance(spec, RawSpec) else "binomial"
@@ -321,12 +347,13 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         stream.prompt_tokens = assembler.tokens
         stream.payload_bits = assembler.tokens * spec.bits_per_token  # symbols, without padding
         if isinstance(spec, RawSpec):
-            return header, sampling, RawPrompt(assembler.embeddings()), None
+            return sampling, RawPrompt(assembler.embeddings()), None
+        stream.mu = spec.mu()
         # A root search on a cache miss: off the event loop, which serves every stream.
         epsilon = await asyncio.to_thread(
             spec.epsilon, delta=self._settings.report_delta, tokens=assembler.tokens
         )
-        return header, sampling, PrivatePrompt(assembler.embeddings(), mu=spec.mu()), epsilon
+        return sampling, PrivatePrompt(assembler.embeddings(), mu=stream.mu), epsilon
 
     def _check_header(self, header: inference_pb2.StreamHeader):
         served = self._served
@@ -443,6 +470,34 @@ def _privacy_level(level: dict, served: ServedModel) -> inference_pb2.PrivacyLev
         measured_on=level["measured_on"],
         measured_tokens=level["tokens"],
         measured_prompts=level["prompts"],
+    )
+
+
+def _request_id(header: inference_pb2.StreamHeader) -> str | None:
+    """The client's id for its request, if it is short and printable: it goes to the log."""
+    chosen = header.request_id
+    return chosen if 0 < len(chosen) <= MAX_REQUEST_ID_CHARS and chosen.isprintable() else None
+
+
+def _log_finished(stream: _Stream, stats: RequestStats) -> None:
+    """The request's one log line: ids, sizes and timings, never prompts, symbols or text."""
+    log.info(
+        "request finished",
+        extra={
+            "request_id": stream.request_id,
+            "status": stats.code,
+            "mechanism": stats.mechanism,
+            "privacy_level": stats.level,  # not "level": that key is the line's log level
+            "mu": stream.mu,
+            "finish_reason": stats.finish_reason,
+            "prompt_tokens": stats.prompt_tokens,
+            "generated_tokens": stats.generated_tokens,
+            "frames": stats.frames,
+            "wire_received_bytes": stats.wire_received_bytes,
+            "wire_sent_bytes": stats.wire_sent_bytes,
+            "time_to_first_token_s": stats.time_to_first_token_s,
+            "total_s": time.perf_counter() - stream.started,
+        },
     )
 
 

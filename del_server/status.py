@@ -1,7 +1,7 @@
 """Errors to gRPC status codes, in one table (DESIGN §7).
 
 Anything not in the table is a bug: it goes out as INTERNAL with only the request id, and the
-traceback stays in the server log.
+traceback stays in the server log under that id.
 """
 
 from __future__ import annotations
@@ -53,6 +53,15 @@ def end_call(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: 
     """
     context.set_code(code)
     context.set_details(details)
+
+
+def internal_error(context: grpc.aio.ServicerContext, request_id: str) -> None:
+    """INTERNAL, with nothing of the failure but the id to look it up in the server log."""
+    end_call(
+        context,
+        grpc.StatusCode.INTERNAL,
+        f"internal error; the server log has its details under request id {request_id}",
+    )
 
 
 def status_for(error: DELError) -> grpc.StatusCode:

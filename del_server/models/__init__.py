@@ -4,6 +4,9 @@
 `.bin` file) of llama2.c files, and Hugging Face's Auto classes for anything else (a local
 directory with `config.json`, or a hub id). Both produce a `transformers` causal LM and a
 `tokenizers.Tokenizer`, so one generation path serves both.
+
+`check_source` finds a source that cannot load in a second; this package imports torch and
+transformers only when a model loads, so a command can check its --model before that.
 """
 
 from __future__ import annotations
@@ -11,10 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tokenizers import Tokenizer
-from transformers import PreTrainedModel
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedModel
+
+
+class ModelSourceError(ValueError):
+    """The source names no local model and no hub model that can be loaded from here."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,11 +89,32 @@ def detect_format(source: str) -> str:
     return "hf"
 
 
+def check_source(source: str) -> None:
+    """Refuse a source that is neither an existing path nor a hub id that can load from here.
+
+    Hugging Face would read a missing path as a hub id, and answer that it is malformed or,
+    offline, retry the hub for a minute.
+    """
+    if Path(source).exists():
+        return
+    from .hf import cache_only, is_hub_id
+
+    if not is_hub_id(source):
+        raise ModelSourceError(
+            f"{source}: no such file or directory (a model is a llama2.c directory or .bin "
+            "file, a Hugging Face directory, or a hub id such as org/name)"
+        )
+    cache_only(source)
+
+
 def load_model(
-    source: str, *, format: str = "auto", dtype: torch.dtype = torch.float32
+    source: str, *, format: str = "auto", dtype: torch.dtype | None = None
 ) -> LoadedModel:
-    """Load `source` with the loader named `format` ('auto' detects it)."""
+    """Load `source` with the loader named `format` ('auto' detects it), float32 by default."""
+    import torch
+
     name = detect_format(source) if format == "auto" else format
     if name not in LOADERS:
         raise ValueError(f"unknown model format {name!r}; known: {', '.join(LOADERS)}")
-    return LOADERS[name](source, dtype)
+    check_source(source)
+    return LOADERS[name](source, torch.float32 if dtype is None else dtype)

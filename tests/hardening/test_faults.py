@@ -27,6 +27,7 @@ from del_client import (
 )
 from del_client.ledger import LedgerBudget, PrivacyLedger
 from del_client.proto import inference_pb2, inference_pb2_grpc
+from del_server.settings import SettingError
 
 PROMPT = "Once upon a time"
 
@@ -128,6 +129,39 @@ def test_graceful_shutdown_completes_streams_in_flight_and_refuses_new_ones(
             list(deltas)
             assert generation.result.usage.generated_tokens == 200
             stopping.result(timeout=30)
+
+
+def test_streams_the_drain_refuses_or_cuts_off_end_unavailable_not_cancelled(serve, settings_for):
+    """UNAVAILABLE tells a client to retry, on another replica; CANCELLED would say that the
+    client gave up itself. Both for a stream that reaches the service once the drain began,
+    and for one still sending its prompt when the drain time runs out."""
+    with serve(settings_for()) as server, grpc.insecure_channel(server.target) as channel:
+        kit = wire_kit(channel)
+        stub = inference_pb2_grpc.SplitInferenceStub(channel)
+        messages = kit.private_request()
+        released = threading.Event()
+
+        def header_then_nothing():
+            yield messages[0]
+            released.wait(30)
+
+        uploading = stub.Generate(header_then_nothing())
+        wait_until(lambda: sample(server, "del_num_streams_open") == 1, what="the stream")
+        server.running.service.drain()  # what stop() does first
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Generate(iter(messages), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert refused.value.details() == "the server is shutting down: retry"
+        server.call(server.running.stop(grace_s=0.5))
+        with pytest.raises(grpc.RpcError) as cut_off:
+            list(uploading)
+        released.set()
+    assert cut_off.value.code() == grpc.StatusCode.UNAVAILABLE
+    wait_until(
+        lambda: sample(server, "del_requests_total", {"code": "UNAVAILABLE"}) == 2,
+        what="both streams counted UNAVAILABLE",
+    )
+    assert sample(server, "del_requests_total", {"code": "CANCELLED"}) == 0
 
 
 def refuses_new_calls(target: str) -> bool:
@@ -260,10 +294,12 @@ def test_retries_end_after_the_configured_number_still_charged_once(
     assert ledger_budget.ledger.entry("alice").requests == 1
 
 
-def test_a_start_that_fails_late_leaves_nothing_running(settings_for):
-    """The health port is taken: start fails after the engine and the main port came up."""
-    from del_server.server import start
+def test_a_start_that_fails_late_leaves_nothing_running(settings_for, monkeypatch):
+    """The health port is taken while the model loads: start fails after the engine and the
+    main port came up, naming the port, and gives everything back."""
+    from del_server import server
 
+    monkeypatch.setattr(server, "check_ports", lambda settings: None)  # free when checked
     engines = lambda: {t for t in threading.enumerate() if t.name == "del-engine"}  # noqa: E731
     before = engines()  # other tests' servers may be running
     with socket.socket() as taken, socket.socket() as probe:
@@ -273,8 +309,8 @@ def test_a_start_that_fails_late_leaves_nothing_running(settings_for):
         main_port = probe.getsockname()[1]
         probe.close()
         settings = settings_for(port=main_port, health_port=taken.getsockname()[1])
-        with pytest.raises(RuntimeError, match="Failed to bind"):
-            asyncio.run(start(settings))
+        with pytest.raises(SettingError, match=f"health_port {settings.health_port} cannot be"):
+            asyncio.run(server.start(settings))
     assert engines() == before
     with socket.socket() as again:
         again.bind(("127.0.0.1", main_port))  # the main port was given back

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import re
 import time
 import urllib.request
@@ -23,6 +24,7 @@ from del_client.codec import RawSpec, encode_frames, mechanism_params
 from del_client.mechanism import BinomialQuantizer, PrivacySpec
 from del_client.proto import frames_pb2, inference_pb2, inference_pb2_grpc
 from del_client.randomness import seeded_generator_for_tests
+from del_server.logs import JsonFormatter
 
 
 @pytest.fixture(scope="module")
@@ -323,3 +325,80 @@ def test_private_frames_carry_no_more_than_k_times_b_bits_per_token(stub, bundle
     messages = private_request(bundle, spec)
     payload = sum(len(m.frame.payload) for m in messages[1:-1])
     assert payload == np.ceil(4 * spec.bits_per_token / 8)
+
+
+def finished_lines(caplog, request_id: str) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.getMessage() == "request finished" and getattr(r, "request_id", None) == request_id
+    ]
+
+
+def test_every_request_leaves_one_log_line_with_sizes_and_timings_but_no_text(
+    caplog, stub, bundle, spec
+):
+    messages = private_request(bundle, spec, text="Once upon a time")
+    messages[0].header.request_id = "log-line-check"
+    with caplog.at_level(logging.INFO, logger="del_server.service"):
+        responses = list(stub.Generate(iter(messages)))
+    (record,) = finished_lines(caplog, "log-line-check")
+    usage, text = responses[-1].final.usage, "".join(r.tokens.text for r in responses[:-1])
+    assert (record.status, record.mechanism, record.privacy_level) == ("OK", "binomial", "none")
+    assert record.mu == pytest.approx(spec.mu())
+    assert (record.prompt_tokens, record.generated_tokens) == (4, usage.generated_tokens)
+    assert record.wire_received_bytes == usage.wire_bytes_received
+    assert record.wire_sent_bytes == sum(r.ByteSize() + 5 for r in responses)  # Final too
+    assert 0 < record.time_to_first_token_s <= record.total_s
+    line = JsonFormatter().format(record)
+    assert json.loads(line)["level"] == "INFO"
+    assert text.strip()
+    assert text.strip() not in line
+    assert "upon a time" not in line
+
+
+def test_an_internal_error_names_a_request_id_that_the_log_has(
+    caplog, server, monkeypatch, stub, bundle, spec
+):
+    def fail(prompt):
+        raise RuntimeError("a bug with a secret in its message")
+
+    monkeypatch.setattr(server.running.served.prompts, "build", fail)
+    messages = private_request(bundle, spec)
+    messages[0].header.request_id = "internal-check"
+    with (
+        caplog.at_level(logging.INFO, logger="del_server.service"),
+        pytest.raises(grpc.RpcError) as failure,
+    ):
+        list(stub.Generate(iter(messages)))
+    assert failure.value.code() == grpc.StatusCode.INTERNAL
+    assert failure.value.details() == (
+        "internal error; the server log has its details under request id internal-check"
+    )
+    (traceback,) = [r for r in caplog.records if r.getMessage() == "Generate failed"]
+    assert traceback.request_id == "internal-check"
+    assert traceback.exc_info
+    assert finished_lines(caplog, "internal-check")[0].status == "INTERNAL"
+
+
+def test_a_unary_method_that_fails_is_internal_with_a_request_id_that_the_log_has(
+    caplog, server, monkeypatch, stub, channel
+):
+    monkeypatch.setattr(server.running.service, "_settings", None)  # GetManifest reads it
+    with (
+        caplog.at_level(logging.INFO, logger="del_server.interceptors"),
+        pytest.raises(grpc.RpcError) as failure,
+    ):
+        stub.GetManifest(inference_pb2.GetManifestRequest())
+    assert failure.value.code() == grpc.StatusCode.INTERNAL
+    found = re.fullmatch(
+        r"internal error; the server log has its details under request id (\w+)",
+        failure.value.details(),
+    )
+    assert found, failure.value.details()
+    (record,) = [r for r in caplog.records if getattr(r, "request_id", "") == found.group(1)]
+    assert record.getMessage() == "/del.v1.SplitInference/GetManifest failed"
+    assert record.exc_info
+    with pytest.raises(grpc.RpcError) as unknown:  # a status the method chose goes out as is
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="nope"))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND

@@ -39,7 +39,8 @@ def test_choices_fail_before_anything_loads():
         ({"DEL_MODEL_FORMAT": "gguf"}, "model_format"),
         ({"DEL_DEFAULT_NEW_TOKENS": "300"}, "default_new_tokens"),
         ({"DEL_HEALTH_PORT": "50051"}, "port, metrics_port and health_port must differ"),
-        ({"DEL_HEALTH_PORT": "-2"}, "ports must lie in"),
+        ({"DEL_HEALTH_PORT": "-2"}, "health_port must lie in"),
+        ({"DEL_PORT": "99999"}, "port must lie in 0..65535, got 99999"),
     ],
 )
 def test_invalid_values_name_the_setting(env, message):

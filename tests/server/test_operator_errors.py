@@ -1,0 +1,176 @@
+"""What an operator sees: each mistake is one line naming the flag and the fix, exit status 2,
+found before the model loads; a port in use is refused, never shared; --help describes every
+flag. Commands run as real `del-server` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from del_server import settings as settings_module
+from del_server.cli import main
+from del_server.settings import DEFAULT_MODEL, SettingError, Settings, check_files
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def del_server(*argv: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    """`del-server ARGV` as its console script runs it; 60 s is far beyond what it needs."""
+    return subprocess.run(
+        [sys.executable, "-c", "from del_server.cli import main; main()", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, **env},
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--port", "99999"], "del-server: error: --port must lie in 0..65535, got 99999"),
+        (["--max-running", "0"], "del-server: error: --max-running must be >= 1, got 0"),
+        (["--port", "eighty"], "del-server serve: error: argument --port: invalid int value"),
+        (["--tls-cert", "a.pem"], "--tls-cert and --tls-key go together: give both or neither"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_its_flag(argv, expected):
+    assert expected in one_line_error(del_server("serve", *argv))
+
+
+def test_a_missing_model_path_says_what_a_model_is(tmp_path):
+    line = one_line_error(del_server("serve", "--model", str(tmp_path / "nowhere")))
+    assert line == (
+        f"del-server: error: --model {tmp_path / 'nowhere'}: no such file or directory (a model "
+        "is a llama2.c directory or .bin file, a Hugging Face directory, or a hub id such as "
+        "org/name)"
+    )
+
+
+def test_an_unknown_hub_id_fails_at_once_offline(tmp_path):
+    result = del_server(
+        "serve", "--model", "some-org/no-such-model", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path)
+    )
+    assert one_line_error(result) == (
+        "del-server: error: --model some-org/no-such-model is neither a local path nor in the "
+        "Hugging Face cache, and HF_HUB_OFFLINE is set: download it first, or give a local "
+        "directory"
+    )
+
+
+def test_a_missing_adapter_directory_is_found_before_the_model_loads(tmp_path, stories260k):
+    line = one_line_error(
+        del_server("serve", "--model", str(stories260k), "--adapter", "nowhere", cwd=tmp_path)
+    )
+    assert line.startswith(f"del-server: error: --adapter {tmp_path / 'nowhere'} holds no ")
+    assert "or no --adapter for the training-free PCA projection" in line
+
+
+def test_the_default_model_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    assert Path(DEFAULT_MODEL) == REPO.parent / "shared" / "models" / "stories260K"
+    monkeypatch.chdir(tmp_path)
+    if Path(DEFAULT_MODEL).exists():  # the reference data may live elsewhere (DEL_SHARED_DIR)
+        check_files(Settings())
+    monkeypatch.setattr(settings_module, "DEFAULT_MODEL", str(tmp_path / "absent"))
+    with pytest.raises(SettingError) as missing:
+        check_files(Settings(model=str(tmp_path / "absent")))
+    assert missing.value.for_operator().startswith("--model is not set and its default, ")
+
+
+def listening_socket() -> socket.socket:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    return taken
+
+
+@pytest.mark.parametrize("flag", ["--metrics-port", "--health-port"])
+def test_a_port_in_use_is_refused_naming_it(flag, stories260k):
+    with listening_socket() as taken:
+        port = taken.getsockname()[1]
+        argv = ["--model", str(stories260k), "--port", "0", "--metrics-port", "-1", flag, str(port)]
+        line = one_line_error(del_server("serve", *argv))
+    assert line == (
+        f"del-server: error: {flag} {port} is already in use on 127.0.0.1: stop the process "
+        "that listens there, or choose a free one"
+    )
+
+
+def test_a_second_server_on_a_served_port_is_refused_and_the_first_keeps_serving(
+    server, stories260k
+):
+    port = str(server.running.port)
+    line = one_line_error(
+        del_server("serve", "--model", str(stories260k), "--port", port, "--metrics-port", "-1")
+    )
+    assert line.startswith(f"del-server: error: --port {port} is already in use on 127.0.0.1")
+    with grpc.insecure_channel(server.target) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_grpc_does_not_share_a_port_taken_after_the_check(server, stories260k, monkeypatch):
+    """gRPC binds with SO_REUSEPORT unless told not to: two servers would split the traffic."""
+    from del_server import server as server_module
+
+    monkeypatch.setattr(server_module, "check_ports", lambda settings: None)
+    settings = Settings(model=str(stories260k), port=server.running.port, metrics_port=-1)
+    with pytest.raises(SettingError, match=f"port {settings.port} cannot be bound"):
+        asyncio.run(server_module.start(settings, served=server.running.served))
+
+
+def help_entries(text: str) -> dict[str, str]:
+    """Each entry of a --help text (an option or a command): its help, beside or below it."""
+    entries: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if line.strip() and 2 <= indent <= 4:
+            invocation, _, rest = line.strip().partition("  ")
+            name = invocation.split(" ")[0].rstrip(",")
+            entries[name] = rest.strip()
+        elif name and indent > 4 and line.strip():
+            entries[name] = f"{entries[name]} {line.strip()}".strip()
+        else:
+            name = None
+    return entries
+
+
+@pytest.mark.parametrize("command", ["serve", "export-client-bundle"])
+def test_help_describes_every_flag(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    entries = help_entries(text)
+    flags = [settings_module.flag(f.name) for f in fields(Settings) if "env_only" not in f.metadata]
+    assert set(flags) <= set(entries)
+    assert all(entries.values()), [flag for flag, help in entries.items() if not help]
+    assert "(env DEL_MAX_RUNNING; default 16)" in entries["--max-running"]
+    if command == "serve":
+        assert "DEL_AUTH_TOKENS: bearer tokens, comma-separated (environment only)" in text
+
+
+def test_top_level_help_describes_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    entries = help_entries(capsys.readouterr().out)
+    for command in ("serve", "export-client-bundle", "train", "calibrate", "eval"):
+        assert entries.get(command), command
