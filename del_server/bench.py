@@ -26,7 +26,7 @@ from del_client.sampling import Sampling
 
 from .generation import FinishEvent, PrivatePrompt, TokenEvent
 from .server import RunningServer, start
-from .settings import Settings
+from .settings import DEFAULT_MODEL, Settings
 
 PROMPT = "Once upon a time, there was a little dog named Max. Max liked to run in the park"
 MU = 20.0
@@ -188,7 +188,7 @@ def _markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reports"))
-    parser.add_argument("--model", default="../shared/models/stories260K")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()

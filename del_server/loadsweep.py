@@ -28,6 +28,8 @@ from pathlib import Path
 from del_client import ClientConfig
 from del_client.loadtest import run_load
 
+from .settings import DEFAULT_MODEL
+
 STATUS_SAMPLE = re.compile(r'^del_requests_total\{code="(\w+)"\} (\S+)$', re.MULTILINE)
 
 
@@ -147,9 +149,7 @@ def _plot(rows: list[dict], machine: str, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", default=os.environ.get("DEL_MODEL", "../shared/models/stories260K")
-    )
+    parser.add_argument("--model", default=os.environ.get("DEL_MODEL", DEFAULT_MODEL))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--max-new-tokens", type=int, default=32)

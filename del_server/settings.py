@@ -20,8 +20,10 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
-# The model of the quick start: shared/ beside the repository, wherever del-server starts.
-DEFAULT_MODEL = str(Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K")
+# The reference data of the quick start: shared/ beside the repository, wherever a command
+# starts (the model, and the text the provider pipeline trains and evaluates on).
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+DEFAULT_MODEL = str(SHARED_DIR / "models" / "stories260K")
 PORTS = ("port", "metrics_port", "health_port")
 
 

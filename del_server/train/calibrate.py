@@ -28,8 +28,8 @@ from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial, Mechanism
 from ..attacks.recovery import Recovery
 from ..attacks.suite import ATTACKS, Attacker, strongest
+from .defaults import DEFAULT_TARGETS
 
-DEFAULT_TARGETS = (0.05, 0.10, 0.20)
 BISECTION_ATTACKS = ("nearest_neighbour", "likelihood", "bigram_marginal")
 ITERATIONS = 12  # halvings of the log-μ range: a bracket under 0.3 % wide
 MU_RANGE = (0.05, 5000.0)

@@ -16,11 +16,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..adapter import Adapter
 from ..extras import require_extra
-from .calibrate import DEFAULT_TARGETS
-
-DEFAULT_DATA = "../shared/data/tinystories/tinystories_val_head_dev.txt"
+from ..settings import DEFAULT_MODEL
+from .defaults import DEFAULT_DATA, DEFAULT_TARGETS
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -28,7 +26,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="../shared/models/stories260K", help="path or hub id")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="path or hub id")
     parser.add_argument("--data", default=DEFAULT_DATA, help="a text file or a directory of *.txt")
     parser.add_argument("--out", type=Path, required=True, help="adapter directory")
     parser.add_argument("--dim", type=int, default=16, help="projection dim k")
@@ -104,6 +102,8 @@ def _run_all(args: argparse.Namespace) -> None:
 
 def _run_stage(name: str, needs_adapter: bool):
     def run(args: argparse.Namespace) -> None:
+        from ..adapter import Adapter
+
         stage = getattr(_pipeline(), name)
         bench = _pipeline().Workbench.open(_config(args))
         adapter = stage(bench, Adapter.load(args.out)) if needs_adapter else stage(bench)

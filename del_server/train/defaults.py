@@ -1,0 +1,9 @@
+"""The provider pipeline's defaults, importable without torch: `del-server --help` shows them."""
+
+from __future__ import annotations
+
+from ..settings import SHARED_DIR
+
+DEFAULT_DATA = str(SHARED_DIR / "data" / "tinystories" / "tinystories_val_head_dev.txt")
+# Token-recovery rates the provider offers: each level keeps the strongest attack under one.
+DEFAULT_TARGETS = (0.05, 0.10, 0.20)
