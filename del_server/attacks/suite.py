@@ -16,6 +16,7 @@ table, the model and the language (public in-domain text). Attacks, weakest know
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from ..adapter import Adapter
+from ..train.data import Windows
 from .beam import DEFAULT_WIDTH, beam_guesses
 from .learned import learned_guesses, train_learned_attacker
 from .mechanisms import Mechanism
@@ -64,6 +66,16 @@ class Attacker:
     bos_id: int | None
     public_ids: np.ndarray  # a stream of public in-domain token ids
     options: AttackOptions = field(default_factory=AttackOptions)
+
+    @classmethod
+    def of_model(
+        cls, model: PreTrainedModel, bos_id: int | None, public: Windows, options: AttackOptions
+    ) -> Attacker:
+        """The server as attacker: `model`, and `public` windows in reading order (each
+        prompt followed by its continuation) as its in-domain text."""
+        stream = torch.cat([public.prompts, public.continuations], dim=1).reshape(-1).numpy()
+        embeddings = model.get_input_embeddings().weight.detach().float()
+        return cls(embeddings, model, bos_id, stream, options)
 
     @property
     def vocab(self) -> int:
@@ -118,7 +130,18 @@ class Attacker:
 
     def prior_alone(self, prompts: np.ndarray) -> dict[str, Recovery]:
         """What the sequence attacks recover with no symbols at all (a flat likelihood): the
-        floor under which no level's attack rate can be pushed."""
+        floor under which no level's attack rate can be pushed. Computed once per prompt set
+        (calibration asks for it at every target and for every mechanism)."""
+        key = hashlib.sha256(np.ascontiguousarray(prompts).tobytes()).hexdigest()
+        if key not in self._blind:
+            self._blind[key] = self._prior_alone(prompts)
+        return self._blind[key]
+
+    @cached_property
+    def _blind(self) -> dict[str, dict[str, Recovery]]:
+        return {}
+
+    def _prior_alone(self, prompts: np.ndarray) -> dict[str, Recovery]:
 
         def flat(chunk: np.ndarray) -> torch.Tensor:
             return torch.zeros(*chunk.shape[:2], self.vocab)

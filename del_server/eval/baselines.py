@@ -1,10 +1,10 @@
 """Every method the report compares, at the adapter's calibrated levels.
 
 DEL's levels are the adapter's own (μ per target attack success rate, from `del-server
-calibrate`). Each baseline mechanism is matched to the same targets the same way: bisection
-on log μ until the stronger of the nearest-neighbour and likelihood attacks reaches the
-target, on the tokens and with the noise seed the adapter was calibrated with. The most
-private end of the final bracket is kept, as train.calibrate does.
+calibrate`). Each baseline mechanism is matched to the same targets by the same rule and code
+(train.calibrate with the baseline's mechanism): the largest μ at which the strongest attack's
+95 % upper bound stays under the target, on the prompts and with the noise seed the adapter
+was calibrated with, verified with every attack.
 
 Soft prompts: DEL's come with the adapter. The baselines that can use one get one trained
 here with the same loop, length, batch and (by default) number of steps, so that "DEL with
@@ -13,21 +13,21 @@ soft prompt" is compared with baselines that had the same chance to recover util
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..adapter import Adapter
-from ..train.calibrate import MU_RANGE
+from ..adapter import DEFAULT_CLIP_QUANTILE, Adapter
+from ..attacks.mechanisms import Binomial, GaussianQuantized, Mechanism
+from ..train.calibrate import CalibratedLevel, calibrate
 from ..train.soft_prompt import train_soft_prompt
 from .context import EvalContext
-from .mechanisms import Binomial, GaussianQuantized, Mechanism, identity_adapter
 from .methods import Method
-from .privacy import cheap_attack_rates
 
+MechanismAt = Callable[[float], Mechanism]
 SOFT_PROMPT_BATCH = 32  # the training pipeline's default batch
 
 
@@ -44,49 +44,68 @@ def del_methods(ctx: EvalContext) -> list[Method]:
     return methods
 
 
-def match_mu(rate_at: Callable[[float], float], target: float, iterations: int) -> float:
-    """The most private μ (bisection on log μ) whose attack rate stays below `target`."""
-    lo, hi = math.log(MU_RANGE[0]), math.log(MU_RANGE[1])
-    for _ in range(iterations):
-        middle = (lo + hi) / 2
-        if rate_at(math.exp(middle)) < target:
-            lo = middle
-        else:
-            hi = middle
-    return math.exp(lo)
+def identity_adapter(
+    embeddings: torch.Tensor, *, clip_quantile: float = DEFAULT_CLIP_QUANTILE
+) -> Adapter:
+    """DEL without projection (k = d): the centred embedding itself is quantized, with the
+    clip chosen by the same rule as the projected adapter's, so only the projection differs."""
+    table = embeddings.detach().float()
+    mean = table.mean(dim=0)
+    clip = float(torch.quantile((table - mean).abs().flatten(), clip_quantile))
+    eye = torch.eye(table.shape[1])
+    return Adapter(
+        down=eye,
+        up=eye.clone(),
+        mean=mean,
+        clip=clip,
+        metadata={"projection": "identity", "clip_rule": f"quantile {clip_quantile} of |E − mean|"},
+    )
 
 
-def matched_baselines(ctx: EvalContext) -> list[Method]:
-    """DEL without projection and the Gaussian mechanism, each matched to every level."""
-    config, projected = ctx.config, ctx.adapter
+def _baseline_mechanisms(ctx: EvalContext) -> dict[str, tuple[Adapter, MechanismAt]]:
+    """family -> (its adapter, μ -> its mechanism): DEL without projection and the Gaussian
+    mechanism on DEL's projection."""
+    bits, projected = ctx.config.bits, ctx.adapter
     unprojected = identity_adapter(ctx.embeddings)
-    builders: dict[str, tuple[Adapter, Callable[[float], Mechanism]]] = {
+    return {
         "del_full": (
             unprojected,
             lambda mu: Binomial.at(
-                mu=mu, dim=unprojected.projection_dim, bits=config.bits, clip=unprojected.clip
+                mu=mu, dim=unprojected.projection_dim, bits=bits, clip=unprojected.clip
             ),
         ),
         "gaussian": (
             projected,
             lambda mu: GaussianQuantized(
-                mu_token=mu, dim=projected.projection_dim, bits=config.bits, clip=projected.clip
+                mu_token=mu, dim=projected.projection_dim, bits=bits, clip=projected.clip
             ),
         ),
     }
-    tokens = ctx.calibration_tokens()
-    methods = []
-    jobs = [(family, level) for family in builders for level in ctx.adapter.calibration]
-    for family, level in tqdm(jobs, desc="matching baselines", unit="level"):
-        adapter, mechanism_at = builders[family]
 
-        def rate_at(mu: float, adapter=adapter, mechanism_at=mechanism_at) -> float:
-            return max(cheap_attack_rates(ctx, adapter, mechanism_at(mu), tokens, config.seed))
 
-        target = level["target_attack_rate"]
-        mu = match_mu(rate_at, target, config.calibration_iterations)
-        methods.append(Method(family, adapter, mechanism_at(mu), target_attack_rate=target))
-    return methods
+def matched_baselines(ctx: EvalContext) -> list[tuple[Method, CalibratedLevel]]:
+    """Each baseline at every DEL level's target, calibrated by DEL's own rule (train.calibrate:
+    the strongest attack's 95 % upper bound under the target) on the same prompts."""
+    config, prompts = ctx.config, ctx.calibration_prompts()
+    targets = tuple(level["target_attack_rate"] for level in ctx.adapter.calibration)
+    matched = []
+    for family, (adapter, mechanism_at) in _baseline_mechanisms(ctx).items():
+        levels = calibrate(
+            adapter,
+            ctx.attacker,
+            prompts,
+            measured_on=f"{Path(config.data).name}, the adapter's calibration prompts",
+            targets=targets,
+            bits=config.bits,
+            seed=config.seed,
+            iterations=config.calibration_iterations,
+            mechanism_at=mechanism_at,
+        )
+        for level in levels:
+            mechanism = mechanism_at(level.mu)
+            method = Method(family, adapter, mechanism, target_attack_rate=level.target_attack_rate)
+            matched.append((method, level))
+    return matched
 
 
 def soft_prompt_steps(ctx: EvalContext) -> int:
@@ -122,11 +141,10 @@ def with_trained_soft_prompt(ctx: EvalContext, method: Method) -> Method:
     return method.with_soft_prompt(soft)
 
 
-def all_methods(ctx: EvalContext) -> list[Method]:
-    """References, DEL and the matched baselines, each without and (where it can) with a soft
-    prompt."""
+def all_methods(ctx: EvalContext, baselines: list[Method]) -> list[Method]:
+    """References, DEL and the matched `baselines`, each without and (where it can) with a
+    soft prompt."""
     no_prompt = Method("no_prompt")
-    baselines = matched_baselines(ctx)
     trainable = [no_prompt, *baselines]
     trained = [
         with_trained_soft_prompt(ctx, m)

@@ -1,7 +1,7 @@
 """`del-server eval [--quick | --smoke] [--adapter DIR] [--out DIR] ...`
 
     del-server eval                 the full run (`make eval`): the numbers the README quotes
-    del-server eval --quick         small samples, under 3 minutes (`make eval-quick`)
+    del-server eval --quick         small samples, under 5 minutes (`make eval-quick`)
     del-server eval --smoke         seconds: what the test suite runs to check the report's shape
     del-server eval --render-only   redraw EVAL.md and the figures from OUT/eval.json
 
@@ -17,15 +17,21 @@ import sys
 from pathlib import Path
 
 from ..extras import require_extra
-from .config import DEFAULT_ADAPTER, DEFAULT_DATA, DEFAULT_MODEL, preset
+from .config import DEFAULT_ADAPTER, DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_OOD_DATA, preset
 
 
 def _run(args: argparse.Namespace) -> None:
     require_extra("eval", "del-server eval")
     from .pipeline import render, run  # torch, transformers, the encoder: only when it runs
+    from .report import SCHEMA
 
     if args.render_only:
         report = json.loads((args.out / "eval.json").read_text())
+        if report.get("schema") != SCHEMA:
+            raise SystemExit(
+                f"{args.out}/eval.json has schema {report.get('schema')!r}; this version draws "
+                f"{SCHEMA!r}: rerun the evaluation"
+            )
         render(report, args.out)
         print(f"{args.out}/EVAL.md and figures redrawn from {args.out}/eval.json")
         return
@@ -35,6 +41,7 @@ def _run(args: argparse.Namespace) -> None:
         model=args.model,
         adapter=args.adapter,
         data=args.data,
+        ood_data=args.ood_data,
         out=args.out,
         seed=args.seed,
         threads=args.threads,
@@ -51,7 +58,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "eval", help="privacy, utility, communication and speed report with plots"
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small samples, under 3 minutes")
+    size.add_argument("--quick", action="store_true", help="small samples, under 5 minutes")
     size.add_argument("--smoke", action="store_true", help="tiny samples: checks the pipeline")
     size.add_argument(
         "--render-only",
@@ -61,6 +68,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="path or hub id")
     parser.add_argument("--adapter", default=DEFAULT_ADAPTER, help="trained adapter directory")
     parser.add_argument("--data", default=DEFAULT_DATA, help="the text the adapter was trained on")
+    parser.add_argument(
+        "--ood-data",
+        default=DEFAULT_OOD_DATA,
+        help="text of another domain, on which the levels are attacked as well",
+    )
     parser.add_argument("--out", type=Path, default=Path("reports"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

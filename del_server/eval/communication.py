@@ -95,7 +95,7 @@ def communication_stage(
 ) -> dict:
     config, adapter = ctx.config, ctx.adapter
     d, k, b = adapter.hidden_size, adapter.projection_dim, config.bits
-    tokens = ctx.attack_tokens()
+    tokens = ctx.attack_prompts().reshape(-1)
     rng = np.random.default_rng(config.seed + 2)
     entropy = {}
     for method in methods:

@@ -1,8 +1,8 @@
 """What one evaluation run measures and on how much data: one frozen object, three presets.
 
     smoke  seconds of work: the test suite checks the report's shape with it, not its numbers
-    quick  `make eval-quick`, under 3 minutes: every stage on small samples
-    full   `make eval`, the numbers the README quotes (under 45 minutes on 2 idle cores)
+    quick  `make eval-quick`, under 5 minutes: every stage and every attack on small samples
+    full   `make eval`, the numbers the README quotes (under 60 minutes on 2 idle cores)
 
 Every sample size and seed lands in eval.json and in the caption of each figure.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 DEFAULT_MODEL = "../shared/models/stories260K"
 DEFAULT_ADAPTER = "del_server/adapters/stories260K"
 DEFAULT_DATA = "../shared/data/tinystories/tinystories_val_head_dev.txt"
+DEFAULT_OOD_DATA = "../shared/data/wikitext-2/valid.txt"
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class EvalConfig:
     model: str = DEFAULT_MODEL
     adapter: str = DEFAULT_ADAPTER
     data: str = DEFAULT_DATA
+    # Text of another domain: are the levels, calibrated in domain, still under their targets?
+    ood_data: str = DEFAULT_OOD_DATA
     out: Path = Path("reports")
     bits: int = 4
     delta: float = 1e-5  # δ at which every ε is reported
@@ -31,12 +34,15 @@ class EvalConfig:
     # second thread costs more in synchronisation than it gives, and far more on a busy
     # machine (measured: 4 soft-prompt steps/s with one thread, 0.4 with two, under load).
     threads: int = 1
-    # Privacy: attack success on held-out tokens the levels were not calibrated on.
-    attack_tokens: int = 4000
-    calibration_tokens: int | None = None  # None: as many as the adapter was calibrated on
-    calibration_iterations: int = 20  # bisection steps when matching a baseline to a level
-    inversion_steps: int = 1500  # training steps of the learned inversion network
+    # Privacy: every attack on 32-token prompts the levels were not calibrated on (held-out
+    # continuations, and as many windows of the out-of-domain text).
+    attack_prompts: int = 125
+    calibration_prompts: int | None = None  # None: as many as the adapter was calibrated on
+    calibration_iterations: int = 12  # bisection steps, as train.calibrate.ITERATIONS
+    # The attacker, as the training pipeline's (train.pipeline.TrainConfig) by default.
+    inversion_steps: int = 400  # training steps of the learned inversion network
     inversion_batch: int = 512
+    beam_width: int = 64  # the LLM beam-search attack
     # Utility: held-out windows (32 prompt + 32 continuation tokens) and noise seeds.
     loss_windows: int = 256
     coherence_windows: int = 128
@@ -61,10 +67,11 @@ PRESETS = {
     "full": EvalConfig(mode="full"),
     "quick": EvalConfig(
         mode="quick",
-        attack_tokens=1500,
-        calibration_tokens=1000,
-        calibration_iterations=10,
-        inversion_steps=150,
+        attack_prompts=24,
+        calibration_prompts=24,
+        calibration_iterations=8,
+        inversion_steps=100,
+        beam_width=16,
         loss_windows=32,
         coherence_windows=24,
         seeds=(0, 1, 2),
@@ -78,11 +85,12 @@ PRESETS = {
     ),
     "smoke": EvalConfig(
         mode="smoke",
-        attack_tokens=400,
-        calibration_tokens=400,
-        calibration_iterations=8,
+        attack_prompts=8,
+        calibration_prompts=8,
+        calibration_iterations=6,
         inversion_steps=20,
         inversion_batch=128,
+        beam_width=4,
         loss_windows=8,
         coherence_windows=8,
         seeds=(0, 1),

@@ -1,12 +1,14 @@
-"""What every stage reads, loaded once: the model, the trained adapter, the data split, and
-the token sets each role uses.
+"""What every stage reads, loaded once: the model, the trained adapter, the data split, the
+attacker, and the prompt sets each role uses.
 
-Three disjoint token sets, so nothing is measured on what it was tuned on:
-    public text       the training split: the attacker's own in-domain text, from which it
-                      draws (symbols -> token) pairs for its inversion network
-    calibration       the held-out prompt tokens the adapter's levels were calibrated on; the
-                      baselines are matched to those levels on the same tokens
-    attack            held-out continuation tokens: every attack success rate is measured here
+Disjoint token sets, so nothing is measured on what it was tuned on:
+    public text       the training split: the attacker's own in-domain text (its bigram prior
+                      and the pairs its inversion network trains on)
+    calibration       held-out prompts the adapter's levels were calibrated on; the baselines
+                      are matched to those levels on the same prompts
+    attack            held-out continuations, cut as prompts: every reported attack rate
+    out of domain     windows of another text (WikiText-2 by default), attacked with the same
+                      in-domain attacker: do the levels hold where its prior fits less well?
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from __future__ import annotations
 import hashlib
 import platform
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..adapter import Adapter
+from ..attacks.suite import Attacker, AttackOptions
+from ..attacks.tokenwise import client_table
 from ..models import LoadedModel, load_model
-from ..train.attacks import client_table
-from ..train.data import Split, load_split
+from ..train.data import Split, load_split, read_documents
 from ..train.objective import FrozenLM
 from .config import EvalConfig
 
@@ -62,25 +66,49 @@ class EvalContext:
     def vocab_size(self) -> int:
         return self.embeddings.shape[0]
 
+    @property
+    def prompt_tokens(self) -> int:
+        return self.split.validation.prompts.shape[1]
+
     def table(self, adapter: Adapter) -> np.ndarray:
         """(V, k) the client's table for `adapter`, as the client bundle holds it."""
         return client_table(adapter, self.embeddings)
 
-    def public_tokens(self) -> np.ndarray:
-        train = self.split.train
-        return torch.cat([train.prompts.reshape(-1), train.continuations.reshape(-1)]).numpy()
-
-    def calibration_tokens(self) -> np.ndarray:
-        """The held-out tokens the adapter's levels were calibrated on (the pipeline's rule),
-        or the first `calibration_tokens` of them in a smaller run."""
-        count = self.config.calibration_tokens or max(
-            (level["tokens"] for level in self.adapter.calibration), default=4000
+    @cached_property
+    def attacker(self) -> Attacker:
+        """The server as attacker, as the training pipeline builds it."""
+        config = self.config
+        options = AttackOptions(
+            beam_width=config.beam_width,
+            learned_steps=config.inversion_steps,
+            learned_batch=config.inversion_batch,
         )
-        return self.split.validation.prompts.reshape(-1)[:count].numpy()
+        return Attacker.of_model(self.loaded.model, self.loaded.bos_id, self.split.train, options)
 
-    def attack_tokens(self) -> np.ndarray:
-        continuations = self.split.validation.continuations.reshape(-1)
-        return continuations[: self.config.attack_tokens].numpy()
+    def calibration_prompts(self) -> np.ndarray:
+        """(P, T) the held-out prompts the adapter's levels were calibrated on (the pipeline's
+        rule: the first ones), or the first `calibration_prompts` of them in a smaller run."""
+        levels = self.adapter.calibration
+        count = self.config.calibration_prompts or max(level["prompts"] for level in levels)
+        return self.split.validation.prompts[:count].numpy()
+
+    def attack_prompts(self) -> np.ndarray:
+        """(P, T) held-out continuations: text no level was calibrated on."""
+        return self.split.validation.continuations[: self.config.attack_prompts].numpy()
+
+    @cached_property
+    def _ood_stream(self) -> np.ndarray:
+        documents = read_documents(self.config.ood_data)
+        encodings = self.loaded.tokenizer.encode_batch(documents, add_special_tokens=False)
+        return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
+
+    def ood_prompts(self) -> np.ndarray:
+        """(P, T) the first `attack_prompts` back-to-back windows of the out-of-domain text."""
+        length, stream = self.prompt_tokens, self._ood_stream
+        count = min(self.config.attack_prompts, len(stream) // length)
+        if count == 0:
+            raise ValueError(f"{self.config.ood_data}: not one {length}-token window of text")
+        return stream[: count * length].reshape(count, length)
 
     def describe(self) -> dict:
         """The model, adapter, data and machine, for the report."""

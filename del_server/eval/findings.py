@@ -2,14 +2,16 @@
 
 Comparisons are DEL with its soft prompt against each alternative at the same calibrated
 level (same target attack success rate): coherence paired over the held-out windows, loss
-with the seeds' intervals. The verdicts are mechanical ("higher", "lower",
-"indistinguishable" at 95 %), so the report cannot round a loss into a win.
+with the seeds' intervals. Attacks: the interval of each attack's token recovery, clustered
+by prompt. The verdicts are mechanical ("higher", "lower", "indistinguishable"; "under" or
+"over" a target, at 95 %), so the report cannot round a loss into a win.
 """
 
 from __future__ import annotations
 
 import math
 
+from .privacy import in_words
 from .utility import Measured, paired_difference
 
 RIVALS = ("del", "gaussian+soft", "gaussian", "del_full+soft", "del_full")
@@ -146,15 +148,7 @@ def summary_findings(report: dict) -> list[str]:
             else "."
         )
     )
-    attacks = {r["method"]: r for r in report["privacy"]["rows"]}
-    learned = [attacks[f"del@{t:g}"]["strongest"] for t in targets if f"del@{t:g}" in attacks]
-    prior = attacks["no_prompt"]["strongest"] if "no_prompt" in attacks else None
-    if learned:
-        lines.append(
-            f"Levels calibrated to {_levels(targets)} attack success let the strongest attack "
-            f"recover {', '.join(f'{r:.1%}' for r in learned)} of held-out tokens"
-            + (f" (guessing the most frequent token alone: {prior:.1%})." if prior else ".")
-        )
+    lines.append(_privacy_summary(report, targets))
     return lines
 
 
@@ -193,36 +187,116 @@ def utility_findings(rows: list[dict], levels: list[dict]) -> list[str]:
     return lines
 
 
-def privacy_findings(attack_rows: list[dict]) -> list[str]:
-    """The likelihood attack should be at least as strong as nearest neighbour: say where it is
-    not, and whether the gap is beyond sampling noise. Then where the learned attack beats
-    both, since that is the number a user should read as the risk."""
-    lines, learned_wins, private = [], [], [r for r in attack_rows if r["likelihood"] is not None]
-    for row in private:
-        n, nn, lk = row["tokens"], row["nearest_neighbour"], row["likelihood"]
-        noise = 1.96 * math.sqrt(max(nn * (1 - nn), 1e-12) * 2 / n)  # of a difference of rates
-        if lk < nn:
-            why = (
-                "within sampling noise"
-                if nn - lk <= noise
-                else "beyond sampling noise: with a uniform prior it is optimal only for "
-                "uniformly drawn tokens, while nearest neighbour's errors can favour the "
-                "frequent tokens real text is made of"
-            )
-            lines.append(
-                f"{row['method']}: the likelihood attack ({lk:.1%}) is below nearest neighbour "
-                f"({nn:.1%}) on {n} tokens, {why} (±{noise:.1%})."
-            )
-        if row["learned"] is not None and row["learned"] > max(nn, lk) + noise:
-            learned_wins.append(f"{row['method']} {row['learned']:.1%} vs {max(nn, lk):.1%}")
-    if private and not any(r["likelihood"] < r["nearest_neighbour"] for r in private):
-        lines.append("The likelihood attack is at least as strong as nearest neighbour everywhere.")
-    if learned_wins:
+def _by_method(rows: list[dict]) -> dict[str, dict]:
+    return {row["method"]: row for row in rows}
+
+
+def label_verdict(row: dict, target: float) -> str:
+    """A level's label against what every attack recovered, by calibration's rule: "under"
+    when every attack's 95 % upper bound is below the target, "over" when one attack's lower
+    bound is above it, else "unresolved" (the sample cannot tell)."""
+    recoveries = row["attacks"].values()
+    if max(r["high"] for r in recoveries) < target:
+        return "under"
+    if max(r["low"] for r in recoveries) > target:
+        return "over"
+    return "unresolved"
+
+
+VERDICT_WORDS = {
+    "under": "under its target",
+    "over": "OVER its target",
+    "unresolved": "not resolved against its target at 95 %",
+}
+
+
+def _interval(row: dict) -> str:
+    best = row["attacks"][row["strongest_attack"]]
+    return f"{best['rate']:.1%} (95 % {best['low']:.1%}–{best['high']:.1%})"
+
+
+def _strongest_phrase(row: dict) -> str:
+    return f"the strongest attack, {in_words(row['strongest_attack'])}, recovers {_interval(row)}"
+
+
+def _levels_under(rows: dict[str, dict], targets: list[float]) -> list[float]:
+    return [t for t in targets if label_verdict(rows[_level_key("del", t)], t) == "under"]
+
+
+def _privacy_summary(report: dict, targets: list[float]) -> str:
+    """The strongest attack at each level, in and out of domain, against the blind floor."""
+    privacy, ood = report["privacy"], report["out_of_domain"]
+    inside, outside = _by_method(privacy["rows"]), _by_method(ood["rows"])
+    present = [t for t in targets if _level_key("del", t) in inside.keys() & outside.keys()]
+
+    def rates(rows: dict) -> str:
+        return ", ".join(f"{rows[_level_key('del', t)]['strongest']:.1%}" for t in present)
+
+    return (
+        f"Levels calibrated to {_levels(present)} attack success let the strongest attack "
+        f"recover {rates(inside)} of held-out in-domain tokens (under the target, at 95 %, at "
+        f"{len(_levels_under(inside, present))} of {len(present)} levels) and "
+        f"{rates(outside)} out of domain on {ood['text']} (under at "
+        f"{len(_levels_under(outside, present))} of {len(present)}); with no symbols at all "
+        f"it recovers {inside['no_prompt']['strongest']:.1%} in domain, "
+        f"{outside['no_prompt']['strongest']:.1%} out of domain."
+    )
+
+
+def _beyond_the_others(row: dict) -> bool:
+    """The strongest attack's 95 % interval lies above every other attack's."""
+    best = row["attacks"][row["strongest_attack"]]
+    others = [r for name, r in row["attacks"].items() if name != row["strongest_attack"]]
+    return all(best["low"] > r["high"] for r in others)
+
+
+def _strongest_where(rows: list[dict], where: str) -> list[str]:
+    """One sentence per attack that is the strongest somewhere."""
+    private = [r for r in rows if r["target_attack_rate"] is not None]
+    lines = []
+    for attack in dict.fromkeys(r["strongest_attack"] for r in private):
+        wins = [r for r in private if r["strongest_attack"] == attack]
+        clear = [r["method"] for r in wins if _beyond_the_others(r)]
         lines.append(
-            f"The learned inversion network beats both fixed attacks beyond sampling noise at "
-            f"{len(learned_wins)} of {len(private)} levels ({'; '.join(learned_wins)}). It learns "
-            "which tokens are frequent in in-domain text, which the uniform-prior likelihood "
-            "attack ignores: a level's calibration target understates what such an attacker "
-            "recovers, and the 'strongest' column is the one to read."
+            f"{where}, {in_words(attack)} is the strongest attack at {len(wins)} of "
+            f"{len(private)} methods ({', '.join(r['method'] for r in wins)}), beyond every "
+            f"other attack's 95 % interval at {len(clear)}"
+            + (f" ({', '.join(clear)})." if clear else ".")
         )
+    return lines
+
+
+def _level_line(level: dict, inside: dict, outside: dict | None, ood_text: str) -> str:
+    target = level["target_attack_rate"]
+    line = (
+        f"{target:.0%} level (μ = {level['mu']:.3g}, ε = {level['epsilon_token']:.1f} per "
+        f"token): in domain {_strongest_phrase(inside)}: "
+        f"{VERDICT_WORDS[label_verdict(inside, target)]}"
+    )
+    if outside is not None:
+        line += (
+            f"; out of domain ({ood_text}) {_strongest_phrase(outside)}: "
+            f"{VERDICT_WORDS[label_verdict(outside, target)]}"
+        )
+    return line + "."
+
+
+def privacy_findings(report: dict) -> list[str]:
+    """Which attack is strongest where, the blind floor, then whether each DEL level's label
+    holds on held-out text of its own domain and of another."""
+    privacy, ood = report["privacy"], report["out_of_domain"]
+    inside, outside = _by_method(privacy["rows"]), _by_method(ood["rows"])
+    blind_in, blind_out = inside["no_prompt"], outside["no_prompt"]
+    lines = [
+        *_strongest_where(privacy["rows"], "In domain"),
+        *_strongest_where(ood["rows"], "Out of domain"),
+        f"With no symbols at all, from its knowledge of the language alone, the attacker's best "
+        f"guess recovers {_interval(blind_in)} in domain ({in_words(blind_in['strongest_attack'])}) "
+        f"and {_interval(blind_out)} out of domain ({in_words(blind_out['strongest_attack'])}): "
+        "no level can be pushed below that floor.",
+    ]
+    for level in report["setup"]["adapter"]["levels"]:
+        key = _level_key("del", level["target_attack_rate"])
+        if key in inside:
+            lines.append(_level_line(level, inside[key], outside.get(key), ood["text"]))
     return lines

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ..adapter import Adapter
+from ..attacks.mechanisms import Mechanism
 from ..train.objective import FrozenLM
-from .mechanisms import Mechanism
 
 FAMILY_LABELS = {
     "clean": "clean / raw embeddings (no privacy)",

@@ -1,7 +1,8 @@
 """The evaluation in order, each stage timed, into out/eval.json, out/EVAL.md and the plots.
 
 methods        DEL's levels from the adapter; baselines matched to them; their soft prompts
-privacy        three attacks per private method, exact ε per token and per prompt
+privacy        every attack on every private method, exact ε per token and per prompt
+out of domain  every attack on DEL's levels, on text of another domain
 utility        loss and coherence per method over noise seeds
 communication  real gRPC requests at each level and raw; computed sizes; symbol entropy
 speed          codec and end-to-end benchmarks; latency samples through gRPC
@@ -21,14 +22,14 @@ import torch
 
 from ..bench import _ServerThread
 from ..settings import Settings
-from .baselines import all_methods, soft_prompt_steps
+from .baselines import all_methods, matched_baselines, soft_prompt_steps
 from .coherence import ENCODER, SentenceEncoder
 from .communication import communication_stage
 from .config import EvalConfig
 from .context import EvalContext
 from .findings import comparisons, privacy_findings, summary_findings, utility_findings
 from .plots import draw_all
-from .privacy import privacy_stage
+from .privacy import out_of_domain_stage, privacy_stage
 from .report import SCHEMA, write_markdown
 from .speed import speed_stage
 from .utility import UtilityBench, utility_stage
@@ -74,11 +75,13 @@ def run(config: EvalConfig, *, command: str = "del-server eval") -> dict:
     torch.set_num_threads(config.threads)
     config.out.mkdir(parents=True, exist_ok=True)
     ctx = EvalContext.open(config)
-    prompt_tokens = ctx.split.validation.prompts.shape[1]
     with timer.stage("methods"):
-        methods = all_methods(ctx)
+        matched = matched_baselines(ctx)
+        methods = all_methods(ctx, [method for method, _ in matched])
     with timer.stage("privacy"):
-        privacy = privacy_stage(ctx, methods, prompt_tokens=prompt_tokens)
+        privacy = privacy_stage(ctx, methods)
+    with timer.stage("out_of_domain"):
+        out_of_domain = out_of_domain_stage(ctx, methods)
     with timer.stage("utility"):
         bench = UtilityBench(ctx, SentenceEncoder())
         measured = utility_stage(bench, methods)
@@ -94,9 +97,11 @@ def run(config: EvalConfig, *, command: str = "del-server eval") -> dict:
         "schema": SCHEMA,
         "command": command,
         "config": config.to_dict(),
-        "setup": {**ctx.describe(), "calibration_tokens": int(ctx.calibration_tokens().size)},
+        "setup": {**ctx.describe(), "calibration_prompts": len(ctx.calibration_prompts())},
         "methods": [m.describe() for m in methods],
+        "baseline_levels": {method.key: level.to_dict() for method, level in matched},
         "privacy": privacy,
+        "out_of_domain": out_of_domain,
         "utility": {
             "loss_windows": config.loss_windows,
             "coherence_windows": config.coherence_windows,
@@ -123,7 +128,7 @@ def render(report: dict, out: Path) -> None:
     report["findings"] = {
         "summary": summary_findings(report),
         "utility": utility_findings(report["comparisons"], levels),
-        "privacy": privacy_findings(report["privacy"]["rows"]),
+        "privacy": privacy_findings(report),
     }
     report["plots"] = draw_all(report, out)
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")

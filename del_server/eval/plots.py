@@ -1,8 +1,9 @@
 """The report's figures, drawn from eval.json alone (so they can be redrawn from it).
 
-    utility_vs_attack.png   coherence and loss against the strongest attack's success rate
+    utility_vs_attack.png   coherence and loss against the strongest attack's recovery rate
     utility_vs_epsilon.png  the same against the exact ε per token
-    attacks_vs_epsilon.png  each attack's success rate against ε, per mechanism
+    attacks_vs_epsilon.png  every attack's recovery rate against ε, per mechanism, above the
+                            rate of the best guess without symbols
     bits_per_token.png      bits per token per method, log scale, this model and a 7B model
     latency.png             time to first token and inter-token latency through gRPC
 
@@ -18,6 +19,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+from ..attacks.suite import ATTACKS
+from .privacy import in_words
+
 CURVES = {  # (family, soft prompt) -> style
     ("del", True): ("DEL + soft prompt", "C0", "-", "o"),
     ("del", False): ("DEL, no soft prompt", "C0", "--", "o"),
@@ -31,6 +35,7 @@ REFERENCES = {  # key -> style of its horizontal line
     "no_prompt+soft": ("no prompt + soft prompt", "C3", "-."),
     "no_prompt": ("no prompt", "C3", ":"),
 }
+ATTACK_MARKERS = ("o", "s", "^", "v", "D", "*")  # one per attacks.suite.ATTACKS
 DPI = 110
 
 
@@ -82,7 +87,8 @@ def _utility_figure(report: dict, path: Path, x_of, xlabel: str, logx: bool) -> 
     figure.suptitle(
         f"{utility['coherence_windows']} windows (coherence), {utility['loss_windows']} windows "
         f"(loss), noise seeds {utility['seeds']}; bars: 95 % interval over seeds; attack rates "
-        f"on {report['privacy']['tokens']} held-out tokens",
+        f"on {report['privacy']['tokens']} held-out tokens ({report['privacy']['prompts']} "
+        "prompts)",
         fontsize=9,
     )
     figure.tight_layout(rect=(0, 0.1, 1, 1))  # room for the legend below
@@ -91,32 +97,39 @@ def _utility_figure(report: dict, path: Path, x_of, xlabel: str, logx: bool) -> 
 
 
 def _attacks_figure(report: dict, path: Path) -> None:
+    """Every attack's token recovery against exact ε per token, one panel per mechanism."""
     privacy = report["privacy"]
-    figure, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
+    prior = next(r for r in privacy["rows"] if r["family"] == "no_prompt")
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True)
     families = [("del", "DEL (k projected)"), ("gaussian", "Gaussian"), ("del_full", "DEL k = d")]
     for axis, (family, title) in zip(axes, families, strict=True):
         rows = sorted(
             (r for r in privacy["rows"] if r["family"] == family), key=lambda r: r["epsilon_token"]
         )
         eps = [r["epsilon_token"] for r in rows]
-        for attack, marker in (("nearest_neighbour", "o"), ("likelihood", "s"), ("learned", "^")):
-            values = [r[attack] for r in rows]
-            if values and None not in values:
-                axis.plot(eps, values, marker=marker, label=attack.replace("_", " "))
-        prior = next(r for r in privacy["rows"] if r["family"] == "no_prompt")["strongest"]
-        axis.axhline(prior, color="grey", linestyle=":", label="prior-only guess")
+        for attack, marker in zip(ATTACKS, ATTACK_MARKERS, strict=True):
+            values = [r["attacks"][attack]["rate"] for r in rows]
+            axis.plot(eps, values, marker=marker, label=in_words(attack))
+        axis.axhline(
+            prior["strongest"],
+            color="grey",
+            linestyle=":",
+            label=f"no symbols: {in_words(prior['strongest_attack'])}",
+        )
         axis.set(title=title, xlabel=f"exact ε per token (δ = {privacy['delta']:g})")
         axis.set_xscale("log")
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("token inversion success rate")
-    axes[0].legend(fontsize=8)
+    axes[0].set_ylabel("share of prompt tokens recovered")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    attacker = privacy["attacker"]
     figure.suptitle(
-        f"{privacy['tokens']} held-out tokens, noise seed {privacy['noise_seed']}; inversion "
-        f"network: {privacy['inversion_network']['steps']} steps, seed "
-        f"{privacy['inversion_network']['seed']}",
+        f"{privacy['prompts']} held-out prompts ({privacy['tokens']} tokens), noise seed "
+        f"{privacy['noise_seed']}; beam width {attacker['beam_width']}; inversion network: "
+        f"{attacker['inversion_network_steps']} steps, seed {attacker['inversion_network_seed']}",
         fontsize=9,
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.12, 1, 1))  # room for the legend below
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
 
@@ -204,7 +217,7 @@ def draw_all(report: dict, out: Path) -> dict[str, str]:
     """Write every figure into `out`; returns name -> file name."""
     figures = {
         "utility_vs_attack": lambda p: _utility_figure(
-            report, p, lambda a: a["strongest"], "strongest attack's success rate", False
+            report, p, lambda a: a["strongest"], "strongest attack's token recovery rate", False
         ),
         "utility_vs_epsilon": lambda p: _utility_figure(
             report,

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..attacks.recovery import CONTENT_EXCLUDES
+from ..attacks.suite import ATTACKS
 from ..bench import concurrency_table, path_table
+from .findings import VERDICT_WORDS, label_verdict
+from .privacy import in_words
 
-SCHEMA = "del-eval/1"
+SCHEMA = "del-eval/2"
 
 
 def _pct(value: float | None) -> str:
@@ -31,36 +35,50 @@ def _rows(report: dict) -> dict[str, dict]:
     return {row["key"]: row for row in report["utility"]["rows"]}
 
 
-def _attacks(report: dict) -> dict[str, dict]:
-    return {row["method"]: row for row in report["privacy"]["rows"]}
+def _attacks(section: dict) -> dict[str, dict]:
+    return {row["method"]: row for row in section["rows"]}
+
+
+def _short(attack: str) -> str:
+    return attack.replace("_", " ")
+
+
+def _strongest(row: dict) -> str:
+    """The strongest attack's rate, its 95 % interval and its name."""
+    best = row["attacks"][row["strongest_attack"]]
+    return (
+        f"{best['rate']:.1%} [{best['low']:.1%}, {best['high']:.1%}] "
+        f"({_short(row['strongest_attack'])})"
+    )
 
 
 def headline_markdown(report: dict) -> str:
     """One row per calibrated level: privacy, attacks, utility against the alternatives, then
     the references every level must be read against."""
-    rows, attacks = _rows(report), _attacks(report)
+    rows, attacks = _rows(report), _attacks(report["privacy"])
+    ood = _attacks(report["out_of_domain"])
     comm = report["communication"]
     here = comm["computed_bits_per_token"]["this_model"]
     big = comm["computed_bits_per_token"]["7b_class"]
     prompt_tokens = report["privacy"]["prompt_tokens"]
     lines = [
-        f"| target attack rate | ε per token ({prompt_tokens}-token prompt) | attack success: "
-        "nearest neighbour / likelihood / learned | coherence: DEL + soft prompt | DEL, no soft "
+        f"| target attack rate | ε per token ({prompt_tokens}-token prompt) | strongest attack, "
+        "held-out tokens [95 %] | out of domain | coherence: DEL + soft prompt | DEL, no soft "
         "prompt | Gaussian + soft prompt (matched) | loss: DEL + soft prompt | DEL, no soft "
         "prompt |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for level in report["setup"]["adapter"]["levels"]:
         t = level["target_attack_rate"]
-        attack = attacks.get(f"del@{t:g}")
+        attack, outside = attacks.get(f"del@{t:g}"), ood.get(f"del@{t:g}")
         ours, plain = rows.get(f"del+soft@{t:g}"), rows.get(f"del@{t:g}")
         gaussian = rows.get(f"gaussian+soft@{t:g}")
-        if attack is None or ours is None or plain is None:
+        if attack is None or outside is None or ours is None or plain is None:
             continue
         lines.append(
             f"| {t:.0%} | {attack['epsilon_token']:.1f} ({attack['epsilon_prompt']:.0f}) "
-            f"| {_pct(attack['nearest_neighbour'])} / {_pct(attack['likelihood'])} / "
-            f"{_pct(attack['learned'])} | {_ci(ours['coherence'])} | {_ci(plain['coherence'])} "
+            f"| {_strongest(attack)} | {_strongest(outside)} "
+            f"| {_ci(ours['coherence'])} | {_ci(plain['coherence'])} "
             f"| {_ci(gaussian['coherence']) if gaussian else '–'} | {_ci(ours['loss'])} "
             f"| {_ci(plain['loss'])} |"
         )
@@ -78,14 +96,17 @@ def headline_markdown(report: dict) -> str:
         )
         + f". Bits per prompt token: DEL {here['del']} vs {here['raw_fp16']} for a raw fp16 "
         f"embedding (d = {here['hidden_size']}); at 7B dimensions {big['del']} vs "
-        f"{big['raw_fp16']:,}. Loss in nats/token; ± is a 95 % interval over noise seeds.",
+        f"{big['raw_fp16']:,}. Attack rates: share of prompt tokens the strongest of "
+        f"{len(ATTACKS)} attacks recovers, 95 % interval clustered by prompt; out of domain: "
+        f"`{report['out_of_domain']['text']}`. Loss in nats/token; ± is a 95 % interval over "
+        "noise seeds.",
     ]
     return "\n".join(lines)
 
 
 def _setup(report: dict) -> list[str]:
     s, cfg, u, p = report["setup"], report["config"], report["utility"], report["privacy"]
-    a = s["adapter"]
+    a, at, o = s["adapter"], p["attacker"], report["out_of_domain"]
     return [
         "## Setup",
         "",
@@ -99,10 +120,15 @@ def _setup(report: dict) -> list[str]:
         f"- utility: {u['loss_windows']} held-out windows for the loss, {u['coherence_windows']} "
         f"for coherence (greedy continuations of 32 tokens, encoder: {u['encoder']}); noise "
         f"seeds {u['seeds']}; baseline soft prompts: {u['baseline_soft_prompt_steps']} steps, seed {cfg['seed']}",
-        f"- privacy: {p['tokens']} held-out tokens ({p['token_set']}), noise seed "
-        f"{p['noise_seed']}; ε exact at δ = {p['delta']:g}; baselines matched to each level on "
-        f"the adapter's {report['setup']['calibration_tokens']} calibration tokens "
-        f"({cfg['calibration_iterations']} bisection steps)",
+        f"- privacy: {len(ATTACKS)} attacks on {p['prompts']} prompts of {p['prompt_tokens']} "
+        f"tokens ({p['tokens']} tokens; {p['text']}), noise seed {p['noise_seed']}; "
+        f"ε exact at δ = {p['delta']:g}; the attacker knows {at['public_tokens']:,} tokens of "
+        f"public text ({at['public_text']}), beam width {at['beam_width']}, "
+        f"{at['candidates_per_position']} candidates per position, inversion network "
+        f"{at['inversion_network_steps']} steps of {at['inversion_network_batch']} pairs; out "
+        f"of domain: {o['prompts']} windows of `{o['text']}`; baselines matched to each level by "
+        f"DEL's calibration rule on the adapter's first {s['calibration_prompts']} calibration "
+        f"prompts ({cfg['calibration_iterations']} bisection steps, then every attack)",
         f"- machine: {s['machine']['platform']}, {s['machine']['threads']} torch threads; "
         f"wall time {report['timings']['total_s'] / 60:.1f} min "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in report['timings'].items() if k != 'total_s')})",
@@ -110,38 +136,87 @@ def _setup(report: dict) -> list[str]:
     ]
 
 
-def _privacy(report: dict) -> list[str]:
-    p = report["privacy"]
+def _attack_table(section: dict) -> list[str]:
+    """Per method: each attack's token recovery, then the strongest one's in detail."""
     lines = [
+        "| method | target | μ per token | ε per token | ε per prompt | "
+        + " | ".join(_short(a) for a in ATTACKS)
+        + " | strongest [95 %] | content-token rate | prompts ≥ half | prompts exact "
+        "| prompts / tokens |",
+        "|---|" + "---:|" * (len(ATTACKS) + 9),
+    ]
+    for r in section["rows"]:
+        best = r["attacks"][r["strongest_attack"]]
+        rates = " | ".join(_pct(r["attacks"].get(a, {}).get("rate")) for a in ATTACKS)
+        lines.append(
+            f"| {r['method']} | {_pct(r['target_attack_rate'])} | {_num(r['mu_token'], 2)} "
+            f"| {_num(r['epsilon_token'], 1)} | {_num(r['epsilon_prompt'], 0)} | {rates} "
+            f"| {_strongest(r)} | {_pct(best['content_rate'])} | {_pct(best['half_prompts'])} "
+            f"| {_pct(best['exact_prompts'])} | {best['prompts']} / {best['tokens']} |"
+        )
+    return lines
+
+
+def _labels_table(report: dict) -> list[str]:
+    """Each DEL level's strongest attack in and out of domain, against its target."""
+    inside, outside = _attacks(report["privacy"]), _attacks(report["out_of_domain"])
+    lines = [
+        "| level | in domain [95 %] | label in domain | out of domain [95 %] | label out of domain |",
+        "|---:|---:|---|---:|---|",
+    ]
+    for level in report["setup"]["adapter"]["levels"]:
+        t = level["target_attack_rate"]
+        here, there = inside.get(f"del@{t:g}"), outside.get(f"del@{t:g}")
+        if here is None or there is None:
+            continue
+        lines.append(
+            f"| {t:.0%} | {_strongest(here)} | {VERDICT_WORDS[label_verdict(here, t)]} "
+            f"| {_strongest(there)} | {VERDICT_WORDS[label_verdict(there, t)]} |"
+        )
+    return lines
+
+
+def _privacy(report: dict) -> list[str]:
+    p, o = report["privacy"], report["out_of_domain"]
+    content = next(iter(p["rows"][0]["attacks"].values()))["content_tokens"]
+    attacks = "; ".join(f"`{_short(a)}`: {in_words(a)}" for a in ATTACKS)
+    return [
         "## Privacy: token inversion against exact ε",
         "",
-        f"Success rate of three attacks on {p['tokens']} held-out tokens (noise seed "
-        f"{p['noise_seed']}); ε is exact at δ = {p['delta']:g}, per token and for a "
+        f"Share of prompt tokens each attack recovers on {p['prompts']} held-out prompts "
+        f"({p['tokens']} tokens; {p['text']}; noise seed {p['noise_seed']}), every attack on "
+        f"the same symbols: {attacks}. Intervals are 95 %, clustered by prompt. Content "
+        f"tokens: those outside the {CONTENT_EXCLUDES} most frequent public tokens ({content} "
+        f"of {p['tokens']}); prompts ≥ half: share of prompts with at least half of their "
+        f"tokens recovered. ε is exact at δ = {p['delta']:g}, per token and for a "
         f"{p['prompt_tokens']}-token prompt (every token replaced). μ is the per-token "
         "Gaussian-DP figure (the paper's approximation for the binomial mechanism, exact for the "
         "Gaussian one). A soft prompt is server-side post-processing, so it changes nothing here.",
         "",
-        "| method | target | μ per token | ε per token | ε per prompt | nearest neighbour | likelihood | learned | strongest |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in p["rows"]:
-        lines.append(
-            f"| {r['method']} | {_pct(r['target_attack_rate'])} | {_num(r['mu_token'], 2)} "
-            f"| {_num(r['epsilon_token'], 1)} | {_num(r['epsilon_prompt'], 0)} "
-            f"| {_pct(r['nearest_neighbour'])} | {_pct(r['likelihood'])} | {_pct(r['learned'])} "
-            f"| {_pct(r['strongest'])} |"
-        )
-    lines += [
+        *_attack_table(p),
         "",
-        "`clean`: the server receives the embedding itself (the raw mechanism); `no_prompt`: it "
-        "receives nothing and guesses the most frequent token of public in-domain text.",
+        "`clean`: the server receives the embeddings themselves (the raw mechanism); "
+        "`no_prompt`: it receives nothing and guesses from its knowledge of the language alone "
+        "(its sequence attacks without symbols, or the most frequent public token).",
         "",
         *[f"- {line}" for line in report["findings"]["privacy"]],
         "",
         "![attack success against ε](attacks_vs_epsilon.png)",
         "",
+        "### Out of domain",
+        "",
+        f"DEL's levels, calibrated on in-domain text, attacked by the same in-domain attacker on "
+        f"{o['prompts']} windows of {p['prompt_tokens']} tokens of "
+        f"`{o['text']}`:",
+        "",
+        *_attack_table(o),
+        "",
+        "Does each level's label hold? (Under: every attack's 95 % upper bound is below the "
+        "target, the rule the levels were calibrated by.)",
+        "",
+        *_labels_table(report),
+        "",
     ]
-    return lines
 
 
 def _utility(report: dict) -> list[str]:

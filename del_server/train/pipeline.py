@@ -86,18 +86,10 @@ class Workbench:
         )
 
     def attacker(self) -> Attacker:
-        """The server as attacker: this model, the training split as its public text."""
-        train = self.split.train
-        public = torch.cat([train.prompts, train.continuations], dim=1).reshape(-1).numpy()
-        return Attacker(
-            embeddings=self.lm.table.detach().float(),
-            model=self.loaded.model,
-            bos_id=self.loaded.bos_id,
-            public_ids=public,
-            options=AttackOptions(
-                beam_width=self.config.beam_width, learned_steps=self.config.inversion_steps
-            ),
+        options = AttackOptions(
+            beam_width=self.config.beam_width, learned_steps=self.config.inversion_steps
         )
+        return Attacker.of_model(self.loaded.model, self.loaded.bos_id, self.split.train, options)
 
     def checkpoint(self, name: str) -> Path:
         return self.config.out / "checkpoints" / name

@@ -1,7 +1,8 @@
-"""The evaluation's building blocks against independent references.
+"""The evaluation's mechanisms and statistics against independent references.
 
-The generic attacks must agree with the training pipeline's on DEL's own mechanism, and the
-Gaussian baseline's likelihood table must be the law its sampler actually follows.
+Every likelihood-based attack is only as good as the mechanism's likelihood table: each table
+must be the exact law of its sampler, computed here another way (the binomial pmf from
+factorials, the Gaussian bin mass from the normal CDF) and checked against draws.
 """
 
 from __future__ import annotations
@@ -11,17 +12,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from del_client.accountant import gdp_epsilon
-from del_server.adapter import pca_adapter
-from del_server.eval.mechanisms import Binomial, GaussianQuantized, identity_adapter
-from del_server.eval.privacy import (
-    exact_lookup_guesses,
-    likelihood_guesses,
-    nearest_neighbour_guesses,
-)
+from del_server.attacks.mechanisms import Binomial, GaussianQuantized
+from del_server.attacks.tokenwise import exact_lookup_guesses
+from del_server.eval.baselines import identity_adapter
 from del_server.eval.utility import paired_difference, spread
-from del_server.train.attacks import attack_rates, client_table
 
 
 @pytest.fixture(scope="module")
@@ -31,38 +28,62 @@ def embeddings(stories260k) -> torch.Tensor:
     return load_model(str(stories260k)).embeddings.detach().float()
 
 
-def test_generic_attacks_agree_with_the_training_pipelines_on_dels_mechanism(embeddings):
-    adapter = pca_adapter(embeddings, dim=16)
-    table = client_table(adapter, embeddings)
-    tokens = np.arange(embeddings.shape[0]).repeat(4)
-    mechanism = Binomial.at(mu=12.0, dim=16, bits=4, clip=adapter.clip)
-    reference = attack_rates(adapter, embeddings, table, tokens, mechanism.spec, seed=3)
-
-    symbols = mechanism.privatize(table[tokens], np.random.default_rng(3))  # the same draws
-    nearest = nearest_neighbour_guesses(adapter, embeddings, mechanism.decode(symbols))
-    likeliest = likelihood_guesses(mechanism.log_likelihood(table), symbols)
-
-    assert np.mean(nearest == tokens) == reference.nearest_neighbour
-    assert np.mean(likeliest == tokens) == reference.likelihood
+def _frequencies_match(probabilities: np.ndarray, draws: np.ndarray) -> bool:
+    """Empirical symbol frequencies within z·√(p(1−p)/n) of `probabilities`; z = 5 keeps the
+    false-failure rate below 1e-5 over 16 symbols."""
+    n = len(draws)
+    frequencies = np.bincount(draws, minlength=len(probabilities)) / n
+    tolerance = 5 * np.sqrt(probabilities * (1 - probabilities) / n) + 1e-9
+    return bool(np.all(np.abs(frequencies - probabilities) <= tolerance))
 
 
-def test_a_server_given_raw_embeddings_reads_every_token(embeddings):
-    tokens = np.arange(embeddings.shape[0])
-    guesses = exact_lookup_guesses(embeddings, embeddings[tokens].numpy())
-    assert np.mean(guesses == tokens) == 1.0
+def test_binomial_likelihood_table_is_the_binomial_pmf_of_the_clipped_value():
+    mechanism = Binomial.at(mu=8.0, dim=3, bits=4, clip=0.5)
+    spec, levels = mechanism.spec, mechanism.spec.levels
+    values = np.array([[-0.9, 0.0, 0.31]])  # the first is beyond the clip
+    table = np.exp(mechanism.log_likelihood(values))[0]  # (3, 16)
+    for coordinate, x in enumerate(np.clip(values[0], -spec.clip, spec.clip)):
+        p = 0.5 + x / (2 * spec.scale)
+        pmf = [math.comb(levels, s) * p**s * (1 - p) ** (levels - s) for s in range(levels + 1)]
+        np.testing.assert_allclose(table[coordinate], pmf, rtol=1e-10)
+
+
+def test_binomial_likelihood_table_is_the_law_del_clients_quantizer_follows():
+    mechanism = Binomial.at(mu=8.0, dim=1, bits=4, clip=0.5)
+    x, n = 0.2, 200_000
+    probabilities = np.exp(mechanism.log_likelihood(np.array([[x]])))[0, 0]
+    draws = mechanism.privatize(np.full((n, 1), x, np.float32), np.random.default_rng(0))
+    assert _frequencies_match(probabilities, draws[:, 0])
+
+
+def test_gaussian_likelihood_table_is_the_normal_mass_of_each_rounding_bin():
+    mechanism = GaussianQuantized(mu_token=6.0, dim=1, bits=4, clip=1.0)
+    x = 0.4
+    edges = np.concatenate(
+        [[-np.inf], (mechanism.levels[1:] + mechanism.levels[:-1]) / 2, [np.inf]]
+    )
+    mass = np.diff(stats.norm.cdf(edges, loc=x, scale=mechanism.sigma))
+    table = np.exp(mechanism.log_likelihood(np.array([[x]])))[0, 0]
+    np.testing.assert_allclose(table, mass, rtol=1e-9, atol=1e-300)
+
+
+def test_gaussian_likelihood_stays_finite_where_the_normal_cdf_difference_underflows():
+    """Far from the value, Φ(b) − Φ(a) rounds to 0 in float64; the table must still rank
+    such symbols (an attack compares them), so it works in the tail's own logarithm."""
+    mechanism = GaussianQuantized(mu_token=400.0, dim=1, bits=4, clip=1.0)
+    log_table = mechanism.log_likelihood(np.array([[-1.0]]))[0, 0]
+    assert np.all(np.isfinite(log_table))
+    assert np.all(np.diff(log_table[1:]) < 0)  # ever less likely away from the value
+    assert np.exp(log_table).sum() == pytest.approx(1.0, abs=1e-9)
 
 
 def test_gaussian_likelihood_table_is_the_law_its_sampler_follows():
-    """Empirical symbol frequencies of n draws at one value lie within z·√(p(1−p)/n) of the
-    table's probabilities; z = 5 keeps the false-failure rate below 1e-5 over 16 symbols."""
     mechanism = GaussianQuantized(mu_token=6.0, dim=1, bits=4, clip=1.0)
     x, n = 0.4, 200_000
-    probabilities = np.exp(mechanism.log_likelihood(np.array([[x]])))[0, 0]  # (16,)
+    probabilities = np.exp(mechanism.log_likelihood(np.array([[x]])))[0, 0]
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-9)
     draws = mechanism.privatize(np.full((n, 1), x, np.float32), np.random.default_rng(0))
-    frequencies = np.bincount(draws[:, 0], minlength=16) / n
-    tolerance = 5 * np.sqrt(probabilities * (1 - probabilities) / n) + 1e-9
-    assert np.all(np.abs(frequencies - probabilities) <= tolerance)
+    assert _frequencies_match(probabilities, draws[:, 0])
 
 
 def test_gaussian_baseline_is_exactly_mu_gdp_and_composes_over_tokens():
@@ -70,6 +91,12 @@ def test_gaussian_baseline_is_exactly_mu_gdp_and_composes_over_tokens():
     assert mechanism.sigma == pytest.approx(2 * 0.5 * 4 / 3.0)  # sensitivity 2c√k over μ
     assert mechanism.epsilon(delta=1e-5) == pytest.approx(gdp_epsilon(1e-5, mu=3.0))
     assert mechanism.epsilon(delta=1e-5, tokens=9) == pytest.approx(gdp_epsilon(1e-5, mu=9.0))
+
+
+def test_a_server_given_raw_embeddings_reads_every_token(embeddings):
+    tokens = np.arange(embeddings.shape[0])
+    guesses = exact_lookup_guesses(embeddings, embeddings[tokens].numpy())
+    assert np.mean(guesses == tokens) == 1.0
 
 
 def test_identity_adapter_quantizes_the_centred_embeddings_themselves(embeddings):

@@ -1,8 +1,9 @@
 """`del-server eval --smoke` end to end, and the README's results against the committed report.
 
-The smoke run uses tiny samples, so only the report's shape and sanity are checked here (every
-section, method and figure present; rates in [0, 1]; sample sizes and seeds stated), never
-its numbers: `make eval` produces those.
+The smoke run uses tiny samples and a small adapter trained for the tests (conftest.py), so
+only the report's shape and sanity are checked here (every section, method, attack and figure
+present; rates in [0, 1]; sample sizes and seeds stated), never its numbers: `make eval`
+produces those.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from del_server.attacks.suite import ATTACKS
 from del_server.cli import main
 from del_server.eval.report import SCHEMA, headline_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 ADAPTER = REPO / "del_server" / "adapters" / "stories260K"
 COMMITTED = REPO / "docs" / "eval"
-TINYSTORIES = "data/tinystories/tinystories_val_head_dev.txt"
 FIGURES = {
     "utility_vs_attack",
     "utility_vs_epsilon",
@@ -28,12 +29,11 @@ FIGURES = {
     "latency",
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PRIVATE = ("del", "del_full", "gaussian")
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, shared_dir, stories260k) -> tuple[Path, dict]:
-    if not (ADAPTER / "adapter.json").exists():
-        pytest.fail(f"the committed adapter is missing at {ADAPTER} (make train-default)")
+def smoke(tmp_path_factory, small_adapter, tinystories, stories260k) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("eval")
     main(
         [
@@ -42,9 +42,9 @@ def smoke(tmp_path_factory, shared_dir, stories260k) -> tuple[Path, dict]:
             "--model",
             str(stories260k),
             "--adapter",
-            str(ADAPTER),
+            str(small_adapter),
             "--data",
-            str(shared_dir / TINYSTORIES),
+            str(tinystories),
             "--out",
             str(out),
         ]
@@ -61,21 +61,62 @@ def test_smoke_run_writes_json_markdown_and_every_figure(smoke):
         assert f"]({name})" in (out / "EVAL.md").read_text()
 
 
-def test_every_private_method_is_attacked_at_every_level_with_three_attacks(smoke):
+def _check_row(row: dict) -> None:
+    """Every rate a share; the strongest is the attack with the highest rate."""
+    for recovery in row["attacks"].values():
+        for share in ("rate", "low", "high", "content_rate", "half_prompts", "exact_prompts"):
+            assert 0 <= recovery[share] <= 1
+        assert recovery["low"] <= recovery["rate"] <= recovery["high"]
+    best = row["attacks"][row["strongest_attack"]]
+    assert row["strongest"] == best["rate"] == max(r["rate"] for r in row["attacks"].values())
+    assert row["strongest_high"] == best["high"]
+
+
+def test_every_private_method_is_attacked_at_every_level_with_every_attack(smoke):
     _, report = smoke
     levels = {lv["target_attack_rate"] for lv in report["setup"]["adapter"]["levels"]}
-    rows = report["privacy"]["rows"]
-    for family in ("del", "del_full", "gaussian"):
+    privacy = report["privacy"]
+    rows = privacy["rows"]
+    for family in PRIVATE:
         attacked = {r["target_attack_rate"] for r in rows if r["family"] == family}
         assert attacked == levels, family
     for row in rows:
-        rates = [row[a] for a in ("nearest_neighbour", "likelihood", "learned", "strongest")]
-        assert all(r is None or 0 <= r <= 1 for r in rates)
-        if row["family"] in ("del", "del_full", "gaussian"):
-            assert None not in rates
-            assert row["strongest"] == max(rates[:3])
+        _check_row(row)
+        assert next(iter(row["attacks"].values()))["prompts"] == privacy["prompts"]
+        if row["family"] in PRIVATE:
+            assert list(row["attacks"]) == list(ATTACKS)
             assert 0 < row["epsilon_token"] < row["epsilon_prompt"]
-    assert {r["family"]: r["strongest"] for r in rows}["clean"] == 1.0
+    by_family = {r["family"]: r for r in rows}
+    assert by_family["clean"]["strongest"] == 1.0
+    assert privacy["prompts"] == report["config"]["attack_prompts"]
+
+
+def test_baselines_are_matched_to_every_level_below_its_target(smoke):
+    _, report = smoke
+    levels = report["setup"]["adapter"]["levels"]
+    expected = {
+        f"{f}@{lv['target_attack_rate']:g}" for f in ("del_full", "gaussian") for lv in levels
+    }
+    assert set(report["baseline_levels"]) == expected
+    for level in report["baseline_levels"].values():
+        assert max(r["high"] for r in level["attacks"].values()) < level["target_attack_rate"]
+        assert level["prompts"] == report["setup"]["calibration_prompts"]
+
+
+def test_dels_levels_are_attacked_out_of_domain_too(smoke):
+    _, report = smoke
+    ood, levels = report["out_of_domain"], report["setup"]["adapter"]["levels"]
+    assert report["config"]["ood_data"] in ood["text"]
+    assert ood["prompts"] == report["config"]["attack_prompts"]
+    keys = {r["method"] for r in ood["rows"]}
+    assert keys == {"clean", "no_prompt"} | {f"del@{lv['target_attack_rate']:g}" for lv in levels}
+    for row in ood["rows"]:
+        _check_row(row)
+    findings = report["findings"]["privacy"]
+    for level in levels:
+        line = next(f for f in findings if f.startswith(f"{level['target_attack_rate']:.0%} level"))
+        assert "in domain" in line
+        assert "out of domain" in line
 
 
 def test_utility_covers_references_and_each_method_with_and_without_soft_prompt(smoke):
@@ -133,7 +174,9 @@ def test_markdown_states_sample_sizes_and_seeds_and_warns_it_is_not_the_full_run
     assert "smoke" in text
     assert "Quote the numbers of `make eval` only" in text
     assert f"noise seeds {report['config']['seeds']}" in text
-    assert f"{report['privacy']['tokens']} held-out tokens" in text
+    privacy = report["privacy"]
+    assert f"{privacy['prompts']} held-out prompts ({privacy['tokens']} tokens" in text
+    assert f"{report['out_of_domain']['prompts']} windows of" in text
 
 
 def test_readme_results_table_is_the_committed_reports_headline():
@@ -141,6 +184,8 @@ def test_readme_results_table_is_the_committed_reports_headline():
     if not report_path.exists():
         pytest.skip("no committed full report yet (docs/eval/eval.json)")
     report = json.loads(report_path.read_text())
+    if report["schema"] != SCHEMA:
+        pytest.skip(f"docs/eval predates {SCHEMA}: regenerate it with `make eval`")
     assert report["config"]["mode"] == "full"
     adapter_digest = hashlib.sha256((ADAPTER / "adapter.safetensors").read_bytes()).hexdigest()
     assert report["setup"]["adapter"]["tensors_sha256"] == adapter_digest, (

@@ -93,7 +93,7 @@ def test_loading_refuses_a_level_the_server_could_not_publish(tmp_path, adapter)
     Adapter(adapter.down, adapter.up, adapter.mean, adapter.clip, calibration=[stale]).save(
         tmp_path
     )
-    with pytest.raises(ValueError, match="lacks attacks, strongest_attack.*del-server calibrate"):
+    with pytest.raises(ValueError, match=r"lacks attacks, strongest_attack.*del-server calibrate"):
         Adapter.load(tmp_path)
 
 
