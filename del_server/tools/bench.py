@@ -22,10 +22,10 @@ from del_client import Client, ClientConfig
 from del_client.mechanism import BinomialQuantizer, PrivacySpec, dequantize
 from del_client.sampling import Sampling
 
-from .generation import FinishEvent, PrivatePrompt, TokenEvent
-from .server import RunningServer
-from .settings import DEFAULT_MODEL, Settings
-from .threaded import serve_in_thread
+from ..generation import FinishEvent, PrivatePrompt, TokenEvent
+from ..server import RunningServer
+from ..settings import DEFAULT_MODEL, Settings
+from ..threaded import serve_in_thread
 
 PROMPT = "Once upon a time, there was a little dog named Max. Max liked to run in the park"
 MU = 20.0
