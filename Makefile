@@ -37,7 +37,7 @@ proto: install
 # and bench_e2e.* (generations in-process and through gRPC).
 bench: install
 	$(BIN)/python -m del_client.bench --out reports
-	$(BIN)/python -m del_server.bench --out reports
+	$(BIN)/python -m del_server.tools.bench --out reports
 
 # The committed adapter of the default model (34 minutes on 2 cores shared with other jobs:
 # projection, calibration against every attack, three soft prompts; TRAINING.md has the times).
@@ -61,11 +61,11 @@ soak: install
 
 # del-client loadtest at 1, 8, 32 and 64 streams against del-server serve: reports/loadtest.*
 loadtest: install
-	$(BIN)/python -m del_server.loadsweep --out reports
+	$(BIN)/python -m del_server.tools.loadsweep --out reports
 
 # A real server and client over gRPC: MODEL=path-or-hub-id and ADAPTER=dir override defaults.
 demo: install
-	$(BIN)/python -m del_server.demo
+	$(BIN)/python -m del_server.tools.demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -3,16 +3,16 @@ loopback server with the default model."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
+
+if TYPE_CHECKING:
+    from del_server.threaded import ServerThread
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DEL_SHARED_DIR", REPO.parent / "shared"))
@@ -31,47 +31,12 @@ def shared_dir() -> Path:
     return SHARED
 
 
-@dataclass
-class LoopbackServer:
-    """A real del-server on 127.0.0.1 with the default model, running on its own event loop."""
-
-    running: object  # del_server.server.RunningServer
-    loop: asyncio.AbstractEventLoop
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.running.port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.running.metrics_port}/metrics"
-
-    def call(self, coroutine, timeout: float = 60):
-        """Run a coroutine on the server's loop (e.g. to inspect the engine)."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-
-@contextmanager
-def serving(settings) -> Iterator[LoopbackServer]:
-    """Start a real server with `settings` on its own loop thread; stop it on exit."""
-    from del_server.server import start
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="loopback-server", daemon=True)
-    thread.start()
-    running = asyncio.run_coroutine_threadsafe(start(settings), loop).result(timeout=180)
-    try:
-        yield LoopbackServer(running, loop)
-    finally:
-        asyncio.run_coroutine_threadsafe(running.stop(grace_s=1.0), loop).result(timeout=60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def serve():
     """`with serve(settings) as loopback:` starts a real server with any settings."""
-    return serving
+    from del_server.threaded import serve_in_thread
+
+    return serve_in_thread
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +45,7 @@ def stories260k(shared_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(shared_dir) -> Iterator[LoopbackServer]:
+def server(shared_dir, serve) -> Iterator[ServerThread]:
     from del_server.settings import Settings
 
     settings = Settings(
@@ -94,5 +59,5 @@ def server(shared_dir) -> Iterator[LoopbackServer]:
         max_new_tokens=128,
         grace_s=2.0,
     )
-    with serving(settings) as loopback:
+    with serve(settings) as loopback:
         yield loopback

@@ -52,7 +52,7 @@ class EvalConfig:
     soft_prompt_steps: int | None = None
     # Communication through gRPC.
     wire_requests: int = 16
-    # Speed (del_server.bench and del_client.bench, plus latency samples through gRPC).
+    # Speed (del_server.tools.bench and del_client.bench, plus latency samples through gRPC).
     codec_tokens: int = 100_000
     bench_new_tokens: int = 128
     bench_repeats: int = 5

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..bench import _ServerThread
 from ..settings import Settings
+from ..threaded import serve_in_thread
 from .baselines import all_methods, matched_baselines, soft_prompt_steps
 from .coherence import ENCODER, SentenceEncoder
 from .communication import communication_stage
@@ -48,11 +48,8 @@ def serving(config: EvalConfig) -> Iterator[str]:
         max_waiting=64,
         max_new_tokens=max(256, config.bench_new_tokens),
     )
-    server = _ServerThread(settings)
-    try:
-        yield f"127.0.0.1:{server.running.port}"
-    finally:
-        server.close()
+    with serve_in_thread(settings) as server:
+        yield server.target
 
 
 class _Timer:

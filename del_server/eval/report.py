@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..attacks.recovery import CONTENT_EXCLUDES
 from ..attacks.suite import ATTACKS
-from ..bench import concurrency_table, path_table
+from ..tools.bench import concurrency_table, path_table
 from .findings import VERDICT_WORDS, label_verdict
 from .privacy import in_words
 
@@ -343,7 +343,7 @@ def _speed(report: dict) -> list[str]:
         )
     lines += [
         "",
-        f"End to end (del_server.bench: `{e2e['model']}` with its PCA default, μ = {e2e['mu']}, "
+        f"End to end (del_server.tools.bench: `{e2e['model']}` with its PCA default, μ = {e2e['mu']}, "
         f"greedy, {e2e['new_tokens']} new tokens, median of {e2e['repeats']}):",
         "",
         *path_table(e2e),

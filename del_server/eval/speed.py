@@ -1,7 +1,7 @@
 """Speed: the existing benchmarks, plus latency samples for the distribution plots.
 
 codec       del_client.bench.measure_codec at this adapter's (k, b) and at k = 128
-end to end  del_server.bench.run_benchmark: in-process engine vs the SDK through gRPC
+end to end  del_server.tools.bench.run_benchmark: in-process engine vs the SDK through gRPC
             (medians), and aggregate tokens/s at 1, 4 and 16 concurrent streams; it
             serves the training-free PCA default, so the soft prompt is not in it
 latency     every time to first token and every gap between streamed deltas, through
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from del_client import Client, ClientConfig
 from del_client.bench import measure_codec
 
-from ..bench import BITS, MU, PROMPT, run_benchmark
+from ..tools.bench import BITS, MU, PROMPT, run_benchmark
 from .context import EvalContext
 
 SEVEN_B_PROJECTION_DIM = 128

@@ -28,6 +28,7 @@ from del_client import (
 from del_client.ledger import LedgerBudget, PrivacyLedger
 from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_server.settings import SettingError
+from del_server.threaded import loop_in_thread
 
 PROMPT = "Once upon a time"
 
@@ -123,7 +124,7 @@ def test_graceful_shutdown_completes_streams_in_flight_and_refuses_new_ones(
             generation = client.generate(PROMPT, mu=10, max_new_tokens=200, temperature=0)
             deltas = iter(generation)
             next(deltas)
-            stopping = asyncio.run_coroutine_threadsafe(server.running.stop(), server.loop)
+            stopping = server.submit(server.running.stop())
             wait_until(lambda: refuses_new_calls(server.target), what="new calls to be refused")
             assert not stopping.done()  # still draining the stream below
             list(deltas)
@@ -216,9 +217,6 @@ class FlakyPath(inference_pb2_grpc.SplitInferenceServicer):
 
 @contextmanager
 def flaky_path(upstream: str, **behaviour) -> Iterator[tuple[str, FlakyPath]]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
     path = FlakyPath(upstream, **behaviour)
 
     async def start():
@@ -228,13 +226,12 @@ def flaky_path(upstream: str, **behaviour) -> Iterator[tuple[str, FlakyPath]]:
         await server.start()
         return server, port
 
-    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    try:
-        yield f"127.0.0.1:{port}", path
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with loop_in_thread("flaky-path") as thread:
+        server, port = thread.call(start(), 30)
+        try:
+            yield f"127.0.0.1:{port}", path
+        finally:
+            thread.call(server.stop(0), 30)
 
 
 def run_generation(kind: str, config: ClientConfig, budget):

@@ -13,7 +13,7 @@ from hardening_kit import sample
 from del_client import ClientConfig, RequestOptionError
 from del_client.cli import main
 from del_client.loadtest import latency_summary, run_load
-from del_server import loadsweep
+from del_server.tools import loadsweep
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ own counters are read from its metrics endpoint and set beside the client's: eve
 the client started must appear there with the same outcome, so nothing is lost on either side.
 Writes loadtest.json, loadtest.md and loadtest.png.
 
-    python -m del_server.loadsweep --concurrency 1 8 32 64 --duration 20 --out reports
+    python -m del_server.tools.loadsweep --concurrency 1 8 32 64 --duration 20 --out reports
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from del_client import ClientConfig
 from del_client.loadtest import run_load
 
-from .settings import DEFAULT_MODEL
+from ..settings import DEFAULT_MODEL
 
 STATUS_SAMPLE = re.compile(r'^del_requests_total\{code="(\w+)"\} (\S+)$', re.MULTILINE)
 

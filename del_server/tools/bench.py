@@ -9,11 +9,9 @@ figure is the median of `repeats` runs. `make bench` writes bench_e2e.json and b
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import platform
 import statistics
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,31 +22,14 @@ from del_client import Client, ClientConfig
 from del_client.mechanism import BinomialQuantizer, PrivacySpec, dequantize
 from del_client.sampling import Sampling
 
-from .generation import FinishEvent, PrivatePrompt, TokenEvent
-from .server import RunningServer, start
-from .settings import DEFAULT_MODEL, Settings
+from ..generation import FinishEvent, PrivatePrompt, TokenEvent
+from ..server import RunningServer
+from ..settings import DEFAULT_MODEL, Settings
+from ..threaded import serve_in_thread
 
 PROMPT = "Once upon a time, there was a little dog named Max. Max liked to run in the park"
 MU = 20.0
 BITS = 4
-
-
-class _ServerThread:
-    """A real server on its own event loop thread, as a deployment would run it."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.running: RunningServer = self.run(start(settings))
-
-    def run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    def close(self) -> None:
-        self.run(self.running.stop(grace_s=1.0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
 
 
 async def _in_process(running: RunningServer, new_tokens: int) -> tuple[float, int, float]:
@@ -113,12 +94,11 @@ def run_benchmark(*, model: str, new_tokens: int, repeats: int, cache_dir: Path)
         max_waiting=64,
         max_new_tokens=max(256, new_tokens),
     )
-    server = _ServerThread(settings)
-    target = f"127.0.0.1:{server.running.port}"
-    try:
+    with serve_in_thread(settings) as server:
+        target = server.target
         steps = tqdm(total=2 + 3, desc="e2e benchmark", unit="stage")
         in_process = _median_run(
-            lambda: server.run(_in_process(server.running, new_tokens)), repeats
+            lambda: server.call(_in_process(server.running, new_tokens)), repeats
         )
         steps.update()
         grpc_single = _median_run(lambda: _through_grpc(target, new_tokens, cache_dir), repeats)
@@ -128,8 +108,6 @@ def run_benchmark(*, model: str, new_tokens: int, repeats: int, cache_dir: Path)
             concurrency.append(_aggregate(target, streams, new_tokens, cache_dir))
             steps.update()
         steps.close()
-    finally:
-        server.close()
     return {
         "model": model,
         "prompt": PROMPT,

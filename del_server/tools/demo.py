@@ -22,10 +22,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .settings import DEFAULT_MODEL
+from ..settings import DEFAULT_MODEL
 
 BIN = Path(sys.executable).parent
-DEFAULT_ADAPTER = Path(__file__).parent / "adapters" / "stories260K"
+DEFAULT_ADAPTER = Path(__file__).parents[1] / "adapters" / "stories260K"
 TARGET_ATTACK_RATE = 0.10
 
 
