@@ -24,6 +24,8 @@ from typing import Any
 # starts (the model, and the text the provider pipeline trains and evaluates on).
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_MODEL = str(SHARED_DIR / "models" / "stories260K")
+# The trained adapter of the default model, shipped with the package.
+DEFAULT_ADAPTER = str(Path(__file__).resolve().parent / "adapters" / "stories260K")
 PORTS = ("port", "metrics_port", "health_port")
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-DEFAULT_MODEL = "../shared/models/stories260K"
-DEFAULT_ADAPTER = "del_server/adapters/stories260K"
-DEFAULT_DATA = "../shared/data/tinystories/tinystories_val_head_dev.txt"
-DEFAULT_OOD_DATA = "../shared/data/wikitext-2/valid.txt"
+from ..settings import DEFAULT_ADAPTER, DEFAULT_MODEL, SHARED_DIR
+from ..train.defaults import DEFAULT_DATA
+
+DEFAULT_OOD_DATA = str(SHARED_DIR / "data" / "wikitext-2" / "valid.txt")
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ..settings import DEFAULT_MODEL
+from ..settings import DEFAULT_ADAPTER, DEFAULT_MODEL
 
 BIN = Path(sys.executable).parent
-DEFAULT_ADAPTER = Path(__file__).parents[1] / "adapters" / "stories260K"
 TARGET_ATTACK_RATE = 0.10
 
 
@@ -83,8 +82,8 @@ def main() -> None:
     parser.add_argument("--mu", type=float, help="privacy level (default: a calibrated one)")
     parser.add_argument("--timeout-s", type=float, default=300)
     args = parser.parse_args()
-    if args.adapter is None and args.model == DEFAULT_MODEL and DEFAULT_ADAPTER.is_dir():
-        args.adapter = str(DEFAULT_ADAPTER)
+    if args.adapter is None and args.model == DEFAULT_MODEL:
+        args.adapter = DEFAULT_ADAPTER
 
     port, metrics_port = _free_port(), _free_port()
     target = f"127.0.0.1:{port}"

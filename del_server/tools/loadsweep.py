@@ -28,12 +28,14 @@ from pathlib import Path
 from del_client import ClientConfig
 from del_client.loadtest import run_load
 
-from ..settings import DEFAULT_MODEL
+from ..settings import DEFAULT_ADAPTER, DEFAULT_MODEL
 
 STATUS_SAMPLE = re.compile(r'^del_requests_total\{code="(\w+)"\} (\S+)$', re.MULTILINE)
 
 
-def _start_server(model: str, streams: int) -> tuple[subprocess.Popen, str, int]:
+def _start_server(
+    model: str, adapter: str | None, streams: int
+) -> tuple[subprocess.Popen, str, int]:
     serve = ["serve", "--port", "0", "--metrics-port", "0", "--log-level", "WARNING"]
     command = [
         sys.executable,
@@ -46,6 +48,7 @@ def _start_server(model: str, streams: int) -> tuple[subprocess.Popen, str, int]
         str(streams),
         "--max-waiting",
         str(streams),
+        *(["--adapter", adapter] if adapter else []),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
@@ -60,8 +63,10 @@ def _server_counts(metrics_port: int) -> dict[str, float]:
     return {code: float(value) for code, value in STATUS_SAMPLE.findall(text)}
 
 
-def sweep(model: str, levels: list[int], duration_s: float, max_new_tokens: int) -> list[dict]:
-    process, target, metrics_port = _start_server(model, max(levels))
+def sweep(
+    model: str, adapter: str | None, levels: list[int], duration_s: float, max_new_tokens: int
+) -> list[dict]:
+    process, target, metrics_port = _start_server(model, adapter, max(levels))
     rows = []
     try:
         with tempfile.TemporaryDirectory() as cache:
@@ -150,12 +155,17 @@ def _plot(rows: list[dict], machine: str, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=os.environ.get("DEL_MODEL", DEFAULT_MODEL))
+    parser.add_argument(
+        "--adapter", help="trained adapter (default: the committed one, for the default model)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("reports"))
     args = parser.parse_args(argv)
-    rows = sweep(args.model, args.concurrency, args.duration, args.max_new_tokens)
+    if args.adapter is None and args.model == DEFAULT_MODEL:
+        args.adapter = DEFAULT_ADAPTER
+    rows = sweep(args.model, args.adapter, args.concurrency, args.duration, args.max_new_tokens)
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "loadtest.json").write_text(

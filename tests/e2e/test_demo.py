@@ -1,0 +1,26 @@
+"""`make demo`, the first thing a newcomer runs, as a newcomer runs it: a real server process
+with the committed adapter and a real client process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_the_demo_states_every_level_and_generates_privately_at_the_10_percent_one(tmp_path):
+    demo = subprocess.run(
+        [sys.executable, "-m", "del_server.tools.demo", "--prompt", "Once upon a time"],
+        cwd=tmp_path,  # the default model and adapter are found from anywhere
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
+    assert demo.returncode == 0, demo.stderr
+    levels = [line for line in demo.stdout.splitlines() if "a server that tries hard" in line]
+    assert len(levels) == 3
+    assert any(line.lstrip().startswith("→ ≤ 10%") for line in levels)
+    assert "--level 0.1" in demo.stdout
+    assert "finish        length: 64 tokens" in demo.stderr
+    assert "soft prompt   trained for μ = 4.35" in demo.stderr
