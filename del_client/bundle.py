@@ -22,6 +22,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -84,9 +85,11 @@ class ClientBundle:
     def vocab_size(self) -> int:
         return self.table.shape[0]
 
-    @property
+    @cached_property
     def digest(self) -> str:
-        """SHA-256 (hex) of the serialized bundle: what manifests advertise."""
+        """SHA-256 (hex) of the serialized bundle: what manifests advertise. Hashed once: a
+        server checks it against every request's header (64 MB for a 128k vocabulary at
+        k = 128)."""
         return sha256_hex(self._bytes)
 
     def to_bytes(self) -> bytes:
