@@ -131,7 +131,7 @@ async def _warm_up(served: ServedModel) -> None:
     spec = PrivacySpec.from_mu(mu=1.0, dim=served.adapter.projection_dim, bits=4, clip=1.0)
     await asyncio.to_thread(spec.epsilon, delta=1e-5)
     x_hat = np.zeros((1, served.adapter.projection_dim), dtype=np.float32)
-    inputs, _ = served.prompts.build(PrivatePrompt(x_hat, mu=1.0))
+    inputs, _ = served.prompts.build(PrivatePrompt(x_hat, mu=None))
     handle = served.engine.submit("warm-up", inputs, Sampling(max_new_tokens=2, temperature=0))
     while not isinstance(await handle.events.get(), FinishEvent):
         pass

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: this checkout's packages, not an installed copy
+    sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "protocol_vectors.json"
 ADAPTER = ROOT / "del_server" / "adapters" / "stories260K"
 FORMAT = "del-protocol-vectors/1"
@@ -54,22 +56,26 @@ def _sha256(data: bytes) -> str:
 
 
 def build_bundles():
-    """The default model's published bundles: (private bundle, raw bundle, levels)."""
+    """The default model's published bundles and levels: (private bundle, raw bundle,
+    calibration records, the levels the server publishes)."""
     from del_server.adapter import Adapter
     from del_server.bundles import client_bundle, raw_bundle
+    from del_server.levels import adapter_levels
     from del_server.models import load_model
     from del_server.settings import DEFAULT_MODEL
 
     loaded = load_model(DEFAULT_MODEL)
     adapter = Adapter.load(ADAPTER)
-    return client_bundle(loaded, adapter), raw_bundle(loaded), adapter.calibration
+    bundle, raw = client_bundle(loaded, adapter), raw_bundle(loaded)
+    return bundle, raw, adapter.calibration, adapter_levels(adapter)
 
 
 def vectors() -> dict:
     from del_client.codec import RawSpec, encode_frames, pack_symbols, tokens_per_frame
     from del_client.mechanism import BinomialQuantizer, PrivacySpec, decode_table
+    from del_server.levels import LEVEL_TOLERANCE
 
-    bundle, raw, calibration = build_bundles()
+    bundle, raw, calibration, levels = build_bundles()
     dim, clip = bundle.projection_dim, bundle.clip
     ids = bundle.encode(TEXT)[1:]  # encode() puts BOS first; the server prepends it instead
     rows = bundle.embed(ids)
@@ -171,6 +177,21 @@ def vectors() -> dict:
             "server_input_ids": [bundle.bos_id, *ids],
         },
         "table_rows": {"ids": ids, "rows": _floats(rows)},
+        "levels": {
+            "tolerance": LEVEL_TOLERANCE,
+            "levels": [
+                {
+                    "id": level.id,
+                    "mu": level.mu,
+                    "dim": level.spec.dim,
+                    "bits": level.spec.bits,
+                    "clip": level.spec.clip,
+                    "scale": level.spec.scale,
+                    "soft_prompt": level.soft_prompt,
+                }
+                for level in levels
+            ],
+        },
         "scale_from_mu": scale_from_mu,
         "scale_from_epsilon": scale_from_epsilon,
         "privatize": {"ids": ids, "uniforms": _floats(uniforms), "cases": privatize},

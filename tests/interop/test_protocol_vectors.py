@@ -37,7 +37,7 @@ def test_the_committed_vectors_are_what_the_code_computes(shared_dir):
 
 
 def test_the_scale_from_mu_is_the_closed_form(vectors):
-    for case in vectors["scale_from_mu"]:
+    for case in [*vectors["scale_from_mu"], *vectors["levels"]["levels"]]:
         k, K, c, mu = case["dim"], 2 ** case["bits"] - 1, case["clip"], case["mu"]
         assert case["scale"] == pytest.approx(c * math.sqrt(4 * k * K + mu**2) / mu, rel=1e-12)
 

@@ -161,7 +161,7 @@ def test_usage_counts_exactly_the_bytes_that_crossed_the_wire(stub, bundle, spec
 def test_raw_mechanism_reproduces_the_reference_greedy_continuation(stub, manifest, shared_dir):
     reference = json.loads((shared_dir / "models/stories260K/reference_greedy.json").read_text())
     raw = fetch(stub, manifest.raw_bundle_digest)
-    spec = RawSpec(dim=raw.projection_dim)
+    spec = RawSpec(dim=raw.dim)
     ids = raw.encode(reference["prompt"])
     assert ids == reference["prompt_ids"]
     messages = [header(spec, raw.digest, max_new_tokens=60), *frames(spec, raw.embed(ids[1:])), END]
@@ -174,7 +174,7 @@ def test_raw_mechanism_reproduces_the_reference_greedy_continuation(stub, manife
 
 def test_stop_sequences_end_generation_and_are_not_emitted(stub, manifest, shared_dir):
     raw = fetch(stub, manifest.raw_bundle_digest)
-    spec = RawSpec(dim=raw.projection_dim)
+    spec = RawSpec(dim=raw.dim)
     ids = raw.encode("Once upon a time")[1:]
     messages = [
         header(spec, raw.digest, max_new_tokens=60, stop=["Lily"]),
