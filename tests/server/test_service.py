@@ -115,6 +115,35 @@ def test_reflection_lists_the_split_inference_service(channel):
     assert {"del.v1.SplitInference", "grpc.health.v1.Health"} <= names
 
 
+def test_reflection_v1_is_served_beside_v1alpha_and_describes_every_service(channel):
+    """v1 is v1alpha's protocol under another name: v1alpha's classes speak it on the wire."""
+    from google.protobuf import descriptor_pb2
+
+    info = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    symbols = ["del.v1.SplitInference", "grpc.reflection.v1.ServerReflection"]
+    requests = [reflection_pb2.ServerReflectionRequest(list_services="")]
+    requests += [reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in symbols]
+    listed, *described = list(info(iter(requests), timeout=10))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {
+        "del.v1.SplitInference",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    for symbol, response in zip(symbols, described, strict=True):
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(data)
+            for data in response.file_descriptor_response.file_descriptor_proto
+        ]
+        services = {f"{f.package}.{s.name}" for f in files for s in f.service}
+        assert symbol in services
+
+
 def test_manifest_describes_the_model_and_its_bundle(manifest, bundle):
     assert manifest.model_id == "stories260K"
     assert manifest.hidden_size == 64
