@@ -29,9 +29,11 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Regenerate del_client/proto from protos/ (a test fails when they are stale).
+# Regenerate del_client/proto from protos/, and the protocol's test vectors
+# (docs/protocol_vectors.json); a test fails when either is stale.
 proto: install
 	$(BIN)/python protos/generate.py
+	$(BIN)/python protos/vectors.py
 
 # reports/bench_codec.* (codec throughput), bench_cli.* (del-client start-up: --help, manifest)
 # and bench_e2e.* (generations in-process and through gRPC).

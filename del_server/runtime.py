@@ -13,6 +13,7 @@ from .adapter import Adapter, embedding_digest, pca_adapter
 from .backends.transformers import TransformersBackend
 from .bundles import client_bundle, raw_bundle
 from .generation import Engine, PromptBuilder
+from .levels import Level, adapter_levels
 from .models import LoadedModel, load_model
 from .settings import Settings
 
@@ -27,6 +28,7 @@ class ServedModel:
     raw_bundle: ClientBundle | None
     engine: Engine
     prompts: PromptBuilder
+    levels: tuple[Level, ...] = ()  # adapter_levels(adapter): what a request may be served at
 
     @property
     def bundles(self) -> dict[str, ClientBundle]:
@@ -67,6 +69,7 @@ def build_served_model(settings: Settings) -> ServedModel:
         raw_bundle=raw_bundle(loaded) if settings.enable_raw else None,
         engine=engine,
         prompts=PromptBuilder(backend, adapter, loaded.bos_id),
+        levels=adapter_levels(adapter),
     )
     log.info(
         "model ready",
