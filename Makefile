@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch that lies on this machine's disk; an unpinned torch pulls CUDA.
 TORCH  := torch==2.13.0
 
-.PHONY: install test lint format proto bench demo train-default soak loadtest clean
+.PHONY: install interop test lint format proto bench demo train-default soak loadtest clean
 
 install: $(BIN)/del-client
 
@@ -18,8 +18,13 @@ $(BIN)/del-client: pyproject.toml
 
 # torch runs single-threaded in tests: the tiny model gains nothing from intra-op threads, and
 # two OpenMP threads spinning against the servers the suite starts on 2 cores cost minutes.
-test: install
+test: install interop
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
+
+# The Node.js conformance client's packages (tests/interop/node); without npm its test skips.
+interop: tests/interop/node/node_modules/.package-lock.json
+tests/interop/node/node_modules/.package-lock.json: tests/interop/node/package-lock.json
+	if command -v npm >/dev/null; then npm ci --prefix tests/interop/node --no-audit --no-fund; fi
 
 lint: install
 	$(BIN)/ruff check .
