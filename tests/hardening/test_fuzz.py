@@ -212,6 +212,7 @@ def fuzz(
         max_examples=examples,
         phases=[Phase.generate],  # no replay, no shrinking: exactly `examples` streams
         database=None,
+        derandomize=True,  # the same streams every run: a failure reproduces
         suppress_health_check=list(HealthCheck),
     )
     @given(stream=streams(parts))
