@@ -58,7 +58,7 @@ train-default: install
 eval: install
 	$(BIN)/del-server eval --out reports
 
-# The same on small samples (under 3 minutes): checks the pipeline, not the numbers.
+# The same on small samples (under 5 minutes): checks the pipeline, not the numbers.
 eval-quick: install
 	$(BIN)/del-server eval --quick --out reports
 
