@@ -53,7 +53,7 @@ train-default: install
 	$(BIN)/del-server train all --out $(DEFAULT_ADAPTER) --projection-steps 1500 --soft-prompt-steps 1500
 
 # Privacy, utility, communication and speed report with plots: reports/EVAL.md, eval.json,
-# *.png (about 40 minutes on 2 idle cores; docs/eval/ holds the committed full run).
+# *.png (about 60 minutes on 2 cores; docs/eval/ holds the committed full run).
 .PHONY: eval eval-quick
 eval: install
 	$(BIN)/del-server eval --out reports
