@@ -5,9 +5,10 @@
     ─ frozen LLM with KV cache ─ sample ─ token events
 
 One scheduler thread owns the model. Each round it prefills the requests that just joined
-(one forward pass each: prompts differ in length) and then advances every running sequence
-by one token in a single batched forward pass (continuous batching: requests join and leave
-between rounds). Events go back to each request's asyncio queue with `call_soon_threadsafe`.
+(one forward pass for all of them, left-padded to the longest prompt) and then advances every
+running sequence by one token in a single batched forward pass (continuous batching: requests
+join and leave between rounds). Each pass's tokens are drawn in one batched operation, and
+its events go back to the requests' asyncio queues in one `call_soon_threadsafe` per loop.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from del_client.sampling import Sampling
 from .adapter import Adapter
 from .backends.base import Backend, DecodeBatch
 from .errors import OverloadedError, ShuttingDownError
-from .sampling import FinishReason, Sampler, TextStream
+from .sampling import FinishReason, Sampler, TextStream, sample
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class RawPrompt:
     embeddings: np.ndarray  # (T, d) float32
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenEvent:
     token_id: int | None  # None: text held back until the end, no new token
     text: str
@@ -105,8 +106,11 @@ class RequestHandle:
     def cancel(self) -> None:
         self.cancelled.set()
 
-    def _send(self, event: Event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+def _deliver(events: list[tuple[RequestHandle, Event]]) -> None:
+    """On the event loop: hand a round's events to their requests' queues."""
+    for handle, event in events:
+        handle.events.put_nowait(event)
 
 
 @dataclass(eq=False)
@@ -144,6 +148,7 @@ class Engine:
         # Admitted sequences in order; the prefilled ones are the rows of the batch, in order.
         self._running: list[_Sequence] = []
         self._batch: DecodeBatch = backend.new_batch()
+        self._outbox: list[tuple[RequestHandle, Event]] = []  # events not yet handed over
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="del-engine", daemon=True)
@@ -197,28 +202,48 @@ class Engine:
             except Exception as exc:  # a bug here must not leave the server without an engine
                 self._fail([s for s in self._running if not s.done], exc)
                 self._running, self._batch = [], self._backend.new_batch()
+            self._flush()
         for sequence in [*self._running, *self._waiting]:
-            sequence.handle._send(FailedEvent(ShuttingDownError("the server is shutting down")))
+            self._send(sequence, FailedEvent(ShuttingDownError("the server is shutting down")))
+        self._flush()
 
     def _round(self) -> None:
         """Prefill the sequences that joined, then advance every running one by one token."""
-        for sequence in self._running:
-            if not (sequence.prefilled or sequence.handle.cancelled.is_set()):
-                self._prefill(sequence)
+        joining = [s for s in self._running if not (s.prefilled or s.handle.cancelled.is_set())]
+        if joining:
+            self._prefill(joining)
+            self._flush()  # their first tokens go out before the decoding pass
         self._drop_finished()
         if self._running:
             self._decode()
             self._drop_finished()
 
-    def _prefill(self, sequence: _Sequence) -> None:
+    def _prefill(self, joining: list[_Sequence]) -> None:
+        """One forward pass for all joining sequences; when it or their joining the batch
+        fails, each is tried alone, so only the one that cannot join fails."""
         try:
-            logits, state = self._backend.prefill(sequence.inputs)
+            logits, state = self._backend.prefill_many([s.inputs for s in joining])
             self._batch.add(state)  # all or nothing: the batch is unchanged when it fails
-        except Exception as exc:  # e.g. out of memory: this request fails, the others go on
-            self._fail([sequence], exc)
-            return
-        sequence.prefilled = True
-        self._advance_or_fail(sequence, logits)
+        except Exception as exc:  # e.g. out of memory: these requests fail, the others go on
+            if len(joining) == 1:
+                self._fail(joining, exc)
+                return
+            joined, rows = [], []
+            for sequence in joining:
+                try:
+                    row, state = self._backend.prefill(sequence.inputs)
+                    self._batch.add(state)
+                except Exception as alone:
+                    self._fail([sequence], alone)
+                    continue
+                joined.append(sequence)
+                rows.append(row)
+            if not joined:
+                return
+            joining, logits = joined, torch.stack(rows)
+        for sequence in joining:
+            sequence.prefilled = True
+        self._advance(joining, logits)
 
     def _decode(self) -> None:
         try:
@@ -226,45 +251,86 @@ class Engine:
         except Exception as exc:  # the rows share one state: each of them fails
             self._fail(self._running, exc)
             return
-        for sequence, row in zip(self._running, logits, strict=True):
-            self._advance_or_fail(sequence, row)
+        self._advance(self._running, logits)
 
     def _drop_finished(self) -> None:
-        """Remove finished and cancelled sequences, and their rows of the batch."""
-        running, rows, row = [], [], 0
-        for sequence in self._running:
-            stays = not (sequence.done or sequence.handle.cancelled.is_set())
-            if sequence.prefilled:
-                rows += [row] if stays else []
-                row += 1
-            running += [sequence] if stays else []
-        if len(running) < len(self._running):
-            self._batch.keep(rows)
-            self._running = running
+        """Remove finished and cancelled sequences, and their rows of the batch.
+
+        The last rows move into the places of the rows that leave (the batch copies one row
+        for each, not every row after it); the running list follows the rows' new order.
+        """
+        stays = [not (s.done or s.handle.cancelled.is_set()) for s in self._running]
+        if all(stays):
+            return
+        rows = [(s, stay) for s, stay in zip(self._running, stays, strict=True) if s.prefilled]
+        staying = [i for i, (_, stay) in enumerate(rows) if stay]
+        size = len(staying)
+        order = list(range(size))
+        kept_in_place = set(staying)
+        places = [i for i in order if i not in kept_in_place]
+        for place, last in zip(places, [i for i in staying if i >= size], strict=True):
+            order[place] = last
+        self._batch.keep(order)
+        waiting = [
+            s for s, stay in zip(self._running, stays, strict=True) if stay and not s.prefilled
+        ]
+        self._running = [rows[i][0] for i in order] + waiting
+
+    def _send(self, sequence: _Sequence, event: Event) -> None:
+        self._outbox.append((sequence.handle, event))
+
+    def _flush(self) -> None:
+        """Hand the events made since the last flush to their loops, one call per loop."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for handle, event in outbox:
+            by_loop.setdefault(handle.loop, []).append((handle, event))
+        for loop, events in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, events)
+            except RuntimeError:  # that loop is closed: nobody is listening any more
+                log.warning("events for a closed event loop dropped")
 
     def _fail(self, sequences: list[_Sequence], exc: Exception) -> None:
         ids = [s.handle.request_id for s in sequences]
         log.error("generation failed", exc_info=exc, extra={"request_ids": ids})
         for sequence in sequences:
-            sequence.handle._send(FailedEvent(exc))
+            self._send(sequence, FailedEvent(exc))
             sequence.done = True
 
-    def _advance_or_fail(self, sequence: _Sequence, logits: torch.Tensor) -> None:
+    def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
+        """Draw each sequence's next token from its row of `logits` (one batched draw) and
+        send it; a row whose draw or text fails fails alone."""
+        samplers = [s.sampler for s in sequences]
         try:
-            sequence.done = self._advance(sequence, logits)
-        except Exception as exc:
-            self._fail([sequence], exc)
+            tokens = sample(samplers, logits)
+        except Exception:  # find the row(s) at fault
+            tokens = []
+            for sequence, row in zip(sequences, logits, strict=True):
+                try:
+                    tokens.append(sequence.sampler(row))
+                except Exception as exc:
+                    self._fail([sequence], exc)
+                    tokens.append(None)
+        at = time.perf_counter()
+        for sequence, token in zip(sequences, tokens, strict=True):
+            if token is None:
+                continue
+            try:
+                sequence.done = self._step(sequence, token, at)
+            except Exception as exc:
+                self._fail([sequence], exc)
 
-    def _advance(self, sequence: _Sequence, logits: torch.Tensor) -> bool:
-        """Sample the next token from `logits` and send it; True when the sequence is done."""
-        token = sequence.sampler(logits)
+    def _step(self, sequence: _Sequence, token: int, at: float) -> bool:
+        """Take `token` as the sequence's next and send it; True when the sequence is done."""
         sequence.last_token = token
-        handle = sequence.handle
         if token == self._eos_id:
             return self._finish(sequence, FinishReason.EOS)
         sequence.generated += 1
         delta = sequence.text.push(token)
-        handle._send(TokenEvent(token, delta))
+        self._outbox.append((sequence.handle, TokenEvent(token, delta, at)))
         if sequence.text.stopped:
             return self._finish(sequence, FinishReason.STOP)
         if sequence.generated >= sequence.sampler.params.max_new_tokens:
@@ -274,6 +340,6 @@ class Engine:
     def _finish(self, sequence: _Sequence, reason: FinishReason) -> bool:
         rest = sequence.text.flush()
         if rest:
-            sequence.handle._send(TokenEvent(None, rest))
-        sequence.handle._send(FinishEvent(reason, sequence.generated))
+            self._send(sequence, TokenEvent(None, rest))
+        self._send(sequence, FinishEvent(reason, sequence.generated))
         return True

@@ -17,12 +17,14 @@ from del_server.models import load_model
 
 
 class RefusesOneJoin:
-    """The real backend, whose batch refuses the `refused`-th sequence to join it."""
+    """The real backend, whose batch refuses the `refused`-th join (or each join in a set)."""
 
-    def __init__(self, backend: TransformersBackend, refused: int) -> None:
-        self._backend, self._refused, self._joins = backend, refused, 0
+    def __init__(self, backend: TransformersBackend, refused: int | set[int]) -> None:
+        self._backend, self._joins = backend, 0
+        self._refused = {refused} if isinstance(refused, int) else refused
         self.hidden_size = backend.hidden_size
         self.embed, self.prefill = backend.embed, backend.prefill
+        self.prefill_many = backend.prefill_many
 
     def new_batch(self):
         batch = self._backend.new_batch()
@@ -30,7 +32,7 @@ class RefusesOneJoin:
 
         def refusing_add(state) -> None:
             self._joins += 1
-            if self._joins == self._refused:
+            if self._joins in self._refused:
                 raise MemoryError("no room for another row")
             add(state)
 
@@ -80,3 +82,29 @@ def test_a_request_that_cannot_join_the_batch_fails_alone(stories):
     assert isinstance(later, FinishEvent)
     assert later.generated_tokens == 4
     assert engine.running == 0
+
+
+def test_requests_that_join_together_share_a_prefill_and_only_the_refused_one_fails(stories):
+    """Three requests join in one round: one prefill for all three, whose joint join the batch
+    refuses; each then joins alone, and only the one the batch refuses again fails."""
+    backend = RefusesOneJoin(TransformersBackend(stories.model), refused={1, 4})
+    engine = Engine(
+        backend, stories.tokenizer, eos_id=None, anchor_id=3, max_running=4, max_waiting=4
+    )
+    prompts = [[stories.bos_id, 403, 261], [stories.bos_id, 403, 407, 261, 378], [stories.bos_id]]
+
+    async def run():
+        handles = [
+            engine.submit(f"r{i}", backend.embed(p), Sampling(max_new_tokens=6, temperature=0))
+            for i, p in enumerate(prompts)
+        ]
+        engine.start()  # after all three are queued: they join in its first round
+        try:
+            return await asyncio.gather(*(outcome(h) for h in handles))
+        finally:
+            await asyncio.to_thread(engine.stop)
+
+    results = asyncio.run(run())
+    assert [type(end) for _, end in results] == [FinishEvent, FinishEvent, FailedEvent]
+    assert [tokens for tokens, _ in results] == [6, 6, 0]
+    assert backend._joins == 4
