@@ -149,6 +149,8 @@ class PaddedBatch:
     def __init__(self, model: PreTrainedModel) -> None:
         self._model = model
         self._device = next(model.parameters()).device
+        self._dtype = model.get_input_embeddings().weight.dtype
+        self._attention = model.config._attn_implementation
         self._cache: Cache | None = None
         self._layers: list[_SlotLayer] = []
         self._size = 0
@@ -227,7 +229,7 @@ class PaddedBatch:
         self._mask[:rows, end] = True
         out = self._model(
             input_ids=ids,
-            attention_mask=self._mask[:rows, self._start : end + 1],
+            attention_mask=self._attention_mask(self._mask[:rows, self._start : end + 1]),
             position_ids=self._positions[:rows, None],
             cache=self._cache,
             use_cache=True,
@@ -235,6 +237,17 @@ class PaddedBatch:
         self._end = end + 1
         self._positions[:rows] += 1
         return out.logits[:, -1]
+
+    def _attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The mask of a decode step (rows, columns) as the attention takes it: built here in
+        one operation, as transformers would build it, for the attentions whose 4-D mask
+        transformers passes on unchanged (eager: additive, sdpa: boolean); 2-D otherwise."""
+        if self._attention == "sdpa":
+            return mask[:, None, None, :]
+        if self._attention == "eager":
+            bias = torch.zeros(mask.shape, dtype=self._dtype, device=self._device)
+            return bias.masked_fill_(~mask, torch.finfo(self._dtype).min)[:, None, None, :]
+        return mask
 
     def _reserve(self, rows: int, before: int, like: Prefilled | None = None) -> None:
         """Room for `rows` rows, `before` columns before `_end` and one column from `_end` on.
