@@ -127,7 +127,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         self._metrics = metrics
         self._slots = StreamSlots(settings.max_running + settings.max_waiting)
         self._draining = False
-        self._epsilons: dict[tuple, float] = {}  # by (mechanism, prompt tokens)
+        self._epsilons: dict[tuple, asyncio.Future[float]] = {}  # by (mechanism, tokens)
         metrics.track_streams(lambda: self._slots.open)
 
     def drain(self) -> None:
@@ -355,16 +355,27 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         if isinstance(spec, RawSpec):
             return sampling, RawPrompt(assembler.embeddings()), None
         stream.mu = spec.mu()
-        key = (spec, assembler.tokens)
-        if (epsilon := self._epsilons.get(key)) is None:
-            # A root search: off the event loop, which serves every stream.
-            epsilon = await asyncio.to_thread(
-                spec.epsilon, delta=self._settings.report_delta, tokens=assembler.tokens
-            )
+        epsilon = await self._epsilon(spec, assembler.tokens)
+        return sampling, PrivatePrompt(assembler.embeddings(), mu=stream.mu), epsilon
+
+    async def _epsilon(self, spec, tokens: int) -> float:
+        """The exact ε of a prompt: a root search, off the event loop (which serves every
+        stream), once per (mechanism, length); requests that want the same one while it runs
+        wait for that search instead of starting their own."""
+        key = (spec, tokens)
+        if (known := self._epsilons.get(key)) is None:
             if len(self._epsilons) >= EPSILONS_KEPT:
                 self._epsilons.clear()
-            self._epsilons[key] = epsilon
-        return sampling, PrivatePrompt(assembler.embeddings(), mu=stream.mu), epsilon
+            search = asyncio.to_thread(
+                spec.epsilon, delta=self._settings.report_delta, tokens=tokens
+            )
+            known = self._epsilons[key] = asyncio.ensure_future(search)
+        try:
+            return await asyncio.shield(known)
+        except BaseException:
+            if known.done() and self._epsilons.get(key) is known:
+                del self._epsilons[key]  # a failed search is not kept
+            raise
 
     def _check_header(self, header: inference_pb2.StreamHeader):
         served = self._served
