@@ -161,6 +161,13 @@ class Engine:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def kv_cache_bytes(self) -> tuple[int, int]:
+        """(used, allocated) bytes of the running rows' KV cache; (0, 0) where the batch does
+        not say. Read from any thread: a snapshot, not a lock."""
+        batch = self._batch
+        return getattr(batch, "used_bytes", 0), getattr(batch, "allocated_bytes", 0)
+
     def start(self) -> None:
         self._thread.start()
 
