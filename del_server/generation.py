@@ -107,10 +107,11 @@ class RequestHandle:
         self.cancelled.set()
 
 
-def _deliver(events: list[tuple[RequestHandle, Event]]) -> None:
-    """On the event loop: hand a round's events to their requests' queues."""
-    for handle, event in events:
-        handle.events.put_nowait(event)
+def _deliver(events: list[tuple[RequestHandle, list[Event]]]) -> None:
+    """On the event loop: hand events to their requests' queues."""
+    for handle, sent in events:
+        for event in sent:
+            handle.events.put_nowait(event)
 
 
 @dataclass(eq=False)
@@ -137,6 +138,7 @@ class Engine:
         anchor_id: int,
         max_running: int,
         max_waiting: int,
+        stream_interval_s: float = 0.0,
     ) -> None:
         self._backend = backend
         self._tokenizer = tokenizer
@@ -148,7 +150,12 @@ class Engine:
         # Admitted sequences in order; the prefilled ones are the rows of the batch, in order.
         self._running: list[_Sequence] = []
         self._batch: DecodeBatch = backend.new_batch()
-        self._outbox: list[tuple[RequestHandle, Event]] = []  # events not yet handed over
+        # Events not yet handed to their loops, by request; the requests whose events go out
+        # at the next flush whatever the interval (a first token, an end).
+        self._outbox: dict[RequestHandle, list[Event]] = {}
+        self._urgent: set[RequestHandle] = set()
+        self._stream_interval_s = stream_interval_s
+        self._flushed_at = 0.0
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="del-engine", daemon=True)
@@ -198,6 +205,8 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._wakeup:
+                if not self._running and not self._waiting:
+                    self._flush(everything=True)
                 while not self._stopping and not self._running and not self._waiting:
                     self._wakeup.wait()
                 if self._stopping:
@@ -212,7 +221,7 @@ class Engine:
             self._flush()
         for sequence in [*self._running, *self._waiting]:
             self._send(sequence, FailedEvent(ShuttingDownError("the server is shutting down")))
-        self._flush()
+        self._flush(everything=True)
 
     def _round(self) -> None:
         """Prefill the sequences that joined, then advance every running one by one token."""
@@ -283,17 +292,30 @@ class Engine:
         ]
         self._running = [rows[i][0] for i in order] + waiting
 
-    def _send(self, sequence: _Sequence, event: Event) -> None:
-        self._outbox.append((sequence.handle, event))
+    def _send(self, sequence: _Sequence, event: Event, *, urgent: bool = True) -> None:
+        self._outbox.setdefault(sequence.handle, []).append(event)
+        if urgent:
+            self._urgent.add(sequence.handle)
 
-    def _flush(self) -> None:
-        """Hand the events made since the last flush to their loops, one call per loop."""
-        if not self._outbox:
+    def _flush(self, *, everything: bool = False) -> None:
+        """Hand events to their loops, one call per loop: every request's once the stream
+        interval has passed since the last time (or `everything`), else only the urgent ones
+        (first tokens and ends: time to first token and the end never wait for it).
+
+        Tokens held back go out together, so a stream gets one message per interval rather
+        than one per round: fewer gRPC messages, each carrying several tokens.
+        """
+        now = time.perf_counter()
+        if everything or now - self._flushed_at >= self._stream_interval_s:
+            handles, self._flushed_at = list(self._outbox), now
+        else:
+            handles = [h for h in self._outbox if h in self._urgent]
+        self._urgent.clear()
+        if not handles:
             return
-        outbox, self._outbox = self._outbox, []
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for handle, event in outbox:
-            by_loop.setdefault(handle.loop, []).append((handle, event))
+        for handle in handles:
+            by_loop.setdefault(handle.loop, []).append((handle, self._outbox.pop(handle)))
         for loop, events in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_deliver, events)
@@ -337,7 +359,7 @@ class Engine:
             return self._finish(sequence, FinishReason.EOS)
         sequence.generated += 1
         delta = sequence.text.push(token)
-        self._outbox.append((sequence.handle, TokenEvent(token, delta, at)))
+        self._send(sequence, TokenEvent(token, delta, at), urgent=sequence.generated == 1)
         if sequence.text.stopped:
             return self._finish(sequence, FinishReason.STOP)
         if sequence.generated >= sequence.sampler.params.max_new_tokens:

@@ -59,6 +59,7 @@ def build_served_model(settings: Settings) -> ServedModel:
         anchor_id=anchor,
         max_running=settings.max_running,
         max_waiting=settings.max_waiting,
+        stream_interval_s=settings.stream_interval_ms / 1000,
     )
     served = ServedModel(
         loaded=loaded,

@@ -327,6 +327,7 @@ def compare(
     processes: int,
     threads: int,
     cache_dir: Path,
+    stream_interval_ms: float | None = None,
 ) -> dict:
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
@@ -338,6 +339,7 @@ def compare(
         max_running=max(levels),
         max_waiting=max(levels),
         max_new_tokens=max(256, new_tokens),
+        **({} if stream_interval_ms is None else {"stream_interval_ms": stream_interval_ms}),
     )
     with serve_in_thread(settings) as server:
         served, target = server.running.served, server.target
@@ -379,6 +381,7 @@ def compare(
         "repeats": repeats,
         "duration_s": duration_s,
         "torch_threads": threads,
+        "stream_interval_ms": settings.stream_interval_ms,
         "machine": platform.platform(),
         "cpus": os.cpu_count(),
         "load_average_before": load_before,
@@ -468,7 +471,7 @@ def _markdown(result: dict) -> str:
         f"Model `{result['model']}` (adapter `{result['adapter']}`), μ={result['mu']}, "
         f"b={result['bits']}, greedy, {result['new_tokens']} new tokens after "
         f"{result['prompt_inputs']} input embeddings, {result['torch_threads']} torch "
-        f"thread(s). {result['machine']}, {result['cpus']} CPUs, load average {load} before "
+        f"thread(s), stream interval {result['stream_interval_ms']:g} ms. {result['machine']}, {result['cpus']} CPUs, load average {load} before "
         f"and {load_after} after.",
         "",
         f"## One stream (median of {result['repeats']})",
@@ -516,6 +519,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads, for the model and the server"
     )
+    parser.add_argument(
+        "--stream-interval-ms", type=float, help="the server's (default: its own default)"
+    )
     args = parser.parse_args()
     if args.adapter is None and args.model == DEFAULT_MODEL:
         args.adapter = DEFAULT_ADAPTER
@@ -531,6 +537,7 @@ def main() -> None:
             processes=args.processes,
             threads=args.threads,
             cache_dir=Path(cache),
+            stream_interval_ms=args.stream_interval_ms,
         )
     (args.out / "bench_e2e.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "bench_e2e.md").write_text(_markdown(result))

@@ -108,3 +108,48 @@ def test_requests_that_join_together_share_a_prefill_and_only_the_refused_one_fa
     assert [type(end) for _, end in results] == [FinishEvent, FinishEvent, FailedEvent]
     assert [tokens for tokens, _ in results] == [6, 6, 0]
     assert backend._joins == 4
+
+
+def test_a_stream_interval_groups_tokens_but_not_first_tokens_or_ends(stories):
+    """With a long stream interval a request's first token still comes at once, its other
+    tokens come held together, and its end comes as soon as it is made; the tokens are the
+    ones it gets without the interval."""
+    backend = TransformersBackend(stories.model)
+    inputs = backend.embed([stories.bos_id, 403, 407, 261, 378])
+
+    def deliveries(interval_s: float) -> list[list]:
+        engine = Engine(
+            backend,
+            stories.tokenizer,
+            eos_id=None,
+            anchor_id=3,
+            max_running=4,
+            max_waiting=4,
+            stream_interval_s=interval_s,
+        )
+
+        async def run():
+            engine.start()
+            try:
+                handle = engine.submit("r", inputs, Sampling(max_new_tokens=12, temperature=0))
+                batches, done = [], False
+                async with asyncio.timeout(60):
+                    while not done:
+                        batch = [await handle.events.get()]
+                        while not handle.events.empty():
+                            batch.append(handle.events.get_nowait())
+                        done = isinstance(batch[-1], FinishEvent)
+                        batches.append(batch)
+                return batches
+            finally:
+                await asyncio.to_thread(engine.stop)
+
+        return asyncio.run(run())
+
+    every = deliveries(0.0)
+    held = deliveries(3600.0)
+    ids = lambda batches: [e.token_id for b in batches for e in b if isinstance(e, TokenEvent)]  # noqa: E731
+    assert ids(held) == ids(every)
+    assert len(ids(every)) == 12
+    assert [len(b) for b in held] == [1, 12]  # the first token, then the rest with the end
+    assert isinstance(held[-1][-1], FinishEvent)
