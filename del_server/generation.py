@@ -120,9 +120,9 @@ class _Sequence:
     inputs: torch.Tensor  # (T, d)
     sampler: Sampler
     text: TextStream
+    arrived: float = field(default_factory=time.perf_counter)
     last_token: int | None = None
     generated: int = 0
-    prefilled: bool = False  # has a row in the engine's decode batch
     done: bool = False  # finished or failed; leaves at the end of the round
 
 
@@ -139,6 +139,7 @@ class Engine:
         max_running: int,
         max_waiting: int,
         stream_interval_s: float = 0.0,
+        join_wait_s: float = 0.0,
     ) -> None:
         self._backend = backend
         self._tokenizer = tokenizer
@@ -147,8 +148,9 @@ class Engine:
         self._max_running = max_running
         self._max_waiting = max_waiting
         self._waiting: collections.deque[_Sequence] = collections.deque()
-        # Admitted sequences in order; the prefilled ones are the rows of the batch, in order.
-        self._running: list[_Sequence] = []
+        self._running: list[_Sequence] = []  # prefilled: the rows of the batch, in order
+        self._joining: list[_Sequence] = []  # admitted, to be prefilled together
+        self._join_wait_s = join_wait_s
         self._batch: DecodeBatch = backend.new_batch()
         # Events not yet handed to their loops, by request; the requests whose events go out
         # at the next flush whatever the interval (a first token, an end).
@@ -162,7 +164,7 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self._running) + len(self._joining)
 
     @property
     def waiting(self) -> int:
@@ -196,7 +198,7 @@ class Engine:
         with self._wakeup:
             if len(self._waiting) >= self._max_waiting:
                 raise OverloadedError(
-                    f"server busy: {len(self._running)} running, {len(self._waiting)} waiting"
+                    f"server busy: {self.running} running, {len(self._waiting)} waiting"
                 )
             self._waiting.append(sequence)
             self._wakeup.notify()
@@ -205,28 +207,37 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._wakeup:
-                if not self._running and not self._waiting:
+                if not (self._running or self._joining or self._waiting):
                     self._flush(everything=True)
-                while not self._stopping and not self._running and not self._waiting:
+                while not (self._stopping or self._running or self._joining or self._waiting):
                     self._wakeup.wait()
                 if self._stopping:
                     break
-                while self._waiting and len(self._running) < self._max_running:
-                    self._running.append(self._waiting.popleft())
+                while self._waiting and self.running < self._max_running:
+                    self._joining.append(self._waiting.popleft())
             try:
                 self._round()
             except Exception as exc:  # a bug here must not leave the server without an engine
-                self._fail([s for s in self._running if not s.done], exc)
-                self._running, self._batch = [], self._backend.new_batch()
+                self._fail([s for s in [*self._running, *self._joining] if not s.done], exc)
+                self._running, self._joining = [], []
+                self._batch = self._backend.new_batch()
             self._flush()
-        for sequence in [*self._running, *self._waiting]:
+        for sequence in [*self._running, *self._joining, *self._waiting]:
             self._send(sequence, FailedEvent(ShuttingDownError("the server is shutting down")))
         self._flush(everything=True)
 
     def _round(self) -> None:
-        """Prefill the sequences that joined, then advance every running one by one token."""
-        joining = [s for s in self._running if not (s.prefilled or s.handle.cancelled.is_set())]
-        if joining:
+        """Prefill the sequences that joined, then advance every running one by one token.
+
+        While rows are decoding, joiners wait up to `join_wait_s` (from their arrival) so that
+        several share one prefill pass, which costs about as much as a decoding pass whether
+        it holds one prompt or several; an idle engine prefills at once.
+        """
+        self._joining = [s for s in self._joining if not s.handle.cancelled.is_set()]
+        if self._joining and (
+            not self._running or time.perf_counter() - self._joining[0].arrived >= self._join_wait_s
+        ):
+            joining, self._joining = self._joining, []
             self._prefill(joining)
             self._flush()  # their first tokens go out before the decoding pass
         self._drop_finished()
@@ -257,8 +268,7 @@ class Engine:
             if not joined:
                 return
             joining, logits = joined, torch.stack(rows)
-        for sequence in joining:
-            sequence.prefilled = True
+        self._running += joining  # the batch's new last rows, in the same order
         self._advance(joining, logits)
 
     def _decode(self) -> None:
@@ -278,19 +288,14 @@ class Engine:
         stays = [not (s.done or s.handle.cancelled.is_set()) for s in self._running]
         if all(stays):
             return
-        rows = [(s, stay) for s, stay in zip(self._running, stays, strict=True) if s.prefilled]
-        staying = [i for i, (_, stay) in enumerate(rows) if stay]
-        size = len(staying)
+        size = sum(stays)
         order = list(range(size))
-        kept_in_place = set(staying)
-        places = [i for i in order if i not in kept_in_place]
-        for place, last in zip(places, [i for i in staying if i >= size], strict=True):
+        places = [i for i in order if not stays[i]]
+        lasts = [i for i in range(size, len(stays)) if stays[i]]
+        for place, last in zip(places, lasts, strict=True):
             order[place] = last
         self._batch.keep(order)
-        waiting = [
-            s for s, stay in zip(self._running, stays, strict=True) if stay and not s.prefilled
-        ]
-        self._running = [rows[i][0] for i in order] + waiting
+        self._running = [self._running[i] for i in order]
 
     def _send(self, sequence: _Sequence, event: Event, *, urgent: bool = True) -> None:
         self._outbox.setdefault(sequence.handle, []).append(event)

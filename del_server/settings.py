@@ -100,6 +100,13 @@ class Settings:
         default=64,
         metadata=doc("requests queued beyond --max-running; more get RESOURCE_EXHAUSTED"),
     )
+    join_wait_ms: float = field(
+        default=0.0,
+        metadata=doc(
+            "while others decode, a new request waits up to this long to share its prefill "
+            "pass with requests arriving after it (an idle engine prefills at once)"
+        ),
+    )
     stream_interval_ms: float = field(
         default=0.0,
         metadata=doc(
@@ -191,6 +198,7 @@ class Settings:
             "max_connection_age_s",
             "max_connection_age_grace_s",
             "stream_interval_ms",
+            "join_wait_ms",
         ):
             if not 0 <= getattr(self, name) < math.inf:
                 raise _invalid(name, "must be >= 0 and finite", getattr(self, name))

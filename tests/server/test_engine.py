@@ -153,3 +153,45 @@ def test_a_stream_interval_groups_tokens_but_not_first_tokens_or_ends(stories):
     assert len(ids(every)) == 12
     assert [len(b) for b in held] == [1, 12]  # the first token, then the rest with the end
     assert isinstance(held[-1][-1], FinishEvent)
+
+
+def test_requests_that_arrive_while_others_decode_wait_to_share_one_prefill(stories):
+    """With a join wait longer than the test, requests arriving while one decodes are
+    prefilled together once nothing else runs (an idle engine prefills at once)."""
+    backend = TransformersBackend(stories.model)
+    sizes = []
+    prefill_many = backend.prefill_many
+
+    def recording(inputs):
+        sizes.append(len(inputs))
+        return prefill_many(inputs)
+
+    backend.prefill_many = recording
+    engine = Engine(
+        backend,
+        stories.tokenizer,
+        eos_id=None,
+        anchor_id=3,
+        max_running=4,
+        max_waiting=4,
+        join_wait_s=3600.0,
+    )
+    inputs = backend.embed([stories.bos_id, 403, 407, 261, 378])
+
+    async def run():
+        engine.start()
+        try:
+            first = engine.submit("first", inputs, Sampling(max_new_tokens=16, temperature=0))
+            await first.events.get()  # it is decoding
+            later = [
+                engine.submit(f"later{i}", inputs, Sampling(max_new_tokens=4, temperature=0))
+                for i in range(2)
+            ]
+            return await asyncio.gather(outcome(first), *(outcome(h) for h in later))
+        finally:
+            await asyncio.to_thread(engine.stop)
+
+    results = asyncio.run(run())
+    assert [tokens for tokens, _ in results] == [15, 4, 4]
+    assert all(isinstance(end, FinishEvent) for _, end in results)
+    assert sizes == [1, 2]
