@@ -59,6 +59,7 @@ class LoadReport:
     throughput_rps: float  # OK requests per second
     tokens_per_s: float  # generated tokens per second, OK requests only
     cpu_s: float  # this process's CPU time over the load (all its threads): the load's own cost
+    text_deltas: int  # text deltas received, OK requests only (tokens / deltas: per message)
     ttft_s: dict[str, float | None] = field(default_factory=dict)
     e2e_s: dict[str, float | None] = field(default_factory=dict)
 
@@ -107,6 +108,7 @@ async def run_load(
     e2es: list[float] = []
     errors: Counter[str] = Counter()
     tokens = 0
+    deltas = 0
     started = 0
     async with AsyncClient(config) as client:
         _warm_up(await client.bundle())
@@ -115,13 +117,14 @@ async def run_load(
         stop_at = begin + duration_s
 
         async def worker() -> None:
-            nonlocal started, tokens
+            nonlocal started, tokens, deltas
             while time.perf_counter() < stop_at and (
                 max_requests is None or started < max_requests
             ):
                 started += 1
                 t0 = time.perf_counter()
                 first = None
+                received = 0
                 try:
                     generation = client.generate(
                         prompt,
@@ -132,6 +135,7 @@ async def run_load(
                     )
                     async for _ in generation:
                         first = first or time.perf_counter()
+                        received += 1
                     done = time.perf_counter()
                 except ServerError as exc:
                     errors[exc.code] += 1
@@ -142,6 +146,7 @@ async def run_load(
                 ttfts.append((first or done) - t0)
                 e2es.append(done - t0)
                 tokens += generation.result.usage.generated_tokens
+                deltas += received
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - begin
@@ -161,6 +166,7 @@ async def run_load(
         throughput_rps=ok / elapsed,
         tokens_per_s=tokens / elapsed,
         cpu_s=cpu,
+        text_deltas=deltas,
         ttft_s=latency_summary(ttfts),
         e2e_s=latency_summary(e2es),
     )

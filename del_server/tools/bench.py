@@ -304,6 +304,7 @@ def del_streams(
         "tokens": round(tokens),
         "elapsed_s": elapsed,
         "tokens_per_s": tokens / elapsed,
+        "tokens_per_text_delta": tokens / max(1, sum(r["text_deltas"] for r in reports)),
         # one process: its percentiles; several: the median of theirs
         "ttft_p50_s": statistics.median(r["ttft_s"]["p50"] for r in reports),
         "ttft_p90_s": statistics.median(r["ttft_s"]["p90"] for r in reports),
@@ -328,6 +329,7 @@ def compare(
     threads: int,
     cache_dir: Path,
     stream_interval_ms: float | None = None,
+    join_wait_ms: float | None = None,
 ) -> dict:
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
@@ -340,6 +342,7 @@ def compare(
         max_waiting=max(levels),
         max_new_tokens=max(256, new_tokens),
         **({} if stream_interval_ms is None else {"stream_interval_ms": stream_interval_ms}),
+        **({} if join_wait_ms is None else {"join_wait_ms": join_wait_ms}),
     )
     with serve_in_thread(settings) as server:
         served, target = server.running.served, server.target
@@ -382,6 +385,7 @@ def compare(
         "duration_s": duration_s,
         "torch_threads": threads,
         "stream_interval_ms": settings.stream_interval_ms,
+        "join_wait_ms": settings.join_wait_ms,
         "machine": platform.platform(),
         "cpus": os.cpu_count(),
         "load_average_before": load_before,
@@ -429,8 +433,9 @@ def streams_table(result: dict) -> list[str]:
     """Markdown rows: DEL's streams against the model alone at the same batch size."""
     lines = [
         "| streams | model `generate` tok/s | model loop tok/s | DEL tok/s | DEL / generate "
-        "| DEL / loop | TTFT p50 / p90 ms | server CPU s (µs/token) | load generator CPU s |",
-        "|---:|---:|---:|---:|---:|---:|---|---|---:|",
+        "| DEL / loop | TTFT p50 / p90 ms | tokens per message | server CPU s (µs/token) "
+        "| load generator CPU s |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---|---:|",
     ]
     for row in result["streams"]:
         model = row["model"]
@@ -439,6 +444,7 @@ def streams_table(result: dict) -> list[str]:
             f"| {model['loop_tokens_per_s']:.0f} | {row['tokens_per_s']:.0f} "
             f"| {row['ratio_to_generate']:.2f}× | {row['ratio_to_loop']:.2f}× "
             f"| {1000 * row['ttft_p50_s']:.1f} / {1000 * row['ttft_p90_s']:.1f} "
+            f"| {row['tokens_per_text_delta']:.1f} "
             f"| {row['server_cpu_s']:.1f} ({row['server_cpu_us_per_token']:.0f}) "
             f"| {row['load_generator_cpu_s']:.1f} |"
         )
@@ -471,7 +477,8 @@ def _markdown(result: dict) -> str:
         f"Model `{result['model']}` (adapter `{result['adapter']}`), μ={result['mu']}, "
         f"b={result['bits']}, greedy, {result['new_tokens']} new tokens after "
         f"{result['prompt_inputs']} input embeddings, {result['torch_threads']} torch "
-        f"thread(s), stream interval {result['stream_interval_ms']:g} ms. {result['machine']}, {result['cpus']} CPUs, load average {load} before "
+        f"thread(s), stream interval {result['stream_interval_ms']:g} ms, join wait "
+        f"{result['join_wait_ms']:g} ms. {result['machine']}, {result['cpus']} CPUs, load average {load} before "
         f"and {load_after} after.",
         "",
         f"## One stream (median of {result['repeats']})",
@@ -522,6 +529,7 @@ def main() -> None:
     parser.add_argument(
         "--stream-interval-ms", type=float, help="the server's (default: its own default)"
     )
+    parser.add_argument("--join-wait-ms", type=float, help="the server's (default: its own)")
     args = parser.parse_args()
     if args.adapter is None and args.model == DEFAULT_MODEL:
         args.adapter = DEFAULT_ADAPTER
@@ -538,6 +546,7 @@ def main() -> None:
             threads=args.threads,
             cache_dir=Path(cache),
             stream_interval_ms=args.stream_interval_ms,
+            join_wait_ms=args.join_wait_ms,
         )
     (args.out / "bench_e2e.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "bench_e2e.md").write_text(_markdown(result))
