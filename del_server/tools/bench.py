@@ -231,7 +231,7 @@ class _MemorySampler:
     def _run(self) -> None:
         while not self._stop.wait(MEMORY_SAMPLE_S):
             rows = self._engine.running
-            used, allocated = self._engine.kv_cache_bytes
+            used, allocated = getattr(self._engine, "kv_cache_bytes", (0, 0))
             if rows >= self.peak_rows:
                 self.peak_rows, self.kv_used_at_peak_rows = rows, used
             self.peak_kv_allocated = max(self.peak_kv_allocated, allocated)
@@ -384,8 +384,8 @@ def compare(
         "repeats": repeats,
         "duration_s": duration_s,
         "torch_threads": threads,
-        "stream_interval_ms": settings.stream_interval_ms,
-        "join_wait_ms": settings.join_wait_ms,
+        "stream_interval_ms": getattr(settings, "stream_interval_ms", 0.0),
+        "join_wait_ms": getattr(settings, "join_wait_ms", 0.0),
         "machine": platform.platform(),
         "cpus": os.cpu_count(),
         "load_average_before": load_before,
