@@ -4,7 +4,9 @@ Running sequences share one left-padded KV cache (`PaddedBatch`): a round is a s
 pass over all of them, with the padding masked out and each row at its own position. That is
 exact only under conditions `_pads_exactly` checks; other models decode row by row
 (`SequentialBatch`), which is always correct. Requests that join in the same round are
-prefilled together the same way: left-padded to the longest prompt, one forward pass.
+prefilled together the same way: left-padded to the longest prompt, one forward pass. Llama
+models run those passes through `llama.LlamaPath` (the same mathematics in far fewer Python
+steps), the others through transformers' forward.
 
 transformers 5 names the cache `cache` (argument and output; `past_key_values` is deprecated).
 """
@@ -19,17 +21,27 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, DynamicLayer
 
 from .base import DecodeBatch
+from .llama import LlamaPath
 
 
 @dataclass
 class Prefilled:
-    """Prefilled sequences: their KV cache, left-padded to the longest, and which entries are
-    real. `mask` (rows, width) is True on real entries; `lengths` (rows,) are the real lengths,
-    i.e. each row's next position."""
+    """Prefilled sequences: their keys and values per layer (rows, kv_heads, width, head_dim),
+    left-padded to the longest, and which entries are real. `mask` (rows, width) is True on
+    real entries; `lengths` (rows,) are the real lengths, i.e. each row's next position.
+    `cache` is transformers' own cache of a row prefilled alone by transformers (kept for
+    the caches a padded batch cannot hold)."""
 
-    cache: Cache
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
     mask: torch.Tensor
     lengths: torch.Tensor
+    cache: Cache | None = None
+
+    @classmethod
+    def of_cache(cls, cache: Cache, mask: torch.Tensor, lengths: torch.Tensor) -> Prefilled:
+        keys = [layer.keys for layer in cache.layers]
+        return cls(keys, [layer.values for layer in cache.layers], mask, lengths, cache)
 
     @property
     def rows(self) -> int:
@@ -37,12 +49,16 @@ class Prefilled:
 
 
 class TransformersBackend:
-    def __init__(self, model: PreTrainedModel) -> None:
+    """`fast`: run Llama models' passes through `LlamaPath` (where it applies)."""
+
+    def __init__(self, model: PreTrainedModel, *, fast: bool = True) -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = model.get_input_embeddings().weight.dtype
         self.hidden_size = model.config.hidden_size
         self.pads_batches = _pads_exactly(model)
+        use_fast = fast and self.pads_batches and LlamaPath.supports(model)
+        self.fast: LlamaPath | None = LlamaPath(model) if use_fast else None
 
     @torch.inference_mode()
     def embed(self, token_ids: list[int]) -> torch.Tensor:
@@ -63,13 +79,16 @@ class TransformersBackend:
         One forward pass, left-padded to the longest with the padding masked out and every row
         at its own positions (exact where a padded batch is); one pass each otherwise.
         """
+        if self.fast is not None:
+            logits, keys, values, mask, lengths = self.fast.prefill(inputs)
+            return logits, Prefilled(keys, values, mask, lengths)
         if len(inputs) == 1:
             embeds = inputs[0].to(device=self.device, dtype=self.dtype)[None]  # (1, T, d)
             out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
             length = embeds.shape[1]
             mask = torch.ones((1, length), dtype=torch.bool, device=self.device)
             lengths = torch.tensor([length], device=self.device)
-            return out.logits[:, -1], Prefilled(out.cache, mask, lengths)
+            return out.logits[:, -1], Prefilled.of_cache(out.cache, mask, lengths)
         if not self.pads_batches:
             alone = [self.prefill_many([x]) for x in inputs]
             return torch.cat([logits for logits, _ in alone]), [state for _, state in alone]
@@ -90,11 +109,13 @@ class TransformersBackend:
             use_cache=True,
             logits_to_keep=1,
         )
-        state = Prefilled(out.cache, mask, torch.tensor(lengths, device=self.device))
+        state = Prefilled.of_cache(out.cache, mask, torch.tensor(lengths, device=self.device))
         return out.logits[:, -1], state
 
     def new_batch(self) -> DecodeBatch:
-        return PaddedBatch(self.model) if self.pads_batches else SequentialBatch(self.model)
+        if self.pads_batches:
+            return PaddedBatch(self.model, self.fast)
+        return SequentialBatch(self.model)
 
 
 class _SlotLayer(CacheLayerMixin):
@@ -146,8 +167,9 @@ class PaddedBatch:
     MIN_ROWS = 4
     MIN_COLUMNS = 64
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, fast: LlamaPath | None = None) -> None:
         self._model = model
+        self._fast = fast
         self._device = next(model.parameters()).device
         self._dtype = model.get_input_embeddings().weight.dtype
         self._attention = model.config._attn_implementation
@@ -183,11 +205,8 @@ class PaddedBatch:
         begin = end - width
         padded = not bool(state.mask.all())
         cells = state.mask[:, None, :, None]
-        for mine, theirs in zip(self._layers, state.cache.layers, strict=True):
-            for buffer, states in (
-                (mine.key_buffer, theirs.keys),
-                (mine.value_buffer, theirs.values),
-            ):
+        for mine, keys, values in zip(self._layers, state.keys, state.values, strict=True):
+            for buffer, states in ((mine.key_buffer, keys), (mine.value_buffer, values)):
                 target = buffer[first : first + rows, :, begin:end]
                 target.copy_(states)
                 if padded:  # whatever the padding computed, it must stay finite: zero it
@@ -225,11 +244,18 @@ class PaddedBatch:
         rows = self._size
         self._reserve(rows, 0)
         end = self._end
-        ids = torch.tensor(token_ids, dtype=torch.long, device=self._device)[:, None]
+        ids = torch.tensor(token_ids, dtype=torch.long, device=self._device)
         self._mask[:rows, end] = True
+        mask = self._mask[:rows, self._start : end + 1]
+        if self._fast is not None:
+            buffers = [(layer.key_buffer, layer.value_buffer) for layer in self._layers]
+            logits = self._fast.decode(ids, self._positions[:rows], mask, buffers, self._start, end)
+            self._end = end + 1
+            self._positions[:rows] += 1
+            return logits
         out = self._model(
-            input_ids=ids,
-            attention_mask=self._attention_mask(self._mask[:rows, self._start : end + 1]),
+            input_ids=ids[:, None],
+            attention_mask=self._attention_mask(mask),
             position_ids=self._positions[:rows, None],
             cache=self._cache,
             use_cache=True,
@@ -268,7 +294,7 @@ class PaddedBatch:
         if self._layers:
             current = [(layer.key_buffer, layer.value_buffer) for layer in self._layers]
         else:
-            current = [(layer.keys, layer.values) for layer in like.cache.layers]
+            current = list(zip(like.keys, like.values, strict=True))
         buffers = []
         for pair in current:
             grown = []
@@ -311,7 +337,14 @@ class SequentialBatch:
         states = state if isinstance(state, list) else [state]
         if any(s.rows != 1 for s in states):
             raise ValueError("a sequential batch takes sequences prefilled one by one")
-        self._caches += [s.cache for s in states]
+        self._caches += [s.cache or self._cache_of(s) for s in states]
+
+    def _cache_of(self, state: Prefilled) -> Cache:
+        """transformers' cache holding a row `LlamaPath` prefilled (full attention only)."""
+        cache = DynamicCache(config=self._model.config)
+        for layer, (keys, values) in enumerate(zip(state.keys, state.values, strict=True)):
+            cache.update(keys, values, layer)
+        return cache
 
     def keep(self, rows: Sequence[int]) -> None:
         self._caches = [self._caches[row] for row in rows]
