@@ -452,6 +452,7 @@ def _add_loadtest(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--mu", type=float, default=10.0)
     cmd.add_argument("--bits", type=int)
     cmd.add_argument("--max-new-tokens", type=int, default=32)
+    cmd.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     cmd.set_defaults(run=_run_loadtest)
 
@@ -471,6 +472,7 @@ def _run_loadtest(args: argparse.Namespace) -> None:
             bits=args.bits,
             max_new_tokens=args.max_new_tokens,
             max_requests=args.max_requests,
+            temperature=args.temperature,
         )
     )
     if args.json:
@@ -487,7 +489,8 @@ def _run_loadtest(args: argparse.Namespace) -> None:
         f"TTFT ms       p50 {ms(report.ttft_s['p50'])}  p90 {ms(report.ttft_s['p90'])}  "
         f"p99 {ms(report.ttft_s['p99'])}\n"
         f"e2e ms        p50 {ms(report.e2e_s['p50'])}  p90 {ms(report.e2e_s['p90'])}  "
-        f"p99 {ms(report.e2e_s['p99'])}"
+        f"p99 {ms(report.e2e_s['p99'])}\n"
+        f"client CPU    {report.cpu_s:.1f} s (this process, all threads)"
     )
 
 

@@ -25,8 +25,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .aio import AsyncClient
+from .codec import encode_frames
 from .config import ClientConfig
 from .errors import DELError, RequestOptionError, ServerError
+from .mechanism import BinomialQuantizer, PrivacySpec
 
 MAX_CONCURRENCY = 1024
 MAX_DURATION_S = 3600.0
@@ -56,11 +58,21 @@ class LoadReport:
     lost: int  # started but neither OK nor an error: must be 0
     throughput_rps: float  # OK requests per second
     tokens_per_s: float  # generated tokens per second, OK requests only
+    cpu_s: float  # this process's CPU time over the load (all its threads): the load's own cost
+    text_deltas: int  # text deltas received, OK requests only (tokens / deltas: per message)
     ttft_s: dict[str, float | None] = field(default_factory=dict)
     e2e_s: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _warm_up(bundle) -> None:
+    """Load the codec's compiled kernels now (numba: seconds on first use in a process), not
+    in the first timed request; on this side only, so the server sees no extra request."""
+    spec = PrivacySpec.from_mu(mu=10.0, dim=bundle.projection_dim, bits=4, clip=bundle.clip)
+    symbols = BinomialQuantizer(spec).privatize(bundle.embed(bundle.encode("warm up")))
+    encode_frames(symbols, spec)
 
 
 def _check(concurrency: int, duration_s: float, max_requests: int | None) -> None:
@@ -87,33 +99,43 @@ async def run_load(
     bits: int | None = None,
     max_new_tokens: int = 32,
     max_requests: int | None = None,
+    temperature: float = 1.0,
 ) -> LoadReport:
-    """Run the load and report; the manifest and bundle are fetched first, outside the timing."""
+    """Run the load and report; the manifest and bundle are fetched and the codec warmed up
+    first, outside the timing."""
     _check(concurrency, duration_s, max_requests)
     ttfts: list[float] = []
     e2es: list[float] = []
     errors: Counter[str] = Counter()
     tokens = 0
+    deltas = 0
     started = 0
     async with AsyncClient(config) as client:
-        await client.bundle()
+        _warm_up(await client.bundle())
         begin = time.perf_counter()
+        cpu_begin = time.process_time()
         stop_at = begin + duration_s
 
         async def worker() -> None:
-            nonlocal started, tokens
+            nonlocal started, tokens, deltas
             while time.perf_counter() < stop_at and (
                 max_requests is None or started < max_requests
             ):
                 started += 1
                 t0 = time.perf_counter()
                 first = None
+                received = 0
                 try:
                     generation = client.generate(
-                        prompt, mu=mu, bits=bits, max_new_tokens=max_new_tokens
+                        prompt,
+                        mu=mu,
+                        bits=bits,
+                        max_new_tokens=max_new_tokens,
+                        temperature=temperature,
                     )
                     async for _ in generation:
                         first = first or time.perf_counter()
+                        received += 1
                     done = time.perf_counter()
                 except ServerError as exc:
                     errors[exc.code] += 1
@@ -124,9 +146,11 @@ async def run_load(
                 ttfts.append((first or done) - t0)
                 e2es.append(done - t0)
                 tokens += generation.result.usage.generated_tokens
+                deltas += received
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - begin
+        cpu = time.process_time() - cpu_begin
     ok = len(e2es)
     return LoadReport(
         target=config.target,
@@ -141,6 +165,8 @@ async def run_load(
         lost=started - ok - sum(errors.values()),
         throughput_rps=ok / elapsed,
         tokens_per_s=tokens / elapsed,
+        cpu_s=cpu,
+        text_deltas=deltas,
         ttft_s=latency_summary(ttfts),
         e2e_s=latency_summary(e2es),
     )

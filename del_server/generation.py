@@ -5,9 +5,10 @@
     ─ frozen LLM with KV cache ─ sample ─ token events
 
 One scheduler thread owns the model. Each round it prefills the requests that just joined
-(one forward pass each: prompts differ in length) and then advances every running sequence
-by one token in a single batched forward pass (continuous batching: requests join and leave
-between rounds). Events go back to each request's asyncio queue with `call_soon_threadsafe`.
+(one forward pass for all of them, left-padded to the longest prompt) and then advances every
+running sequence by one token in a single batched forward pass (continuous batching: requests
+join and leave between rounds). Each pass's tokens are drawn in one batched operation, and
+its events go back to the requests' asyncio queues in one `call_soon_threadsafe` per loop.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from del_client.sampling import Sampling
 from .adapter import Adapter
 from .backends.base import Backend, DecodeBatch
 from .errors import OverloadedError, ShuttingDownError
-from .sampling import FinishReason, Sampler, TextStream
+from .sampling import FinishReason, Sampler, TextStream, sample
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class RawPrompt:
     embeddings: np.ndarray  # (T, d) float32
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenEvent:
     token_id: int | None  # None: text held back until the end, no new token
     text: str
@@ -108,8 +109,12 @@ class RequestHandle:
     def cancel(self) -> None:
         self.cancelled.set()
 
-    def _send(self, event: Event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+def _deliver(events: list[tuple[RequestHandle, list[Event]]]) -> None:
+    """On the event loop: hand events to their requests' queues."""
+    for handle, sent in events:
+        for event in sent:
+            handle.events.put_nowait(event)
 
 
 @dataclass(eq=False)
@@ -118,9 +123,9 @@ class _Sequence:
     inputs: torch.Tensor  # (T, d)
     sampler: Sampler
     text: TextStream
+    arrived: float = field(default_factory=time.perf_counter)
     last_token: int | None = None
     generated: int = 0
-    prefilled: bool = False  # has a row in the engine's decode batch
     done: bool = False  # finished or failed; leaves at the end of the round
 
 
@@ -136,6 +141,8 @@ class Engine:
         anchor_id: int,
         max_running: int,
         max_waiting: int,
+        stream_interval_s: float = 0.0,
+        join_wait_s: float = 0.0,
     ) -> None:
         self._backend = backend
         self._tokenizer = tokenizer
@@ -144,20 +151,34 @@ class Engine:
         self._max_running = max_running
         self._max_waiting = max_waiting
         self._waiting: collections.deque[_Sequence] = collections.deque()
-        # Admitted sequences in order; the prefilled ones are the rows of the batch, in order.
-        self._running: list[_Sequence] = []
+        self._running: list[_Sequence] = []  # prefilled: the rows of the batch, in order
+        self._joining: list[_Sequence] = []  # admitted, to be prefilled together
+        self._join_wait_s = join_wait_s
         self._batch: DecodeBatch = backend.new_batch()
+        # Events not yet handed to their loops, by request; the requests whose events go out
+        # at the next flush whatever the interval (a first token, an end).
+        self._outbox: dict[RequestHandle, list[Event]] = {}
+        self._urgent: set[RequestHandle] = set()
+        self._stream_interval_s = stream_interval_s
+        self._flushed_at = 0.0
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="del-engine", daemon=True)
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self._running) + len(self._joining)
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
+
+    @property
+    def kv_cache_bytes(self) -> tuple[int, int]:
+        """(used, allocated) bytes of the running rows' KV cache; (0, 0) where the batch does
+        not say. Read from any thread: a snapshot, not a lock."""
+        batch = self._batch
+        return getattr(batch, "used_bytes", 0), getattr(batch, "allocated_bytes", 0)
 
     def start(self) -> None:
         self._thread.start()
@@ -180,7 +201,7 @@ class Engine:
         with self._wakeup:
             if len(self._waiting) >= self._max_waiting:
                 raise OverloadedError(
-                    f"server busy: {len(self._running)} running, {len(self._waiting)} waiting"
+                    f"server busy: {self.running} running, {len(self._waiting)} waiting"
                 )
             self._waiting.append(sequence)
             self._wakeup.notify()
@@ -189,39 +210,69 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._wakeup:
-                while not self._stopping and not self._running and not self._waiting:
+                if not (self._running or self._joining or self._waiting):
+                    self._flush(everything=True)
+                while not (self._stopping or self._running or self._joining or self._waiting):
                     self._wakeup.wait()
                 if self._stopping:
                     break
-                while self._waiting and len(self._running) < self._max_running:
-                    self._running.append(self._waiting.popleft())
+                while self._waiting and self.running < self._max_running:
+                    self._joining.append(self._waiting.popleft())
             try:
                 self._round()
             except Exception as exc:  # a bug here must not leave the server without an engine
-                self._fail([s for s in self._running if not s.done], exc)
-                self._running, self._batch = [], self._backend.new_batch()
-        for sequence in [*self._running, *self._waiting]:
-            sequence.handle._send(FailedEvent(ShuttingDownError("the server is shutting down")))
+                self._fail([s for s in [*self._running, *self._joining] if not s.done], exc)
+                self._running, self._joining = [], []
+                self._batch = self._backend.new_batch()
+            self._flush()
+        for sequence in [*self._running, *self._joining, *self._waiting]:
+            self._send(sequence, FailedEvent(ShuttingDownError("the server is shutting down")))
+        self._flush(everything=True)
 
     def _round(self) -> None:
-        """Prefill the sequences that joined, then advance every running one by one token."""
-        for sequence in self._running:
-            if not (sequence.prefilled or sequence.handle.cancelled.is_set()):
-                self._prefill(sequence)
+        """Prefill the sequences that joined, then advance every running one by one token.
+
+        While rows are decoding, joiners wait up to `join_wait_s` (from their arrival) so that
+        several share one prefill pass, which costs about as much as a decoding pass whether
+        it holds one prompt or several; an idle engine prefills at once.
+        """
+        self._joining = [s for s in self._joining if not s.handle.cancelled.is_set()]
+        if self._joining and (
+            not self._running or time.perf_counter() - self._joining[0].arrived >= self._join_wait_s
+        ):
+            joining, self._joining = self._joining, []
+            self._prefill(joining)
+            self._flush()  # their first tokens go out before the decoding pass
         self._drop_finished()
         if self._running:
             self._decode()
             self._drop_finished()
 
-    def _prefill(self, sequence: _Sequence) -> None:
+    def _prefill(self, joining: list[_Sequence]) -> None:
+        """One forward pass for all joining sequences; when it or their joining the batch
+        fails, each is tried alone, so only the one that cannot join fails."""
         try:
-            logits, state = self._backend.prefill(sequence.inputs)
+            logits, state = self._backend.prefill_many([s.inputs for s in joining])
             self._batch.add(state)  # all or nothing: the batch is unchanged when it fails
-        except Exception as exc:  # e.g. out of memory: this request fails, the others go on
-            self._fail([sequence], exc)
-            return
-        sequence.prefilled = True
-        self._advance_or_fail(sequence, logits)
+        except Exception as exc:  # e.g. out of memory: these requests fail, the others go on
+            if len(joining) == 1:
+                self._fail(joining, exc)
+                return
+            joined, rows = [], []
+            for sequence in joining:
+                try:
+                    row, state = self._backend.prefill(sequence.inputs)
+                    self._batch.add(state)
+                except Exception as alone:
+                    self._fail([sequence], alone)
+                    continue
+                joined.append(sequence)
+                rows.append(row)
+            if not joined:
+                return
+            joining, logits = joined, torch.stack(rows)
+        self._running += joining  # the batch's new last rows, in the same order
+        self._advance(joining, logits)
 
     def _decode(self) -> None:
         try:
@@ -229,45 +280,94 @@ class Engine:
         except Exception as exc:  # the rows share one state: each of them fails
             self._fail(self._running, exc)
             return
-        for sequence, row in zip(self._running, logits, strict=True):
-            self._advance_or_fail(sequence, row)
+        self._advance(self._running, logits)
 
     def _drop_finished(self) -> None:
-        """Remove finished and cancelled sequences, and their rows of the batch."""
-        running, rows, row = [], [], 0
-        for sequence in self._running:
-            stays = not (sequence.done or sequence.handle.cancelled.is_set())
-            if sequence.prefilled:
-                rows += [row] if stays else []
-                row += 1
-            running += [sequence] if stays else []
-        if len(running) < len(self._running):
-            self._batch.keep(rows)
-            self._running = running
+        """Remove finished and cancelled sequences, and their rows of the batch.
+
+        The last rows move into the places of the rows that leave (the batch copies one row
+        for each, not every row after it); the running list follows the rows' new order.
+        """
+        stays = [not (s.done or s.handle.cancelled.is_set()) for s in self._running]
+        if all(stays):
+            return
+        size = sum(stays)
+        order = list(range(size))
+        places = [i for i in order if not stays[i]]
+        lasts = [i for i in range(size, len(stays)) if stays[i]]
+        for place, last in zip(places, lasts, strict=True):
+            order[place] = last
+        self._batch.keep(order)
+        self._running = [self._running[i] for i in order]
+
+    def _send(self, sequence: _Sequence, event: Event, *, urgent: bool = True) -> None:
+        self._outbox.setdefault(sequence.handle, []).append(event)
+        if urgent:
+            self._urgent.add(sequence.handle)
+
+    def _flush(self, *, everything: bool = False) -> None:
+        """Hand events to their loops, one call per loop: every request's once the stream
+        interval has passed since the last time (or `everything`), else only the urgent ones
+        (first tokens and ends: time to first token and the end never wait for it).
+
+        Tokens held back go out together, so a stream gets one message per interval rather
+        than one per round: fewer gRPC messages, each carrying several tokens.
+        """
+        now = time.perf_counter()
+        if everything or now - self._flushed_at >= self._stream_interval_s:
+            handles, self._flushed_at = list(self._outbox), now
+        else:
+            handles = [h for h in self._outbox if h in self._urgent]
+        self._urgent.clear()
+        if not handles:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for handle in handles:
+            by_loop.setdefault(handle.loop, []).append((handle, self._outbox.pop(handle)))
+        for loop, events in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, events)
+            except RuntimeError:  # that loop is closed: nobody is listening any more
+                log.warning("events for a closed event loop dropped")
 
     def _fail(self, sequences: list[_Sequence], exc: Exception) -> None:
         ids = [s.handle.request_id for s in sequences]
         log.error("generation failed", exc_info=exc, extra={"request_ids": ids})
         for sequence in sequences:
-            sequence.handle._send(FailedEvent(exc))
+            self._send(sequence, FailedEvent(exc))
             sequence.done = True
 
-    def _advance_or_fail(self, sequence: _Sequence, logits: torch.Tensor) -> None:
+    def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
+        """Draw each sequence's next token from its row of `logits` (one batched draw) and
+        send it; a row whose draw or text fails fails alone."""
+        samplers = [s.sampler for s in sequences]
         try:
-            sequence.done = self._advance(sequence, logits)
-        except Exception as exc:
-            self._fail([sequence], exc)
+            tokens = sample(samplers, logits)
+        except Exception:  # find the row(s) at fault
+            tokens = []
+            for sequence, row in zip(sequences, logits, strict=True):
+                try:
+                    tokens.append(sequence.sampler(row))
+                except Exception as exc:
+                    self._fail([sequence], exc)
+                    tokens.append(None)
+        at = time.perf_counter()
+        for sequence, token in zip(sequences, tokens, strict=True):
+            if token is None:
+                continue
+            try:
+                sequence.done = self._step(sequence, token, at)
+            except Exception as exc:
+                self._fail([sequence], exc)
 
-    def _advance(self, sequence: _Sequence, logits: torch.Tensor) -> bool:
-        """Sample the next token from `logits` and send it; True when the sequence is done."""
-        token = sequence.sampler(logits)
+    def _step(self, sequence: _Sequence, token: int, at: float) -> bool:
+        """Take `token` as the sequence's next and send it; True when the sequence is done."""
         sequence.last_token = token
-        handle = sequence.handle
         if token == self._eos_id:
             return self._finish(sequence, FinishReason.EOS)
         sequence.generated += 1
         delta = sequence.text.push(token)
-        handle._send(TokenEvent(token, delta))
+        self._send(sequence, TokenEvent(token, delta, at), urgent=sequence.generated == 1)
         if sequence.text.stopped:
             return self._finish(sequence, FinishReason.STOP)
         if sequence.generated >= sequence.sampler.params.max_new_tokens:
@@ -277,6 +377,6 @@ class Engine:
     def _finish(self, sequence: _Sequence, reason: FinishReason) -> bool:
         rest = sequence.text.flush()
         if rest:
-            sequence.handle._send(TokenEvent(None, rest))
-        sequence.handle._send(FinishEvent(reason, sequence.generated))
+            self._send(sequence, TokenEvent(None, rest))
+        self._send(sequence, FinishEvent(reason, sequence.generated))
         return True

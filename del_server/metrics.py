@@ -99,6 +99,12 @@ class Metrics:
         )
         self.running = Gauge("del_num_requests_running", "Sequences being generated", **r)
         self.waiting = Gauge("del_num_requests_waiting", "Requests queued for the engine", **r)
+        self.kv_cache = Gauge(
+            "del_kv_cache_bytes",
+            "KV cache of the running sequences: used (padding included) or allocated",
+            ["kind"],
+            **r,
+        )
         self.streams_open = Gauge(
             "del_num_streams_open", "Generate streams holding a slot (reading or generating)", **r
         )
@@ -177,10 +183,17 @@ class Metrics:
             for level in ["none", *levels]:
                 self.by_level.labels(mechanism, level)
 
-    def track_engine(self, running: Callable[[], int], waiting: Callable[[], int]) -> None:
-        """Read the engine's queue sizes at scrape time."""
+    def track_engine(
+        self,
+        running: Callable[[], int],
+        waiting: Callable[[], int],
+        kv_cache_bytes: Callable[[], tuple[int, int]] = lambda: (0, 0),
+    ) -> None:
+        """Read the engine's queue sizes and KV cache at scrape time."""
         self.running.set_function(running)
         self.waiting.set_function(waiting)
+        self.kv_cache.labels("used").set_function(lambda: kv_cache_bytes()[0])
+        self.kv_cache.labels("allocated").set_function(lambda: kv_cache_bytes()[1])
 
     def refused(self, code: str) -> None:
         """A Generate stream refused before the servicer saw it (e.g. UNAUTHENTICATED)."""

@@ -61,6 +61,8 @@ def build_served_model(settings: Settings) -> ServedModel:
         anchor_id=anchor,
         max_running=settings.max_running,
         max_waiting=settings.max_waiting,
+        stream_interval_s=settings.stream_interval_ms / 1000,
+        join_wait_s=settings.join_wait_ms / 1000,
     )
     served = ServedModel(
         loaded=loaded,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
@@ -24,35 +26,85 @@ class FinishReason(StrEnum):
 # overflows to inf, and that limit of sampling is the argmax anyway.
 GREEDY_BELOW = 1e-5
 
+# splitmix64 (Steele, Lea and Flood 2014): the i-th draw of a request is a hash of its seed and
+# i, so a row's noise depends on nothing else, whoever shares its batch.
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def _uniforms(seeds: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Uniform floats in [0, 1), one per (seed, draw) pair (uint64 arrays)."""
+    z = seeds + (draws + np.uint64(1)) * _GAMMA  # wraps modulo 2^64, as splitmix64 does
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
 
 @dataclass
 class Sampler:
-    """Draws tokens for one request with its own generator, so requests never share noise."""
+    """One request's sampling state: its options, seed and how many tokens it has drawn.
+
+    Its draws come from its own counter-based stream (seed, draw number), so requests never
+    share noise and a seeded request draws the same tokens alone or in any batch.
+    """
 
     params: Sampling
-    generator: torch.Generator = field(init=False)
+    seed: int = field(init=False)
+    draws: int = 0
 
     def __post_init__(self) -> None:
-        seed = self.params.seed if self.params.seed is not None else secrets.randbits(63)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = self.params.seed if self.params.seed is not None else secrets.randbits(63)
+        self.greedy = self.params.temperature < GREEDY_BELOW
 
     def __call__(self, logits: torch.Tensor) -> int:
         """logits (V,) -> next token id."""
-        p = self.params
-        if p.temperature < GREEDY_BELOW:
-            return int(torch.argmax(logits))
-        logits = logits.float() / p.temperature
-        if p.top_k:
-            kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
-            logits = logits.masked_fill(logits < kth, -math.inf)
-        probs = torch.softmax(logits, dim=-1)
-        if p.top_p < 1:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-            drop = sorted_probs.cumsum(0) - sorted_probs >= p.top_p
-            sorted_probs[drop] = 0
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return sample([self], logits[None])[0]
+
+
+def sample(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
+    """The next token of every row of `logits` (rows, V), each with its own sampler, in one
+    batched operation: greedy rows take the argmax; the others are tempered, cut to their
+    top-k and top-p and drawn by inverting the cumulative distribution at their own uniform.
+
+    A row whose logits are not finite raises ValueError (call it row by row to isolate it).
+    """
+    tokens = logits.argmax(dim=-1).tolist()
+    drawn = [i for i, s in enumerate(samplers) if not s.greedy]
+    if not drawn:
+        return tokens
+    params = [samplers[i].params for i in drawn]
+    x = (logits if len(drawn) == len(samplers) else logits[drawn]).float()
+    x = x / torch.tensor([p.temperature for p in params])[:, None]
+    vocab = x.shape[-1]
+    if cut := [j for j, p in enumerate(params) if p.top_k]:
+        k = torch.tensor([min(params[j].top_k, vocab) for j in cut])
+        rows = x[cut]
+        kth = torch.topk(rows, int(k.max()), dim=-1).values.gather(1, (k - 1)[:, None])
+        x[cut] = rows.masked_fill(rows < kth, -math.inf)
+    probs = torch.softmax(x, dim=-1)
+    if cut := [j for j, p in enumerate(params) if p.top_p < 1]:
+        sorted_probs, order = torch.sort(probs[cut], descending=True, dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+        top_p = torch.tensor([params[j].top_p for j in cut])[:, None]
+        sorted_probs[sorted_probs.cumsum(-1) - sorted_probs >= top_p] = 0
+        probs[cut] = torch.zeros_like(sorted_probs).scatter(1, order, sorted_probs)
+    cdf = probs.double().cumsum(dim=-1)
+    total = cdf[:, -1]
+    if not bool(torch.isfinite(total).all() and (total > 0).all()):
+        raise ValueError("the logits of a row are not finite")
+    seeds = np.array([samplers[i].seed for i in drawn], dtype=np.uint64)
+    draws = np.array([samplers[i].draws for i in drawn], dtype=np.uint64)
+    at = torch.from_numpy(_uniforms(seeds, draws)) * total
+    picks = torch.searchsorted(cdf, at[:, None], right=True)[:, 0].clamp_(max=vocab - 1)
+    stray = probs.gather(1, picks[:, None])[:, 0] == 0  # rounding at the very top of the cdf
+    for j in stray.nonzero()[:, 0].tolist():
+        picks[j] = probs[j].nonzero()[-1, 0]
+    for i, token in zip(drawn, picks.tolist(), strict=True):
+        tokens[i] = token
+        samplers[i].draws += 1
+    return tokens
 
 
 class TextStream:

@@ -151,7 +151,10 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
         max_tokens=max(settings.max_prompt_tokens, settings.max_new_tokens),
         levels=[f"{mu:g}" for mu in served.adapter.soft_prompts],
     )
-    metrics.track_engine(lambda: served.engine.running, lambda: served.engine.waiting)
+    engine = served.engine
+    metrics.track_engine(
+        lambda: engine.running, lambda: engine.waiting, lambda: engine.kv_cache_bytes
+    )
     server = grpc.aio.server(
         interceptors=server_interceptors(
             tokens, lambda method: method == GENERATE_METHOD and metrics.refused("UNAUTHENTICATED")

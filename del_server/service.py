@@ -68,6 +68,7 @@ BUNDLE_CHUNK_OVERHEAD = 64  # a chunk's offset, total size and field tags
 DRAIN_S = 1.0  # the longest a refused stream is read before its status goes out
 MAX_REQUEST_ID_CHARS = 64  # a longer client-chosen id is replaced by the server's own
 SUPPORTED_BITS = list(range(1, 9))
+EPSILONS_KEPT = 4096  # ε of recent (mechanism, prompt length) pairs, reported without a thread
 FINISH_REASON_PB = {
     FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
     FinishReason.STOP: inference_pb2.FINISH_REASON_STOP,
@@ -134,6 +135,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         self._metrics = metrics
         self._slots = StreamSlots(settings.max_running + settings.max_waiting)
         self._draining = False
+        self._epsilons: dict[tuple, asyncio.Future[float]] = {}  # by (mechanism, tokens)
         metrics.track_streams(lambda: self._slots.open)
 
     def drain(self) -> None:
@@ -201,6 +203,12 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             inputs, soft_mu = self._served.prompts.build(prompt)
             stream.level = "none" if soft_mu is None else f"{soft_mu:g}"
             handle = self._served.engine.submit(stream.request_id, inputs, sampling)
+            # One timer for the stream's whole life, not one per message: when the stream's
+            # time is up it queues the failure behind whatever the engine has sent.
+            deadline = asyncio.get_running_loop().call_later(
+                max(0.0, stream.deadline - time.perf_counter()),
+                lambda: handle.events.put_nowait(FailedEvent(self._request_timeout())),
+            )
             while True:
                 tokens, end = await self._next_events(handle, stream)
                 if tokens:
@@ -235,6 +243,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             internal_error(context, stream.request_id)
         finally:
             if handle is not None:
+                deadline.cancel()
                 handle.cancel()
             if holds_slot:
                 self._slots.release()
@@ -295,17 +304,14 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
     async def _next_events(
         self, handle, stream: _Stream
     ) -> tuple[list[TokenEvent], FinishEvent | FailedEvent | None]:
-        """Every token the engine has ready for this stream (at least one event, waited for
-        within the stream's time cap) and the event that ends it, if that came too.
+        """Every token the engine has ready for this stream (at least one event; the stream's
+        deadline timer sends a failure when its time is up) and the event that ends it, if
+        that came too.
 
         One message carries all the tokens ready: a client that keeps up gets each token as
         it is made, and one that falls behind (or a busy server) gets fewer, larger messages.
         """
-        try:
-            async with asyncio.timeout(stream.deadline - time.perf_counter()):
-                event = await handle.events.get()
-        except TimeoutError:
-            raise self._request_timeout() from None
+        event = await handle.events.get()
         tokens = []
         while isinstance(event, TokenEvent):
             tokens.append(event)
@@ -364,10 +370,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             self._refuse_bos(embeddings)
             return sampling, RawPrompt(embeddings), None
         stream.mu = spec.mu()
-        # A root search on a cache miss: off the event loop, which serves every stream.
-        epsilon = await asyncio.to_thread(
-            spec.epsilon, delta=self._settings.report_delta, tokens=assembler.tokens
-        )
+        epsilon = await self._epsilon(spec, assembler.tokens)
         prompt = PrivatePrompt(assembler.embeddings(), mu=stream.choice.soft_prompt_mu)
         return sampling, prompt, epsilon
 
@@ -379,6 +382,25 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
                 f"the frames start with the BOS token ({bos}): the server prepends BOS itself, "
                 "so send only the prompt's tokens after it (docs/PROTOCOL.md, BOS)"
             )
+
+    async def _epsilon(self, spec, tokens: int) -> float:
+        """The exact ε of a prompt: a root search, off the event loop (which serves every
+        stream), once per (mechanism, length); requests that want the same one while it runs
+        wait for that search instead of starting their own."""
+        key = (spec, tokens)
+        if (known := self._epsilons.get(key)) is None:
+            if len(self._epsilons) >= EPSILONS_KEPT:
+                self._epsilons.clear()
+            search = asyncio.to_thread(
+                spec.epsilon, delta=self._settings.report_delta, tokens=tokens
+            )
+            known = self._epsilons[key] = asyncio.ensure_future(search)
+        try:
+            return await asyncio.shield(known)
+        except BaseException:
+            if known.done() and self._epsilons.get(key) is known:
+                del self._epsilons[key]  # a failed search is not kept
+            raise
 
     def _check_header(self, header: inference_pb2.StreamHeader):
         served = self._served

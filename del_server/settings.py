@@ -100,6 +100,20 @@ class Settings:
         default=64,
         metadata=doc("requests queued beyond --max-running; more get RESOURCE_EXHAUSTED"),
     )
+    join_wait_ms: float = field(
+        default=0.0,
+        metadata=doc(
+            "while others decode, a new request waits up to this long to share its prefill "
+            "pass with requests arriving after it (an idle engine prefills at once)"
+        ),
+    )
+    stream_interval_ms: float = field(
+        default=0.0,
+        metadata=doc(
+            "a running stream gets its new tokens at most this often, several to a message "
+            "(first tokens and ends at once); 0: every token as it is made"
+        ),
+    )
     max_message_bytes: int = field(
         default=4 * 1024 * 1024, metadata=doc("largest gRPC message received or sent")
     )
@@ -179,7 +193,13 @@ class Settings:
         for name in ("keepalive_time_s", "keepalive_timeout_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise _invalid(name, "must be > 0 and finite", getattr(self, name))
-        for name in ("grace_s", "max_connection_age_s", "max_connection_age_grace_s"):
+        for name in (
+            "grace_s",
+            "max_connection_age_s",
+            "max_connection_age_grace_s",
+            "stream_interval_ms",
+            "join_wait_ms",
+        ):
             if not 0 <= getattr(self, name) < math.inf:
                 raise _invalid(name, "must be >= 0 and finite", getattr(self, name))
         if not 0 < self.report_delta < 1:

@@ -1,7 +1,7 @@
 """The narrow interface the generation engine needs from whatever runs the LLM.
 
-A request is prefilled alone (prompts differ in length), then joins a `DecodeBatch` whose
-rows advance together, one forward pass per round. An engine that accepts prompt embeddings
+The requests that arrive together are prefilled together (`prefill_many`), then join a
+`DecodeBatch` whose rows advance together, one forward pass per round. An engine that accepts prompt embeddings
 (vLLM's `prompt_embeds`) can implement the same two types for multi-GPU serving; the engine,
 service and metrics stay as they are.
 """
@@ -21,7 +21,8 @@ class DecodeBatch(Protocol):
     def size(self) -> int: ...
 
     def add(self, state: Any) -> None:
-        """Append a sequence, as the state `Backend.prefill` returned, as the last row."""
+        """Append the sequences of a state `Backend.prefill` or `prefill_many` returned as the
+        last rows, in order. All or nothing: the batch is unchanged when it fails."""
 
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only these rows, in this order (the others finished or were cancelled)."""
@@ -38,6 +39,9 @@ class Backend(Protocol):
 
     def prefill(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """(T, d) prompt embeddings -> (next-token logits (V,), state for `DecodeBatch.add`)."""
+
+    def prefill_many(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        """[(T_i, d)] prompts -> (next-token logits (n, V), one state for `DecodeBatch.add`)."""
 
     def new_batch(self) -> DecodeBatch:
         """An empty batch for this model."""

@@ -1,36 +1,59 @@
-"""End-to-end speed: the same generations in-process and through gRPC, then under concurrency.
+"""End-to-end speed: DEL against the model's own batched speed, in one run on the same threads.
 
-In-process means straight into the server's engine (same model, adapter, sampler and
-scheduler, no gRPC); through gRPC means the SDK's `Client` against a real server on
-loopback. Greedy decoding of a fixed prompt, so both paths produce the same tokens. Each
-figure is the median of `repeats` runs. `make bench` writes bench_e2e.json and bench_e2e.md.
+Three parts, all greedy decoding of one fixed prompt, `make bench` writes bench_e2e.json and
+bench_e2e.md:
+
+- **Single stream**: the same generation in-process (straight into the server's engine, no
+  gRPC) and through gRPC (the SDK's `Client` on loopback); the median of `repeats` runs.
+- **The model alone** at batch 1 / 8 / 32 / 64: Hugging Face `generate` (greedy, the same
+  input embeddings the server builds for the prompt, soft prompt included) and a tight loop
+  of batched forward passes over the model's own cache (no padding, argmax, nothing else):
+  what the model itself does without a server.
+- **DEL streams** at the same concurrencies: private generations through gRPC against the
+  server in this process, from `del-client loadtest` running in separate process(es), so the
+  server's CPU time (this process) and the load generator's (the children) are apart. The
+  server's KV cache and resident memory are sampled meanwhile: memory per running stream.
+
+Ratios: DEL's tokens/s over the model's at the same batch size. The machine's load average is
+recorded, since a busy machine changes every figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from del_client import Client, ClientConfig
 from del_client.mechanism import BinomialQuantizer, PrivacySpec, dequantize
+from del_client.randomness import seeded_generator_for_tests
 from del_client.sampling import Sampling
 
 from ..generation import FinishEvent, PrivatePrompt, TokenEvent
 from ..levels import choose_level
+from ..runtime import ServedModel
 from ..server import RunningServer
-from ..settings import DEFAULT_MODEL, Settings
+from ..settings import DEFAULT_ADAPTER, DEFAULT_MODEL, Settings
 from ..threaded import serve_in_thread
 
 PROMPT = "Once upon a time, there was a little dog named Max. Max liked to run in the park"
 MU = 20.0
 BITS = 4
+LEVELS = (1, 8, 32, 64)
+MEMORY_SAMPLE_S = 0.02
 
 
 async def _in_process(running: RunningServer, new_tokens: int) -> tuple[float, int, float]:
@@ -88,6 +111,8 @@ def _aggregate(target: str, streams: int, new_tokens: int, cache_dir: Path) -> d
 
 
 def run_benchmark(*, model: str, new_tokens: int, repeats: int, cache_dir: Path) -> dict:
+    """The single-stream figures and aggregate tokens/s of 1, 4 and 16 streams from threads of
+    this process (the evaluation's speed stage, with the PCA default)."""
     settings = Settings(
         model=model,
         port=0,
@@ -125,19 +150,9 @@ def run_benchmark(*, model: str, new_tokens: int, repeats: int, cache_dir: Path)
     }
 
 
-def path_table(result: dict) -> list[str]:
-    """Markdown rows: single-stream time to first token and tokens/s, in process and via gRPC."""
-    ip, gr = result["in_process"], result["grpc"]
-    return [
-        "| path | time to first token (ms) | tokens/s |",
-        "|---|---:|---:|",
-        f"| in-process engine | {1000 * ip['time_to_first_token_s']:.1f} | {ip['tokens_per_s']:.1f} |",
-        f"| through gRPC (SDK) | {1000 * gr['time_to_first_token_s']:.1f} | {gr['tokens_per_s']:.1f} |",
-    ]
-
-
 def concurrency_table(result: dict) -> list[str]:
-    """Markdown rows: aggregate tokens/s and median time to first token per stream count."""
+    """Markdown rows: aggregate tokens/s and median time to first token per stream count
+    (run_benchmark's streams from threads of one process)."""
     return [
         "| concurrent streams | aggregate tokens/s | median time to first token (ms) |",
         "|---:|---:|---:|",
@@ -149,18 +164,349 @@ def concurrency_table(result: dict) -> list[str]:
     ]
 
 
+def prompt_inputs(served: ServedModel) -> torch.Tensor:
+    """The input embeddings the server builds for PROMPT at μ=MU (soft prompt, BOS, tokens)."""
+    bundle = served.bundle
+    spec = PrivacySpec.from_mu(mu=MU, dim=bundle.projection_dim, bits=BITS, clip=bundle.clip)
+    quantizer = BinomialQuantizer(spec, rng=seeded_generator_for_tests(0))
+    symbols = quantizer.privatize(bundle.embed(bundle.encode(PROMPT)[1:]))
+    inputs, _ = served.prompts.build(PrivatePrompt(dequantize(symbols, spec), mu=spec.mu()))
+    return inputs
+
+
+@torch.inference_mode()
+def model_alone(model, inputs: torch.Tensor, batch: int, new_tokens: int, repeats: int) -> dict:
+    """Tokens/s of the model by itself on `batch` copies of `inputs` (T, d), prefill included:
+    Hugging Face `generate` (greedy) and a tight loop of forward passes over its own cache."""
+    from transformers import GenerationConfig
+
+    embeds = inputs[None].expand(batch, -1, -1).contiguous()
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+    config = GenerationConfig(
+        max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+
+    def generate() -> float:
+        started = time.perf_counter()
+        out = model.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
+        assert out.shape == (batch, new_tokens)
+        return batch * new_tokens / (time.perf_counter() - started)
+
+    def loop() -> float:
+        started = time.perf_counter()
+        out = model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+        for _ in range(new_tokens - 1):
+            ids = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+            out = model(input_ids=ids, cache=out.cache, use_cache=True)
+        out.logits[:, -1].argmax(dim=-1)
+        return batch * new_tokens / (time.perf_counter() - started)
+
+    generate(), loop()  # warm-up
+    return {
+        "batch": batch,
+        "generate_tokens_per_s": statistics.median(generate() for _ in range(repeats)),
+        "loop_tokens_per_s": statistics.median(loop() for _ in range(repeats)),
+    }
+
+
+class _MemorySampler:
+    """The engine's rows and KV cache and this process's resident memory, sampled on a thread."""
+
+    def __init__(self, served: ServedModel) -> None:
+        self._engine = served.engine
+        self._stop = threading.Event()
+        self.baseline_rss = _rss_bytes()
+        self.peak_rss = self.baseline_rss
+        self.peak_rows = 0
+        self.kv_used_at_peak_rows = 0
+        self.peak_kv_allocated = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(MEMORY_SAMPLE_S):
+            rows = self._engine.running
+            used, allocated = getattr(self._engine, "kv_cache_bytes", (0, 0))
+            if rows >= self.peak_rows:
+                self.peak_rows, self.kv_used_at_peak_rows = rows, used
+            self.peak_kv_allocated = max(self.peak_kv_allocated, allocated)
+            self.peak_rss = max(self.peak_rss, _rss_bytes())
+
+    def to_dict(self, streams: int) -> dict:
+        rows = max(1, self.peak_rows)
+        return {
+            "peak_running": self.peak_rows,
+            "kv_used_bytes_per_stream": self.kv_used_at_peak_rows / rows,
+            "kv_allocated_bytes_per_stream": self.peak_kv_allocated / rows,
+            "rss_growth_bytes_per_stream": (self.peak_rss - self.baseline_rss) / streams,
+            "rss_peak_bytes": self.peak_rss,
+        }
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def del_streams(
+    served: ServedModel,
+    target: str,
+    streams: int,
+    *,
+    new_tokens: int,
+    duration_s: float,
+    processes: int,
+    cache_dir: Path,
+) -> dict:
+    """`streams` private greedy streams from `del-client loadtest` in `processes` child
+    processes for `duration_s`: throughput, time to first token, CPU on both sides, memory."""
+    shares = [streams // processes + (i < streams % processes) for i in range(processes)]
+    command = [sys.executable, "-c", "from del_client.cli import main; main()", "loadtest"]
+    options = ["--server", target, "--duration", str(duration_s), "--prompt", PROMPT]
+    options += ["--mu", str(MU), "--bits", str(BITS), "--max-new-tokens", str(new_tokens)]
+    options += ["--temperature", "0", "--retries", "0", "--json"]
+    env = {**os.environ, "DEL_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    server_cpu, children_cpu = time.process_time(), _children_cpu_s()
+    with _MemorySampler(served) as memory:
+        children = [
+            subprocess.Popen(
+                [*command, *options, "--concurrency", str(share)],
+                stdout=subprocess.PIPE,
+                env=env,
+                text=True,
+            )
+            for share in shares
+            if share
+        ]
+        outputs = [child.communicate()[0] for child in children]
+    server_cpu = time.process_time() - server_cpu
+    children_cpu = _children_cpu_s() - children_cpu
+    if any(child.returncode for child in children):
+        raise RuntimeError(f"a load generator failed: {[c.returncode for c in children]}")
+    reports = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    tokens = sum(r["tokens_per_s"] * r["elapsed_s"] for r in reports)
+    elapsed = max(r["elapsed_s"] for r in reports)
+    return {
+        "streams": streams,
+        "processes": len(reports),
+        "requests_ok": sum(r["ok"] for r in reports),
+        "errors": sum(sum(r["errors"].values()) + r["lost"] for r in reports),
+        "tokens": round(tokens),
+        "elapsed_s": elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "tokens_per_text_delta": tokens / max(1, sum(r["text_deltas"] for r in reports)),
+        # one process: its percentiles; several: the median of theirs
+        "ttft_p50_s": statistics.median(r["ttft_s"]["p50"] for r in reports),
+        "ttft_p90_s": statistics.median(r["ttft_s"]["p90"] for r in reports),
+        "e2e_p50_s": statistics.median(r["e2e_s"]["p50"] for r in reports),
+        "server_cpu_s": server_cpu,
+        "server_cpu_us_per_token": 1e6 * server_cpu / max(1, tokens),
+        "load_generator_cpu_s": sum(r["cpu_s"] for r in reports),
+        "load_generator_cpu_s_with_startup": children_cpu,
+        "memory": memory.to_dict(streams),
+    }
+
+
+def compare(
+    *,
+    model: str,
+    adapter: str | None,
+    new_tokens: int,
+    repeats: int,
+    levels: tuple[int, ...],
+    duration_s: float,
+    processes: int,
+    threads: int,
+    cache_dir: Path,
+    stream_interval_ms: float | None = None,
+    join_wait_ms: float | None = None,
+) -> dict:
+    torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    settings = Settings(
+        model=model,
+        adapter=adapter,
+        port=0,
+        metrics_port=-1,
+        max_running=max(levels),
+        max_waiting=max(levels),
+        max_new_tokens=max(256, new_tokens),
+        **({} if stream_interval_ms is None else {"stream_interval_ms": stream_interval_ms}),
+        **({} if join_wait_ms is None else {"join_wait_ms": join_wait_ms}),
+    )
+    with serve_in_thread(settings) as server:
+        served, target = server.running.served, server.target
+        steps = tqdm(total=2 + 2 * len(levels), desc="e2e benchmark", unit="stage")
+        in_process = _median_run(
+            lambda: server.call(_in_process(server.running, new_tokens)), repeats
+        )
+        steps.update()
+        grpc_single = _median_run(lambda: _through_grpc(target, new_tokens, cache_dir), repeats)
+        steps.update()
+        inputs = prompt_inputs(served)
+        rows = []
+        for streams in levels:  # interleaved: a change in the machine's load hits both alike
+            alone = model_alone(served.loaded.model, inputs, streams, new_tokens, repeats)
+            steps.update()
+            row = del_streams(
+                served,
+                target,
+                streams,
+                new_tokens=new_tokens,
+                duration_s=duration_s,
+                processes=min(processes, streams),
+                cache_dir=cache_dir,
+            )
+            steps.update()
+            row["model"] = alone
+            row["ratio_to_generate"] = row["tokens_per_s"] / alone["generate_tokens_per_s"]
+            row["ratio_to_loop"] = row["tokens_per_s"] / alone["loop_tokens_per_s"]
+            rows.append(row)
+        steps.close()
+    return {
+        "model": model,
+        "adapter": adapter,
+        "prompt": PROMPT,
+        "prompt_inputs": inputs.shape[0],
+        "mu": MU,
+        "bits": BITS,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "duration_s": duration_s,
+        "torch_threads": threads,
+        "stream_interval_ms": getattr(settings, "stream_interval_ms", 0.0),
+        "join_wait_ms": getattr(settings, "join_wait_ms", 0.0),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "in_process": in_process,
+        "grpc": grpc_single,
+        "grpc_tokens_per_s_cost": 1 - grpc_single["tokens_per_s"] / in_process["tokens_per_s"],
+        "streams": rows,
+        "targets": _targets(rows),
+    }
+
+
+def _targets(rows: list[dict]) -> dict:
+    """The issue's targets, where the levels measured allow them."""
+    by = {row["streams"]: row for row in rows}
+    targets = {}
+    if 32 in by:
+        targets["32 streams >= 0.6x the model's generate at batch 32"] = (
+            by[32]["ratio_to_generate"],
+            by[32]["ratio_to_generate"] >= 0.6,
+        )
+    if 1 in by:
+        targets["1 stream >= 1.0x the model's generate at batch 1"] = (
+            by[1]["ratio_to_generate"],
+            by[1]["ratio_to_generate"] >= 1.0,
+        )
+    if 1 in by and 32 in by:
+        ratio = by[32]["ttft_p50_s"] / by[1]["ttft_p50_s"]
+        targets["TTFT p50 at 32 streams <= 2x one stream's"] = (ratio, ratio <= 2.0)
+    return targets
+
+
+def path_table(result: dict) -> list[str]:
+    """Markdown rows: single-stream time to first token and tokens/s, in process and via gRPC."""
+    ip, gr = result["in_process"], result["grpc"]
+    return [
+        "| path | time to first token (ms) | tokens/s |",
+        "|---|---:|---:|",
+        f"| in-process engine | {1000 * ip['time_to_first_token_s']:.1f} | {ip['tokens_per_s']:.1f} |",
+        f"| through gRPC (SDK) | {1000 * gr['time_to_first_token_s']:.1f} | {gr['tokens_per_s']:.1f} |",
+    ]
+
+
+def streams_table(result: dict) -> list[str]:
+    """Markdown rows: DEL's streams against the model alone at the same batch size."""
+    lines = [
+        "| streams | model `generate` tok/s | model loop tok/s | DEL tok/s | DEL / generate "
+        "| DEL / loop | TTFT p50 / p90 ms | tokens per message | server CPU s (µs/token) "
+        "| load generator CPU s |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---|---:|",
+    ]
+    for row in result["streams"]:
+        model = row["model"]
+        lines.append(
+            f"| {row['streams']} | {model['generate_tokens_per_s']:.0f} "
+            f"| {model['loop_tokens_per_s']:.0f} | {row['tokens_per_s']:.0f} "
+            f"| {row['ratio_to_generate']:.2f}× | {row['ratio_to_loop']:.2f}× "
+            f"| {1000 * row['ttft_p50_s']:.1f} / {1000 * row['ttft_p90_s']:.1f} "
+            f"| {row['tokens_per_text_delta']:.1f} "
+            f"| {row['server_cpu_s']:.1f} ({row['server_cpu_us_per_token']:.0f}) "
+            f"| {row['load_generator_cpu_s']:.1f} |"
+        )
+    return lines
+
+
+def memory_table(result: dict) -> list[str]:
+    lines = [
+        "| streams | peak running | KV cache used / allocated per stream (KiB) "
+        "| resident memory growth per stream (KiB) |",
+        "|---:|---:|---|---:|",
+    ]
+    for row in result["streams"]:
+        memory = row["memory"]
+        lines.append(
+            f"| {row['streams']} | {memory['peak_running']} "
+            f"| {memory['kv_used_bytes_per_stream'] / 1024:.1f} / "
+            f"{memory['kv_allocated_bytes_per_stream'] / 1024:.1f} "
+            f"| {memory['rss_growth_bytes_per_stream'] / 1024:.0f} |"
+        )
+    return lines
+
+
 def _markdown(result: dict) -> str:
+    load = ", ".join(f"{x:.2f}" for x in result["load_average_before"])
+    load_after = ", ".join(f"{x:.2f}" for x in result["load_average_after"])
     lines = [
         "# End-to-end benchmark",
         "",
-        f"Model `{result['model']}`, μ={result['mu']}, b={result['bits']}, greedy, "
-        f"{result['new_tokens']} new tokens, median of {result['repeats']}. {result['machine']}.",
+        f"Model `{result['model']}` (adapter `{result['adapter']}`), μ={result['mu']}, "
+        f"b={result['bits']}, greedy, {result['new_tokens']} new tokens after "
+        f"{result['prompt_inputs']} input embeddings, {result['torch_threads']} torch "
+        f"thread(s), stream interval {result['stream_interval_ms']:g} ms, join wait "
+        f"{result['join_wait_ms']:g} ms. {result['machine']}, {result['cpus']} CPUs, load average {load} before "
+        f"and {load_after} after.",
+        "",
+        f"## One stream (median of {result['repeats']})",
         "",
         *path_table(result),
         "",
         f"gRPC costs {100 * result['grpc_tokens_per_s_cost']:.1f} % of single-stream tokens/s.",
         "",
-        *concurrency_table(result),
+        "## DEL against the model alone",
+        "",
+        "The model alone: `generate` and a tight loop of batched forward passes, on the same "
+        "threads in this process, prefill included. DEL: `del-client loadtest` in separate "
+        f"process(es) for {result['duration_s']:g} s per level against the server in this "
+        "process; server CPU is this process's, load generator CPU the children's during the "
+        "load. TTFT is the client's, from the call (privatization included) to the first text.",
+        "",
+        *streams_table(result),
+        "",
+        *memory_table(result),
+        "",
+        "## Targets",
+        "",
+        *(
+            f"- {name}: {value:.2f} — {'met' if ok else 'NOT met'}"
+            for name, (value, ok) in result["targets"].items()
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -169,16 +515,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reports"))
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = run_benchmark(
-        model=args.model,
-        new_tokens=args.new_tokens,
-        repeats=args.repeats,
-        cache_dir=args.out / ".bundle-cache",
+    parser.add_argument(
+        "--adapter", help="trained adapter (default: the committed one, for the default model)"
     )
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per level")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="load generator processes per level"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads, for the model and the server"
+    )
+    parser.add_argument(
+        "--stream-interval-ms", type=float, help="the server's (default: its own default)"
+    )
+    parser.add_argument("--join-wait-ms", type=float, help="the server's (default: its own)")
+    args = parser.parse_args()
+    if args.adapter is None and args.model == DEFAULT_MODEL:
+        args.adapter = DEFAULT_ADAPTER
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as cache:
+        result = compare(
+            model=args.model,
+            adapter=args.adapter,
+            new_tokens=args.new_tokens,
+            repeats=args.repeats,
+            levels=tuple(args.levels),
+            duration_s=args.duration,
+            processes=args.processes,
+            threads=args.threads,
+            cache_dir=Path(cache),
+            stream_interval_ms=args.stream_interval_ms,
+            join_wait_ms=args.join_wait_ms,
+        )
     (args.out / "bench_e2e.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "bench_e2e.md").write_text(_markdown(result))
     print(_markdown(result))

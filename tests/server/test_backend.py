@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
+from del_server.backends.llama import LlamaPath
 from del_server.backends.transformers import PaddedBatch, SequentialBatch, TransformersBackend
 from del_server.models import load_model
 
@@ -63,19 +64,24 @@ class GreedyRows:
 
 
 def greedy_alone(backend, inputs: torch.Tensor, steps: int) -> tuple[list[int], torch.Tensor]:
-    """Greedy ids and the logits of every step for one sequence, decoded by itself."""
-    alone = GreedyRows(SequentialBatch(backend.model))
-    alone.join(backend, inputs)
+    """Greedy ids and the logits of every step for one sequence, decoded by itself with
+    transformers' own forward pass and cache (never the Llama path)."""
+    reference = TransformersBackend(backend.model, fast=False)
+    alone = GreedyRows(SequentialBatch(reference.model))
+    alone.join(reference, inputs)
     alone.step(steps - 1)
     return alone.ids[0], torch.stack(alone.logits[0])
 
 
-def test_the_default_model_decodes_in_one_padded_batch(backend):
+def test_the_default_model_decodes_in_one_padded_batch_on_the_llama_path(backend):
     assert backend.pads_batches
     assert isinstance(backend.new_batch(), PaddedBatch)
+    assert backend.fast is not None
 
 
-def test_rows_of_different_lengths_decode_as_they_would_alone(stories, backend):
+@pytest.mark.parametrize("fast", [True, False], ids=["llama path", "transformers forward"])
+def test_rows_of_different_lengths_decode_as_they_would_alone(stories, fast):
+    backend = TransformersBackend(stories.model, fast=fast)
     steps = 24
     inputs = [prompt(stories, backend, text) for text in TEXTS]
     assert len({x.shape[0] for x in inputs}) == len(TEXTS)  # the padding is really exercised
@@ -165,3 +171,91 @@ def test_models_a_padded_cache_would_change_decode_row_by_row(model):
     backend = TransformersBackend(model())
     assert not backend.pads_batches
     assert isinstance(backend.new_batch(), SequentialBatch)
+
+
+class JoinedTogether(GreedyRows):
+    """Several prompts prefilled in one left-padded forward pass, then decoded with the rest."""
+
+    def join_many(self, backend, inputs: list[torch.Tensor]) -> None:
+        logits, state = backend.prefill_many(inputs)
+        self.batch.add(state)
+        for row in logits:
+            self.ids.append([int(row.argmax())])
+            self.logits.append([row])
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_prompts_of_different_lengths_prefilled_in_one_pass_decode_as_alone(stories, attention):
+    model = copy.deepcopy(stories.model)
+    model.set_attn_implementation(attention)
+    backend = TransformersBackend(model)
+    inputs = [prompt(stories, backend, text) for text in TEXTS]
+    rows = JoinedTogether(backend.new_batch())
+    rows.join_many(backend, inputs)
+    rows.step(15)
+    for row, x in enumerate(inputs):
+        alone_ids, alone_logits = greedy_alone(backend, x, 16)
+        assert rows.ids[row] == alone_ids
+        torch.testing.assert_close(torch.stack(rows.logits[row]), alone_logits, atol=1e-4, rtol=0)
+
+
+def test_the_cache_grows_in_rows_and_columns_and_rows_leave_from_anywhere(stories, backend):
+    """More rows than the first buffers hold, a prompt longer than every column in use (the
+    cache moves right), more rounds than the first buffers' columns, and rows leaving from
+    the front, middle and back (the last rows fill their places): all as alone."""
+    texts = [*TEXTS, "Lily", "Once upon a time there was a big dog"]
+    inputs = [prompt(stories, backend, t) for t in texts]
+    longest = backend.embed([stories.bos_id] + [403, 407, 261, 378] * 20)  # 81 tokens
+    rows = JoinedTogether(backend.new_batch())
+    assert rows.batch.size == 0
+    rows.join(backend, inputs[2])  # "The cat sat": the shortest first
+    rows.join_many(backend, inputs[:2] + inputs[3:])
+    assert rows.batch.size == len(texts) > PaddedBatch.MIN_ROWS
+    rows.step(3)
+    rows.join(backend, longest)
+    columns = rows.batch._mask.shape[1]
+    rows.step(100)
+    assert rows.batch._mask.shape[1] > columns  # the decoding outgrew the buffers
+    joined = [2, 0, 1, 3, 4, 5, "longest"]  # the rows' prompts, in the order they joined
+    kept = [6, 1, 3, 4, 5]  # the first, third and the one before last leave
+    rows.keep(kept)
+    order = [joined[i] for i in kept]
+    rows.step(4)
+    steps = 1 + 3 + 100 + 4
+    for row, which in enumerate(order):
+        if which == "longest":
+            alone = greedy_alone(backend, longest, 1 + 100 + 4)[0]
+        else:
+            alone = greedy_alone(backend, inputs[which], steps)[0]
+        assert rows.ids[row] == alone
+    assert rows.batch.allocated_bytes >= rows.batch.used_bytes > 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({}, id="grouped-query attention"),
+        pytest.param({"attention_bias": True, "mlp_bias": True}, id="biases"),
+        pytest.param(
+            {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}},
+            id="linear RoPE",
+        ),
+    ],
+)
+def test_the_llama_path_computes_what_transformers_computes(options):
+    """A random Llama (other shapes, biases, scaled RoPE): prompts prefilled together and
+    decoded on the Llama path give transformers' logits for each prompt decoded alone."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**TINY, **options)).eval()
+    for parameter in model.parameters():  # random biases, not zeros
+        torch.nn.init.normal_(parameter, std=0.3)
+    backend = TransformersBackend(model)
+    assert LlamaPath.supports(model)
+    assert backend.fast is not None
+    inputs = [backend.embed(list(range(1, n))) for n in (3, 9, 6)]
+    rows = JoinedTogether(backend.new_batch())
+    rows.join_many(backend, inputs)
+    rows.step(7)
+    for row, x in enumerate(inputs):
+        _, alone_logits = greedy_alone(backend, x, 8)
+        torch.testing.assert_close(torch.stack(rows.logits[row]), alone_logits, atol=1e-4, rtol=0)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from del_client.errors import RequestOptionError
 from del_client.sampling import Sampling
 from del_server.models.llama2c_tokenizer import load_llama2c_tokenizer
-from del_server.sampling import Sampler, TextStream
+from del_server.sampling import Sampler, TextStream, sample
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,42 @@ def test_top_k_and_top_p_never_pick_outside_the_kept_set():
     assert {top_k(logits) for _ in range(300)} == {0, 1}
     top_p = Sampler(Sampling(max_new_tokens=1, top_p=0.75, seed=0))
     assert {top_p(logits) for _ in range(300)} == {0, 1}
+
+
+def test_draws_follow_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    sampler = Sampler(Sampling(max_new_tokens=1, seed=3))
+    draws = torch.tensor([sampler(torch.log(probs)) for _ in range(4000)])
+    frequencies = torch.bincount(draws, minlength=4) / 4000
+    torch.testing.assert_close(frequencies, probs, atol=0.03, rtol=0)
+
+
+def test_a_batch_draws_for_each_row_what_it_would_draw_alone():
+    """One batched draw per round for rows with different options (greedy among them) gives
+    every seeded row the tokens it gets by itself, round after round."""
+    options = [
+        {"temperature": 0.0},
+        {"temperature": 0.8, "seed": 1},
+        {"temperature": 1.0, "top_k": 5, "seed": 2},
+        {"temperature": 1.2, "top_p": 0.7, "seed": 3},
+        {"temperature": 0.9, "top_k": 40, "top_p": 0.9, "seed": 4},
+        {"temperature": 1.0, "seed": 1},  # the same seed as row 1, other logits
+    ]
+    params = [Sampling(max_new_tokens=1, **o) for o in options]
+    batched = [Sampler(p) for p in params]
+    alone = [Sampler(p) for p in params]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        logits = torch.randn((len(params), 64), generator=generator) * 3
+        together = sample(batched, logits)
+        assert together == [s(row) for s, row in zip(alone, logits, strict=True)]
+    assert [s.draws for s in batched] == [0, 30, 30, 30, 30, 30]
+
+
+def test_a_row_with_logits_that_are_not_finite_is_refused():
+    sampler = Sampler(Sampling(max_new_tokens=1, seed=0))
+    with pytest.raises(ValueError, match="not finite"):
+        sampler(torch.tensor([0.0, math.nan, 1.0]))
 
 
 @pytest.mark.parametrize(

@@ -294,6 +294,13 @@ def test_metrics_count_a_request_with_its_wire_bytes(server, stub, bundle, spec)
         assert metric(server, name, labels) >= 1
 
 
+def test_metrics_show_the_kv_cache(server, stub, bundle, spec):
+    list(stub.Generate(iter(private_request(bundle, spec))))
+    allocated = metric(server, "del_kv_cache_bytes", '{kind="allocated"}')
+    assert allocated > 0  # the buffers stay for the next requests
+    assert 0 <= metric(server, "del_kv_cache_bytes", '{kind="used"}') <= allocated
+
+
 def wait_for_idle(server, timeout_s: float = 20.0) -> float:
     deadline = time.monotonic() + timeout_s
     while (running := metric(server, "del_num_requests_running")) and time.monotonic() < deadline:
