@@ -6,7 +6,8 @@
     clip  c            belongs with the projection; chosen from the distribution of |Z|
     norm_bound         optional cap on ‖h‖ after de-projection (noise inflates norms)
     soft prompts       (m, d) per privacy level, keyed by the per-token μ they were trained at
-    calibration        privacy level → measured attack success, filled by training
+    calibration        privacy level → measured attack success, filled by training; and
+                       (optional) its utility as served against sending nothing
     task               classification only: the task's labels and a linear head (L, d) per
                        privacy level, trained on the encoder's pooled output at that level's
                        noise, and one for clean (raw) inputs
@@ -222,6 +223,24 @@ LEVEL_FIELDS = (
 )
 
 
+# A level's optional "utility": what the level is worth as served (its noise and soft prompt),
+# beside the same metric with nothing sent (and a soft prompt or head trained for that case).
+UTILITY_FIELDS = {
+    "metric": str,  # e.g. "held-out continuation loss (nats/token)"
+    "value": float,  # the level as served, mean over noise seeds
+    "nothing_sent": float,
+    "higher_is_better": bool,
+    "measured_on": str,
+}
+
+
+def better_than_nothing(utility: dict) -> bool:
+    """Whether the level beats sending nothing: a level that does not costs privacy for nothing."""
+    if utility["higher_is_better"]:
+        return utility["value"] > utility["nothing_sent"]
+    return utility["value"] < utility["nothing_sent"]
+
+
 def _checked_levels(levels: list[dict], directory: Path) -> list[dict]:
     """Refuse at load, not at the first manifest request, a level the server cannot publish."""
     for level in levels:
@@ -233,7 +252,23 @@ def _checked_levels(levels: list[dict], directory: Path) -> list[dict]:
             )
         if level["strongest_attack"] not in level["attacks"]:
             raise ValueError(f"{directory}: a level's strongest attack has no measured rate")
+        if "utility" in level:
+            _check_utility(level["utility"], directory)
     return levels
+
+
+def _check_utility(utility: dict, directory: Path) -> None:
+    for key, kind in UTILITY_FIELDS.items():
+        value = utility.get(key) if isinstance(utility, dict) else None
+        if kind is float:  # a finite number (a hand-written 2 is an int to JSON)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            valid = number and math.isfinite(value)
+        else:
+            valid = isinstance(value, kind)
+        if not valid:
+            raise ValueError(
+                f"{directory}: a level's utility needs {key} ({kind.__name__}), got {value!r}"
+            )
 
 
 def pca_adapter(

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from del_server.adapter import Adapter, embedding_digest, pca_adapter
+from del_server.adapter import Adapter, better_than_nothing, embedding_digest, pca_adapter
 from del_server.models import load_model
 
 
@@ -95,6 +95,57 @@ def test_loading_refuses_a_level_the_server_could_not_publish(tmp_path, adapter)
     )
     with pytest.raises(ValueError, match=r"lacks attacks, strongest_attack.*del-server calibrate"):
         Adapter.load(tmp_path)
+
+
+UTILITY = {  # a level's utility as train.pipeline's evaluation records it
+    "metric": "held-out continuation loss (nats/token)",
+    "value": 2.9,
+    "nothing_sent": 1.7,
+    "higher_is_better": False,
+    "measured_on": "256 held-out windows",
+}
+
+
+@pytest.mark.parametrize("utility", [None, UTILITY], ids=["without utility", "with utility"])
+def test_a_level_loads_with_or_without_its_utility(tmp_path, adapter, utility):
+    level = LEVEL if utility is None else {**LEVEL, "utility": utility}
+    Adapter(adapter.down, adapter.up, adapter.mean, adapter.clip, calibration=[level]).save(
+        tmp_path
+    )
+    assert Adapter.load(tmp_path).calibration == [level]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"value": float("nan")}, "value"),
+        ({"nothing_sent": "1.7"}, "nothing_sent"),
+        ({"higher_is_better": 0}, "higher_is_better"),
+        ({"metric": None}, "metric"),
+    ],
+)
+def test_loading_refuses_a_malformed_utility(tmp_path, adapter, change, message):
+    level = {**LEVEL, "utility": {**UTILITY, **change}}
+    Adapter(adapter.down, adapter.up, adapter.mean, adapter.clip, calibration=[level]).save(
+        tmp_path
+    )
+    with pytest.raises(ValueError, match=f"utility needs {message}"):
+        Adapter.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("value", "higher_is_better", "better"),
+    [
+        (1.6, False, True),
+        (1.7, False, False),
+        (2.9, False, False),
+        (1.8, True, True),
+        (1.6, True, False),
+    ],
+)
+def test_better_than_nothing_follows_the_metric_and_is_strict(value, higher_is_better, better):
+    utility = {**UTILITY, "value": value, "higher_is_better": higher_is_better}
+    assert better_than_nothing(utility) is better
 
 
 def test_loading_refuses_edited_tensors(tmp_path, adapter):
