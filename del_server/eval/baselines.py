@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..adapter import DEFAULT_CLIP_QUANTILE, Adapter
 from ..attacks.mechanisms import Binomial, GaussianQuantized, Mechanism
 from ..train.calibrate import CalibratedLevel, calibrate
-from ..train.soft_prompt import train_soft_prompt
+from ..train.soft_prompt import levels_training, train_soft_prompt
 from .context import EvalContext
 from .methods import Method
 
@@ -110,17 +110,11 @@ def matched_baselines(ctx: EvalContext) -> list[tuple[Method, CalibratedLevel]]:
 
 def soft_prompt_steps(ctx: EvalContext) -> int:
     """The configured number of steps, else as many as the adapter's soft prompts had."""
-    steps = ctx.config.soft_prompt_steps or ctx.adapter.metadata.get("soft_prompt_steps")
-    if not steps:
-        raise ValueError(
-            "the adapter does not record its soft-prompt steps: pass --soft-prompt-steps"
-        )
-    return int(steps)
+    return levels_training(ctx.adapter, ctx.config.soft_prompt_steps)["steps"]
 
 
 def with_trained_soft_prompt(ctx: EvalContext, method: Method) -> Method:
     """`method` plus a soft prompt trained for it exactly as the pipeline trains DEL's."""
-    length = next(iter(ctx.adapter.soft_prompts.values())).shape[0]
 
     def prompt_fn(ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         # Fresh noise every step, drawn from the loop's seeded generator.
@@ -133,8 +127,7 @@ def with_trained_soft_prompt(ctx: EvalContext, method: Method) -> Method:
         ctx.split.train,
         ctx.loaded.tokenizer,
         desc=f"soft prompt for {method.key}",
-        length=length,
-        steps=soft_prompt_steps(ctx),
+        **levels_training(ctx.adapter, ctx.config.soft_prompt_steps),
         batch=SOFT_PROMPT_BATCH,
         seed=ctx.config.seed,
     )

@@ -4,6 +4,8 @@
     del-server train projection --model M --data TEXT --out DIR  W_p, W_d, clip
     del-server calibrate --model M --data TEXT --out DIR         levels for DIR's adapter
     del-server train soft-prompt --model M --data TEXT --out DIR soft prompts for DIR's levels
+    del-server train evaluate --model M --data TEXT --out DIR    each level's utility against
+                                                        sending nothing, DIR's report refreshed
     del-server train classify --model all-MiniLM-L6-v2 --data DIR --out DIR
                                                         an encoder's adapter for a labelled task
 
@@ -120,6 +122,21 @@ def _run_stage(name: str, needs_adapter: bool):
     return run
 
 
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from ..adapter import better_than_nothing
+
+    adapter = _pipeline().refresh_evaluation(_config(args))
+    worse = [
+        f"{level['target_attack_rate']:g}"
+        for level in adapter.calibration
+        if not better_than_nothing(level["utility"])
+    ]
+    print(
+        f"utility written to {args.out}; levels no better than sending nothing: "
+        f"{', '.join(worse) or 'none'}"
+    )
+
+
 def _add_classify(stages: argparse._SubParsersAction) -> None:
     from .classification.pipeline import ClassifyConfig
 
@@ -197,6 +214,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _common(soft)
     _soft_prompt_args(soft)
     soft.set_defaults(run=_run_stage("soft_prompt_stage", needs_adapter=True))
+    evaluate = stages.add_parser(
+        "evaluate",
+        help="each level's held-out loss as served against sending nothing (a soft prompt "
+        "trained for that case): the levels' utility and the report, nothing else retrained",
+    )
+    _common(evaluate)
+    evaluate.set_defaults(run=_run_evaluate)
     _add_classify(stages)
     calibrate = sub.add_parser("calibrate", help="privacy level per target attack success rate")
     _common(calibrate)

@@ -6,8 +6,10 @@ For one privacy level, on validation windows, the continuation's mean NLL (nats/
     noisy + soft prompt what DEL serves at this level
     noisy               the same noise, no soft prompt
     no prompt           the continuation from BOS alone: perfect privacy, zero communication
+    nothing sent        the same with a soft prompt trained for that case
 Noisy figures are the mean and standard deviation over several noise seeds. A level whose
-soft-prompted loss is not below the no-prompt loss carries no useful information.
+soft-prompted loss is not below the nothing-sent loss is worse than sending nothing: its
+utility record (adapter.UTILITY_FIELDS) says so, and the manifest and the client tell users.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .data import Windows
 from .objective import FrozenLM, private_prompt
 
 EVAL_BATCH = 64
+UTILITY_METRIC = "held-out continuation loss (nats/token)"
 
 
 @torch.no_grad()
@@ -46,13 +49,17 @@ def _spread(values: list[float]) -> dict:
     }
 
 
-def reference_losses(lm: FrozenLM, adapter: Adapter, windows: Windows) -> dict:
-    """Losses that do not depend on the privacy level: clean, projected without noise, none."""
+def reference_losses(
+    lm: FrozenLM, adapter: Adapter, windows: Windows, nothing_sent: torch.Tensor
+) -> dict:
+    """Losses that do not depend on the privacy level: clean, projected without noise, none,
+    and none with `nothing_sent`, the soft prompt trained for that case."""
     projected = lambda ids: private_prompt(lm, adapter, ids, None, None)  # noqa: E731
     return {
         "clean": mean_loss(lm, windows, lm.embed, None),
         "projected_no_noise": mean_loss(lm, windows, projected, None),
         "no_prompt": mean_loss(lm, windows, lambda _: None, None),
+        "nothing_sent_soft_prompt": mean_loss(lm, windows, lambda _: None, nothing_sent),
     }
 
 
@@ -72,3 +79,14 @@ def level_losses(
             noisy = lambda ids, g=generator: private_prompt(lm, adapter, ids, spec, g)  # noqa: E731
             target.append(mean_loss(lm, windows, noisy, prompt))
     return {"noisy_soft_prompt": _spread(with_soft), "noisy": _spread(without)}
+
+
+def loss_utility(served: float, nothing_sent: float, measured_on: str) -> dict:
+    """A level's utility record (adapter.UTILITY_FIELDS) for the held-out continuation loss."""
+    return {
+        "metric": UTILITY_METRIC,
+        "value": served,
+        "nothing_sent": nothing_sent,
+        "higher_is_better": False,
+        "measured_on": measured_on,
+    }

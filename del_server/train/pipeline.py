@@ -3,10 +3,13 @@
     projection   -> out/adapter.*                (W_p, W_d, clip; no levels yet)
     calibrate    -> adds the calibration table   (μ per target attack rate)
     soft prompts -> adds one soft prompt a level
+    evaluation   -> adds each level's utility    (held-out loss as served, against a soft
+                                                  prompt trained with nothing sent)
     report       -> out/training.json, out/TRAINING.md, out/training_losses.png
 
-`run_all` writes an adapter that `del-server serve --adapter out` loads. Checkpoints go to
-out/checkpoints; `resume=True` picks every stage up where it stopped.
+`run_all` writes an adapter that `del-server serve --adapter out` loads; `refresh_evaluation`
+runs the evaluation alone on an adapter already in out. Checkpoints go to out/checkpoints;
+`resume=True` picks every stage up where it stopped.
 """
 
 from __future__ import annotations
@@ -23,17 +26,18 @@ import torch
 
 from del_client.mechanism import PrivacySpec
 
-from ..adapter import Adapter, pca_adapter
+from ..adapter import Adapter, better_than_nothing, pca_adapter
 from ..attacks.suite import Attacker, AttackOptions
+from ..levels import adapter_levels
 from ..models import LoadedModel, load_model
 from .calibrate import DEFAULT_TARGETS, calibrate
-from .data import Split, load_split
-from .evaluate import level_losses, reference_losses
+from .data import Split, Windows, load_split
+from .evaluate import level_losses, loss_utility, reference_losses
 from .loop import loss_summary
 from .objective import FrozenLM
 from .projection import train_projection
 from .report import plot_losses, write_markdown
-from .soft_prompt import level_prompt, train_soft_prompt
+from .soft_prompt import PromptFn, level_prompt, levels_training, nothing_sent, train_soft_prompt
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,26 @@ class Workbench:
             mu=mu, dim=adapter.projection_dim, bits=self.config.bits, clip=adapter.clip
         )
 
+    def soft_prompt(
+        self, name: str, prompt_fn: PromptFn, *, desc: str, length: int, steps: int
+    ) -> torch.Tensor:
+        """A soft prompt trained for `prompt_fn`; its losses and checkpoint go under `name`."""
+        c = self.config
+        prompt, self.losses[name] = train_soft_prompt(
+            prompt_fn,
+            self.lm,
+            self.split.train,
+            self.loaded.tokenizer,
+            desc=desc,
+            length=length,
+            steps=steps,
+            batch=c.batch,
+            seed=c.seed,
+            checkpoint=self.checkpoint(name),
+            resume=c.resume,
+        )
+        return prompt
+
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
@@ -155,18 +179,12 @@ def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
     with bench.timed("soft_prompts_s"):
         for mu in mus:
             spec = bench.spec(adapter, mu)
-            prompts[mu], bench.losses[f"soft_prompt_mu{mu:g}"] = train_soft_prompt(
+            prompts[mu] = bench.soft_prompt(
+                f"soft_prompt_mu{mu:g}",
                 level_prompt(bench.lm, adapter, spec),
-                bench.lm,
-                bench.split.train,
-                bench.loaded.tokenizer,
                 desc=f"soft prompt mu={spec.mu():.3g}",
                 length=c.soft_prompt_length,
                 steps=c.soft_prompt_steps,
-                batch=c.batch,
-                seed=c.seed,
-                checkpoint=bench.checkpoint(f"soft_prompt_mu{mu:.6g}"),
-                resume=c.resume,
             )
     metadata = {
         **adapter.metadata,
@@ -176,19 +194,56 @@ def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
     return replace(adapter, soft_prompts=prompts, metadata=metadata)
 
 
-def evaluation(bench: Workbench, adapter: Adapter) -> dict:
+def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
+    """Held-out losses of every level as the server serves it (its noise, its soft prompt if
+    it has one), beside sending nothing with a soft prompt trained for that case exactly as
+    the levels' were; -> the adapter whose calibrated levels carry their utility record, and
+    the figures for the report."""
     c = bench.config
     validation = bench.split.validation.head(c.eval_windows)
+    training = levels_training(adapter)
+    with bench.timed("nothing_sent_soft_prompt_s"):
+        nothing = bench.soft_prompt(
+            "nothing_sent", nothing_sent, desc="soft prompt, nothing sent", **training
+        )
     with bench.timed("evaluation_s"):
-        references = reference_losses(bench.lm, adapter, validation)
-        levels = []
-        for mu, soft in sorted(adapter.soft_prompts.items()):
-            losses = level_losses(
-                bench.lm, adapter, validation, bench.spec(adapter, mu), soft, c.eval_seeds
+        references = reference_losses(bench.lm, adapter, validation, nothing)
+        served, calibration = [], []
+        for level in adapter_levels(adapter):
+            soft = adapter.soft_prompts[level.mu] if level.soft_prompt else None
+            losses = level_losses(bench.lm, adapter, validation, level.spec, soft, c.eval_seeds)
+            loss = losses["noisy_soft_prompt"]["mean"]
+            utility = loss_utility(
+                loss, references["nothing_sent_soft_prompt"], _measured_on(bench, validation)
             )
-            informative = losses["noisy_soft_prompt"]["mean"] < references["no_prompt"]
-            levels.append({"mu": mu, **losses, "informative": informative})
-    return {"windows": len(validation), "seeds": list(c.eval_seeds), **references, "levels": levels}
+            served.append(
+                {
+                    "id": level.id,
+                    "mu": level.mu,
+                    "soft_prompt": level.soft_prompt,
+                    **losses,
+                    "informative": loss < references["no_prompt"],
+                    "better_than_nothing": better_than_nothing(utility),
+                }
+            )
+            if level.calibration is not None:
+                calibration.append({**level.calibration, "utility": utility})
+    evaluated = {
+        "windows": len(validation),
+        "seeds": list(c.eval_seeds),
+        **references,
+        "nothing_sent_training": {**training, "batch": c.batch, "seed": c.seed},
+        "levels": served,
+    }
+    return replace(adapter, calibration=calibration), evaluated
+
+
+def _measured_on(bench: Workbench, windows: Windows) -> str:
+    return (
+        f"{len(windows)} held-out windows of {Path(bench.config.data).name} "
+        f"({windows.prompts.shape[1]} prompt + {windows.continuations.shape[1]} continuation "
+        f"tokens), mean over noise seeds {', '.join(map(str, bench.config.eval_seeds))}"
+    )
 
 
 def write_report(bench: Workbench, adapter: Adapter, evaluated: dict) -> dict:
@@ -197,16 +252,11 @@ def write_report(bench: Workbench, adapter: Adapter, evaluated: dict) -> dict:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(c).items()},
         "model_id": bench.loaded.model_id,
         "data": {"source": c.data, **bench.split.describe()},
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device": str(bench.lm.device),
-        },
+        "machine": _machine(bench),
         "clip": adapter.clip,
         "clip_rule": adapter.metadata["clip_rule"],
         "timings": bench.timings,
-        "losses": {name: loss_summary(values) for name, values in bench.losses.items()},
+        "losses": _loss_summaries(bench),
         "levels": adapter.calibration,
         "evaluation": evaluated,
     }
@@ -221,14 +271,50 @@ def write_report(bench: Workbench, adapter: Adapter, evaluated: dict) -> dict:
     return report
 
 
+def _machine(bench: Workbench) -> dict:
+    return {
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(bench.lm.device),
+    }
+
+
+def _loss_summaries(bench: Workbench) -> dict:
+    return {name: loss_summary(values) for name, values in bench.losses.items()}
+
+
 def run_all(config: TrainConfig) -> Adapter:
     started = time.perf_counter()
     bench = Workbench.open(config)
     adapter = projection_stage(bench)
     adapter = calibration_stage(bench, adapter)
     adapter = soft_prompt_stage(bench, adapter)
+    adapter, evaluated = evaluation(bench, adapter)
     adapter.save(config.out)
-    evaluated = evaluation(bench, adapter)
     bench.timings["total_s"] = time.perf_counter() - started
     write_report(bench, adapter, evaluated)
+    return adapter
+
+
+def refresh_evaluation(config: TrainConfig) -> Adapter:
+    """The evaluation stage alone on the adapter in config.out, trained earlier: its levels
+    gain (or renew) their utility records, its training.json and TRAINING.md the new figures;
+    nothing else is retrained (projection, levels and soft prompts stay as they are)."""
+    path = config.out / "training.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no training report to refresh (`del-server train all`)")
+    report = json.loads(path.read_text())
+    bench = Workbench.open(config)
+    adapter, evaluated = evaluation(bench, Adapter.load(config.out))
+    adapter.save(config.out)
+    report.update(
+        levels=adapter.calibration,
+        evaluation=evaluated,
+        timings={**report["timings"], **bench.timings},
+        losses={**report["losses"], **_loss_summaries(bench)},
+        evaluated_by={"command": config.command, "machine": _machine(bench)},
+    )
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(config.out / "TRAINING.md", report)
     return adapter

@@ -38,10 +38,16 @@ def plot_losses(
 
 def write_markdown(path: Path, report: dict) -> None:
     e, cfg, data = report["evaluation"], report["config"], report["data"]
+    trained = e["nothing_sent_training"]
     lines = [
         f"# Training report: {report['model_id']}",
         "",
         f"Reproduce with: `{cfg['command'] or 'del-server train all'}`",
+        *(
+            [f"(evaluation refreshed with `{report['evaluated_by']['command']}`)"]
+            if "evaluated_by" in report
+            else []
+        ),
         "",
         f"- data: `{data['source']}`, {data['documents']} documents, the last "
         f"{data['validation_documents']} held out ({data['rule']}); {data['train_windows']} training "
@@ -66,26 +72,34 @@ def write_markdown(path: Path, report: dict) -> None:
         f"- clean prompt: **{e['clean']:.3f}**",
         f"- projected prompt, no noise: **{e['projected_no_noise']:.3f}**",
         f"- no prompt at all (continuation from BOS alone): **{e['no_prompt']:.3f}**",
+        f"- nothing sent, with a soft prompt trained for that case ({trained['length']} vectors, "
+        f"{trained['steps']} steps, as the levels'): **{e['nothing_sent_soft_prompt']:.3f}**",
         "",
-        "| μ per token | noisy + soft prompt | noisy, no soft prompt | beats no prompt |",
-        "|---:|---:|---:|---|",
+        "| level | μ per token | noisy + soft prompt | noisy, no soft prompt | beats no prompt "
+        "| beats nothing sent |",
+        "|---|---:|---:|---:|---|---|",
     ]
     for level in e["levels"]:
         soft, plain = level["noisy_soft_prompt"], level["noisy"]
-        verdict = "yes" if level["informative"] else "**no**"
         lines.append(
-            f"| {level['mu']:.3f} | {soft['mean']:.3f} ± {soft['std']:.2g} "
-            f"| {plain['mean']:.3f} ± {plain['std']:.2g} | {verdict} |"
+            f"| {level['id']} | {level['mu']:.3f} | {soft['mean']:.3f} ± {soft['std']:.2g} "
+            f"| {plain['mean']:.3f} ± {plain['std']:.2g} | {_yes(level['informative'])} "
+            f"| {_yes(level['better_than_nothing'])} |"
         )
     lines += [
         "",
-        "Beating no prompt is necessary, not sufficient: a soft prompt with no private tokens",
-        "after it also beats it. `del-server eval` trains that baseline and compares against it.",
+        "A level that does not beat sending nothing costs privacy and buys no utility: each level",
+        "records its loss against the nothing-sent one (`utility` in adapter.json), the manifest",
+        "publishes it, and `del-client` warns whenever such a level is used.",
         "",
         "![training losses](training_losses.png)",
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _yes(verdict: bool) -> str:
+    return "yes" if verdict else "**no**"
 
 
 def levels_table(levels: list[dict]) -> list[str]:

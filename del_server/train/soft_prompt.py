@@ -42,6 +42,26 @@ def level_prompt(lm: FrozenLM, adapter: Adapter, spec: PrivacySpec) -> PromptFn:
     return lambda ids, generator: private_prompt(lm, adapter, ids, spec, generator)
 
 
+def nothing_sent(ids: torch.Tensor, generator: torch.Generator) -> None:
+    """The prompt path of sending nothing: the LLM continues from the soft prompt and BOS alone
+    (perfect privacy, no communication), what every level must beat to be worth its ε."""
+    return None
+
+
+def levels_training(adapter: Adapter, steps: int | None = None) -> dict:
+    """The length and steps of the adapter's own soft prompts (`steps`: a configured number
+    instead), so that a soft prompt compared with its levels' (nothing sent, a baseline
+    mechanism) had the same chance to recover utility."""
+    if not adapter.soft_prompts:
+        raise ValueError("the adapter has no soft prompts: train them first")
+    steps = steps or adapter.metadata.get("soft_prompt_steps")
+    if not steps:
+        raise ValueError(
+            "the adapter does not record its soft-prompt steps: pass --soft-prompt-steps"
+        )
+    return {"length": next(iter(adapter.soft_prompts.values())).shape[0], "steps": int(steps)}
+
+
 def train_soft_prompt(
     prompt_fn: PromptFn,
     lm: FrozenLM,

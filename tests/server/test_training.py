@@ -7,6 +7,7 @@ the model) and its artifacts must load into a running server.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,14 +16,14 @@ import torch
 from del_client import Client, ClientConfig
 from del_client.cli import main
 from del_client.mechanism import PrivacySpec
-from del_server.adapter import Adapter
+from del_server.adapter import Adapter, better_than_nothing
 from del_server.attacks.suite import ATTACKS
 from del_server.backends.transformers import TransformersBackend
 from del_server.generation import PrivatePrompt, PromptBuilder
 from del_server.settings import Settings
 from del_server.train.data import load_split, read_documents
 from del_server.train.loop import optimize
-from del_server.train.pipeline import TrainConfig, run_all
+from del_server.train.pipeline import TrainConfig, refresh_evaluation, run_all
 
 TINYSTORIES = "data/tinystories/tinystories_val_head_dev.txt"
 
@@ -76,15 +77,75 @@ def test_report_orders_clean_below_projected_and_states_informativeness(trained)
     out, adapter, report = trained
     evaluation = report["evaluation"]
     assert evaluation["clean"] <= evaluation["projected_no_noise"]
+    # A soft prompt trained with nothing sent beats no prompt at all: it learned something.
+    assert evaluation["nothing_sent_soft_prompt"] < evaluation["no_prompt"]
+    assert evaluation["nothing_sent_training"] == {"length": 8, "steps": 40, "batch": 32, "seed": 0}
     for level in evaluation["levels"]:
-        assert level["noisy_soft_prompt"]["mean"] < level["noisy"]["mean"]
-        assert level["informative"] == (
-            level["noisy_soft_prompt"]["mean"] < evaluation["no_prompt"]
-        )
+        served = level["noisy_soft_prompt"]["mean"]
+        assert served < level["noisy"]["mean"]
+        assert level["informative"] == (served < evaluation["no_prompt"])
+        assert level["better_than_nothing"] == (served < evaluation["nothing_sent_soft_prompt"])
     markdown = (out / "TRAINING.md").read_text()
     assert "no prompt at all" in markdown
+    assert "nothing sent, with a soft prompt trained for that case (8 vectors, 40 steps" in markdown
     assert (out / "training_losses.png").stat().st_size > 0
     assert sorted(adapter.soft_prompts) == sorted(level["mu"] for level in report["levels"])
+
+
+def test_every_level_records_its_utility_as_served_against_nothing_sent(trained):
+    out, adapter, report = trained
+    evaluation = report["evaluation"]
+    served = {level["mu"]: level for level in evaluation["levels"]}
+    assert report["levels"] == adapter.calibration == Adapter.load(out).calibration
+    for level in adapter.calibration:
+        utility = level["utility"]
+        assert utility == {
+            "metric": "held-out continuation loss (nats/token)",
+            "value": served[level["mu"]]["noisy_soft_prompt"]["mean"],
+            "nothing_sent": evaluation["nothing_sent_soft_prompt"],
+            "higher_is_better": False,
+            "measured_on": "32 held-out windows of tinystories_val_head_dev.txt (32 prompt + "
+            "32 continuation tokens), mean over noise seeds 0, 1",
+        }
+        assert better_than_nothing(utility) == served[level["mu"]]["better_than_nothing"]
+
+
+def test_evaluate_refreshes_the_utility_and_the_report_and_retrains_nothing_else(
+    trained, tmp_path, shared_dir, stories260k
+):
+    out, adapter, report = trained
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
+    description = json.loads((tmp_path / "adapter.json").read_text())
+    for level in description["calibration"]:
+        del level["utility"]  # an adapter evaluated before utility records existed
+    (tmp_path / "adapter.json").write_text(json.dumps(description))
+    tensors = (tmp_path / "adapter.safetensors").read_bytes()
+    plot = (tmp_path / "training_losses.png").read_bytes()
+    config = TrainConfig(
+        model=str(stories260k),
+        data=str(shared_dir / TINYSTORIES),
+        out=tmp_path,
+        eval_windows=32,
+        eval_seeds=(0, 1),
+        command="del-server train evaluate --out DIR",
+    )
+    refreshed = refresh_evaluation(config)
+    assert (tmp_path / "adapter.safetensors").read_bytes() == tensors
+    assert (tmp_path / "training_losses.png").read_bytes() == plot
+    assert refreshed.calibration == Adapter.load(tmp_path).calibration
+    # Same seed, steps and windows as `train all`: the same figures again.
+    for level, before in zip(refreshed.calibration, adapter.calibration, strict=True):
+        figures = {key: pytest.approx(before["utility"][key]) for key in ("value", "nothing_sent")}
+        assert level["utility"] == {**before["utility"], **figures}
+    again = json.loads((tmp_path / "training.json").read_text())
+    assert again["levels"] == refreshed.calibration
+    assert again["config"] == report["config"]  # what trained it, still
+    assert again["timings"]["total_s"] == report["timings"]["total_s"]
+    assert again["evaluated_by"]["command"] == "del-server train evaluate --out DIR"
+    assert (
+        "(evaluation refreshed with `del-server train evaluate --out DIR`)"
+        in (tmp_path / "TRAINING.md").read_text()
+    )
 
 
 def test_every_level_holds_against_every_attack_and_says_so(trained):
@@ -157,6 +218,8 @@ def test_trained_adapter_loads_into_a_running_server(
         assert served.strongest_rate_high < served.target_attack_rate
         assert served.measured_prompts == 40
         assert "a server that tries hard recovers about" in served.summary()
+        assert served.utility.value == level["utility"]["value"]
+        assert served.better_than_nothing == better_than_nothing(level["utility"])
     assert result.soft_prompt_mu == pytest.approx(mu)
     # No privacy option: the server's most private level, never a constant from elsewhere.
     assert default.soft_prompt_mu == pytest.approx(min(adapter.soft_prompts))
