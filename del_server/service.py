@@ -49,6 +49,7 @@ from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_client.sampling import Sampling
 
 from . import __version__
+from .adapter import UTILITY_FIELDS, better_than_nothing
 from .classification import EncoderInput
 from .errors import (
     IdleStreamError,
@@ -665,9 +666,18 @@ def _privacy_level(served: Level, delta: float) -> inference_pb2.PrivacyLevel:
         measured_on=level["measured_on"],
         measured_tokens=level["tokens"],
         measured_prompts=level["prompts"],
+        utility=_level_utility(level["utility"]) if "utility" in level else None,
     )
     parameters.MergeFrom(measured)
     return parameters
+
+
+def _level_utility(utility: dict) -> inference_pb2.LevelUtility:
+    """The adapter's utility record, with the verdict computed here so clients need not."""
+    return inference_pb2.LevelUtility(
+        **{key: utility[key] for key in UTILITY_FIELDS},
+        better_than_nothing=better_than_nothing(utility),
+    )
 
 
 def _request_id(header: inference_pb2.StreamHeader) -> str | None:

@@ -229,7 +229,7 @@ class ModelInfo(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., projection_dim: _Optional[int] = ..., clip: _Optional[float] = ..., supported_bits: _Optional[_Iterable[int]] = ..., soft_prompt_mus: _Optional[_Iterable[float]] = ..., client_bundle_digest: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., raw_mechanism_enabled: _Optional[bool] = ..., raw_bundle_digest: _Optional[str] = ..., privacy_levels: _Optional[_Iterable[_Union[PrivacyLevel, _Mapping]]] = ..., max_frames: _Optional[int] = ..., max_frame_payload_bytes: _Optional[int] = ..., level_tolerance: _Optional[float] = ..., bos_id: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., task_name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PrivacyLevel(_message.Message):
-    __slots__ = ("id", "scale", "clip", "dim", "mu", "epsilon_token", "delta", "bits", "target_attack_rate", "nearest_neighbour_rate", "likelihood_rate", "soft_prompt", "learned_rate", "attack", "attacks", "strongest_attack", "strongest_rate", "strongest_rate_high", "prior_alone_rate", "measured_on", "measured_tokens", "measured_prompts")
+    __slots__ = ("id", "scale", "clip", "dim", "mu", "epsilon_token", "delta", "bits", "target_attack_rate", "nearest_neighbour_rate", "likelihood_rate", "soft_prompt", "learned_rate", "attack", "attacks", "strongest_attack", "strongest_rate", "strongest_rate_high", "prior_alone_rate", "measured_on", "measured_tokens", "measured_prompts", "utility")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     CLIP_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +252,7 @@ class PrivacyLevel(_message.Message):
     MEASURED_ON_FIELD_NUMBER: _ClassVar[int]
     MEASURED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MEASURED_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    UTILITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     scale: float
     clip: float
@@ -274,7 +275,24 @@ class PrivacyLevel(_message.Message):
     measured_on: str
     measured_tokens: int
     measured_prompts: int
-    def __init__(self, id: _Optional[str] = ..., scale: _Optional[float] = ..., clip: _Optional[float] = ..., dim: _Optional[int] = ..., mu: _Optional[float] = ..., epsilon_token: _Optional[float] = ..., delta: _Optional[float] = ..., bits: _Optional[int] = ..., target_attack_rate: _Optional[float] = ..., nearest_neighbour_rate: _Optional[float] = ..., likelihood_rate: _Optional[float] = ..., soft_prompt: _Optional[bool] = ..., learned_rate: _Optional[float] = ..., attack: _Optional[str] = ..., attacks: _Optional[_Iterable[_Union[AttackRate, _Mapping]]] = ..., strongest_attack: _Optional[str] = ..., strongest_rate: _Optional[float] = ..., strongest_rate_high: _Optional[float] = ..., prior_alone_rate: _Optional[float] = ..., measured_on: _Optional[str] = ..., measured_tokens: _Optional[int] = ..., measured_prompts: _Optional[int] = ...) -> None: ...
+    utility: LevelUtility
+    def __init__(self, id: _Optional[str] = ..., scale: _Optional[float] = ..., clip: _Optional[float] = ..., dim: _Optional[int] = ..., mu: _Optional[float] = ..., epsilon_token: _Optional[float] = ..., delta: _Optional[float] = ..., bits: _Optional[int] = ..., target_attack_rate: _Optional[float] = ..., nearest_neighbour_rate: _Optional[float] = ..., likelihood_rate: _Optional[float] = ..., soft_prompt: _Optional[bool] = ..., learned_rate: _Optional[float] = ..., attack: _Optional[str] = ..., attacks: _Optional[_Iterable[_Union[AttackRate, _Mapping]]] = ..., strongest_attack: _Optional[str] = ..., strongest_rate: _Optional[float] = ..., strongest_rate_high: _Optional[float] = ..., prior_alone_rate: _Optional[float] = ..., measured_on: _Optional[str] = ..., measured_tokens: _Optional[int] = ..., measured_prompts: _Optional[int] = ..., utility: _Optional[_Union[LevelUtility, _Mapping]] = ...) -> None: ...
+
+class LevelUtility(_message.Message):
+    __slots__ = ("metric", "value", "nothing_sent", "higher_is_better", "better_than_nothing", "measured_on")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    NOTHING_SENT_FIELD_NUMBER: _ClassVar[int]
+    HIGHER_IS_BETTER_FIELD_NUMBER: _ClassVar[int]
+    BETTER_THAN_NOTHING_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_ON_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    value: float
+    nothing_sent: float
+    higher_is_better: bool
+    better_than_nothing: bool
+    measured_on: str
+    def __init__(self, metric: _Optional[str] = ..., value: _Optional[float] = ..., nothing_sent: _Optional[float] = ..., higher_is_better: _Optional[bool] = ..., better_than_nothing: _Optional[bool] = ..., measured_on: _Optional[str] = ...) -> None: ...
 
 class AttackRate(_message.Message):
     __slots__ = ("attack", "rate", "low", "high", "content_rate", "half_prompts", "exact_prompts")

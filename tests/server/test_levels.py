@@ -19,7 +19,7 @@ from del_client.codec import RawSpec, encode_frames, mechanism_params
 from del_client.mechanism import BinomialQuantizer, PrivacySpec
 from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_client.randomness import seeded_generator_for_tests
-from del_server.adapter import Adapter
+from del_server.adapter import UTILITY_FIELDS, Adapter, better_than_nothing
 from del_server.levels import LEVEL_TOLERANCE, adapter_levels, choose_level, level_id
 from del_server.settings import Settings
 
@@ -157,6 +157,14 @@ def test_the_manifest_gives_each_level_everything_a_client_sends(model, bundle, 
         )
         assert (level.scale, level.clip, level.dim) == (spec.scale, bundle.clip, 16)
         assert level.soft_prompt
+
+
+def test_the_manifest_gives_each_level_its_utility_and_the_servers_verdict(model, adapter):
+    for level, calibrated in zip(model.privacy_levels, adapter.calibration, strict=True):
+        assert level.HasField("utility")
+        utility = calibrated["utility"]
+        assert {key: getattr(level.utility, key) for key in UTILITY_FIELDS} == utility
+        assert level.utility.better_than_nothing == better_than_nothing(utility)
 
 
 def spec_of(level) -> PrivacySpec:
