@@ -10,11 +10,11 @@ from dataclasses import asdict, dataclass, fields
 
 from .errors import ProtocolError
 from .proto import inference_pb2
-from .session import SOFT_PROMPT, PreparedRequest, Timings, Usage
+from .session import SOFT_PROMPT, HasUtility, LevelUtility, PreparedRequest, Timings, Usage
 
 
 @dataclass(frozen=True)
-class ClassificationResult:
+class ClassificationResult(HasUtility):
     """A classified prompt, what it cost on the wire, and what privacy it kept.
 
     `private` is False for the raw mechanism: ε is then None (see GenerationResult).
@@ -35,6 +35,7 @@ class ClassificationResult:
     soft_prompt: str
     client_wire_bytes_sent: int
     request_id: str
+    utility: LevelUtility | None = None  # the served level's, as the manifest gave it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,4 +63,5 @@ def classification_result(
         soft_prompt=SOFT_PROMPT.get(response.soft_prompt, "unknown"),
         client_wire_bytes_sent=request.wire_bytes,
         request_id=request.request_id,
+        utility=request.utility(response.level_id),
     )

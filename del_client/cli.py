@@ -301,6 +301,12 @@ def _warn_if_raw(args: argparse.Namespace) -> None:
         )
 
 
+def _warn_if_no_better_than_nothing(result) -> None:
+    """The level served spends privacy for less than sending nothing would give: say so."""
+    if result.better_than_nothing is False:
+        print(f"del-client: warning: {result.utility.warning(result.level_id)}", file=sys.stderr)
+
+
 def _privacy_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of generate() and classify() that the privacy flags give."""
     return {
@@ -320,6 +326,7 @@ def _run_classify(args: argparse.Namespace) -> None:
     _warn_if_raw(args)
     with Client(_config(args)) as client:
         result = client.classify(args.prompt, **_privacy_options(args))
+    _warn_if_no_better_than_nothing(result)
     if args.json:
         print(json.dumps({"prompt": args.prompt, **result.to_dict()}))
         return
@@ -353,7 +360,9 @@ def _run_generate(args: argparse.Namespace) -> None:
             stop=args.stop,
         )
         if args.json:
-            print(json.dumps({"prompt": args.prompt, **generation.collect().to_dict()}))
+            result = generation.collect()
+            print(json.dumps({"prompt": args.prompt, **result.to_dict()}))
+            _warn_if_no_better_than_nothing(result)
             return
         deltas = iter(generation)
         first = next(deltas, "")  # a refusal raises here, before anything is printed
@@ -362,6 +371,7 @@ def _run_generate(args: argparse.Namespace) -> None:
             print(delta, end="", flush=True)
         print()
         result = generation.result
+    _warn_if_no_better_than_nothing(result)
     usage, timings = result.usage, result.timings
     soft = _soft_prompt_in_words(result)
     print(
@@ -429,6 +439,11 @@ def _run_manifest(args: argparse.Namespace) -> None:
                 + ("" if level.soft_prompt else ", no soft prompt")
                 + f"\n              {level.summary()}"
             )
+            if level.utility is not None:
+                print(
+                    f"              utility: {level.utility.summary()}\n"
+                    f"                measured on {level.utility.measured_on}"
+                )
             for attack in level.attacks:
                 print(
                     f"                {attack.in_words:<48} {attack.rate:6.1%} "

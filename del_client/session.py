@@ -104,7 +104,50 @@ class AttackRate:
 
 
 @dataclass(frozen=True)
-class PrivacyLevel:
+class LevelUtility:
+    """What a level is worth as the server serves it, against sending nothing at all (with a
+    soft prompt trained for that case): perfect privacy and no communication. A level that is
+    not better than nothing spends privacy for no utility."""
+
+    metric: str  # e.g. "held-out continuation loss (nats/token)"
+    value: float  # the level as served, mean over noise seeds
+    nothing_sent: float  # the same metric with nothing sent
+    higher_is_better: bool
+    better_than_nothing: bool  # computed by the server from the figures above
+    measured_on: str
+
+    def summary(self) -> str:
+        """The comparison in one line, e.g. for `del-client manifest`."""
+        verdict = "better than" if self.better_than_nothing else "NOT better than"
+        direction = "higher" if self.higher_is_better else "lower"
+        return (
+            f"{self.metric} {self.value:.3f} against {self.nothing_sent:.3f} with nothing sent "
+            f"({direction} is better): {verdict} sending nothing"
+        )
+
+    def warning(self, level_id: str) -> str:
+        """What a user of a level that is not better than nothing must be told."""
+        worse = self.value != self.nothing_sent
+        return (
+            f"at level {level_id} the server measured {self.metric} {self.value:.3f}, "
+            f"{'worse than' if worse else 'no better than'} the {self.nothing_sent:.3f} it gets "
+            "with nothing sent: on this model the private prompt does not help"
+        )
+
+
+class HasUtility:
+    """A level, or a result served at one, with the level's utility when the server measured it."""
+
+    utility: LevelUtility | None
+
+    @property
+    def better_than_nothing(self) -> bool | None:
+        """Whether the level beats sending nothing (None: not measured, or no level)."""
+        return None if self.utility is None else self.utility.better_than_nothing
+
+
+@dataclass(frozen=True)
+class PrivacyLevel(HasUtility):
     """A level the provider calibrated against token-inversion attacks (advisory), with the
     parameters to send for it; target_attack_rate 0: a soft prompt's level, not calibrated."""
 
@@ -126,6 +169,7 @@ class PrivacyLevel:
     measured_on: str = ""
     measured_tokens: int = 0
     measured_prompts: int = 0
+    utility: LevelUtility | None = None  # None: the server did not measure it
 
     @property
     def calibrated(self) -> bool:
@@ -154,8 +198,14 @@ class PrivacyLevel:
             AttackRate(**{f.name: getattr(a, f.name) for f in fields(AttackRate)})
             for a in pb.attacks
         )
-        values = {f.name: getattr(pb, f.name) for f in fields(cls) if f.name != "attacks"}
-        return cls(**values, attacks=attacks)
+        nested = ("attacks", "utility")
+        values = {f.name: getattr(pb, f.name) for f in fields(cls) if f.name not in nested}
+        utility = (
+            LevelUtility(**{f.name: getattr(pb.utility, f.name) for f in fields(LevelUtility)})
+            if pb.HasField("utility")
+            else None
+        )
+        return cls(**values, attacks=attacks, utility=utility)
 
 
 @dataclass(frozen=True)
@@ -234,18 +284,25 @@ class ModelInfo:
             f"the server has no level calibrated to {target:g} (offered: {offered})"
         )
 
-    def offers(self, spec: PrivacySpec) -> bool:
-        """Whether `spec` is one of this server's levels: its k and b, its A and c to the
-        manifest's tolerance (as the server matches a header that names no level)."""
+    def level_of(self, spec: FrameSpec) -> PrivacyLevel | None:
+        """The server's level that `spec` is: its k and b, its A and c to the manifest's
+        tolerance (as the server matches a header that names no level); None for raw or
+        parameters of the client's own."""
+        if isinstance(spec, RawSpec):
+            return None
 
         def close(value: float, reference: float) -> bool:
             return abs(value - reference) <= self.level_tolerance * abs(reference)
 
-        return any(
-            (level.dim, level.bits) == (spec.dim, spec.bits)
-            and close(spec.scale, level.scale)
-            and close(spec.clip, level.clip)
-            for level in self.privacy_levels
+        return next(
+            (
+                level
+                for level in self.privacy_levels
+                if (level.dim, level.bits) == (spec.dim, spec.bits)
+                and close(spec.scale, level.scale)
+                and close(spec.clip, level.clip)
+            ),
+            None,
         )
 
     def frame_payload_bytes(self, wanted: int) -> int:
@@ -459,10 +516,18 @@ class PreparedRequest:
     epsilon_token: float | None
     epsilon_prompt: float | None
     mu_token: float | None
+    level: PrivacyLevel | None = None  # the server's level these parameters are, if any
 
     @property
     def wire_bytes(self) -> int:
         return sum(wire_bytes(m) for m in self.messages)
+
+    def utility(self, served_level_id: str) -> LevelUtility | None:
+        """The utility the manifest gave the level the server says it served at, if any."""
+        level = self.level
+        if level is None or not served_level_id or level.id != served_level_id:
+            return None
+        return level.utility
 
     @property
     def privacy_note(self) -> str:
@@ -513,7 +578,8 @@ class PromptPlan:
             raise RequestOptionError("the prompt has no tokens")
         spec = self.privacy.frame_spec(bundle, model)
         level_id = self.privacy.level_id(spec, model)
-        if self.sampling is None and not (isinstance(spec, RawSpec) or model.offers(spec)):
+        level = model.level_of(spec)
+        if self.sampling is None and not (isinstance(spec, RawSpec) or level is not None):
             offered = ", ".join(level.id for level in model.privacy_levels) or "none"
             raise RequestOptionError(
                 "the server classifies at its manifest's levels only, each with a head trained "
@@ -570,7 +636,9 @@ class PromptPlan:
             *(kind(frame=frame) for frame in frames),
             kind(end=inference_pb2.End()),
         )
-        return PreparedRequest(request_id, self.privacy.mechanism, messages, len(ids), *guarantee)
+        return PreparedRequest(
+            request_id, self.privacy.mechanism, messages, len(ids), *guarantee, level=level
+        )
 
 
 # ── What came back ──────────────────────────────────────────────────────────────────────
@@ -600,7 +668,7 @@ class Timings:
 
 
 @dataclass(frozen=True)
-class GenerationResult:
+class GenerationResult(HasUtility):
     """A finished generation, what it cost on the wire, and what privacy it kept.
 
     `private` is False for the raw mechanism: ε is then None, because the server received the
@@ -624,6 +692,7 @@ class GenerationResult:
     soft_prompt: str  # "used", or why not: "no level", "not trained", "raw" ("unknown": old server)
     client_wire_bytes_sent: int  # counted here; equals usage.wire_bytes_received
     request_id: str
+    utility: LevelUtility | None = None  # the served level's, as the manifest gave it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -681,6 +750,7 @@ class ReplyFolder:
             soft_prompt=SOFT_PROMPT.get(final.soft_prompt, "unknown"),
             client_wire_bytes_sent=request.wire_bytes,
             request_id=request.request_id,
+            utility=request.utility(final.level_id),
         )
 
 

@@ -70,6 +70,8 @@ def _chosen_level(target: str) -> list[str]:
         print(
             f" {mark} ≤ {level.target_attack_rate:.0%}: ε = {level.epsilon_token:.3g}; {level.summary()}"
         )
+        if level.utility is not None:
+            print(f"          utility: {level.utility.summary()}")
     print(flush=True)
     return ["--level", repr(chosen.target_attack_rate)]
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_demo_states_every_level_and_generates_privately_at_the_10_percent_one(tmp_path):
@@ -14,13 +17,22 @@ def test_the_demo_states_every_level_and_generates_privately_at_the_10_percent_o
         capture_output=True,
         text=True,
         timeout=240,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"},
+        # PYTHONPATH: this checkout's code, whichever one the environment installed.
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO),
+        },
         check=False,
     )
     assert demo.returncode == 0, demo.stderr
     levels = [line for line in demo.stdout.splitlines() if "a server that tries hard" in line]
     assert len(levels) == 3
     assert any(line.lstrip().startswith("→ ≤ 10%") for line in levels)
+    # stories260K: no level beats sending nothing, and the demo and the client say so.
+    assert demo.stdout.count("NOT better than sending nothing") == 3
+    assert "del-client: warning: at level t0.10 the server measured" in demo.stderr
     assert "--level 0.1" in demo.stdout
     assert "finish        length: 64 tokens" in demo.stderr
     assert "soft prompt   level t0.10's, trained for μ = 4.35" in demo.stderr

@@ -1,0 +1,46 @@
+"""A level's utility on the client, without a server: read from the manifest's message, and
+given to a result only when the server says it served that very level."""
+
+from __future__ import annotations
+
+import pytest
+
+from del_client.classification import classification_result
+from del_client.proto import inference_pb2
+from del_client.session import PreparedRequest, PrivacyLevel
+
+UTILITY = inference_pb2.LevelUtility(
+    metric="dev accuracy",
+    value=0.71,
+    nothing_sent=0.52,
+    higher_is_better=True,
+    better_than_nothing=True,
+    measured_on="872 dev sentences",
+)
+
+
+def level(**fields) -> PrivacyLevel:
+    return PrivacyLevel.from_pb(inference_pb2.PrivacyLevel(id="t0.10", mu=4.0, **fields))
+
+
+def test_a_level_reads_its_utility_from_the_manifest_or_has_none():
+    measured, unmeasured = level(utility=UTILITY), level()
+    assert measured.utility.value == pytest.approx(0.71)
+    assert measured.better_than_nothing is True
+    assert "dev accuracy 0.710 against 0.520 with nothing sent (higher is better)" in (
+        measured.utility.summary()
+    )
+    assert (unmeasured.utility, unmeasured.better_than_nothing) == (None, None)
+
+
+@pytest.mark.parametrize(("served", "expected"), [("t0.10", True), ("", None), ("t0.20", None)])
+def test_a_classification_carries_the_utility_of_the_level_it_was_served_at(served, expected):
+    request = PreparedRequest(
+        "r", "binomial", (), 4, 1e-5, 1.0, 4.0, 1.0, level=level(utility=UTILITY)
+    )
+    response = inference_pb2.ClassifyResponse(
+        label="positive",
+        probabilities=[inference_pb2.LabelProbability(label="positive", probability=1.0)],
+        level_id=served,
+    )
+    assert classification_result(request, response).better_than_nothing is expected
