@@ -1,20 +1,51 @@
 """What classification training minimises: the label's cross-entropy through the served path.
 
-The prompt tokens go through the client's table and the mechanism's noise (fresh at every
-step, gradients straight through: noise.noisy), then through exactly what the server runs
-(classification.EncoderClassifier: de-projection, clean template, soft prompt, frozen
-encoder, pooling, head). A stage trains whichever of these tensors it hands the optimiser.
+The prompt tokens go through the client's table and a mechanism's noise (fresh at every step),
+then through exactly what the server runs (classification.EncoderClassifier: de-projection,
+clean template, soft prompt, frozen encoder, pooling, head). A stage trains whichever of
+these tensors it hands the optimiser.
+
+Noise, z (…, k) -> x̂:
+    binomial_noise   DEL's quantizer in torch, gradients straight through (noise.noisy): what
+                     trains the projection itself
+    mechanism_noise  any attacks.mechanisms.Mechanism (DEL's, the Gaussian baseline's), drawn
+                     by its own privatize/decode: for heads and soft prompts, whose training
+                     needs no gradient through the noise
+    clip_only        no noise: the projected-prompt reference
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 
 from del_client.mechanism import PrivacySpec
 
 from ...adapter import Adapter, LinearHead
+from ...attacks.mechanisms import Mechanism
 from ...classification import EncoderClassifier, EncoderInput
 from ..noise import noisy
+
+Noise = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def binomial_noise(spec: PrivacySpec) -> Noise:
+    return lambda z, generator: noisy(z, spec, generator)
+
+
+def mechanism_noise(mechanism: Mechanism) -> Noise:
+    def draw(z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        symbols = mechanism.privatize(z.detach().numpy(), rng)
+        return torch.from_numpy(mechanism.decode(symbols)).to(z.dtype)
+
+    return draw
+
+
+def clip_only(clip: float) -> Noise:
+    return lambda z, generator: z.clamp(-clip, clip)
 
 
 class NoisyPath:
@@ -33,15 +64,13 @@ class NoisyPath:
         ids: list[torch.Tensor],
         head: LinearHead,
         *,
-        spec: PrivacySpec | None,
-        generator: torch.Generator | None,
+        noise: Noise,
+        generator: torch.Generator,
         soft_prompt: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, L): each sentence's tokens projected, privatized at `spec` (None: only
-        clipped, no noise), de-projected and classified."""
+        """(B, L): each sentence's tokens projected, privatized, de-projected, classified."""
         z = adapter.project(self.table[torch.cat(ids)])
-        x_hat = z.clamp(-adapter.clip, adapter.clip) if spec is None else noisy(z, spec, generator)
-        bodies = adapter.deproject(x_hat).split([len(s) for s in ids])
+        bodies = adapter.deproject(noise(z, generator)).split([len(s) for s in ids])
         return self._classify(adapter, [EncoderInput(b, soft_prompt, head) for b in bodies])
 
     def raw_logits(self, adapter: Adapter, ids: list[torch.Tensor], head: LinearHead):

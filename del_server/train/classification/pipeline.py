@@ -37,7 +37,7 @@ from ..calibrate import calibrate
 from ..defaults import DEFAULT_TARGETS
 from ..labelled import LabelledData, load_labelled
 from ..loop import loss_summary, optimize
-from .objective import NoisyPath
+from .objective import Noise, NoisyPath, binomial_noise
 
 EVAL_BATCH = 64
 
@@ -139,7 +139,9 @@ def projection_stage(bench: ClassifyBench) -> Adapter:
     def working() -> Adapter:
         return replace(pca, down=params["down"], up=params["up"], clip=1.0)
 
-    spec = PrivacySpec.from_mu(mu=c.projection_mu, dim=c.dim, bits=c.bits, clip=1.0)
+    noise = binomial_noise(
+        PrivacySpec.from_mu(mu=c.projection_mu, dim=c.dim, bits=c.bits, clip=1.0)
+    )
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
         ids, labels = bench.data.train.batch(c.batch, generator)
@@ -147,7 +149,7 @@ def projection_stage(bench: ClassifyBench) -> Adapter:
             working(),
             ids,
             _head(params),
-            spec=spec,
+            noise=noise,
             generator=generator,
             soft_prompt=params["soft_prompt"],
         )
@@ -202,42 +204,57 @@ def calibration_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
     return replace(adapter, calibration=[level.to_dict() for level in levels])
 
 
+def train_level(
+    bench: ClassifyBench,
+    adapter: Adapter,
+    noise: Noise,
+    *,
+    name: str,
+    head: LinearHead,
+    soft_prompt: torch.Tensor | None,
+) -> tuple[LinearHead, torch.Tensor | None]:
+    """A head (and, given a starting one, a soft prompt) trained at `noise` with the projection
+    frozen: what a level serves; the evaluation trains its baselines with it too."""
+    c = bench.config
+    params = {"head_weight": head.weight.clone(), "head_bias": head.bias.clone()}
+    if soft_prompt is not None:
+        params["soft_prompt"] = soft_prompt.clone()
+
+    def loss_fn(generator: torch.Generator) -> torch.Tensor:
+        ids, labels = bench.data.train.batch(c.batch, generator)
+        logits = bench.path.logits(
+            adapter,
+            ids,
+            _head(params),
+            noise=noise,
+            generator=generator,
+            soft_prompt=params.get("soft_prompt"),
+        )
+        return F.cross_entropy(logits, labels)
+
+    bench.train(name, params, loss_fn, c.level_steps)
+    trained = {key: value.detach().clone() for key, value in params.items()}
+    return _head(trained), trained.get("soft_prompt")
+
+
 def level_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
     """Per calibrated level: its soft prompt and head, from the projection stage's, fine-tuned
     at the level's noise (the projection frozen: the client's table is one for all levels)."""
-    c = bench.config
-    start_mu = c.projection_mu
-    heads, prompts = dict(adapter.task.heads), dict(adapter.soft_prompts)
+    start_mu = bench.config.projection_mu
+    heads, prompts = {}, {}
     with bench.timed("levels_s"):
         for level in adapter.calibration:
             mu = level["mu"]
-            start = adapter.task.heads[start_mu]
-            params = {
-                "soft_prompt": adapter.soft_prompts[start_mu].clone(),
-                "head_weight": start.weight.clone(),
-                "head_bias": start.bias.clone(),
-            }
-            spec = bench.spec(adapter, mu)
-
-            def loss_fn(generator: torch.Generator, params=params, spec=spec) -> torch.Tensor:
-                ids, labels = bench.data.train.batch(c.batch, generator)
-                logits = bench.path.logits(
-                    adapter,
-                    ids,
-                    _head(params),
-                    spec=spec,
-                    generator=generator,
-                    soft_prompt=params["soft_prompt"],
-                )
-                return F.cross_entropy(logits, labels)
-
-            bench.train(f"level_mu{mu:.6g}", params, loss_fn, c.level_steps)
-            heads[mu] = _head({k: v.detach().clone() for k, v in params.items()})
-            prompts[mu] = params["soft_prompt"].detach().clone()
-    keep = {level["mu"] for level in adapter.calibration}  # the projection's own is not served
-    task = replace(adapter.task, heads={mu: h for mu, h in heads.items() if mu in keep})
-    kept_prompts = {mu: p for mu, p in prompts.items() if mu in keep}
-    return replace(adapter, soft_prompts=kept_prompts, task=task)
+            heads[mu], prompts[mu] = train_level(
+                bench,
+                adapter,
+                binomial_noise(bench.spec(adapter, mu)),
+                name=f"level_mu{mu:.6g}",
+                head=adapter.task.heads[start_mu],
+                soft_prompt=adapter.soft_prompts[start_mu],
+            )
+    # The projection stage's own head and prompt are not served: its μ is no level.
+    return replace(adapter, soft_prompts=prompts, task=replace(adapter.task, heads=heads))
 
 
 def clean_head_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
@@ -255,34 +272,57 @@ def clean_head_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
     return replace(adapter, task=task)
 
 
-def accuracy(bench: ClassifyBench, adapter: Adapter, mu: float | None, seed: int) -> float:
-    """Dev accuracy at level `mu` (one noise draw from `seed`), or on raw embeddings (None)."""
+def accuracy(
+    bench: ClassifyBench,
+    adapter: Adapter,
+    head: LinearHead,
+    noise: Noise | None,
+    *,
+    soft_prompt: torch.Tensor | None = None,
+    seed: int = 0,
+) -> float:
+    """Dev accuracy with `noise` (one draw from `seed`), or on raw embeddings (None)."""
     dev, generator = bench.data.dev, torch.Generator().manual_seed(seed)
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(dev), EVAL_BATCH):
             ids = list(dev.ids[start : start + EVAL_BATCH])
-            if mu is None:
-                logits = bench.path.raw_logits(adapter, ids, adapter.task.clean_head)
+            if noise is None:
+                logits = bench.path.raw_logits(adapter, ids, head)
             else:
                 logits = bench.path.logits(
-                    adapter,
-                    ids,
-                    adapter.task.heads[mu],
-                    spec=bench.spec(adapter, mu),
-                    generator=generator,
-                    soft_prompt=adapter.soft_prompts.get(mu),
+                    adapter, ids, head, noise=noise, generator=generator, soft_prompt=soft_prompt
                 )
             correct += int((logits.argmax(-1) == dev.labels[start : start + EVAL_BATCH]).sum())
     return correct / len(dev)
 
 
+def accuracies(
+    bench: ClassifyBench,
+    adapter: Adapter,
+    head: LinearHead,
+    noise: Noise,
+    soft_prompt: torch.Tensor | None = None,
+) -> list[float]:
+    """Dev accuracy once per evaluation seed (a fresh draw of the noise each)."""
+    return [
+        accuracy(bench, adapter, head, noise, soft_prompt=soft_prompt, seed=seed)
+        for seed in bench.config.eval_seeds
+    ]
+
+
+def level_accuracy(bench: ClassifyBench, adapter: Adapter, mu: float) -> list[float]:
+    """Dev accuracy of a level as served: its noise, soft prompt and head."""
+    noise = binomial_noise(bench.spec(adapter, mu))
+    return accuracies(bench, adapter, adapter.task.heads[mu], noise, adapter.soft_prompts.get(mu))
+
+
 def evaluation(bench: ClassifyBench, adapter: Adapter) -> dict:
-    c, dev = bench.config, bench.data.dev
+    dev = bench.data.dev
     with bench.timed("evaluation_s"):
         levels = []
         for level in adapter.calibration:
-            runs = [accuracy(bench, adapter, level["mu"], seed) for seed in c.eval_seeds]
+            runs = level_accuracy(bench, adapter, level["mu"])
             levels.append(
                 {
                     "target_attack_rate": level["target_attack_rate"],
@@ -294,7 +334,7 @@ def evaluation(bench: ClassifyBench, adapter: Adapter) -> dict:
                 }
             )
         majority = float(torch.bincount(dev.labels).max()) / len(dev)
-        clean = accuracy(bench, adapter, None, 0)
+        clean = accuracy(bench, adapter, adapter.task.clean_head, None)
     return {"dev_sentences": len(dev), "majority": majority, "clean": clean, "levels": levels}
 
 
