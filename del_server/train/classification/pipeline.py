@@ -338,6 +338,27 @@ def evaluation(bench: ClassifyBench, adapter: Adapter) -> dict:
     return {"dev_sentences": len(dev), "majority": majority, "clean": clean, "levels": levels}
 
 
+def with_utility(bench: ClassifyBench, adapter: Adapter, evaluated: dict) -> Adapter:
+    """Each level records its dev accuracy beside what sending nothing gets (the majority
+    label): the manifest tells a user whether the level is worth sending the prompt at."""
+    accuracy_of = {level["mu"]: level["accuracy"] for level in evaluated["levels"]}
+    measured_on = f"{Path(bench.config.data).name} dev, {evaluated['dev_sentences']} sentences"
+    levels = [
+        {
+            **level,
+            "utility": {
+                "metric": "dev accuracy",
+                "value": accuracy_of[level["mu"]],
+                "nothing_sent": evaluated["majority"],
+                "higher_is_better": True,
+                "measured_on": measured_on,
+            },
+        }
+        for level in adapter.calibration
+    ]
+    return replace(adapter, calibration=levels)
+
+
 def write_report(bench: ClassifyBench, adapter: Adapter, evaluated: dict) -> dict:
     from .report import write_markdown
 
@@ -370,6 +391,8 @@ def run_all(config: ClassifyConfig) -> Adapter:
     adapter = clean_head_stage(bench, adapter)
     adapter.save(config.out)
     evaluated = evaluation(bench, adapter)
+    adapter = with_utility(bench, adapter, evaluated)
+    adapter.save(config.out)
     bench.timings["total_s"] = time.perf_counter() - started
     write_report(bench, adapter, evaluated)
     return adapter
