@@ -256,8 +256,8 @@ class ModelInfo:
         )
 
     def payload_encoding(self, wanted: str, spec: FrameSpec, max_payload_bytes: int) -> str:
-        """The encoding of the frames: "ans" when `wanted` allows it, this server decodes it and
-        any token's coded payload fits a frame; else "packed" ("ans" wanted: refused)."""
+        """The encoding the frames may use: "ans" when `wanted` allows it, this server decodes
+        it and any token's coded payload fits a frame; else "packed" ("ans" wanted: refused)."""
         if isinstance(spec, RawSpec):
             return "packed"  # raw floats: nothing to code
         offered = "ans" in self.payload_encodings
@@ -594,6 +594,9 @@ class PromptPlan:
                 spec.epsilon(delta=delta, tokens=len(ids)),
                 spec.mu(),
             )
+        encoding, frames = _framed(
+            data, spec, bundle, encoding, payload_encoding, max_payload_bytes
+        )
         request_id = uuid.uuid4().hex
         header = inference_pb2.StreamHeader(
             request_id=request_id,
@@ -603,8 +606,6 @@ class PromptPlan:
             bundle_digest=bundle.digest,
             level_id=level_id,
         )
-        symbol_model = model_for(bundle, spec) if encoding == "ans" else None
-        frames = encode_frames(data, spec, max_payload_bytes=max_payload_bytes, model=symbol_model)
         kind = inference_pb2.GenerateRequest if self.sampling else inference_pb2.ClassifyRequest
         messages = (
             kind(header=header),
@@ -612,6 +613,27 @@ class PromptPlan:
             kind(end=inference_pb2.End()),
         )
         return PreparedRequest(request_id, self.privacy.mechanism, messages, len(ids), *guarantee)
+
+
+def _framed(
+    data, spec: FrameSpec, bundle: ClientBundle, encoding: str, wanted: str, max_payload_bytes: int
+) -> tuple[str, list]:
+    """(encoding, frames) of the prompt's symbols (or raw rows) in `encoding`; with "auto"
+    wanted, packed ones when coding would not make them smaller (b = 1, or a prompt of a few
+    tokens: the coder's final state costs about 35 bits a frame). Both are functions of the
+    symbols alone, so choosing between them costs no privacy."""
+    packed = list(encode_frames(data, spec, max_payload_bytes=max_payload_bytes))
+    if encoding == "packed":
+        return "packed", packed
+    model = model_for(bundle, spec)
+    coded = list(encode_frames(data, spec, max_payload_bytes=max_payload_bytes, model=model))
+    if wanted == "auto" and _payload_bytes(coded) >= _payload_bytes(packed):
+        return "packed", packed
+    return "ans", coded
+
+
+def _payload_bytes(frames) -> int:
+    return sum(len(frame.payload) for frame in frames)
 
 
 # ── What came back ──────────────────────────────────────────────────────────────────────

@@ -22,9 +22,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from del_client.bundle import ClientBundle
 from del_client.codec import RawSpec, encode_frames, mechanism_params
 from del_client.mechanism import BinomialQuantizer, PrivacySpec
-from del_client.symbol_model import model_for
 from del_client.proto import frames_pb2, inference_pb2, inference_pb2_grpc
 from del_client.randomness import seeded_generator_for_tests
+from del_client.symbol_model import model_for
 from del_server.logs import JsonFormatter
 
 
