@@ -4,9 +4,10 @@ The coder is constriction's AnsCoder, a maintained Rust implementation (32-bit w
 64-bit state, frequencies of 24 bits), not one of our own. A frame's symbols are coded
 coordinate by coordinate (coordinate 0 of each of its tokens in order, then coordinate 1,
 ...): each run shares one model, which constriction codes in one call at about a million
-tokens per second at k = 128. A payload is the coder's words, each little-endian. It is
-valid only if decoding its symbols leaves the coder exactly empty, so that, as with packing,
-a payload has one reading and trailing bytes are refused.
+tokens per second at k = 128. A payload is the coder's words, each little-endian, less the
+zero bytes that end the last word (never zero itself): 12 bits a frame on average. It is
+valid only if it ends in a non-zero byte and decoding its symbols leaves the coder exactly
+empty, so that, as with packing, a payload has one reading and trailing bytes are refused.
 
 constriction is imported on first use: a client that never codes a frame does not load it.
 """
@@ -30,6 +31,14 @@ def worst_case_bytes(symbols: int) -> int:
     return WORD_BYTES * (-(-(PRECISION + 1) * symbols // 32) + 2)
 
 
+def _words(payload: bytes) -> np.ndarray:
+    """The coder's words from a payload: its bytes, zero-padded to whole little-endian words."""
+    if payload[-1:] == b"\x00":
+        raise FrameError("an ANS payload never ends in a zero byte")
+    padded = payload + bytes(-len(payload) % WORD_BYTES)
+    return np.frombuffer(padded, dtype="<u4").astype(np.uint32)
+
+
 @functools.lru_cache(maxsize=16)
 def _coder_models(model: SymbolModel) -> tuple:
     """One constriction categorical model per coordinate, with exactly `model`'s frequencies.
@@ -45,7 +54,7 @@ def _coder_models(model: SymbolModel) -> tuple:
 
 
 def encode(symbols: np.ndarray, model: SymbolModel) -> bytes:
-    """(T, k) symbols -> the payload: the coder's words, little-endian."""
+    """(T, k) symbols -> the payload: the coder's words, little-endian, less trailing zeros."""
     import constriction
 
     models = _coder_models(model)
@@ -54,19 +63,14 @@ def encode(symbols: np.ndarray, model: SymbolModel) -> bytes:
     # A stack: the last coordinate goes in first, so that decoding yields coordinate 0 first.
     for i in reversed(range(model.dim)):
         coder.encode_reverse(columns[i], models[i])
-    return coder.get_compressed().astype("<u4").tobytes()
+    return coder.get_compressed().astype("<u4").tobytes().rstrip(b"\x00")
 
 
 def decode(payload: bytes, model: SymbolModel, tokens: int) -> np.ndarray:
     """The payload's (tokens, k) uint8 symbols, or FrameError for a malformed payload."""
     import constriction
 
-    if len(payload) % WORD_BYTES:
-        raise FrameError(f"an ANS payload is whole 32-bit words, got {len(payload)} bytes")
-    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    if words.size and words[-1] == 0:
-        raise FrameError("an ANS payload never ends in a zero word")
-    coder = constriction.stream.stack.AnsCoder(words)
+    coder = constriction.stream.stack.AnsCoder(_words(payload))
     out = np.empty((tokens, model.dim), dtype=np.uint8)
     for i, coordinate in enumerate(_coder_models(model)):
         out[:, i] = coder.decode(coordinate, tokens)

@@ -393,10 +393,9 @@ def _recoded(messages, payload):
 @pytest.mark.parametrize(
     "payload",
     [
-        lambda p: p + b"\x01",  # not whole 32-bit words
-        lambda p: p + b"\x00\x00\x00\x00",  # a zero last word
-        lambda p: p + b"\x07\x00\x00\x00",  # a word more than its symbols need
-        lambda p: p[:-4],  # a word short: the symbols decode, the coder is not empty
+        lambda p: p + b"\x00",  # a zero last byte
+        lambda p: p + bytes(-len(p) % 4) + b"\x07\x00\x00\x01",  # a word too many
+        lambda p: p[4:],  # a word short: the symbols decode, the coder is not empty
     ],
 )
 def test_a_malformed_coded_payload_gets_invalid_argument(stub, bundle, spec, payload):
