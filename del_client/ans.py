@@ -1,4 +1,4 @@
-"""Entropy-coded frame payloads: rANS over the public symbol model (docs/PROTOCOL.md §3.9).
+"""Entropy-coded frame payloads: rANS over the public symbol model (docs/PROTOCOL.md §3.11).
 
 The coder is constriction's AnsCoder, a maintained Rust implementation (32-bit words, a
 64-bit state, frequencies of 24 bits), not one of our own. A frame's symbols are coded

@@ -1,4 +1,4 @@
-"""The public symbol model that entropy-coded payloads are coded with (docs/PROTOCOL.md §3.9).
+"""The public symbol model that entropy-coded payloads are coded with (docs/PROTOCOL.md §3.11).
 
 For coordinate i it is the law of the symbol N when the token is drawn uniformly from the
 vocabulary and then privatized, a mixture of binomials over the table's rows:
@@ -37,7 +37,7 @@ TOTAL = 1 << PRECISION
 
 @compiled
 def _mixture(table, clip, scale, bits, out):  # pragma: no cover - compiled
-    """out[n, i] = Σ_v pmf_v,i(n), rows v in order, with the float steps PROTOCOL.md §3.9 fixes
+    """out[n, i] = Σ_v pmf_v,i(n), rows v in order, with the float steps PROTOCOL.md §3.11 fixes
     (the sampler's own recurrence); each step runs over a row's k coordinates at once."""
     K = (1 << bits) - 1
     dim = table.shape[1]

@@ -1,4 +1,4 @@
-"""Entropy-coded payloads: the symbol model and the rANS coder follow docs/PROTOCOL.md §3.9 to
+"""Entropy-coded payloads: the symbol model and the rANS coder follow docs/PROTOCOL.md §3.11 to
 the bit (checked against a plain-Python implementation written from that page), every payload
 round-trips, malformed ones are refused, coded frames come within 2 % of the model's
 cross-entropy, which is within a hair of the symbols' entropy, and frames are coded only when
@@ -26,7 +26,7 @@ from del_client.randomness import seeded_generator_for_tests
 from del_client.session import ModelInfo
 from del_client.symbol_model import TOTAL, SymbolModel, mixture, quantize
 
-# ── docs/PROTOCOL.md §3.9, spelled out in plain Python (doubles are IEEE-754 doubles) ──────
+# ── docs/PROTOCOL.md §3.11, spelled out in plain Python (doubles are IEEE-754 doubles) ──────
 
 
 def reference_mixture(table: np.ndarray, spec: PrivacySpec) -> list[list[float]]:

@@ -115,7 +115,7 @@ def test_decoding_is_the_documented_affine_map(vectors):
 
 
 def documented_frequencies(weights: list[float]) -> list[int]:
-    """PROTOCOL.md §3.9 from the page: running sums, one factor, floors; the last gets the rest."""
+    """PROTOCOL.md §3.11 from the page: running sums, one factor, floors; the last gets the rest."""
     below, running = [], 0.0
     for w in weights:
         running += w
@@ -127,7 +127,7 @@ def documented_frequencies(weights: list[float]) -> list[int]:
 
 
 def documented_rans_decode(payload: bytes, frequencies: list[list[int]], tokens: int) -> list:
-    """PROTOCOL.md §3.9 from the page: words from the end, coordinate-major, empty at the end."""
+    """PROTOCOL.md §3.11 from the page: words from the end, coordinate-major, empty at the end."""
     assert not payload.endswith(b"\x00")
     payload += bytes(-len(payload) % 4)
     words = [int.from_bytes(payload[j : j + 4], "little") for j in range(0, len(payload), 4)]
