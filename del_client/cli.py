@@ -356,8 +356,8 @@ def _run_classify(args: argparse.Namespace) -> None:
         f"answer        after {result.timings.time_to_first_token_s:.3f} s "
         f"({result.timings.total_s:.2f} s in all), level {result.level_id or 'none'}\n"
         f"wire          {result.usage.bits_per_token:g} payload bits per prompt token "
-        f"({result.mechanism}); {result.client_wire_bytes_sent:,} bytes sent for "
-        f"{result.usage.prompt_tokens} tokens\n"
+        f"({result.mechanism}, {result.payload_encoding}); {result.client_wire_bytes_sent:,} "
+        f"bytes sent for {result.usage.prompt_tokens} tokens\n"
         f"privacy       {result.privacy_note}",
         file=sys.stderr,
     )
