@@ -20,7 +20,6 @@ implementation in any language that follows PROTOCOL.md gets the same integers.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -112,8 +111,16 @@ class SymbolModel:
         return float(PRECISION * symbols.size - np.log2(chosen).sum())
 
 
-@functools.lru_cache(maxsize=16)
+_MODELS_KEPT = 16
+_models: dict[tuple[str, PrivacySpec], SymbolModel] = {}
+
+
 def model_for(bundle: ClientBundle, spec: PrivacySpec) -> SymbolModel:
-    """The model of `bundle` at `spec`, computed once per pair (a bundle is hashed by identity:
-    one object per digest in a client's or server's memory)."""
-    return SymbolModel.from_table(bundle.table, spec)
+    """The model of `bundle` at `spec`, computed once per (digest, spec) and kept (a few, then
+    all forgotten at once); the bundle itself is not kept, whose table may be large."""
+    key = (bundle.digest, spec)
+    if (model := _models.get(key)) is None:
+        if len(_models) >= _MODELS_KEPT:
+            _models.clear()
+        model = _models[key] = SymbolModel.from_table(bundle.table, spec)
+    return model
