@@ -620,7 +620,7 @@ def _framed(
 ) -> tuple[str, list]:
     """(encoding, frames) of the prompt's symbols (or raw rows) in `encoding`; with "auto"
     wanted, packed ones when coding would not make them smaller (b = 1, or a prompt of a few
-    tokens: the coder's final state costs about 35 bits a frame). Both are functions of the
+    tokens: the coder's final state costs about 23 bits a frame). Both are functions of the
     symbols alone, so choosing between them costs no privacy."""
     packed = list(encode_frames(data, spec, max_payload_bytes=max_payload_bytes))
     if encoding == "packed":
