@@ -144,8 +144,9 @@ async def _warm_up(served: ServedModel, servicer: SplitInferenceService) -> None
     if served.classifier is not None:
         task = served.adapter.task
         head = next(iter(task.heads.values()), task.clean_head)
+        decoded = torch.from_numpy(x_hat)
         await served.classifier.classify(
-            EncoderInput(served.adapter.deproject(torch.from_numpy(x_hat)), None, head)
+            EncoderInput(served.adapter.deproject(decoded), None, head, decoded)
         )
         return
     inputs, _ = served.prompts.build(PrivatePrompt(x_hat, mu=None))

@@ -341,10 +341,12 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         adapter = self._served.adapter
         if isinstance(prompt, RawPrompt):
             return EncoderInput(torch.from_numpy(prompt.embeddings), None, adapter.task.clean_head)
+        x_hat = torch.from_numpy(prompt.x_hat)
         return EncoderInput(
-            adapter.deproject(torch.from_numpy(prompt.x_hat)),
+            adapter.deproject(x_hat),
             adapter.soft_prompts.get(prompt.mu),
             adapter.task.heads[prompt.mu],
+            x_hat,
         )
 
     def _classified(

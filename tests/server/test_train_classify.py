@@ -32,6 +32,7 @@ def bench(task_dir, tmp_path_factory) -> pipeline.ClassifyBench:
         data=str(task_dir),
         out=tmp_path_factory.mktemp("adapter"),
         projection_steps=2,
+        front_end_steps=2,
         level_steps=2,
         batch=4,
         held_out=20,
@@ -74,6 +75,8 @@ def test_every_stage_trains_what_the_server_serves(bench):
     adapter = pipeline.projection_stage(bench)
     assert adapter.clip == 1.0
     assert len(bench.losses["projection"]) == 2
+    adapter = pipeline.front_end_stage(bench, adapter)
+    assert len(bench.losses["front_end"]) == 2
     measured = {"rate": 0.05, "low": 0.04, "high": 0.06, "content_rate": 0.01}
     level = {
         "target_attack_rate": 0.1,

@@ -23,7 +23,7 @@ import torch
 
 from del_client.mechanism import PrivacySpec
 
-from ...adapter import Adapter, LinearHead
+from ...adapter import Adapter, Head
 from ...attacks.mechanisms import Mechanism
 from ...classification import EncoderClassifier, EncoderInput
 from ..noise import noisy
@@ -62,21 +62,29 @@ class NoisyPath:
         self,
         adapter: Adapter,
         ids: list[torch.Tensor],
-        head: LinearHead,
+        head: Head,
         *,
         noise: Noise,
         generator: torch.Generator,
         soft_prompt: torch.Tensor | None = None,
+        encoder: bool = True,
     ) -> torch.Tensor:
-        """(B, L): each sentence's tokens projected, privatized, de-projected, classified."""
-        z = adapter.project(self.table[torch.cat(ids)])
-        bodies = adapter.deproject(noise(z, generator)).split([len(s) for s in ids])
-        return self._classify(adapter, [EncoderInput(b, soft_prompt, head) for b in bodies])
+        """(B, L): each sentence's tokens projected, privatized, de-projected, classified
+        (without `encoder`: from the symbols' moments alone, no encoder pass)."""
+        sizes = [len(s) for s in ids]
+        x_hat = noise(adapter.project(self.table[torch.cat(ids)]), generator)
+        inputs = [
+            EncoderInput(body, soft_prompt, head, x)
+            for body, x in zip(
+                adapter.deproject(x_hat).split(sizes), x_hat.split(sizes), strict=True
+            )
+        ]
+        return self._classifier(adapter).logits(inputs, encoder=encoder)
 
-    def raw_logits(self, adapter: Adapter, ids: list[torch.Tensor], head: LinearHead):
+    def raw_logits(self, adapter: Adapter, ids: list[torch.Tensor], head: Head):
         """(B, L) on the clean embeddings: the raw mechanism (no privacy)."""
-        return self._classify(adapter, [EncoderInput(self.table[s], None, head) for s in ids])
+        inputs = [EncoderInput(self.table[s], None, head) for s in ids]
+        return self._classifier(adapter).logits(inputs)
 
-    def _classify(self, adapter: Adapter, inputs: list[EncoderInput]) -> torch.Tensor:
-        classifier = EncoderClassifier(self.model, adapter, cls_id=self.cls_id, sep_id=self.sep_id)
-        return classifier.logits(inputs)
+    def _classifier(self, adapter: Adapter) -> EncoderClassifier:
+        return EncoderClassifier(self.model, adapter, cls_id=self.cls_id, sep_id=self.sep_id)
