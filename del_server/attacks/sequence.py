@@ -19,7 +19,10 @@ from functools import cached_property
 import numpy as np
 import torch
 
-DEFAULT_KEEP = 512  # candidates per position: the whole vocabulary of the default model
+DEFAULT_KEEP = 512
+# A dense transition table up to this size (a 30k vocabulary: 3.7 GB) is built once and gathered
+# from, the fastest a lattice can ask; beyond it (a 128k vocabulary) pairs are looked up sparse.
+DENSE_BYTES = 4 << 30  # candidates per position: the whole vocabulary of the default model
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,9 +30,9 @@ class BigramPrior:
     """log P(v) for a prompt's first token and log P(v | previous token), add-α smoothed.
 
     The pair counts are kept sparse (the pairs public text holds, sorted by key
-    previous·V + next), so a 30k WordPiece vocabulary costs megabytes, not the 3.7 GB of a
-    dense V × V table; `transition(before, after)` computes exactly the entries a lattice
-    asks for.
+    previous·V + next): fitting never builds V × V intermediates (int64 and float64 counts of
+    a 30k vocabulary would take 15 GB); `transition(before, after)` gives exactly the entries
+    a lattice asks for, from a dense float32 table where one fits in DENSE_BYTES.
     """
 
     log_start: torch.Tensor  # (V,) the unigram: a prompt may start anywhere in the text
@@ -59,19 +62,31 @@ class BigramPrior:
         return self.log_start.shape[0]
 
     def transition(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        """log P(after | before), elementwise over the broadcast shape of the two id tensors."""
+        """log P(after | before), elementwise over the broadcast shape of the two id tensors:
+        gathered from the dense table when it fits DENSE_BYTES, else looked up in the pairs."""
+        if self.vocab**2 * 4 <= DENSE_BYTES:
+            return self.dense[before, after]
         before, after = torch.broadcast_tensors(before, after)
         keys = before * self.vocab + after
         found = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
         counts = torch.where(self.pair_keys[found] == keys, self.pair_counts[found], 0.0)
-        totals = self.row_totals[before] + self.smoothing * self.vocab
-        return ((counts + self.smoothing) / totals).log().float()
+        return ((counts + self.smoothing) / self._totals[before]).log().float()
 
     @cached_property
     def dense(self) -> torch.Tensor:
-        """(V, V) every transition at once: for a vocabulary small enough not to prune."""
-        ids = torch.arange(self.vocab)
-        return self.transition(ids[:, None], ids[None, :])
+        """(V, V) every transition, float32, built once: the unseen pairs of a row first, then
+        the pairs seen written over them."""
+        vocab, totals = self.vocab, self._totals
+        table = (self.smoothing / totals).log().float()[:, None].expand(vocab, vocab).contiguous()
+        rows, columns = self.pair_keys // vocab, self.pair_keys % vocab
+        seen = (self.pair_counts + self.smoothing) / totals[rows]
+        table[rows, columns] = seen.log().float()
+        return table
+
+    @cached_property
+    def _totals(self) -> torch.Tensor:
+        """(V,) each row's denominator: its pairs seen plus α for every possible next token."""
+        return self.row_totals + self.smoothing * self.vocab
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def _wait_until_serving(target: str, server: subprocess.Popen, timeout_s: float)
     raise SystemExit(f"del-server did not report SERVING within {timeout_s:.0f} s")
 
 
-def _chosen_level(target: str) -> list[str]:
+def _chosen_level(target: str, *, classify: bool) -> list[str]:
     """Announce every level in one line; the client flags for the one nearest
     TARGET_ATTACK_RATE (none: the client's own default, which it will say)."""
     from del_client import Client, ClientConfig
@@ -72,8 +72,12 @@ def _chosen_level(target: str) -> list[str]:
         return []
     chosen = min(levels, key=lambda lv: abs(lv.target_attack_rate - TARGET_ATTACK_RATE))
     print("privacy levels (ε exact per token at δ = 1e-5). The noise that hides the prompt also")
-    print("garbles what the model reads: expect a continuation that drifts from the prompt, the")
-    print("more so the more private the level (docs/eval measures by how much):")
+    if classify:
+        print("garbles what the model reads: expect some sentences labelled wrongly (docs/eval-nlu")
+        print("measures how many):")
+    else:
+        print("garbles what the model reads: expect a continuation that drifts from the prompt,")
+        print("the more so the more private the level (docs/eval measures by how much):")
     for level in sorted(levels, key=lambda lv: lv.mu):
         mark = "→" if level is chosen else " "
         print(
@@ -118,7 +122,11 @@ def main() -> None:
     server = subprocess.Popen(command)
     try:
         _wait_until_serving(target, server, args.timeout_s)
-        privacy = ["--mu", repr(args.mu)] if args.mu is not None else _chosen_level(target)
+        privacy = (
+            ["--mu", repr(args.mu)]
+            if args.mu is not None
+            else _chosen_level(target, classify=args.nlu)
+        )
         if args.nlu:
             calls = [["classify", sentence] for sentence in NLU_SENTENCES]
         else:
