@@ -107,8 +107,10 @@ class Settings:
             "pass with requests arriving after it (an idle engine prefills at once)"
         ),
     )
+    # A gRPC message costs the server ~0.1 ms of CPU whatever it carries: at 50 ms, 32 streams
+    # send a fifth as many (bench: 1,700 -> 2,400 tokens/s) and text still comes 20 times a second.
     stream_interval_ms: float = field(
-        default=0.0,
+        default=50.0,
         metadata=doc(
             "a running stream gets its new tokens at most this often, several to a message "
             "(first tokens and ends at once); 0: every token as it is made"
