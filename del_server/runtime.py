@@ -12,6 +12,7 @@ from del_client.bundle import ClientBundle
 from .adapter import Adapter, embedding_digest, pca_adapter
 from .backends.transformers import TransformersBackend
 from .bundles import client_bundle, raw_bundle
+from .engine_process import EngineSpec, ProcessEngine
 from .generation import Engine, PromptBuilder
 from .models import LoadedModel, load_model
 from .settings import Settings
@@ -25,7 +26,7 @@ class ServedModel:
     adapter: Adapter
     bundle: ClientBundle
     raw_bundle: ClientBundle | None
-    engine: Engine
+    engine: Engine | ProcessEngine
     prompts: PromptBuilder
 
     @property
@@ -52,16 +53,30 @@ def build_served_model(settings: Settings) -> ServedModel:
     adapter = load_adapter(settings, loaded)
     backend = TransformersBackend(loaded.model)
     anchor = loaded.tokenizer.encode("a", add_special_tokens=False).ids[-1]
-    engine = Engine(
-        backend,
-        loaded.tokenizer,
-        eos_id=loaded.eos_id,
-        anchor_id=anchor,
-        max_running=settings.max_running,
-        max_waiting=settings.max_waiting,
-        stream_interval_s=settings.stream_interval_ms / 1000,
-        join_wait_s=settings.join_wait_ms / 1000,
-    )
+    if settings.engine_process:
+        engine = ProcessEngine(
+            EngineSpec(
+                model=settings.model,
+                model_format=settings.model_format,
+                dtype=settings.dtype.value,
+                max_running=settings.max_running,
+                max_waiting=settings.max_waiting,
+                stream_interval_s=settings.stream_interval_ms / 1000,
+                join_wait_s=settings.join_wait_ms / 1000,
+                threads=torch.get_num_threads(),
+            )
+        )
+    else:
+        engine = Engine(
+            backend,
+            loaded.tokenizer,
+            eos_id=loaded.eos_id,
+            anchor_id=anchor,
+            max_running=settings.max_running,
+            max_waiting=settings.max_waiting,
+            stream_interval_s=settings.stream_interval_ms / 1000,
+            join_wait_s=settings.join_wait_ms / 1000,
+        )
     served = ServedModel(
         loaded=loaded,
         adapter=adapter,

@@ -100,6 +100,13 @@ class Settings:
         default=64,
         metadata=doc("requests queued beyond --max-running; more get RESOURCE_EXHAUSTED"),
     )
+    engine_process: bool = field(
+        default=False,
+        metadata=doc(
+            "run the engine in a process of its own, so the model never waits for gRPC's "
+            "share of the GIL (the model is loaded a second time there)"
+        ),
+    )
     join_wait_ms: float = field(
         default=0.0,
         metadata=doc(
