@@ -49,6 +49,7 @@ class EngineSpec:
     stream_interval_s: float
     join_wait_s: float
     threads: int
+    log_level: str = "INFO"
 
 
 class EngineDiedError(RuntimeError):
@@ -214,8 +215,10 @@ def _child_main(spec: EngineSpec, conn) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from .backends.transformers import TransformersBackend
     from .generation import Engine
+    from .logs import configure
     from .models import load_model
 
+    configure(spec.log_level)  # the server's JSON lines, on the same stderr
     torch.set_num_threads(spec.threads)
     loaded = load_model(spec.model, format=spec.model_format, dtype=getattr(torch, spec.dtype))
     engine = Engine(

@@ -64,6 +64,7 @@ def build_served_model(settings: Settings) -> ServedModel:
                 stream_interval_s=settings.stream_interval_ms / 1000,
                 join_wait_s=settings.join_wait_ms / 1000,
                 threads=torch.get_num_threads(),
+                log_level=settings.log_level,
             )
         )
     else:
