@@ -78,10 +78,13 @@ class PromptBuilder:
         self._backend = backend
         self._adapter = adapter
         self._prefix_ids = [bos_id] if bos_id is not None else []
+        self._template: torch.Tensor | None = None  # embedded once, on first use
 
     def build(self, prompt: PrivatePrompt | RawPrompt) -> tuple[torch.Tensor, float | None]:
         """-> (inputs (m + 1 + T, d), μ of the soft prompt used or None)."""
-        template = self._backend.embed(self._prefix_ids) if self._prefix_ids else None
+        if self._template is None and self._prefix_ids:
+            self._template = self._backend.embed(self._prefix_ids)
+        template = self._template
         if isinstance(prompt, RawPrompt):
             body = torch.from_numpy(prompt.embeddings)
             soft = None
