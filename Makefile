@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch that lies on this machine's disk; an unpinned torch pulls CUDA.
 TORCH  := torch==2.13.0
 
-.PHONY: install test lint format proto bench demo train-default soak loadtest clean
+.PHONY: install interop test lint format proto bench demo train-default soak loadtest clean
 
 install: $(BIN)/del-client
 
@@ -18,8 +18,13 @@ $(BIN)/del-client: pyproject.toml
 
 # torch runs single-threaded in tests: the tiny model gains nothing from intra-op threads, and
 # two OpenMP threads spinning against the servers the suite starts on 2 cores cost minutes.
-test: install
+test: install interop
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
+
+# The Node.js conformance client's packages (tests/interop/node); without npm its test skips.
+interop: tests/interop/node/node_modules/.package-lock.json
+tests/interop/node/node_modules/.package-lock.json: tests/interop/node/package-lock.json
+	if command -v npm >/dev/null; then npm ci --prefix tests/interop/node --no-audit --no-fund; fi
 
 lint: install
 	$(BIN)/ruff check .
@@ -29,9 +34,11 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Regenerate del_client/proto from protos/ (a test fails when they are stale).
+# Regenerate del_client/proto from protos/, and the protocol's test vectors
+# (docs/protocol_vectors.json); a test fails when either is stale.
 proto: install
 	$(BIN)/python protos/generate.py
+	$(BIN)/python protos/vectors.py
 
 # reports/bench_codec.* (codec throughput), bench_cli.* (del-client start-up: --help, manifest)
 # and bench_e2e.* (one stream in-process and through gRPC; DEL's streams at 1-64 beside the
@@ -47,12 +54,12 @@ train-default: install
 	$(BIN)/del-server train all --out $(DEFAULT_ADAPTER) --projection-steps 1500 --soft-prompt-steps 1500
 
 # Privacy, utility, communication and speed report with plots: reports/EVAL.md, eval.json,
-# *.png (about 40 minutes on 2 idle cores; docs/eval/ holds the committed full run).
+# *.png (about 60 minutes on 2 cores; docs/eval/ holds the committed full run).
 .PHONY: eval eval-quick
 eval: install
 	$(BIN)/del-server eval --out reports
 
-# The same on small samples (under 3 minutes): checks the pipeline, not the numbers.
+# The same on small samples (under 5 minutes): checks the pipeline, not the numbers.
 eval-quick: install
 	$(BIN)/del-server eval --quick --out reports
 

@@ -4,6 +4,12 @@ It holds the tokenizer, the projected embedding table Z = (E − mean(E))·W_p�
 float32) and the clip bound c that belongs with the projection. The client never holds LLM
 weights; for a 7B model Z is 32x smaller than the embedding table.
 
+A raw bundle (the no-privacy baseline, `mechanism="raw"`) holds the unprojected table E
+(vocab × hidden size) and no clip: nothing is clipped, projected or privatized there. Its
+metadata says `"mechanism": "raw"` and `hidden_size` in place of `clip` and `projection_dim`;
+a projected bundle's metadata is what it always was (no `mechanism` key), so its bytes, and
+its digest, are unchanged.
+
 A prompt is encoded as it is written: a tokenizer.json may pad every input to a fixed length
 or cut long ones (sentence encoders do, e.g. to 128 tokens), so the server exports and the
 client encodes with `plain_tokenizer`, and a bundle published before that is still safe.
@@ -12,7 +18,8 @@ On disk and on the wire it is one safetensors file: the tensor `table` plus a si
 entry holding canonical JSON (sorted keys; one entry, so the header bytes are deterministic).
 Its digest is the SHA-256 of those bytes: the server advertises it in its manifest, and a
 client verifies it before use, so a client never encodes with a table the server did not
-publish. safetensors needs no torch and never unpickles.
+publish. safetensors needs no torch and never unpickles. docs/PROTOCOL.md §2 describes the
+format for clients in other languages.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from tokenizers import Tokenizer
 from .errors import BundleError, BundleMismatchError
 
 FORMAT = "del-client-bundle/1"
+MECHANISMS = ("binomial", "raw")
 _METADATA_KEY = "del_client_bundle"
 
 
@@ -55,20 +63,26 @@ def plain_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
 
 @dataclass(frozen=True, eq=False)
 class ClientBundle:
-    """Tokenizer + projected table + clip, for one served model and projection."""
+    """Tokenizer + projected table + clip, for one served model and projection; or, with
+    mechanism="raw", tokenizer + the unprojected table and no clip."""
 
     model_id: str
     tokenizer: Tokenizer
-    table: np.ndarray  # (V, k) float32
-    clip: float
+    table: np.ndarray  # (V, k) float32; raw: (V, d)
+    clip: float | None = None  # required for a projected bundle; None for a raw one
     bos_id: int | None = None
     eos_id: int | None = None
+    mechanism: str = "binomial"
     _bytes: bytes = field(init=False, repr=False)
     _encoder: Tokenizer = field(init=False, repr=False)  # `tokenizer` as plain_tokenizer
 
     def __post_init__(self) -> None:
         table = np.ascontiguousarray(self.table, dtype=np.float32)
         object.__setattr__(self, "table", table)
+        if self.mechanism not in MECHANISMS:
+            raise BundleError(f"mechanism must be one of {MECHANISMS}, got {self.mechanism!r}")
+        if self.mechanism == "raw" and self.clip is not None:
+            raise BundleError("a raw bundle has no clip: nothing is clipped on the raw path")
         _raise_if_invalid(self._metadata(), table, self.tokenizer)
         blob = save_tensors(
             {"table": table}, metadata={_METADATA_KEY: _canonical(self._metadata())}
@@ -78,7 +92,14 @@ class ClientBundle:
         object.__setattr__(self, "_encoder", plain_tokenizer(self.tokenizer))
 
     @property
+    def dim(self) -> int:
+        """Coordinates per token: k for a projected bundle, the hidden size d for a raw one."""
+        return self.table.shape[1]
+
+    @property
     def projection_dim(self) -> int:
+        if self.mechanism == "raw":
+            raise BundleError("a raw bundle is not projected: its width is .dim, the hidden size")
         return self.table.shape[1]
 
     @property
@@ -101,7 +122,8 @@ class ClientBundle:
         return path
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, with BOS first when the model has one."""
+        """Token ids of `text`, with BOS first when the model has one (the wire carries the
+        ids after it: the server prepends BOS itself)."""
         ids = self._encoder.encode(text, add_special_tokens=False).ids
         return ([self.bos_id] if self.bos_id is not None else []) + ids
 
@@ -126,13 +148,15 @@ class ClientBundle:
         except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON
             raise BundleError(f"bundle tokenizer does not parse: {exc}") from exc
         try:
+            raw = metadata.get("mechanism") == "raw"
             bundle = cls(
                 model_id=metadata["model_id"],
                 tokenizer=tokenizer,
                 table=load_tensors(data)["table"],
-                clip=metadata["clip"],
+                clip=None if raw else metadata["clip"],
                 bos_id=metadata["bos_id"],
                 eos_id=metadata["eos_id"],
+                mechanism="raw" if raw else "binomial",
             )
         except BundleError:
             raise
@@ -147,16 +171,17 @@ class ClientBundle:
         return cls.from_bytes(Path(path).read_bytes(), expected_digest=expected_digest)
 
     def _metadata(self) -> dict:
-        return {
+        common = {
             "format": FORMAT,
             "model_id": self.model_id,
             "tokenizer": self.tokenizer.to_str(),
-            "clip": self.clip,
             "bos_id": self.bos_id,
             "eos_id": self.eos_id,
             "vocab_size": int(self.table.shape[0]),
-            "projection_dim": int(self.table.shape[1]),
         }
+        if self.mechanism == "raw":
+            return {**common, "mechanism": "raw", "hidden_size": int(self.table.shape[-1])}
+        return {**common, "clip": self.clip, "projection_dim": int(self.table.shape[-1])}
 
 
 def _canonical(obj: dict) -> str:
@@ -181,9 +206,13 @@ def _raise_if_invalid(metadata: dict, table: np.ndarray, tokenizer: Tokenizer) -
     problems = []
     if not isinstance(metadata["model_id"], str) or not metadata["model_id"]:
         problems.append("model_id must be a non-empty string")
-    clip = metadata["clip"]
-    if not isinstance(clip, int | float) or not math.isfinite(clip) or clip <= 0:
-        problems.append(f"clip must be finite and > 0, got {clip!r}")
+    if "mechanism" in metadata:  # a raw bundle: nothing is clipped
+        if metadata["mechanism"] != "raw":
+            problems.append(f"mechanism must be 'raw' or absent, got {metadata['mechanism']!r}")
+    else:
+        clip = metadata["clip"]
+        if not isinstance(clip, int | float) or not math.isfinite(clip) or clip <= 0:
+            problems.append(f"clip must be finite and > 0, got {clip!r}")
     if table.ndim != 2 or 0 in table.shape:
         problems.append(f"table must be a non-empty 2-D array, got shape {table.shape}")
     elif not np.isfinite(table).all():

@@ -313,7 +313,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         print()
         result = generation.result
     usage, timings = result.usage, result.timings
-    soft = "none" if result.soft_prompt_mu is None else f"trained for μ = {result.soft_prompt_mu:g}"
+    soft = _soft_prompt_in_words(result)
     print(
         f"finish        {result.finish_reason}: {usage.generated_tokens} tokens in "
         f"{timings.total_s:.2f} s (first after {timings.time_to_first_token_s:.3f} s)\n"
@@ -323,6 +323,18 @@ def _run_generate(args: argparse.Namespace) -> None:
         f"soft prompt   {soft}",
         file=sys.stderr,
     )
+
+
+def _soft_prompt_in_words(result) -> str:
+    """What the Final said about the soft prompt, for the summary."""
+    if result.soft_prompt == "used":
+        return f"level {result.level_id}'s, trained for μ = {result.soft_prompt_mu:g}"
+    return {
+        "no level": "none: these parameters are none of the server's levels (its soft prompts "
+        "were trained for the levels' noise only)",
+        "not trained": f"none: level {result.level_id} has no trained soft prompt",
+        "raw": "none (raw mechanism)",
+    }.get(result.soft_prompt, "none" if result.soft_prompt_mu is None else "used")
 
 
 def _add_manifest(cmd: argparse.ArgumentParser) -> None:
@@ -358,8 +370,9 @@ def _run_manifest(args: argparse.Namespace) -> None:
         )
         for level in m.privacy_levels:
             print(
-                f"level {level.target_attack_rate:<7.0%} μ = {level.mu:.4g}, ε = "
+                f"level {level.id or level.target_attack_rate:<7} μ = {level.mu:.4g}, ε = "
                 f"{level.epsilon_token:.4g} per token at δ = {level.delta:g}, b = {level.bits}"
+                + (f", A = {level.scale:.6g}" if level.scale else "")
                 + ("" if level.soft_prompt else ", no soft prompt")
                 + f"\n              {level.summary()}"
             )

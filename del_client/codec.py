@@ -132,6 +132,11 @@ def spec_from_params(params: frames_pb2.MechanismParams) -> FrameSpec:
             raise FrameError(
                 f"raw float32 frames need dim >= 1 and bits=32, got {params.dim}, {params.bits}"
             )
+        if params.clip != 0 or params.scale != 0:  # NaN != 0 too
+            raise FrameError(
+                f"raw float32 frames are neither clipped nor scaled: clip and scale must be 0, "
+                f"got {params.clip!r}, {params.scale!r}"
+            )
         return RawSpec(dim=params.dim)
     if params.mechanism != frames_pb2.MECHANISM_BINOMIAL:
         raise FrameError(f"unknown mechanism {params.mechanism}")

@@ -6,7 +6,8 @@
         bundle.encode, minus BOS (the server prepends a clean one: a public template token)
         bundle.embed (T, k) ─ budget.charge ─ BinomialQuantizer -> (T, k) symbols
                           (raw: the (T, d) float32 embeddings, NOT private)
-        header + frames + end  =  PreparedRequest, built once: resending it spends nothing
+        header (with the level's id when the user chose a level) + frames + end
+                          =  PreparedRequest, built once: resending it spends nothing
     replies ─ ReplyFolder.feed -> text deltas ─ ReplyFolder.result() -> GenerationResult
 
 Nothing here touches the network. client.py and aio.py only move these messages over a sync
@@ -55,6 +56,14 @@ FINISH_REASONS = {
     inference_pb2.FINISH_REASON_STOP: "stop",
     inference_pb2.FINISH_REASON_EOS: "eos",
 }
+# Final.soft_prompt: whether the server prepended a soft prompt, and why not
+SOFT_PROMPT = {
+    inference_pb2.SOFT_PROMPT_UNSPECIFIED: "unknown",  # a server older than the field
+    inference_pb2.SOFT_PROMPT_USED: "used",
+    inference_pb2.SOFT_PROMPT_NO_LEVEL: "no level",
+    inference_pb2.SOFT_PROMPT_NOT_TRAINED: "not trained",
+    inference_pb2.SOFT_PROMPT_RAW: "raw",
+}
 
 
 def wire_bytes(message) -> int:
@@ -95,7 +104,8 @@ class AttackRate:
 
 @dataclass(frozen=True)
 class PrivacyLevel:
-    """A level the provider calibrated against token-inversion attacks (advisory)."""
+    """A level the provider calibrated against token-inversion attacks (advisory), with the
+    parameters to send for it; target_attack_rate 0: a soft prompt's level, not calibrated."""
 
     mu: float
     epsilon_token: float
@@ -103,6 +113,10 @@ class PrivacyLevel:
     bits: int
     target_attack_rate: float
     soft_prompt: bool
+    id: str = ""  # StreamHeader.level_id; "" from a server older than level ids
+    scale: float = 0.0  # A (0 from an older server: computed from μ)
+    clip: float = 0.0
+    dim: int = 0
     attacks: tuple[AttackRate, ...] = ()
     strongest_attack: str = ""
     strongest_rate: float = 0.0
@@ -112,8 +126,14 @@ class PrivacyLevel:
     measured_tokens: int = 0
     measured_prompts: int = 0
 
+    @property
+    def calibrated(self) -> bool:
+        return self.target_attack_rate > 0
+
     def summary(self) -> str:
         """What the level protects, in one sentence a user can read."""
+        if not self.calibrated:
+            return "not calibrated against any attack: a soft prompt trained at this μ"
         if not self.attacks:  # an adapter calibrated before context-aware attacks existed
             return (
                 f"calibrated to {self.target_attack_rate:.0%} token recovery by per-token "
@@ -155,6 +175,8 @@ class ModelInfo:
     privacy_levels: tuple[PrivacyLevel, ...] = ()
     max_frames: int = 0  # 0: not advertised (an older server)
     max_frame_payload_bytes: int = 0  # 0: not advertised
+    level_tolerance: float = 0.0  # relative, on A and c: how close a header must be to a level
+    bos_id: int | None = None  # the BOS token the server prepends (frames never carry it)
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.ModelInfo) -> ModelInfo:
@@ -173,21 +195,24 @@ class ModelInfo:
             privacy_levels=tuple(PrivacyLevel.from_pb(level) for level in pb.privacy_levels),
             max_frames=pb.max_frames,
             max_frame_payload_bytes=pb.max_frame_payload_bytes,
+            level_tolerance=pb.level_tolerance,
+            bos_id=pb.bos_id if pb.HasField("bos_id") else None,
         )
 
     def level(self, target: float | None) -> PrivacyLevel:
         """The calibrated level for `target` attack rate; None: the most private one."""
-        if not self.privacy_levels:
+        calibrated = [level for level in self.privacy_levels if level.calibrated]
+        if not calibrated:
             raise PrivacyParameterError(
                 "the server offers no calibrated privacy level: choose one yourself with mu, "
                 "epsilon (or --mu/--epsilon), knowing that nothing measured it on this model"
             )
         if target is None:
-            return min(self.privacy_levels, key=lambda level: level.mu)
-        for level in self.privacy_levels:
+            return min(calibrated, key=lambda level: level.mu)
+        for level in calibrated:
             if abs(level.target_attack_rate - target) < 1e-9:
                 return level
-        offered = ", ".join(f"{level.target_attack_rate:g}" for level in self.privacy_levels)
+        offered = ", ".join(f"{level.target_attack_rate:g}" for level in calibrated)
         raise PrivacyParameterError(
             f"the server has no level calibrated to {target:g} (offered: {offered})"
         )
@@ -293,7 +318,9 @@ class PrivacyChoice:
     With none of them the mechanism is binomial at the server's MOST private level (a client
     never falls back to a privacy constant that was measured on some other model). `bits`
     defaults to the level's, or DEFAULT_BITS. Projection dim and clip come from the bundle.
-    `delta` is also the δ at which the result reports ε.
+    `delta` is also the δ at which the result reports ε. At a level of the server (level=,
+    or none of them) the header carries the level's own parameters and names its id, which
+    gets its soft prompt; with other bits than the level's it is not that level any more.
     """
 
     mechanism: str = "binomial"
@@ -338,10 +365,19 @@ class PrivacyChoice:
                     f"bits={self.bits} contradicts the spec's bits={self.spec.bits}"
                 )
 
+    def chosen_level(self, model: ModelInfo) -> PrivacyLevel | None:
+        """The server's level the user chose (level=, or nothing: the most private), if any."""
+        if self.mechanism == "raw" or any(
+            value is not None for value in (self.mu, self.epsilon, self.spec)
+        ):
+            return None
+        return model.level(self.level)
+
     def frame_spec(self, bundle: ClientBundle, model: ModelInfo) -> FrameSpec:
-        """The mechanism's public parameters for this bundle's projection dim and clip."""
+        """The mechanism's public parameters for this bundle's projection dim and clip; at a
+        level of the server, exactly the level's (A as the manifest gives it)."""
         if self.mechanism == "raw":
-            return RawSpec(dim=bundle.projection_dim)
+            return RawSpec(dim=bundle.dim)
         if self.spec is not None:
             if self.spec.dim != bundle.projection_dim:
                 raise PrivacyParameterError(
@@ -357,7 +393,23 @@ class PrivacyChoice:
         if self.mu is not None:
             return PrivacySpec.from_mu(mu=self.mu, bits=self.bits or DEFAULT_BITS, **shape)
         level = model.level(self.level)
-        return PrivacySpec.from_mu(mu=level.mu, bits=self.bits or level.bits, **shape)
+        bits = self.bits or level.bits
+        if level.scale and bits == level.bits:
+            if (level.dim, level.clip) != (bundle.projection_dim, bundle.clip):
+                raise ProtocolError(
+                    f"level {level.id} is for dim {level.dim} and clip {level.clip!r}, the bundle "
+                    f"has {bundle.projection_dim} and {bundle.clip!r}"
+                )
+            return PrivacySpec(dim=level.dim, bits=bits, clip=level.clip, scale=level.scale)
+        # Another bit width than the level's (or a server without scales): the level's μ.
+        return PrivacySpec.from_mu(mu=level.mu, bits=bits, **shape)
+
+    def level_id(self, spec: FrameSpec, model: ModelInfo) -> str:
+        """The id to name in the header: the chosen level's, when `spec` is that level."""
+        level = self.chosen_level(model)
+        if level is None or not level.id or spec.bits != level.bits:
+            return ""  # the level at other bits is not the level: its soft prompt does not fit
+        return level.id
 
 
 # ── What goes on the wire ───────────────────────────────────────────────────────────────
@@ -415,6 +467,7 @@ class GenerationPlan:
         if not ids:
             raise RequestOptionError("the prompt has no tokens")
         spec = self.privacy.frame_spec(bundle, model)
+        level_id = self.privacy.level_id(spec, model)
         max_payload_bytes = model.frame_payload_bytes(max_payload_bytes)
         if packed_size(spec.bits_per_token, 1) > max_payload_bytes:
             raise LimitExceededError(
@@ -456,6 +509,7 @@ class GenerationPlan:
             mechanism=mechanism_params(spec),
             sampling=self.sampling.to_pb(),
             bundle_digest=bundle.digest,
+            level_id=level_id,
         )
         frames = encode_frames(data, spec, max_payload_bytes=max_payload_bytes)
         messages = (
@@ -513,6 +567,8 @@ class GenerationResult:
     epsilon_prompt: float | None  # exact, every prompt token replaced, at `delta`
     mu_token: float | None  # the paper's central-limit μ-GDP figure per token
     soft_prompt_mu: float | None  # the level of the soft prompt the server used, if any
+    level_id: str  # the server's level the request was served at; "" when none
+    soft_prompt: str  # "used", or why not: "no level", "not trained", "raw" ("unknown": old server)
     client_wire_bytes_sent: int  # counted here; equals usage.wire_bytes_received
     request_id: str
 
@@ -576,6 +632,8 @@ class ReplyFolder:
             epsilon_prompt=request.epsilon_prompt,
             mu_token=request.mu_token,
             soft_prompt_mu=final.soft_prompt_mu if final.HasField("soft_prompt_mu") else None,
+            level_id=final.level_id,
+            soft_prompt=SOFT_PROMPT.get(final.soft_prompt, "unknown"),
             client_wire_bytes_sent=request.wire_bytes,
             request_id=request.request_id,
         )

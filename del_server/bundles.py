@@ -25,14 +25,14 @@ def client_bundle(loaded: LoadedModel, adapter: Adapter) -> ClientBundle:
 
 
 def raw_bundle(loaded: LoadedModel) -> ClientBundle:
-    """The unprojected table E for the no-privacy baseline (clip unused there)."""
+    """The unprojected table E for the no-privacy baseline: no clip, no projection."""
     with torch.no_grad():
         table = loaded.embeddings.float().numpy()  # (V, d)
     return ClientBundle(
         model_id=loaded.model_id,
         tokenizer=loaded.tokenizer,
         table=table,
-        clip=float(abs(table).max()),
         bos_id=loaded.bos_id,
         eos_id=loaded.eos_id,
+        mechanism="raw",
     )

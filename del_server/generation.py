@@ -37,10 +37,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PrivatePrompt:
-    """Decoded symbols of the client's tokens and the privacy level they were sent at."""
+    """Decoded symbols of the client's tokens and the soft prompt that goes with them."""
 
     x_hat: np.ndarray  # (T, k) float32
-    mu: float  # per-token μ-GDP of the mechanism, selects the soft prompt
+    # The μ of the soft prompt to prepend: a key of Adapter.soft_prompts, chosen by
+    # levels.choose_level (the request's level); None, or any other value: no soft prompt.
+    mu: float | None
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ class PromptBuilder:
             soft = None
         else:
             body = self._adapter.deproject(torch.from_numpy(prompt.x_hat))
-            soft = self._adapter.soft_prompt_for(prompt.mu)
+            prompts = self._adapter.soft_prompts
+            soft = (prompt.mu, prompts[prompt.mu]) if prompt.mu in prompts else None
         parts = [soft[1]] if soft else []
         parts += [template] if template is not None else []
         parts.append(body)

@@ -14,6 +14,7 @@ from .backends.transformers import TransformersBackend
 from .bundles import client_bundle, raw_bundle
 from .engine_process import EngineSpec, ProcessEngine
 from .generation import Engine, PromptBuilder
+from .levels import Level, adapter_levels
 from .models import LoadedModel, load_model
 from .settings import Settings
 
@@ -28,6 +29,7 @@ class ServedModel:
     raw_bundle: ClientBundle | None
     engine: Engine | ProcessEngine
     prompts: PromptBuilder
+    levels: tuple[Level, ...] = ()  # adapter_levels(adapter): what a request may be served at
 
     @property
     def bundles(self) -> dict[str, ClientBundle]:
@@ -85,6 +87,7 @@ def build_served_model(settings: Settings) -> ServedModel:
         raw_bundle=raw_bundle(loaded) if settings.enable_raw else None,
         engine=engine,
         prompts=PromptBuilder(backend, adapter, loaded.bos_id),
+        levels=adapter_levels(adapter),
     )
     log.info(
         "model ready",

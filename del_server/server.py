@@ -1,4 +1,5 @@
-"""Build, start and stop the grpc.aio server: service, health, reflection, metrics.
+"""Build, start and stop the grpc.aio server: service, health, reflection (v1 and v1alpha:
+reflection.py), metrics.
 
 Health reports SERVING only after the model has answered a warm-up generation. On SIGTERM:
 health NOT_SERVING (load balancers stop sending), stop accepting, let in-flight streams finish
@@ -25,7 +26,6 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from del_client.codec import pack_symbols, unpack_symbols
@@ -38,6 +38,7 @@ from .engine_process import ProcessEngine
 from .generation import FailedEvent, FinishEvent, PrivatePrompt
 from .interceptors import server_interceptors
 from .metrics import Metrics
+from .reflection import enable_reflection
 from .runtime import ServedModel, build_served_model
 from .service import SplitInferenceService
 from .settings import SettingError, Settings, check_files, check_ports
@@ -132,7 +133,7 @@ async def _warm_up(served: ServedModel) -> None:
     spec = PrivacySpec.from_mu(mu=1.0, dim=served.adapter.projection_dim, bits=4, clip=1.0)
     await asyncio.to_thread(spec.epsilon, delta=1e-5)
     x_hat = np.zeros((1, served.adapter.projection_dim), dtype=np.float32)
-    inputs, _ = served.prompts.build(PrivatePrompt(x_hat, mu=1.0))
+    inputs, _ = served.prompts.build(PrivatePrompt(x_hat, mu=None))
     handle = served.engine.submit("warm-up", inputs, Sampling(max_new_tokens=2, temperature=0))
     while not isinstance(event := await handle.events.get(), FinishEvent):
         if isinstance(event, FailedEvent):
@@ -176,13 +177,8 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
     inference_pb2_grpc.add_SplitInferenceServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
+    enable_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
     )
     with _bind_failure("port", settings):
         port = bind(server, settings)  # plaintext, TLS or mutual TLS (tls.py)

@@ -2,7 +2,13 @@
 
 A Generate stream is: one StreamHeader, Frames numbered from 0, one End; then the server
 streams TokenChunks and one Final. Every violation ends the stream with a status code from
-status.py; the engine and the other streams never notice.
+status.py; the engine and the other streams never notice. docs/PROTOCOL.md is the contract
+from a client's side.
+
+The header's level (named, or matched by its parameters: levels.py) decides the soft prompt,
+and the Final says which level, if any, the request was served at. The server prepends a
+clean BOS to every prompt, so frames must not carry it: a raw stream that starts with BOS's
+embedding is refused (a private one cannot be checked: the server cannot read its tokens).
 
 Every stream is bounded (SECURITY.md): it takes one of max_running + max_waiting slots before
 it reads anything, waits at most idle_timeout_s for each client message, lives at most
@@ -47,6 +53,7 @@ from .errors import (
     UnknownModelError,
 )
 from .generation import FailedEvent, FinishEvent, PrivatePrompt, RawPrompt, TokenEvent
+from .levels import LEVEL_TOLERANCE, Level, LevelChoice, choose_level
 from .metrics import Metrics, RequestStats
 from .runtime import ServedModel
 from .sampling import FinishReason
@@ -111,6 +118,7 @@ class _Stream:
         self.mechanism = "binomial"
         self.level = "none"
         self.mu: float | None = None
+        self.choice: LevelChoice | None = None  # known once the header is read
         self.prompt_tokens = 0
         self.end_at: float | None = None
         self.token_times: list[float] = []
@@ -144,6 +152,8 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             clip=served.adapter.clip,
             supported_bits=SUPPORTED_BITS,
             soft_prompt_mus=sorted(served.adapter.soft_prompts),
+            level_tolerance=LEVEL_TOLERANCE,
+            bos_id=served.loaded.bos_id,
             client_bundle_digest=served.bundle.digest,
             max_prompt_tokens=settings.max_prompt_tokens,
             max_new_tokens=settings.max_new_tokens,
@@ -151,7 +161,9 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             raw_bundle_digest=served.raw_bundle.digest if served.raw_bundle else "",
             max_frames=settings.max_frames,
             max_frame_payload_bytes=settings.max_frame_bytes,
-            privacy_levels=[_privacy_level(level, served) for level in served.adapter.calibration],
+            privacy_levels=[
+                _privacy_level(level, settings.report_delta) for level in served.levels
+            ],
         )
         return inference_pb2.Manifest(server_version=__version__, models=[info])
 
@@ -207,7 +219,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
                     yield stream.sent(inference_pb2.GenerateResponse(tokens=chunk))
                 if isinstance(end, FinishEvent):
                     finish = end
-                    yield self._final(stream, end, soft_mu)
+                    yield self._final(stream, end)
                     return
                 if isinstance(end, FailedEvent):
                     raise end.error
@@ -326,6 +338,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         header = first.header
         stream.request_id = _request_id(header) or stream.request_id
         spec = self._check_header(header)
+        stream.choice = choose_level(self._served.levels, header.level_id, spec)
         sampling = self._sampling(header.sampling)
         stream.mechanism = "raw" if isinstance(spec, RawSpec) else "binomial"
         limits = self._settings
@@ -353,10 +366,22 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         stream.prompt_tokens = assembler.tokens
         stream.payload_bits = assembler.tokens * spec.bits_per_token  # symbols, without padding
         if isinstance(spec, RawSpec):
-            return sampling, RawPrompt(assembler.embeddings()), None
+            embeddings = assembler.embeddings()
+            self._refuse_bos(embeddings)
+            return sampling, RawPrompt(embeddings), None
         stream.mu = spec.mu()
         epsilon = await self._epsilon(spec, assembler.tokens)
-        return sampling, PrivatePrompt(assembler.embeddings(), mu=stream.mu), epsilon
+        prompt = PrivatePrompt(assembler.embeddings(), mu=stream.choice.soft_prompt_mu)
+        return sampling, prompt, epsilon
+
+    def _refuse_bos(self, embeddings) -> None:
+        """The server prepends BOS: raw frames that start with its embedding would put two."""
+        raw, bos = self._served.raw_bundle, self._served.loaded.bos_id
+        if bos is not None and (embeddings[0] == raw.table[bos]).all():
+            raise FrameError(
+                f"the frames start with the BOS token ({bos}): the server prepends BOS itself, "
+                "so send only the prompt's tokens after it (docs/PROTOCOL.md, BOS)"
+            )
 
     async def _epsilon(self, spec, tokens: int) -> float:
         """The exact ε of a prompt: a root search, off the event loop (which serves every
@@ -419,7 +444,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         except RequestOptionError as exc:
             raise FrameError(f"invalid sampling parameters: {exc}") from exc
 
-    def _final(self, stream: _Stream, event: FinishEvent, soft_mu: float | None):
+    def _final(self, stream: _Stream, event: FinishEvent):
         usage = inference_pb2.Usage(
             prompt_tokens=stream.prompt_tokens,
             generated_tokens=event.generated_tokens,
@@ -432,11 +457,14 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         timings = inference_pb2.Timings(
             time_to_first_token_s=first, total_s=time.perf_counter() - stream.started
         )
+        choice = stream.choice
         final = inference_pb2.Final(
             finish_reason=FINISH_REASON_PB[event.reason],
             usage=usage,
             timings=timings,
-            soft_prompt_mu=soft_mu,
+            soft_prompt_mu=choice.soft_prompt_mu,
+            level_id=choice.level_id,
+            soft_prompt=choice.soft_prompt,
         )
         return stream.sent(inference_pb2.GenerateResponse(final=final))
 
@@ -465,17 +493,30 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
 ATTACK_RATE_FIELDS = ("rate", "low", "high", "content_rate", "half_prompts", "exact_prompts")
 
 
-def _privacy_level(level: dict, served: ServedModel) -> inference_pb2.PrivacyLevel:
+def _privacy_level(served: Level, delta: float) -> inference_pb2.PrivacyLevel:
+    """A level as the manifest publishes it: its parameters, and what measured it (a level
+    nobody calibrated, a soft prompt's, gets its exact ε at the server's report δ)."""
+    spec = served.spec
+    parameters = inference_pb2.PrivacyLevel(
+        id=served.id,
+        mu=served.mu,
+        bits=spec.bits,
+        dim=spec.dim,
+        clip=spec.clip,
+        scale=spec.scale,
+        soft_prompt=served.soft_prompt,
+    )
+    level = served.calibration
+    if level is None:
+        parameters.delta, parameters.epsilon_token = delta, spec.epsilon(delta=delta)
+        return parameters
     attacks, strongest = level["attacks"], level["attacks"][level["strongest_attack"]]
-    return inference_pb2.PrivacyLevel(
-        mu=level["mu"],
+    measured = inference_pb2.PrivacyLevel(
         epsilon_token=level["epsilon_token"],
         delta=level["delta"],
-        bits=level["bits"],
         target_attack_rate=level["target_attack_rate"],
         nearest_neighbour_rate=attacks.get("nearest_neighbour", {}).get("rate", 0.0),
         likelihood_rate=attacks.get("likelihood", {}).get("rate", 0.0),
-        soft_prompt=level["mu"] in served.adapter.soft_prompts,
         learned_rate=attacks.get("learned", {}).get("rate"),
         attack="all",
         attacks=[
@@ -493,6 +534,8 @@ def _privacy_level(level: dict, served: ServedModel) -> inference_pb2.PrivacyLev
         measured_tokens=level["tokens"],
         measured_prompts=level["prompts"],
     )
+    parameters.MergeFrom(measured)
+    return parameters
 
 
 def _request_id(header: inference_pb2.StreamHeader) -> str | None:
@@ -510,6 +553,7 @@ def _log_finished(stream: _Stream, stats: RequestStats) -> None:
             "status": stats.code,
             "mechanism": stats.mechanism,
             "privacy_level": stats.level,  # not "level": that key is the line's log level
+            "level_id": stream.choice.level_id if stream.choice else None,
             "mu": stream.mu,
             "finish_reason": stats.finish_reason,
             "prompt_tokens": stats.prompt_tokens,

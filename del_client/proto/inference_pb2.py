@@ -26,47 +26,49 @@ import importlib
 del_dot_v1_dot_frames__pb2 = importlib.import_module(__package__ + '.frames_pb2')
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x65l/v1/inference.proto\x12\x06\x64\x65l.v1\x1a\x13\x64\x65l/v1/frames.proto\"\x85\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_p\x18\x02 \x01(\x01\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\r\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x07\n\x05_seed\"\x9e\x01\n\x0cStreamHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\tmechanism\x18\x03 \x01(\x0b\x32\x17.del.v1.MechanismParams\x12(\n\x08sampling\x18\x04 \x01(\x0b\x32\x16.del.v1.SamplingParams\x12\x15\n\rbundle_digest\x18\x05 \x01(\t\"\x05\n\x03\x45nd\"}\n\x0fGenerateRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.del.v1.StreamHeaderH\x00\x12\x1e\n\x05\x66rame\x18\x02 \x01(\x0b\x32\r.del.v1.FrameH\x00\x12\x1a\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x0b.del.v1.EndH\x00\x42\x06\n\x04kind\"-\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x9c\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x18\n\x10generated_tokens\x18\x02 \x01(\r\x12\x1b\n\x13wire_bytes_received\x18\x03 \x01(\x04\x12\x17\n\x0fwire_bytes_sent\x18\x04 \x01(\x04\x12\x14\n\x0cpayload_bits\x18\x05 \x01(\x04\x12\x16\n\x0e\x62its_per_token\x18\x06 \x01(\x01\"9\n\x07Timings\x12\x1d\n\x15time_to_first_token_s\x18\x01 \x01(\x01\x12\x0f\n\x07total_s\x18\x02 \x01(\x01\"\xa4\x01\n\x05\x46inal\x12+\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x14.del.v1.FinishReason\x12\x1c\n\x05usage\x18\x02 \x01(\x0b\x32\r.del.v1.Usage\x12 \n\x07timings\x18\x03 \x01(\x0b\x32\x0f.del.v1.Timings\x12\x1b\n\x0esoft_prompt_mu\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x11\n\x0f_soft_prompt_mu\"`\n\x10GenerateResponse\x12$\n\x06tokens\x18\x01 \x01(\x0b\x32\x12.del.v1.TokenChunkH\x00\x12\x1e\n\x05\x66inal\x18\x02 \x01(\x0b\x32\r.del.v1.FinalH\x00\x42\x06\n\x04kind\"\x14\n\x12GetManifestRequest\"\xf7\x02\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0bhidden_size\x18\x02 \x01(\r\x12\x16\n\x0eprojection_dim\x18\x03 \x01(\r\x12\x0c\n\x04\x63lip\x18\x04 \x01(\x01\x12\x16\n\x0esupported_bits\x18\x05 \x03(\r\x12\x17\n\x0fsoft_prompt_mus\x18\x06 \x03(\x01\x12\x1c\n\x14\x63lient_bundle_digest\x18\x07 \x01(\t\x12\x19\n\x11max_prompt_tokens\x18\x08 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\t \x01(\r\x12\x1d\n\x15raw_mechanism_enabled\x18\n \x01(\x08\x12\x19\n\x11raw_bundle_digest\x18\x0b \x01(\t\x12,\n\x0eprivacy_levels\x18\x0c \x03(\x0b\x32\x14.del.v1.PrivacyLevel\x12\x12\n\nmax_frames\x18\r \x01(\r\x12\x1f\n\x17max_frame_payload_bytes\x18\x0e \x01(\r\"\xca\x03\n\x0cPrivacyLevel\x12\n\n\x02mu\x18\x01 \x01(\x01\x12\x15\n\repsilon_token\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x0c\n\x04\x62its\x18\x04 \x01(\r\x12\x1a\n\x12target_attack_rate\x18\x05 \x01(\x01\x12\x1e\n\x16nearest_neighbour_rate\x18\x06 \x01(\x01\x12\x17\n\x0flikelihood_rate\x18\x07 \x01(\x01\x12\x13\n\x0bsoft_prompt\x18\x08 \x01(\x08\x12\x19\n\x0clearned_rate\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06\x61ttack\x18\n \x01(\t\x12#\n\x07\x61ttacks\x18\x0b \x03(\x0b\x32\x12.del.v1.AttackRate\x12\x18\n\x10strongest_attack\x18\x0c \x01(\t\x12\x16\n\x0estrongest_rate\x18\r \x01(\x01\x12\x1b\n\x13strongest_rate_high\x18\x0e \x01(\x01\x12\x18\n\x10prior_alone_rate\x18\x0f \x01(\x01\x12\x13\n\x0bmeasured_on\x18\x10 \x01(\t\x12\x17\n\x0fmeasured_tokens\x18\x11 \x01(\r\x12\x18\n\x10measured_prompts\x18\x12 \x01(\rB\x0f\n\r_learned_rate\"\x88\x01\n\nAttackRate\x12\x0e\n\x06\x61ttack\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\x01\x12\x0b\n\x03low\x18\x03 \x01(\x01\x12\x0c\n\x04high\x18\x04 \x01(\x01\x12\x14\n\x0c\x63ontent_rate\x18\x05 \x01(\x01\x12\x14\n\x0chalf_prompts\x18\x06 \x01(\x01\x12\x15\n\rexact_prompts\x18\x07 \x01(\x01\"E\n\x08Manifest\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12!\n\x06models\x18\x02 \x03(\x0b\x32\x11.del.v1.ModelInfo\"*\n\x18\x46\x65tchClientBundleRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"?\n\x0b\x42undleChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x32\xde\x01\n\x0eSplitInference\x12\x41\n\x08Generate\x12\x17.del.v1.GenerateRequest\x1a\x18.del.v1.GenerateResponse(\x01\x30\x01\x12;\n\x0bGetManifest\x12\x1a.del.v1.GetManifestRequest\x1a\x10.del.v1.Manifest\x12L\n\x11\x46\x65tchClientBundle\x12 .del.v1.FetchClientBundleRequest\x1a\x13.del.v1.BundleChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x65l/v1/inference.proto\x12\x06\x64\x65l.v1\x1a\x13\x64\x65l/v1/frames.proto\"\x85\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_p\x18\x02 \x01(\x01\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\r\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x07\n\x05_seed\"\xb0\x01\n\x0cStreamHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\tmechanism\x18\x03 \x01(\x0b\x32\x17.del.v1.MechanismParams\x12(\n\x08sampling\x18\x04 \x01(\x0b\x32\x16.del.v1.SamplingParams\x12\x15\n\rbundle_digest\x18\x05 \x01(\t\x12\x10\n\x08level_id\x18\x06 \x01(\t\"\x05\n\x03\x45nd\"}\n\x0fGenerateRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.del.v1.StreamHeaderH\x00\x12\x1e\n\x05\x66rame\x18\x02 \x01(\x0b\x32\r.del.v1.FrameH\x00\x12\x1a\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x0b.del.v1.EndH\x00\x42\x06\n\x04kind\"-\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x9c\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x18\n\x10generated_tokens\x18\x02 \x01(\r\x12\x1b\n\x13wire_bytes_received\x18\x03 \x01(\x04\x12\x17\n\x0fwire_bytes_sent\x18\x04 \x01(\x04\x12\x14\n\x0cpayload_bits\x18\x05 \x01(\x04\x12\x16\n\x0e\x62its_per_token\x18\x06 \x01(\x01\"9\n\x07Timings\x12\x1d\n\x15time_to_first_token_s\x18\x01 \x01(\x01\x12\x0f\n\x07total_s\x18\x02 \x01(\x01\"\xdf\x01\n\x05\x46inal\x12+\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x14.del.v1.FinishReason\x12\x1c\n\x05usage\x18\x02 \x01(\x0b\x32\r.del.v1.Usage\x12 \n\x07timings\x18\x03 \x01(\x0b\x32\x0f.del.v1.Timings\x12\x1b\n\x0esoft_prompt_mu\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08level_id\x18\x05 \x01(\t\x12\'\n\x0bsoft_prompt\x18\x06 \x01(\x0e\x32\x12.del.v1.SoftPromptB\x11\n\x0f_soft_prompt_mu\"`\n\x10GenerateResponse\x12$\n\x06tokens\x18\x01 \x01(\x0b\x32\x12.del.v1.TokenChunkH\x00\x12\x1e\n\x05\x66inal\x18\x02 \x01(\x0b\x32\r.del.v1.FinalH\x00\x42\x06\n\x04kind\"\x14\n\x12GetManifestRequest\"\xb0\x03\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0bhidden_size\x18\x02 \x01(\r\x12\x16\n\x0eprojection_dim\x18\x03 \x01(\r\x12\x0c\n\x04\x63lip\x18\x04 \x01(\x01\x12\x16\n\x0esupported_bits\x18\x05 \x03(\r\x12\x17\n\x0fsoft_prompt_mus\x18\x06 \x03(\x01\x12\x1c\n\x14\x63lient_bundle_digest\x18\x07 \x01(\t\x12\x19\n\x11max_prompt_tokens\x18\x08 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\t \x01(\r\x12\x1d\n\x15raw_mechanism_enabled\x18\n \x01(\x08\x12\x19\n\x11raw_bundle_digest\x18\x0b \x01(\t\x12,\n\x0eprivacy_levels\x18\x0c \x03(\x0b\x32\x14.del.v1.PrivacyLevel\x12\x12\n\nmax_frames\x18\r \x01(\r\x12\x1f\n\x17max_frame_payload_bytes\x18\x0e \x01(\r\x12\x17\n\x0flevel_tolerance\x18\x0f \x01(\x01\x12\x13\n\x06\x62os_id\x18\x10 \x01(\rH\x00\x88\x01\x01\x42\t\n\x07_bos_id\"\x80\x04\n\x0cPrivacyLevel\x12\n\n\x02id\x18\x13 \x01(\t\x12\r\n\x05scale\x18\x14 \x01(\x01\x12\x0c\n\x04\x63lip\x18\x15 \x01(\x01\x12\x0b\n\x03\x64im\x18\x16 \x01(\r\x12\n\n\x02mu\x18\x01 \x01(\x01\x12\x15\n\repsilon_token\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x0c\n\x04\x62its\x18\x04 \x01(\r\x12\x1a\n\x12target_attack_rate\x18\x05 \x01(\x01\x12\x1e\n\x16nearest_neighbour_rate\x18\x06 \x01(\x01\x12\x17\n\x0flikelihood_rate\x18\x07 \x01(\x01\x12\x13\n\x0bsoft_prompt\x18\x08 \x01(\x08\x12\x19\n\x0clearned_rate\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06\x61ttack\x18\n \x01(\t\x12#\n\x07\x61ttacks\x18\x0b \x03(\x0b\x32\x12.del.v1.AttackRate\x12\x18\n\x10strongest_attack\x18\x0c \x01(\t\x12\x16\n\x0estrongest_rate\x18\r \x01(\x01\x12\x1b\n\x13strongest_rate_high\x18\x0e \x01(\x01\x12\x18\n\x10prior_alone_rate\x18\x0f \x01(\x01\x12\x13\n\x0bmeasured_on\x18\x10 \x01(\t\x12\x17\n\x0fmeasured_tokens\x18\x11 \x01(\r\x12\x18\n\x10measured_prompts\x18\x12 \x01(\rB\x0f\n\r_learned_rate\"\x88\x01\n\nAttackRate\x12\x0e\n\x06\x61ttack\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\x01\x12\x0b\n\x03low\x18\x03 \x01(\x01\x12\x0c\n\x04high\x18\x04 \x01(\x01\x12\x14\n\x0c\x63ontent_rate\x18\x05 \x01(\x01\x12\x14\n\x0chalf_prompts\x18\x06 \x01(\x01\x12\x15\n\rexact_prompts\x18\x07 \x01(\x01\"E\n\x08Manifest\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12!\n\x06models\x18\x02 \x03(\x0b\x32\x11.del.v1.ModelInfo\"*\n\x18\x46\x65tchClientBundleRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"?\n\x0b\x42undleChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03*\x8b\x01\n\nSoftPrompt\x12\x1b\n\x17SOFT_PROMPT_UNSPECIFIED\x10\x00\x12\x14\n\x10SOFT_PROMPT_USED\x10\x01\x12\x18\n\x14SOFT_PROMPT_NO_LEVEL\x10\x02\x12\x1b\n\x17SOFT_PROMPT_NOT_TRAINED\x10\x03\x12\x13\n\x0fSOFT_PROMPT_RAW\x10\x04\x32\xde\x01\n\x0eSplitInference\x12\x41\n\x08Generate\x12\x17.del.v1.GenerateRequest\x1a\x18.del.v1.GenerateResponse(\x01\x30\x01\x12;\n\x0bGetManifest\x12\x1a.del.v1.GetManifestRequest\x1a\x10.del.v1.Manifest\x12L\n\x11\x46\x65tchClientBundle\x12 .del.v1.FetchClientBundleRequest\x1a\x13.del.v1.BundleChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'del.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2196
-  _globals['_FINISHREASON']._serialized_end=2314
+  _globals['_FINISHREASON']._serialized_start=2384
+  _globals['_FINISHREASON']._serialized_end=2502
+  _globals['_SOFTPROMPT']._serialized_start=2505
+  _globals['_SOFTPROMPT']._serialized_end=2644
   _globals['_SAMPLINGPARAMS']._serialized_start=56
   _globals['_SAMPLINGPARAMS']._serialized_end=189
   _globals['_STREAMHEADER']._serialized_start=192
-  _globals['_STREAMHEADER']._serialized_end=350
-  _globals['_END']._serialized_start=352
-  _globals['_END']._serialized_end=357
-  _globals['_GENERATEREQUEST']._serialized_start=359
-  _globals['_GENERATEREQUEST']._serialized_end=484
-  _globals['_TOKENCHUNK']._serialized_start=486
-  _globals['_TOKENCHUNK']._serialized_end=531
-  _globals['_USAGE']._serialized_start=534
-  _globals['_USAGE']._serialized_end=690
-  _globals['_TIMINGS']._serialized_start=692
-  _globals['_TIMINGS']._serialized_end=749
-  _globals['_FINAL']._serialized_start=752
-  _globals['_FINAL']._serialized_end=916
-  _globals['_GENERATERESPONSE']._serialized_start=918
-  _globals['_GENERATERESPONSE']._serialized_end=1014
-  _globals['_GETMANIFESTREQUEST']._serialized_start=1016
-  _globals['_GETMANIFESTREQUEST']._serialized_end=1036
-  _globals['_MODELINFO']._serialized_start=1039
-  _globals['_MODELINFO']._serialized_end=1414
-  _globals['_PRIVACYLEVEL']._serialized_start=1417
-  _globals['_PRIVACYLEVEL']._serialized_end=1875
-  _globals['_ATTACKRATE']._serialized_start=1878
-  _globals['_ATTACKRATE']._serialized_end=2014
-  _globals['_MANIFEST']._serialized_start=2016
-  _globals['_MANIFEST']._serialized_end=2085
-  _globals['_FETCHCLIENTBUNDLEREQUEST']._serialized_start=2087
-  _globals['_FETCHCLIENTBUNDLEREQUEST']._serialized_end=2129
-  _globals['_BUNDLECHUNK']._serialized_start=2131
-  _globals['_BUNDLECHUNK']._serialized_end=2194
-  _globals['_SPLITINFERENCE']._serialized_start=2317
-  _globals['_SPLITINFERENCE']._serialized_end=2539
+  _globals['_STREAMHEADER']._serialized_end=368
+  _globals['_END']._serialized_start=370
+  _globals['_END']._serialized_end=375
+  _globals['_GENERATEREQUEST']._serialized_start=377
+  _globals['_GENERATEREQUEST']._serialized_end=502
+  _globals['_TOKENCHUNK']._serialized_start=504
+  _globals['_TOKENCHUNK']._serialized_end=549
+  _globals['_USAGE']._serialized_start=552
+  _globals['_USAGE']._serialized_end=708
+  _globals['_TIMINGS']._serialized_start=710
+  _globals['_TIMINGS']._serialized_end=767
+  _globals['_FINAL']._serialized_start=770
+  _globals['_FINAL']._serialized_end=993
+  _globals['_GENERATERESPONSE']._serialized_start=995
+  _globals['_GENERATERESPONSE']._serialized_end=1091
+  _globals['_GETMANIFESTREQUEST']._serialized_start=1093
+  _globals['_GETMANIFESTREQUEST']._serialized_end=1113
+  _globals['_MODELINFO']._serialized_start=1116
+  _globals['_MODELINFO']._serialized_end=1548
+  _globals['_PRIVACYLEVEL']._serialized_start=1551
+  _globals['_PRIVACYLEVEL']._serialized_end=2063
+  _globals['_ATTACKRATE']._serialized_start=2066
+  _globals['_ATTACKRATE']._serialized_end=2202
+  _globals['_MANIFEST']._serialized_start=2204
+  _globals['_MANIFEST']._serialized_end=2273
+  _globals['_FETCHCLIENTBUNDLEREQUEST']._serialized_start=2275
+  _globals['_FETCHCLIENTBUNDLEREQUEST']._serialized_end=2317
+  _globals['_BUNDLECHUNK']._serialized_start=2319
+  _globals['_BUNDLECHUNK']._serialized_end=2382
+  _globals['_SPLITINFERENCE']._serialized_start=2647
+  _globals['_SPLITINFERENCE']._serialized_end=2869
 # @@protoc_insertion_point(module_scope)

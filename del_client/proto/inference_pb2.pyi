@@ -15,10 +15,23 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_EOS: _ClassVar[FinishReason]
+
+class SoftPrompt(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SOFT_PROMPT_UNSPECIFIED: _ClassVar[SoftPrompt]
+    SOFT_PROMPT_USED: _ClassVar[SoftPrompt]
+    SOFT_PROMPT_NO_LEVEL: _ClassVar[SoftPrompt]
+    SOFT_PROMPT_NOT_TRAINED: _ClassVar[SoftPrompt]
+    SOFT_PROMPT_RAW: _ClassVar[SoftPrompt]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_EOS: FinishReason
+SOFT_PROMPT_UNSPECIFIED: SoftPrompt
+SOFT_PROMPT_USED: SoftPrompt
+SOFT_PROMPT_NO_LEVEL: SoftPrompt
+SOFT_PROMPT_NOT_TRAINED: SoftPrompt
+SOFT_PROMPT_RAW: SoftPrompt
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "seed", "max_new_tokens", "stop")
@@ -37,18 +50,20 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StreamHeader(_message.Message):
-    __slots__ = ("request_id", "model", "mechanism", "sampling", "bundle_digest")
+    __slots__ = ("request_id", "model", "mechanism", "sampling", "bundle_digest", "level_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MECHANISM_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     mechanism: _frames_pb2.MechanismParams
     sampling: SamplingParams
     bundle_digest: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., mechanism: _Optional[_Union[_frames_pb2.MechanismParams, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., bundle_digest: _Optional[str] = ...) -> None: ...
+    level_id: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., mechanism: _Optional[_Union[_frames_pb2.MechanismParams, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., bundle_digest: _Optional[str] = ..., level_id: _Optional[str] = ...) -> None: ...
 
 class End(_message.Message):
     __slots__ = ()
@@ -97,16 +112,20 @@ class Timings(_message.Message):
     def __init__(self, time_to_first_token_s: _Optional[float] = ..., total_s: _Optional[float] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("finish_reason", "usage", "timings", "soft_prompt_mu")
+    __slots__ = ("finish_reason", "usage", "timings", "soft_prompt_mu", "level_id", "soft_prompt")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     SOFT_PROMPT_MU_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_ID_FIELD_NUMBER: _ClassVar[int]
+    SOFT_PROMPT_FIELD_NUMBER: _ClassVar[int]
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
     soft_prompt_mu: float
-    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., soft_prompt_mu: _Optional[float] = ...) -> None: ...
+    level_id: str
+    soft_prompt: SoftPrompt
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., soft_prompt_mu: _Optional[float] = ..., level_id: _Optional[str] = ..., soft_prompt: _Optional[_Union[SoftPrompt, str]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("tokens", "final")
@@ -121,7 +140,7 @@ class GetManifestRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "hidden_size", "projection_dim", "clip", "supported_bits", "soft_prompt_mus", "client_bundle_digest", "max_prompt_tokens", "max_new_tokens", "raw_mechanism_enabled", "raw_bundle_digest", "privacy_levels", "max_frames", "max_frame_payload_bytes")
+    __slots__ = ("model_id", "hidden_size", "projection_dim", "clip", "supported_bits", "soft_prompt_mus", "client_bundle_digest", "max_prompt_tokens", "max_new_tokens", "raw_mechanism_enabled", "raw_bundle_digest", "privacy_levels", "max_frames", "max_frame_payload_bytes", "level_tolerance", "bos_id")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     PROJECTION_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +155,8 @@ class ModelInfo(_message.Message):
     PRIVACY_LEVELS_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    BOS_ID_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     hidden_size: int
     projection_dim: int
@@ -150,10 +171,16 @@ class ModelInfo(_message.Message):
     privacy_levels: _containers.RepeatedCompositeFieldContainer[PrivacyLevel]
     max_frames: int
     max_frame_payload_bytes: int
-    def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., projection_dim: _Optional[int] = ..., clip: _Optional[float] = ..., supported_bits: _Optional[_Iterable[int]] = ..., soft_prompt_mus: _Optional[_Iterable[float]] = ..., client_bundle_digest: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., raw_mechanism_enabled: _Optional[bool] = ..., raw_bundle_digest: _Optional[str] = ..., privacy_levels: _Optional[_Iterable[_Union[PrivacyLevel, _Mapping]]] = ..., max_frames: _Optional[int] = ..., max_frame_payload_bytes: _Optional[int] = ...) -> None: ...
+    level_tolerance: float
+    bos_id: int
+    def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., projection_dim: _Optional[int] = ..., clip: _Optional[float] = ..., supported_bits: _Optional[_Iterable[int]] = ..., soft_prompt_mus: _Optional[_Iterable[float]] = ..., client_bundle_digest: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., raw_mechanism_enabled: _Optional[bool] = ..., raw_bundle_digest: _Optional[str] = ..., privacy_levels: _Optional[_Iterable[_Union[PrivacyLevel, _Mapping]]] = ..., max_frames: _Optional[int] = ..., max_frame_payload_bytes: _Optional[int] = ..., level_tolerance: _Optional[float] = ..., bos_id: _Optional[int] = ...) -> None: ...
 
 class PrivacyLevel(_message.Message):
-    __slots__ = ("mu", "epsilon_token", "delta", "bits", "target_attack_rate", "nearest_neighbour_rate", "likelihood_rate", "soft_prompt", "learned_rate", "attack", "attacks", "strongest_attack", "strongest_rate", "strongest_rate_high", "prior_alone_rate", "measured_on", "measured_tokens", "measured_prompts")
+    __slots__ = ("id", "scale", "clip", "dim", "mu", "epsilon_token", "delta", "bits", "target_attack_rate", "nearest_neighbour_rate", "likelihood_rate", "soft_prompt", "learned_rate", "attack", "attacks", "strongest_attack", "strongest_rate", "strongest_rate_high", "prior_alone_rate", "measured_on", "measured_tokens", "measured_prompts")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
     MU_FIELD_NUMBER: _ClassVar[int]
     EPSILON_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +199,10 @@ class PrivacyLevel(_message.Message):
     MEASURED_ON_FIELD_NUMBER: _ClassVar[int]
     MEASURED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MEASURED_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    scale: float
+    clip: float
+    dim: int
     mu: float
     epsilon_token: float
     delta: float
@@ -190,7 +221,7 @@ class PrivacyLevel(_message.Message):
     measured_on: str
     measured_tokens: int
     measured_prompts: int
-    def __init__(self, mu: _Optional[float] = ..., epsilon_token: _Optional[float] = ..., delta: _Optional[float] = ..., bits: _Optional[int] = ..., target_attack_rate: _Optional[float] = ..., nearest_neighbour_rate: _Optional[float] = ..., likelihood_rate: _Optional[float] = ..., soft_prompt: _Optional[bool] = ..., learned_rate: _Optional[float] = ..., attack: _Optional[str] = ..., attacks: _Optional[_Iterable[_Union[AttackRate, _Mapping]]] = ..., strongest_attack: _Optional[str] = ..., strongest_rate: _Optional[float] = ..., strongest_rate_high: _Optional[float] = ..., prior_alone_rate: _Optional[float] = ..., measured_on: _Optional[str] = ..., measured_tokens: _Optional[int] = ..., measured_prompts: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., scale: _Optional[float] = ..., clip: _Optional[float] = ..., dim: _Optional[int] = ..., mu: _Optional[float] = ..., epsilon_token: _Optional[float] = ..., delta: _Optional[float] = ..., bits: _Optional[int] = ..., target_attack_rate: _Optional[float] = ..., nearest_neighbour_rate: _Optional[float] = ..., likelihood_rate: _Optional[float] = ..., soft_prompt: _Optional[bool] = ..., learned_rate: _Optional[float] = ..., attack: _Optional[str] = ..., attacks: _Optional[_Iterable[_Union[AttackRate, _Mapping]]] = ..., strongest_attack: _Optional[str] = ..., strongest_rate: _Optional[float] = ..., strongest_rate_high: _Optional[float] = ..., prior_alone_rate: _Optional[float] = ..., measured_on: _Optional[str] = ..., measured_tokens: _Optional[int] = ..., measured_prompts: _Optional[int] = ...) -> None: ...
 
 class AttackRate(_message.Message):
     __slots__ = ("attack", "rate", "low", "high", "content_rate", "half_prompts", "exact_prompts")

@@ -11,7 +11,7 @@ table, the model and the language (public in-domain text). Attacks, weakest know
     bigram_viterbi     the most likely whole prompt under the same model
     lm_beam            beam search with the provider's own LLM as the prior (the strongest)
 
-"Cheap" attacks are fast enough to run inside a bisection; the others verify its result.
+Calibration (train.calibrate) bisects over the fast ones and verifies with all of them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
+from del_client.session import ATTACKS_IN_WORDS
+
 from ..adapter import Adapter
 from ..train.data import Windows
 from .beam import DEFAULT_WIDTH, beam_guesses
@@ -35,16 +37,7 @@ from .recovery import Recovery, content_mask, recovery
 from .sequence import DEFAULT_KEEP, BigramPrior, Lattice, marginal_guesses, viterbi_guesses
 from .tokenwise import client_table, log_likelihood_matrix, nearest_neighbour_guesses
 
-ATTACKS_IN_WORDS = {
-    "nearest_neighbour": "nearest neighbour",
-    "likelihood": "per-token likelihood",
-    "learned": "learned inversion network",
-    "bigram_marginal": "likelihood + bigram prior (forward-backward)",
-    "bigram_viterbi": "likelihood + bigram prior (Viterbi)",
-    "lm_beam": "likelihood + the model as prior (beam search)",
-}
-ATTACKS = tuple(ATTACKS_IN_WORDS)
-CHEAP = ("nearest_neighbour", "likelihood", "bigram_marginal", "bigram_viterbi")
+ATTACKS = tuple(ATTACKS_IN_WORDS)  # the names the manifest's AttackRate carries
 PRIOR_ONLY = ("bigram_marginal", "bigram_viterbi", "lm_beam")  # those that can guess blind
 PROMPTS_PER_CHUNK = 32  # bounds the (prompts, M, M) transition tensors and the beam's batch
 

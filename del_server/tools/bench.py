@@ -47,6 +47,7 @@ from del_client.randomness import seeded_generator_for_tests
 from del_client.sampling import Sampling
 
 from ..generation import FinishEvent, PrivatePrompt, TokenEvent
+from ..levels import choose_level
 from ..runtime import ServedModel
 from ..server import RunningServer
 from ..settings import DEFAULT_ADAPTER, DEFAULT_MODEL, Settings
@@ -66,7 +67,8 @@ async def _in_process(running: RunningServer, new_tokens: int) -> tuple[float, i
     spec = PrivacySpec.from_mu(mu=MU, dim=bundle.projection_dim, bits=BITS, clip=bundle.clip)
     started = time.perf_counter()
     symbols = BinomialQuantizer(spec).privatize(bundle.embed(bundle.encode(PROMPT)[1:]))
-    inputs, _ = served.prompts.build(PrivatePrompt(dequantize(symbols, spec), mu=spec.mu()))
+    soft_mu = choose_level(served.levels, "", spec).soft_prompt_mu  # as the service chooses
+    inputs, _ = served.prompts.build(PrivatePrompt(dequantize(symbols, spec), mu=soft_mu))
     handle = served.engine.submit("bench", inputs, Sampling(new_tokens, temperature=0))
     first, tokens = None, 0
     while not isinstance(event := await handle.events.get(), FinishEvent):

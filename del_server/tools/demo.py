@@ -57,7 +57,7 @@ def _chosen_level(target: str) -> list[str]:
     from del_client import Client, ClientConfig
 
     with Client(ClientConfig(target)) as client:
-        levels = client.manifest().model.privacy_levels
+        levels = [lv for lv in client.manifest().model.privacy_levels if lv.calibrated]
     if not levels:
         print("privacy levels: none calibrated for this model; the client will refuse without --mu")
         return []

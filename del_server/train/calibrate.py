@@ -4,9 +4,9 @@ utility) at which even the strongest attack we know stays under the target.
 A level holds when the upper end of the 95 % interval (clustered by prompt) of the strongest
 attack's token recovery is below the target, on held-out prompts with reproducible noise:
 
-1. bisection on log μ over the cheap attacks (attacks.suite.CHEAP minus Viterbi, which the
-   forward-backward marginals dominate), with the same noise seed at every μ so the measured
-   rate moves monotonically;
+1. bisection on log μ over the attacks cheap enough for it (BISECTION_ATTACKS: Viterbi, which
+   the forward-backward marginals dominate, and the slow ones are left to the verification),
+   with the same noise seed at every μ so the measured rate moves monotonically;
 2. verification at the bisection's μ with every attack, the learned inversion network and the
    LLM beam search included; while the strongest still reaches the target, μ steps down by
    STEP_DOWN and is verified again.

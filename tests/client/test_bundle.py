@@ -68,3 +68,29 @@ def test_a_prompt_that_is_not_text_is_a_value_error_before_anything_is_sent(prom
     # Nobody listens on port 1: the prompt is refused before the client reaches for a server.
     with Client(ClientConfig("127.0.0.1:1")) as client, pytest.raises(ValueError, match=message):
         client.generate(prompt, mu=10)
+
+
+def test_a_raw_bundle_carries_no_clip_and_no_projection(tmp_path):
+    from tokenizers.models import WordLevel
+
+    from del_client.bundle import _read_metadata
+    from del_client.errors import BundleError
+
+    tokenizer = Tokenizer(WordLevel({"<s>": 0, "a": 1, "b": 2}, unk_token="<s>"))
+    table = np.arange(12, dtype=np.float32).reshape(3, 4)
+    raw = ClientBundle("m", tokenizer, table, bos_id=0, mechanism="raw")
+    metadata = _read_metadata(raw.to_bytes())
+    assert metadata["mechanism"] == "raw"
+    assert metadata["hidden_size"] == raw.dim == 4
+    assert "clip" not in metadata
+    assert "projection_dim" not in metadata
+    loaded = ClientBundle.from_bytes(raw.to_bytes(), expected_digest=raw.digest)
+    assert (loaded.mechanism, loaded.clip, loaded.dim) == ("raw", None, 4)
+    with pytest.raises(BundleError, match="not projected"):
+        _ = loaded.projection_dim
+    with pytest.raises(BundleError, match="no clip"):
+        ClientBundle("m", tokenizer, table, clip=1.0, mechanism="raw")
+    projected = ClientBundle("m", tokenizer, table, clip=1.0)
+    assert "mechanism" not in _read_metadata(projected.to_bytes())  # as before: same digest
+    with pytest.raises(BundleError, match="clip must be finite"):
+        ClientBundle("m", tokenizer, table)

@@ -194,3 +194,28 @@ def test_raw_frames_carry_float32_embeddings_exactly_and_refuse_nan():
     frame.payload = np.full(40, np.nan, "<f4").tobytes()
     with pytest.raises(FrameError, match="NaN"):
         assemble([frame], spec)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("clip", 1.0), ("scale", 2.0), ("clip", float("nan")), ("bits", 4), ("dim", 0)],
+)
+def test_a_raw_header_carries_no_clip_or_scale_and_its_own_width(field, value):
+    params = mechanism_params(RawSpec(dim=64))
+    assert (params.clip, params.scale, params.bits) == (0, 0, 32)
+    assert spec_from_params(params) == RawSpec(dim=64)
+    setattr(params, field, value)
+    with pytest.raises(FrameError, match=r"clip and scale must be 0|bits=32|dim >= 1"):
+        spec_from_params(params)
+
+
+def test_raw_frames_of_the_wrong_width_are_refused():
+    spec = RawSpec(dim=8)
+    frame = next(encode_frames(np.zeros((2, 8), np.float32), spec))
+    frame.dim = 9
+    with pytest.raises(FrameError, match="dim=9"):
+        assemble([frame], spec)
+    frame.dim = 8
+    frame.payload = frame.payload[:-4]
+    with pytest.raises(FrameError, match="expected 64"):
+        assemble([frame], spec)

@@ -118,6 +118,12 @@ def test_raw_greedy_generation_reproduces_the_reference_continuation(client, ref
     assert result.epsilon_prompt is None
     assert "NO PRIVACY" in result.privacy_note
     assert result.soft_prompt_mu is None
+    assert (result.level_id, result.soft_prompt) == ("", "raw")
+
+
+def test_a_server_without_levels_says_a_private_request_got_no_soft_prompt(client):
+    result = client.generate(PROMPT, mu=10, max_new_tokens=2).collect()
+    assert (result.soft_prompt_mu, result.level_id, result.soft_prompt) == (None, "", "no level")
 
 
 def test_streamed_deltas_concatenate_to_the_result_text(client):

@@ -23,4 +23,4 @@ def test_the_demo_states_every_level_and_generates_privately_at_the_10_percent_o
     assert any(line.lstrip().startswith("→ ≤ 10%") for line in levels)
     assert "--level 0.1" in demo.stdout
     assert "finish        length: 64 tokens" in demo.stderr
-    assert "soft prompt   trained for μ = 4.35" in demo.stderr
+    assert "soft prompt   level t0.10's, trained for μ = 4.35" in demo.stderr

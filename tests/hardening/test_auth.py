@@ -92,6 +92,14 @@ def test_health_needs_no_token_but_reflection_does(auth_server):
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         with pytest.raises(grpc.RpcError) as failure:
             next(reflection.ServerReflectionInfo(iter([request]), timeout=10))
+        assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        v1 = channel.stream_stream(  # reflection v1: the same servicer behind the same guard
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as failure:
+            next(v1(iter([request]), timeout=10))
     assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 

@@ -115,6 +115,35 @@ def test_reflection_lists_the_split_inference_service(channel):
     assert {"del.v1.SplitInference", "grpc.health.v1.Health"} <= names
 
 
+def test_reflection_v1_is_served_beside_v1alpha_and_describes_every_service(channel):
+    """v1 is v1alpha's protocol under another name: v1alpha's classes speak it on the wire."""
+    from google.protobuf import descriptor_pb2
+
+    info = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    symbols = ["del.v1.SplitInference", "grpc.reflection.v1.ServerReflection"]
+    requests = [reflection_pb2.ServerReflectionRequest(list_services="")]
+    requests += [reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in symbols]
+    listed, *described = list(info(iter(requests), timeout=10))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {
+        "del.v1.SplitInference",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    for symbol, response in zip(symbols, described, strict=True):
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(data)
+            for data in response.file_descriptor_response.file_descriptor_proto
+        ]
+        services = {f"{f.package}.{s.name}" for f in files for s in f.service}
+        assert symbol in services
+
+
 def test_manifest_describes_the_model_and_its_bundle(manifest, bundle):
     assert manifest.model_id == "stories260K"
     assert manifest.hidden_size == 64
@@ -161,7 +190,7 @@ def test_usage_counts_exactly_the_bytes_that_crossed_the_wire(stub, bundle, spec
 def test_raw_mechanism_reproduces_the_reference_greedy_continuation(stub, manifest, shared_dir):
     reference = json.loads((shared_dir / "models/stories260K/reference_greedy.json").read_text())
     raw = fetch(stub, manifest.raw_bundle_digest)
-    spec = RawSpec(dim=raw.projection_dim)
+    spec = RawSpec(dim=raw.dim)
     ids = raw.encode(reference["prompt"])
     assert ids == reference["prompt_ids"]
     messages = [header(spec, raw.digest, max_new_tokens=60), *frames(spec, raw.embed(ids[1:])), END]
@@ -174,7 +203,7 @@ def test_raw_mechanism_reproduces_the_reference_greedy_continuation(stub, manife
 
 def test_stop_sequences_end_generation_and_are_not_emitted(stub, manifest, shared_dir):
     raw = fetch(stub, manifest.raw_bundle_digest)
-    spec = RawSpec(dim=raw.projection_dim)
+    spec = RawSpec(dim=raw.dim)
     ids = raw.encode("Once upon a time")[1:]
     messages = [
         header(spec, raw.digest, max_new_tokens=60, stop=["Lily"]),
