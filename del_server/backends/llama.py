@@ -9,8 +9,9 @@ against transformers to 1e-4 and the golden greedy ids. Everything else (and any
 not cover) runs through transformers as before.
 
 Numerics follow transformers' Llama: RMSNorm in float32 cast back, rotary tables in float32
-cast to the model's dtype, softmax in float32; the attention scale multiplies the queries
-rather than the scores (fewer numbers, the same to rounding).
+cast to the model's dtype, the attention scale on the scores (as transformers' eager
+attention: scaling the queries instead rounds differently in bfloat16 and float16, where it
+changed greedy continuations of stories260K), softmax in float32.
 """
 
 from __future__ import annotations
@@ -142,8 +143,8 @@ class LlamaPath:
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             keys.append(k)
             values.append(v)
-            q = (q * layer.scaling).reshape(rows, self.kv_heads, self.groups, width, self.head_dim)
-            scores = torch.matmul(q, k[:, :, None].transpose(-1, -2)) + bias
+            q = q.reshape(rows, self.kv_heads, self.groups, width, self.head_dim)
+            scores = torch.matmul(q, k[:, :, None].transpose(-1, -2)) * layer.scaling + bias
             out = torch.matmul(
                 self._softmax(scores), v[:, :, None]
             )  # (n, kv_heads, groups, width, head_dim)
@@ -181,9 +182,8 @@ class LlamaPath:
             value_buffer[:rows, :, end] = layer.v(h).view(rows, self.kv_heads, self.head_dim)
             keys = key_buffer[:rows, :, start : end + 1]
             values = value_buffer[:rows, :, start : end + 1]
-            q = self._rotate(q, cos, sin) * layer.scaling
-            q = q.view(rows, self.kv_heads, self.groups, self.head_dim)
-            scores = torch.matmul(q, keys.transpose(-1, -2)) + bias
+            q = self._rotate(q, cos, sin).view(rows, self.kv_heads, self.groups, self.head_dim)
+            scores = torch.matmul(q, keys.transpose(-1, -2)) * layer.scaling + bias
             out = torch.matmul(self._softmax(scores), values)
             out = out.reshape(rows, self.heads * self.head_dim)
             x = self._mlp(layer, x + layer.o(out))
