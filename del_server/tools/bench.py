@@ -169,12 +169,14 @@ def concurrency_table(result: dict) -> list[str]:
 
 
 def prompt_inputs(served: ServedModel) -> torch.Tensor:
-    """The input embeddings the server builds for PROMPT at μ=MU (soft prompt, BOS, tokens)."""
+    """The input embeddings the server builds for PROMPT at μ=MU (the soft prompt of the level
+    the service would choose, if any; BOS; tokens)."""
     bundle = served.bundle
     spec = PrivacySpec.from_mu(mu=MU, dim=bundle.projection_dim, bits=BITS, clip=bundle.clip)
     quantizer = BinomialQuantizer(spec, rng=seeded_generator_for_tests(0))
     symbols = quantizer.privatize(bundle.embed(bundle.encode(PROMPT)[1:]))
-    inputs, _ = served.prompts.build(PrivatePrompt(dequantize(symbols, spec), mu=spec.mu()))
+    soft_mu = choose_level(served.levels, "", spec).soft_prompt_mu  # as the service chooses
+    inputs, _ = served.prompts.build(PrivatePrompt(dequantize(symbols, spec), mu=soft_mu))
     return inputs
 
 
