@@ -13,6 +13,7 @@ from typing import TypeVar
 import grpc
 
 from .bundle import ClientBundle
+from .classification import ClassificationResult, classification_result
 from .config import ClientConfig
 from .proto import inference_pb2, inference_pb2_grpc
 from .retry import Attempts
@@ -20,11 +21,11 @@ from .session import (
     BaseClient,
     BaseGeneration,
     BundleDownload,
-    GenerationPlan,
     GenerationResult,
     Manifest,
     ModelInfo,
     PreparedRequest,
+    PromptPlan,
     ReplyFolder,
 )
 from .status import raising_server_errors
@@ -101,11 +102,13 @@ class AsyncGeneration(BaseGeneration):
         await self.aclose()
 
 
-class AsyncClient(BaseClient[AsyncGeneration]):
+class AsyncClient(BaseClient[AsyncGeneration, Awaitable[ClassificationResult]]):
     """DEL's asyncio client; create it inside a running event loop.
 
         async with AsyncClient(ClientConfig("localhost:50051")) as client:
             result = await client.generate("Once upon a time", mu=10).collect()
+            # a server whose model classifies:
+            label = (await client.classify("a charming and often affecting journey")).label
 
     Server-side failures raise ServerError subclasses carrying the server's message.
     """
@@ -175,9 +178,19 @@ class AsyncClient(BaseClient[AsyncGeneration]):
                         raise
                 await asyncio.sleep(delay)
 
-    def _generation(self, plan: GenerationPlan) -> AsyncGeneration:
+    def _generation(self, plan: PromptPlan) -> AsyncGeneration:
         async def prepare() -> PreparedRequest:
             model = await self._model()
             return self._prepare(plan, model, await self.bundle(plan.privacy.mechanism))
 
         return AsyncGeneration(self._stub, self.config, prepare)
+
+    async def _classification(self, plan: PromptPlan) -> ClassificationResult:
+        model = await self._model()
+        request = self._prepare(plan, model, await self.bundle(plan.privacy.mechanism))
+        response = await self._retrying(
+            lambda timeout: self._stub.Classify(
+                iter(request.messages), timeout=timeout, metadata=self._metadata
+            )
+        )
+        return classification_result(request, response)

@@ -1,7 +1,8 @@
-"""`del-client`: generate privately through a server, read its manifest, explain a privacy
-setting, measure the codec.
+"""`del-client`: generate or classify privately through a server, read its manifest, explain
+a privacy setting, measure the codec.
 
     del-client generate "Once upon a time" --server localhost:50051 --mu 10 --max-new-tokens 64
+    del-client classify "a charming and often affecting journey" --server localhost:50052
     del-client manifest --server localhost:50051 --json
     del-client budget --identity alice --json
     del-client loadtest --server localhost:50051 --concurrency 8 --duration 30 --json
@@ -174,14 +175,12 @@ def _add_ledger(cmd, *, identity: str) -> None:
     cmd.add_argument("--identity", help=f"whose budget (default: {identity})")
 
 
-def _add_generate(cmd: argparse.ArgumentParser) -> None:
+def _add_private_prompt(cmd: argparse.ArgumentParser) -> None:
+    """The prompt, the server and how the prompt is privatized and paid for: what generate and
+    classify share."""
     from .ledger import DEFAULT_IDENTITY
     from .session import DEFAULT_BITS, DEFAULT_DELTA, MECHANISMS
 
-    cmd.description = (
-        "Stream the continuation to stdout after the prompt (the prompt dimmed on a terminal, "
-        "plain in a pipe); a summary of wire bits and exact ε goes to stderr."
-    )
     cmd.add_argument("prompt")
     _add_server(cmd)
     target = cmd.add_mutually_exclusive_group()
@@ -209,13 +208,6 @@ def _add_generate(cmd: argparse.ArgumentParser) -> None:
         default="binomial",
         help="raw sends plain embeddings: NO privacy (a baseline)",
     )
-    cmd.add_argument("--max-new-tokens", type=int, default=64)
-    cmd.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    cmd.add_argument("--top-p", type=float, default=1.0)
-    cmd.add_argument("--top-k", type=int, default=0, help="0 = off")
-    cmd.add_argument("--seed", type=int, help="fixes the server's sampling (not the privacy noise)")
-    cmd.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
-    cmd.add_argument("--json", action="store_true", help="no streaming: print one JSON object")
     spend = cmd.add_argument_group(
         "privacy budget (persistent, per identity)",
         "Any of these charges the ledger (see `del-client budget`); without --budget-epsilon, "
@@ -233,7 +225,32 @@ def _add_generate(cmd: argparse.ArgumentParser) -> None:
         help=f"δ at which --budget-epsilon is counted (default {DEFAULT_DELTA:g})",
     )
     _add_ledger(spend, identity=DEFAULT_IDENTITY)
+
+
+def _add_generate(cmd: argparse.ArgumentParser) -> None:
+    cmd.description = (
+        "Stream the continuation to stdout after the prompt (the prompt dimmed on a terminal, "
+        "plain in a pipe); a summary of wire bits and exact ε goes to stderr."
+    )
+    _add_private_prompt(cmd)
+    cmd.add_argument("--max-new-tokens", type=int, default=64)
+    cmd.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    cmd.add_argument("--top-p", type=float, default=1.0)
+    cmd.add_argument("--top-k", type=int, default=0, help="0 = off")
+    cmd.add_argument("--seed", type=int, help="fixes the server's sampling (not the privacy noise)")
+    cmd.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    cmd.add_argument("--json", action="store_true", help="no streaming: print one JSON object")
     cmd.set_defaults(run=_run_generate)
+
+
+def _add_classify(cmd: argparse.ArgumentParser) -> None:
+    cmd.description = (
+        "Classify the prompt through a server whose model classifies (e.g. sentiment): the "
+        "label and each label's probability to stdout, wire bits and exact ε to stderr."
+    )
+    _add_private_prompt(cmd)
+    cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    cmd.set_defaults(run=_run_classify)
 
 
 def _ledger_budget(args: argparse.Namespace):
@@ -275,32 +292,65 @@ def _shown(prompt: str, stream: TextIO) -> str:
     return prompt
 
 
-def _run_generate(args: argparse.Namespace) -> None:
-    from .client import Client
-
-    budget = _ledger_budget(args)
+def _warn_if_raw(args: argparse.Namespace) -> None:
     if args.mechanism == "raw":
         print(
             "del-client: warning: NO PRIVACY: --mechanism raw sends raw embeddings; "
             "the server can read the prompt",
             file=sys.stderr,
         )
+
+
+def _privacy_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of generate() and classify() that the privacy flags give."""
+    return {
+        "mu": args.mu,
+        "level": args.level,
+        "epsilon": args.epsilon,
+        "delta": args.delta,
+        "bits": args.bits,
+        "mechanism": args.mechanism,
+        "budget": _ledger_budget(args),
+    }
+
+
+def _run_classify(args: argparse.Namespace) -> None:
+    from .client import Client
+
+    _warn_if_raw(args)
+    with Client(_config(args)) as client:
+        result = client.classify(args.prompt, **_privacy_options(args))
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, **result.to_dict()}))
+        return
+    ranked = sorted(result.probabilities.items(), key=lambda item: -item[1])
+    print(result.label)
+    print(
+        f"labels        {', '.join(f'{label} {p:.1%}' for label, p in ranked)}\n"
+        f"answer        after {result.timings.time_to_first_token_s:.3f} s "
+        f"({result.timings.total_s:.2f} s in all), level {result.level_id or 'none'}\n"
+        f"wire          {result.usage.bits_per_token:g} payload bits per prompt token "
+        f"({result.mechanism}); {result.client_wire_bytes_sent:,} bytes sent for "
+        f"{result.usage.prompt_tokens} tokens\n"
+        f"privacy       {result.privacy_note}",
+        file=sys.stderr,
+    )
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    from .client import Client
+
+    _warn_if_raw(args)
     with Client(_config(args)) as client:
         generation = client.generate(
             args.prompt,
-            mu=args.mu,
-            level=args.level,
-            epsilon=args.epsilon,
-            delta=args.delta,
-            bits=args.bits,
-            mechanism=args.mechanism,
+            **_privacy_options(args),
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
             top_p=args.top_p,
             top_k=args.top_k,
             seed=args.seed,
             stop=args.stop,
-            budget=budget,
         )
         if args.json:
             print(json.dumps({"prompt": args.prompt, **generation.collect().to_dict()}))
@@ -359,7 +409,10 @@ def _run_manifest(args: argparse.Namespace) -> None:
             if m.raw_mechanism_enabled
             else "disabled"
         )
+        task = "generation" if m.task == "generate" else f"classification ({m.task_name})"
+        labels = f", labels {', '.join(m.labels)}" if m.labels else ""
         print(
+            f"task          {task}{labels}\n"
             f"model         {m.model_id}: hidden size {m.hidden_size}, projection dim "
             f"{m.projection_dim}, clip {m.clip:.6g}\n"
             f"bits          {', '.join(map(str, m.supported_bits))}\n"
@@ -506,6 +559,10 @@ COMMANDS = {
     "generate": (
         "continue a prompt through a server; the prompt leaves this machine privatized",
         _add_generate,
+    ),
+    "classify": (
+        "label a prompt through a server whose model classifies; the prompt leaves privatized",
+        _add_classify,
     ),
     "manifest": ("what a server serves: model, limits, bundle digests", _add_manifest),
     "privacy": (

@@ -9,6 +9,7 @@ from typing import TypeVar
 import grpc
 
 from .bundle import ClientBundle
+from .classification import ClassificationResult, classification_result
 from .config import ClientConfig
 from .proto import inference_pb2, inference_pb2_grpc
 from .retry import Attempts
@@ -16,11 +17,11 @@ from .session import (
     BaseClient,
     BaseGeneration,
     BundleDownload,
-    GenerationPlan,
     GenerationResult,
     Manifest,
     ModelInfo,
     PreparedRequest,
+    PromptPlan,
     ReplyFolder,
 )
 from .status import raising_server_errors
@@ -97,11 +98,13 @@ class Generation(BaseGeneration):
         self.close()
 
 
-class Client(BaseClient[Generation]):
+class Client(BaseClient[Generation, ClassificationResult]):
     """DEL's blocking client. One channel; thread-safe like the gRPC channel under it.
 
         with Client(ClientConfig("localhost:50051")) as client:
             result = client.generate("Once upon a time", mu=10, max_new_tokens=32).collect()
+            # a server whose model classifies:
+            label = client.classify("a charming and often affecting journey").label
 
     Server-side failures raise ServerError subclasses carrying the server's message.
     """
@@ -167,8 +170,17 @@ class Client(BaseClient[Generation]):
                         raise
                 time.sleep(delay)
 
-    def _generation(self, plan: GenerationPlan) -> Generation:
+    def _generation(self, plan: PromptPlan) -> Generation:
         def prepare() -> PreparedRequest:
             return self._prepare(plan, self._model(), self.bundle(plan.privacy.mechanism))
 
         return Generation(self._stub, self.config, prepare)
+
+    def _classification(self, plan: PromptPlan) -> ClassificationResult:
+        request = self._prepare(plan, self._model(), self.bundle(plan.privacy.mechanism))
+        response = self._retrying(
+            lambda timeout: self._stub.Classify(
+                iter(request.messages), timeout=timeout, metadata=self._metadata
+            )
+        )
+        return classification_result(request, response)

@@ -1,7 +1,7 @@
 """The sans-I/O core of both clients: what to send for a prompt, and what the replies mean.
 
     Manifest ─ ModelInfo ─ which bundle digest ─ BundleDownload (chunks -> verified bundle)
-    GenerationPlan (prompt, PrivacyChoice, Sampling, budget)          validated, no I/O yet
+    PromptPlan (prompt, PrivacyChoice, Sampling, budget)          validated, no I/O yet
       .prepare(model, bundle):
         bundle.encode, minus BOS (the server prepends a clean one: a public template token)
         bundle.embed (T, k) ─ budget.charge ─ BinomialQuantizer -> (T, k) symbols
@@ -9,6 +9,7 @@
         header (with the level's id when the user chose a level) + frames + end
                           =  PreparedRequest, built once: resending it spends nothing
     replies ─ ReplyFolder.feed -> text deltas ─ ReplyFolder.result() -> GenerationResult
+    (Classify: the same messages as ClassifyRequests ─ one reply ─ classification.py's result)
 
 Nothing here touches the network. client.py and aio.py only move these messages over a sync
 or an asyncio gRPC stub (like httpx's BaseClient under Client and AsyncClient), so the two
@@ -177,6 +178,9 @@ class ModelInfo:
     max_frame_payload_bytes: int = 0  # 0: not advertised
     level_tolerance: float = 0.0  # relative, on A and c: how close a header must be to a level
     bos_id: int | None = None  # the BOS token the server prepends (frames never carry it)
+    task: str = "generate"  # "generate" or "classify": which RPC serves this model
+    task_name: str = ""  # what a classifier was trained for, e.g. "sst2"
+    labels: tuple[str, ...] = ()  # a classifier's labels
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.ModelInfo) -> ModelInfo:
@@ -197,7 +201,20 @@ class ModelInfo:
             max_frame_payload_bytes=pb.max_frame_payload_bytes,
             level_tolerance=pb.level_tolerance,
             bos_id=pb.bos_id if pb.HasField("bos_id") else None,
+            task="classify" if pb.task == inference_pb2.TASK_CLASSIFY else "generate",
+            task_name=pb.task_name,
+            labels=tuple(pb.labels),
         )
+
+    def check_task(self, task: str) -> None:
+        """Refuse, before any privacy is spent, a call for the task this model does not serve."""
+        if task != self.task:
+            does = {"generate": "generates text", "classify": f"classifies ({self.task_name})"}
+            call = {"generate": "generate", "classify": "classify"}
+            raise RequestOptionError(
+                f"{self.model_id} {does[self.task]}: use {call[self.task]}, not {call[task]} "
+                "(nothing was sent, no privacy spent)"
+            )
 
     def level(self, target: float | None) -> PrivacyLevel:
         """The calibrated level for `target` attack rate; None: the most private one."""
@@ -215,6 +232,20 @@ class ModelInfo:
         offered = ", ".join(f"{level.target_attack_rate:g}" for level in calibrated)
         raise PrivacyParameterError(
             f"the server has no level calibrated to {target:g} (offered: {offered})"
+        )
+
+    def offers(self, spec: PrivacySpec) -> bool:
+        """Whether `spec` is one of this server's levels: its k and b, its A and c to the
+        manifest's tolerance (as the server matches a header that names no level)."""
+
+        def close(value: float, reference: float) -> bool:
+            return abs(value - reference) <= self.level_tolerance * abs(reference)
+
+        return any(
+            (level.dim, level.bits) == (spec.dim, spec.bits)
+            and close(spec.scale, level.scale)
+            and close(spec.clip, level.clip)
+            for level in self.privacy_levels
         )
 
     def frame_payload_bytes(self, wanted: int) -> int:
@@ -421,7 +452,8 @@ class PreparedRequest:
 
     request_id: str
     mechanism: str
-    messages: tuple[inference_pb2.GenerateRequest, ...]  # header, frames..., end
+    # header, frames..., end: GenerateRequests, or ClassifyRequests (the same fields)
+    messages: tuple[inference_pb2.GenerateRequest | inference_pb2.ClassifyRequest, ...]
     prompt_tokens: int
     delta: float | None  # None for raw: no guarantee to state
     epsilon_token: float | None
@@ -432,14 +464,26 @@ class PreparedRequest:
     def wire_bytes(self) -> int:
         return sum(wire_bytes(m) for m in self.messages)
 
+    @property
+    def privacy_note(self) -> str:
+        """What the request kept private, in one sentence."""
+        if self.epsilon_prompt is None:
+            return NOT_PRIVATE
+        return (
+            f"ε = {self.epsilon_token:.4g} per token, {self.epsilon_prompt:.4g} for the "
+            f"{self.prompt_tokens}-token prompt, at δ = {self.delta:g} (exact); "
+            f"μ = {self.mu_token:.4g} per token (the paper's Gaussian-DP figure)"
+        )
+
 
 @dataclass(frozen=True)
-class GenerationPlan:
-    """A validated generate call; it becomes a PreparedRequest once model and bundle are known."""
+class PromptPlan:
+    """A validated generate (with `sampling`) or classify (without) call; it becomes a
+    PreparedRequest once model and bundle are known."""
 
     prompt: str
     privacy: PrivacyChoice
-    sampling: Sampling
+    sampling: Sampling | None
     budget: Budget | None = None
 
     def __post_init__(self) -> None:
@@ -462,12 +506,20 @@ class GenerationPlan:
                 f"bundle {bundle.digest[:16]}… is not the one the manifest names for "
                 f"{self.privacy.mechanism!r}: fetch the current bundle"
             )
+        model.check_task("generate" if self.sampling else "classify")
         ids = bundle.encode(self.prompt)
         ids = ids[1:] if bundle.bos_id is not None else ids  # the server adds a clean BOS
         if not ids:
             raise RequestOptionError("the prompt has no tokens")
         spec = self.privacy.frame_spec(bundle, model)
         level_id = self.privacy.level_id(spec, model)
+        if self.sampling is None and not (isinstance(spec, RawSpec) or model.offers(spec)):
+            offered = ", ".join(level.id for level in model.privacy_levels) or "none"
+            raise RequestOptionError(
+                "the server classifies at its manifest's levels only, each with a head trained "
+                f"for its noise (offered: {offered}); these parameters are none of them: "
+                "nothing was sent, no privacy spent"
+            )
         max_payload_bytes = model.frame_payload_bytes(max_payload_bytes)
         if packed_size(spec.bits_per_token, 1) > max_payload_bytes:
             raise LimitExceededError(
@@ -478,7 +530,7 @@ class GenerationPlan:
         model.check_limits(
             tokens=len(ids),
             frames=-(-len(ids) // per_frame),
-            max_new_tokens=self.sampling.max_new_tokens,
+            max_new_tokens=self.sampling.max_new_tokens if self.sampling else 0,
         )
         embeddings = bundle.embed(ids)  # (T, k); the raw bundle's table gives (T, d)
         if isinstance(spec, RawSpec):
@@ -507,15 +559,16 @@ class GenerationPlan:
             request_id=request_id,
             model=model.model_id,
             mechanism=mechanism_params(spec),
-            sampling=self.sampling.to_pb(),
+            sampling=self.sampling.to_pb() if self.sampling else None,
             bundle_digest=bundle.digest,
             level_id=level_id,
         )
         frames = encode_frames(data, spec, max_payload_bytes=max_payload_bytes)
+        kind = inference_pb2.GenerateRequest if self.sampling else inference_pb2.ClassifyRequest
         messages = (
-            inference_pb2.GenerateRequest(header=header),
-            *(inference_pb2.GenerateRequest(frame=frame) for frame in frames),
-            inference_pb2.GenerateRequest(end=inference_pb2.End()),
+            kind(header=header),
+            *(kind(frame=frame) for frame in frames),
+            kind(end=inference_pb2.End()),
         )
         return PreparedRequest(request_id, self.privacy.mechanism, messages, len(ids), *guarantee)
 
@@ -610,14 +663,6 @@ class ReplyFolder:
             raise ProtocolError("the stream ended without its Final message")
         if final.finish_reason not in FINISH_REASONS:
             raise ProtocolError(f"unknown finish reason {final.finish_reason}")
-        if request.epsilon_prompt is None:
-            note = NOT_PRIVATE
-        else:
-            note = (
-                f"ε = {request.epsilon_token:.4g} per token, {request.epsilon_prompt:.4g} for the "
-                f"{request.prompt_tokens}-token prompt, at δ = {request.delta:g} (exact); "
-                f"μ = {request.mu_token:.4g} per token (the paper's Gaussian-DP figure)"
-            )
         return GenerationResult(
             text="".join(self._deltas),
             token_ids=tuple(self._ids),
@@ -626,7 +671,7 @@ class ReplyFolder:
             timings=Timings(**{f.name: getattr(final.timings, f.name) for f in fields(Timings)}),
             mechanism=request.mechanism,
             private=request.epsilon_prompt is not None,
-            privacy_note=note,
+            privacy_note=request.privacy_note,
             delta=request.delta,
             epsilon_token=request.epsilon_token,
             epsilon_prompt=request.epsilon_prompt,
@@ -642,12 +687,15 @@ class ReplyFolder:
 # ── What both clients share ─────────────────────────────────────────────────────────────
 
 GenerationT = TypeVar("GenerationT")
+ClassificationT = TypeVar("ClassificationT")
 
 
-class BaseClient(Generic[GenerationT]):
-    """Configuration, bundle cache, the latest manifest, and the generate() signature.
+class BaseClient(Generic[GenerationT, ClassificationT]):
+    """Configuration, bundle cache, the latest manifest, and the generate() and classify()
+    signatures.
 
-    Subclasses only move bytes: `_generation(plan)` returns their lazy Generation object.
+    Subclasses only move bytes: `_generation(plan)` returns their lazy Generation object,
+    `_classification(plan)` the result (or, asyncio, an awaitable of it).
     """
 
     def __init__(self, config: ClientConfig) -> None:
@@ -685,7 +733,7 @@ class BaseClient(Generic[GenerationT]):
         `budget` is charged once, before anything is sent (BudgetExceededError otherwise).
         Options are checked now; the manifest, bundle and stream are touched on iteration.
         """
-        plan = GenerationPlan(
+        plan = PromptPlan(
             prompt=prompt,
             privacy=PrivacyChoice(mechanism, mu, epsilon, privacy, delta, bits, level),
             sampling=Sampling(max_new_tokens, temperature, top_p, top_k, seed, stop),
@@ -693,12 +741,40 @@ class BaseClient(Generic[GenerationT]):
         )
         return self._generation(plan)
 
-    def _generation(self, plan: GenerationPlan) -> GenerationT:
+    def classify(
+        self,
+        prompt: str,
+        *,
+        mu: float | None = None,
+        epsilon: float | None = None,
+        delta: float = DEFAULT_DELTA,
+        bits: int | None = None,
+        privacy: PrivacySpec | None = None,
+        level: float | None = None,
+        mechanism: str = "binomial",
+        budget: Budget | None = None,
+    ) -> ClassificationT:
+        """Classify `prompt` (a server whose model classifies), privatized on this device.
+
+        Privacy as for generate(); the server classifies only at its manifest's levels (each
+        has a head trained for its noise), so choose one with `level` (None: the most private).
+        Returns a ClassificationResult (the asyncio client: awaitable).
+        """
+        plan = PromptPlan(
+            prompt=prompt,
+            privacy=PrivacyChoice(mechanism, mu, epsilon, privacy, delta, bits, level),
+            sampling=None,
+            budget=budget,
+        )
+        return self._classification(plan)
+
+    def _generation(self, plan: PromptPlan) -> GenerationT:
         raise NotImplementedError
 
-    def _prepare(
-        self, plan: GenerationPlan, model: ModelInfo, bundle: ClientBundle
-    ) -> PreparedRequest:
+    def _classification(self, plan: PromptPlan) -> ClassificationT:
+        raise NotImplementedError
+
+    def _prepare(self, plan: PromptPlan, model: ModelInfo, bundle: ClientBundle) -> PreparedRequest:
         return plan.prepare(model, bundle, max_payload_bytes=self.config.max_payload_bytes)
 
 

@@ -7,6 +7,9 @@
     norm_bound         optional cap on ‖h‖ after de-projection (noise inflates norms)
     soft prompts       (m, d) per privacy level, keyed by the per-token μ they were trained at
     calibration        privacy level → measured attack success, filled by training
+    task               classification only: the task's labels and a linear head (L, d) per
+                       privacy level, trained on the encoder's pooled output at that level's
+                       noise, and one for clean (raw) inputs
 
 Stored as `adapter.safetensors` (tensors) + `adapter.json` (everything else, with the
 SHA-256 of the tensor file and of the embedding table it was built from), so loading never
@@ -34,6 +37,59 @@ def embedding_digest(embeddings: torch.Tensor) -> str:
 
 
 @dataclass(frozen=True, eq=False)
+class LinearHead:
+    """Pooled encoder output (…, d) -> label logits (…, L)."""
+
+    weight: torch.Tensor  # (L, d)
+    bias: torch.Tensor  # (L,)
+
+    def __call__(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled @ self.weight.T.to(pooled.dtype) + self.bias.to(pooled.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class ClassificationTask:
+    """What turns an encoder into a classifier for one task, per privacy level."""
+
+    name: str  # what it was trained for, e.g. "sst2"
+    labels: tuple[str, ...]
+    heads: dict[float, LinearHead] = field(default_factory=dict)  # μ -> head
+    clean_head: LinearHead | None = None  # for raw (unprivatized) embeddings
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"a task needs two or more distinct labels, got {self.labels}")
+        for head in [*self.heads.values(), self.clean_head]:
+            if head is not None and (
+                head.weight.shape[0] != len(self.labels) or head.bias.shape != (len(self.labels),)
+            ):
+                raise ValueError(
+                    f"a head of task {self.name!r} has {head.weight.shape[0]} outputs for "
+                    f"{len(self.labels)} labels"
+                )
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors by name, their JSON description) for Adapter.save."""
+        tensors, heads = {}, []
+        named = [(mu, f"head.{i}", h) for i, (mu, h) in enumerate(sorted(self.heads.items()))]
+        if self.clean_head is not None:
+            named.append((None, "head.clean", self.clean_head))
+        for mu, name, head in named:
+            tensors[f"{name}.weight"], tensors[f"{name}.bias"] = head.weight, head.bias
+            heads.append({"mu": mu, "tensor": name})
+        return tensors, {"name": self.name, "labels": list(self.labels), "heads": heads}
+
+    @classmethod
+    def from_tensors(cls, description: dict, tensors: dict[str, torch.Tensor]):
+        def head(name: str) -> LinearHead:
+            return LinearHead(tensors[f"{name}.weight"], tensors[f"{name}.bias"])
+
+        found = {entry["mu"]: head(entry["tensor"]) for entry in description["heads"]}
+        clean = found.pop(None, None)
+        return cls(description["name"], tuple(description["labels"]), found, clean)
+
+
+@dataclass(frozen=True, eq=False)
 class Adapter:
     down: torch.Tensor  # (k, d)
     up: torch.Tensor  # (d, k)
@@ -43,6 +99,7 @@ class Adapter:
     soft_prompts: dict[float, torch.Tensor] = field(default_factory=dict)  # μ -> (m, d)
     calibration: list[dict] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    task: ClassificationTask | None = None  # None: generation
 
     def __post_init__(self) -> None:
         k, d = self.down.shape
@@ -56,6 +113,10 @@ class Adapter:
         for mu, prompt in self.soft_prompts.items():
             if prompt.ndim != 2 or prompt.shape[1] != d:
                 raise ValueError(f"soft prompt for mu={mu} must be (m, {d}), got {prompt.shape}")
+        heads = [*self.task.heads.values(), self.task.clean_head] if self.task else []
+        for head in heads:
+            if head is not None and head.weight.shape[1] != d:
+                raise ValueError(f"a head takes {head.weight.shape[1]} inputs, the model has {d}")
 
     @property
     def projection_dim(self) -> int:
@@ -93,6 +154,10 @@ class Adapter:
         for index, (mu, prompt) in enumerate(sorted(self.soft_prompts.items())):
             tensors[f"soft_prompt.{index}"] = prompt
             levels.append({"mu": mu, "tensor": f"soft_prompt.{index}", "length": prompt.shape[0]})
+        task = None
+        if self.task is not None:
+            head_tensors, task = self.task.tensors()
+            tensors.update(head_tensors)
         tensor_path = directory / "adapter.safetensors"
         save_file(
             {name: t.detach().contiguous().float() for name, t in tensors.items()}, tensor_path
@@ -106,6 +171,7 @@ class Adapter:
             "soft_prompts": levels,
             "calibration": self.calibration,
             "metadata": self.metadata,
+            **({"task": task} if task is not None else {}),
             "tensors_sha256": hashlib.sha256(tensor_path.read_bytes()).hexdigest(),
         }
         (directory / "adapter.json").write_text(json.dumps(description, indent=2) + "\n")
@@ -132,6 +198,11 @@ class Adapter:
             soft_prompts={lvl["mu"]: tensors[lvl["tensor"]] for lvl in description["soft_prompts"]},
             calibration=_checked_levels(description["calibration"], directory),
             metadata=description["metadata"],
+            task=(
+                ClassificationTask.from_tensors(description["task"], tensors)
+                if "task" in description
+                else None
+            ),
         )
 
 

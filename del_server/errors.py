@@ -15,6 +15,11 @@ class MechanismDisabledError(DELError):
     """The header asks for a mechanism this server does not offer (e.g. raw when disabled)."""
 
 
+class WrongTaskError(DELError):
+    """The call is for the other task than the one this server's model serves (Generate on a
+    classifier, Classify on a causal LM)."""
+
+
 class ShuttingDownError(DELError):
     """The server stopped before this stream finished (its drain time ran out): try again."""
 

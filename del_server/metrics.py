@@ -14,7 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    start_http_server,
+)
 
 from .sampling import FinishReason
 
@@ -74,6 +81,7 @@ class RequestStats:
     code: str
     mechanism: str
     level: str  # soft-prompt level used ("none" if none)
+    label: str | None = None  # classify: the label answered
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     generated_tokens: int = 0
@@ -89,12 +97,27 @@ class RequestStats:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry, *, max_tokens: int, levels: list[str]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        max_tokens: int,
+        levels: list[str],
+        task: str = "generate",
+        model: str = "",
+        labels: tuple[str, ...] = (),
+    ) -> None:
         self.registry = registry
         token_buckets = build_1_2_5_buckets(max_tokens)
         r = {"registry": registry}
         self.requests = Counter(
-            "del_requests", "Generate streams by gRPC status code", ["code"], **r
+            "del_requests", "Generate or Classify streams by gRPC status code", ["code"], **r
+        )
+        # The server's one task, as an info metric (the idiom of build_info): a dashboard
+        # joins it to any other series by job and instance.
+        self.info = Info("del_server", "What this server serves", **r)
+        self.classified = Counter(
+            "del_classified", "Classify answers by the label answered", ["label"], **r
         )
         self.request_success = Counter(
             "del_request_success", "Finished requests by finish reason", ["finished_reason"], **r
@@ -175,8 +198,11 @@ class Metrics:
             buckets=EPSILON_BUCKETS,
             **r,
         )
+        self.info.info({"task": task, "model": model})
         for code in STATUS_CODES:
             self.requests.labels(code)
+        for label in labels:
+            self.classified.labels(label)
         for reason in FinishReason:
             self.request_success.labels(reason.value)
         for mechanism in MECHANISMS:
@@ -198,7 +224,7 @@ class Metrics:
         self.kv_cache.labels("allocated").set_function(lambda: kv_cache_bytes()[1])
 
     def refused(self, code: str) -> None:
-        """A Generate stream refused before the servicer saw it (e.g. UNAUTHENTICATED)."""
+        """A stream refused before the servicer saw it (e.g. UNAUTHENTICATED)."""
         self.requests.labels(code).inc()
 
     def track_streams(self, open_streams: Callable[[], int]) -> None:
@@ -212,9 +238,12 @@ class Metrics:
         if stats.frames:
             self.frames.labels(stats.mechanism).inc(stats.frames)
             self.payload_bits.labels(stats.mechanism).inc(stats.payload_bits)
-        if stats.finish_reason is None:
+        if stats.code != "OK":
             return
-        self.request_success.labels(stats.finish_reason.value).inc()
+        if stats.finish_reason is not None:
+            self.request_success.labels(stats.finish_reason.value).inc()
+        if stats.label is not None:
+            self.classified.labels(stats.label).inc()
         self.by_level.labels(stats.mechanism, stats.level).inc()
         self.prompt_tokens.inc(stats.prompt_tokens)
         self.generation_tokens.inc(stats.generated_tokens)

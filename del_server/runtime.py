@@ -1,4 +1,8 @@
-"""Everything the service needs for one model, built once from Settings at start-up."""
+"""Everything the service needs for one model, built once from Settings at start-up.
+
+A causal LM is served by the generation engine; an encoder whose adapter carries a
+classification task, by the classification batcher. A server serves one model, so one task.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from del_client.bundle import ClientBundle
 from .adapter import Adapter, embedding_digest, pca_adapter
 from .backends.transformers import TransformersBackend
 from .bundles import client_bundle, raw_bundle
+from .classification import EncoderClassifier
+from .classify_batcher import ClassifyBatcher
 from .engine_process import EngineSpec, ProcessEngine
 from .generation import Engine, PromptBuilder
 from .levels import Level, adapter_levels
@@ -27,9 +33,14 @@ class ServedModel:
     adapter: Adapter
     bundle: ClientBundle
     raw_bundle: ClientBundle | None
-    engine: Engine | ProcessEngine
-    prompts: PromptBuilder
+    engine: Engine | ProcessEngine | None  # generation: a causal LM
+    prompts: PromptBuilder | None
     levels: tuple[Level, ...] = ()  # adapter_levels(adapter): what a request may be served at
+    classifier: ClassifyBatcher | None = None  # classification: an encoder and its task
+
+    @property
+    def task(self) -> str:
+        return "classify" if self.classifier is not None else "generate"
 
     @property
     def bundles(self) -> dict[str, ClientBundle]:
@@ -53,6 +64,16 @@ def build_served_model(settings: Settings) -> ServedModel:
         settings.model, format=settings.model_format, dtype=getattr(torch, settings.dtype.value)
     )
     adapter = load_adapter(settings, loaded)
+    levels = adapter_levels(adapter)
+    bundle = client_bundle(loaded, adapter)
+    raw = raw_bundle(loaded) if settings.enable_raw else None
+    if loaded.is_encoder:
+        return _classification(loaded, adapter, bundle, raw, levels, settings)
+    if adapter.task is not None:
+        raise ValueError(
+            f"adapter {settings.adapter} classifies ({adapter.task.name}), but "
+            f"{loaded.model_id} is a causal LM: serve it with the encoder it was trained for"
+        )
     backend = TransformersBackend(loaded.model)
     anchor = loaded.tokenizer.encode("a", add_special_tokens=False).ids[-1]
     if settings.engine_process:
@@ -83,18 +104,46 @@ def build_served_model(settings: Settings) -> ServedModel:
     served = ServedModel(
         loaded=loaded,
         adapter=adapter,
-        bundle=client_bundle(loaded, adapter),
-        raw_bundle=raw_bundle(loaded) if settings.enable_raw else None,
+        bundle=bundle,
+        raw_bundle=raw,
         engine=engine,
         prompts=PromptBuilder(backend, adapter, loaded.bos_id),
-        levels=adapter_levels(adapter),
+        levels=levels,
     )
+    _log_ready(served)
+    return served
+
+
+def _classification(loaded, adapter, bundle, raw, levels, settings: Settings) -> ServedModel:
+    if adapter.task is None:
+        raise ValueError(
+            f"{loaded.model_id} is an encoder: it classifies, with an adapter trained for a "
+            "task (--adapter DIR written by `del-server train classify`)"
+        )
+    classifier = EncoderClassifier(
+        loaded.model, adapter, cls_id=loaded.cls_id, sep_id=loaded.sep_id
+    )
+    served = ServedModel(
+        loaded=loaded,
+        adapter=adapter,
+        bundle=bundle,
+        raw_bundle=raw,
+        engine=None,
+        prompts=None,
+        levels=levels,
+        classifier=ClassifyBatcher(classifier, max_batch=settings.max_running),
+    )
+    _log_ready(served)
+    return served
+
+
+def _log_ready(served: ServedModel) -> None:
     log.info(
         "model ready",
         extra={
-            "model_id": loaded.model_id,
-            "projection_dim": adapter.projection_dim,
+            "model_id": served.loaded.model_id,
+            "task": served.task,
+            "projection_dim": served.adapter.projection_dim,
             "bundle_digest": served.bundle.digest,
         },
     )
-    return served

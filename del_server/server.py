@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
@@ -34,6 +35,7 @@ from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_client.sampling import Sampling
 
 from .auth import TokenStore
+from .classification import EncoderInput
 from .engine_process import ProcessEngine
 from .generation import FailedEvent, FinishEvent, PrivatePrompt
 from .interceptors import server_interceptors
@@ -46,7 +48,7 @@ from .tls import bind
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["SplitInference"].full_name
-GENERATE_METHOD = f"/{SERVICE_NAME}/Generate"
+STREAM_METHODS = (f"/{SERVICE_NAME}/Generate", f"/{SERVICE_NAME}/Classify")
 HEALTH_LISTENER_MAX_RPCS = 16
 EXCLUSIVE_PORT = ("grpc.so_reuseport", 0)
 
@@ -73,7 +75,8 @@ class RunningServer:
         await self.server.stop(self.settings.grace_s if grace_s is None else grace_s)
         if self._health_server is not None:  # probes see NOT_SERVING until the drain ends
             await self._health_server.stop(0)
-        await asyncio.to_thread(self.served.engine.stop)
+        if self.served.engine is not None:
+            await asyncio.to_thread(self.served.engine.stop)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -127,12 +130,20 @@ def _bind_failure(name: str, settings: Settings) -> Iterator[None]:
 
 
 async def _warm_up(served: ServedModel) -> None:
-    """One tiny generation through the engine, the frame decoder compiled and the accountant
-    loaded (numba and scipy load on first use), so the first client pays no start-up cost."""
+    """One tiny generation (or classification) through the model, the frame decoder compiled
+    and the accountant loaded (numba and scipy load on first use), so the first client pays
+    no start-up cost."""
     await asyncio.to_thread(unpack_symbols, pack_symbols(np.zeros(8, np.uint8), 4), 4, 8)
     spec = PrivacySpec.from_mu(mu=1.0, dim=served.adapter.projection_dim, bits=4, clip=1.0)
     await asyncio.to_thread(spec.epsilon, delta=1e-5)
     x_hat = np.zeros((1, served.adapter.projection_dim), dtype=np.float32)
+    if served.classifier is not None:
+        task = served.adapter.task
+        head = next(iter(task.heads.values()), task.clean_head)
+        await served.classifier.classify(
+            EncoderInput(served.adapter.deproject(torch.from_numpy(x_hat)), None, head)
+        )
+        return
     inputs, _ = served.prompts.build(PrivatePrompt(x_hat, mu=None))
     handle = served.engine.submit("warm-up", inputs, Sampling(max_new_tokens=2, temperature=0))
     while not isinstance(event := await handle.events.get(), FinishEvent):
@@ -153,18 +164,25 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
     tokens = TokenStore.from_settings(settings)
     served = served or await asyncio.to_thread(build_served_model, settings)
     registry = CollectorRegistry()
+    task = served.adapter.task
     metrics = Metrics(
         registry,
         max_tokens=max(settings.max_prompt_tokens, settings.max_new_tokens),
-        levels=[f"{mu:g}" for mu in served.adapter.soft_prompts],
+        levels=[f"{mu:g}" for mu in {*served.adapter.soft_prompts, *(task.heads if task else ())}],
+        task=served.task,
+        model=served.loaded.model_id,
+        labels=task.labels if task else (),
     )
-    engine = served.engine
-    metrics.track_engine(
-        lambda: engine.running, lambda: engine.waiting, lambda: engine.kv_cache_bytes
-    )
+    if (engine := served.engine) is not None:
+        metrics.track_engine(
+            lambda: engine.running, lambda: engine.waiting, lambda: engine.kv_cache_bytes
+        )
+    else:
+        batcher = served.classifier
+        metrics.track_engine(lambda: batcher.running, lambda: batcher.waiting)
     server = grpc.aio.server(
         interceptors=server_interceptors(
-            tokens, lambda method: method == GENERATE_METHOD and metrics.refused("UNAUTHENTICATED")
+            tokens, lambda method: method in STREAM_METHODS and metrics.refused("UNAUTHENTICATED")
         ),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -184,7 +202,8 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
         port = bind(server, settings)  # plaintext, TLS or mutual TLS (tls.py)
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    served.engine.start()
+    if served.engine is not None:
+        served.engine.start()
     await server.start()
     running = RunningServer(server, port, None, metrics, served, servicer, health, settings, None)
     try:

@@ -14,6 +14,11 @@ Every stream is bounded (SECURITY.md): it takes one of max_running + max_waiting
 it reads anything, waits at most idle_timeout_s for each client message, lives at most
 max_request_s, and sends at most max_frames frames of max_frame_bytes each.
 
+A Classify stream sends what a Generate stream sends (its sampling parameters unused) and gets
+one ClassifyResponse: the label probabilities from the level's head, its prompt batched with
+the others queued (classify_batcher.py). Each RPC is served by the server of its task only;
+the other task's server answers FAILED_PRECONDITION.
+
 Every stream, whatever its end, leaves one INFO log line ("request finished") with its
 request id, status, privacy level, sizes and timings, never its text; an INTERNAL status
 carries that request id, so its traceback can be found in the log.
@@ -29,6 +34,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+import torch
 from google.protobuf.message import DecodeError
 
 from del_client.codec import FrameAssembler, RawSpec, spec_from_params
@@ -43,6 +49,7 @@ from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_client.sampling import Sampling
 
 from . import __version__
+from .classification import EncoderInput
 from .errors import (
     IdleStreamError,
     MechanismDisabledError,
@@ -51,6 +58,7 @@ from .errors import (
     ShuttingDownError,
     UndecodableMessageError,
     UnknownModelError,
+    WrongTaskError,
 )
 from .generation import FailedEvent, FinishEvent, PrivatePrompt, RawPrompt, TokenEvent
 from .levels import LEVEL_TOLERANCE, Level, LevelChoice, choose_level
@@ -69,6 +77,7 @@ DRAIN_S = 1.0  # the longest a refused stream is read before its status goes out
 MAX_REQUEST_ID_CHARS = 64  # a longer client-chosen id is replaced by the server's own
 SUPPORTED_BITS = list(range(1, 9))
 EPSILONS_KEPT = 4096  # ε of recent (mechanism, prompt length) pairs, reported without a thread
+TASK_PB = {"generate": inference_pb2.TASK_GENERATE, "classify": inference_pb2.TASK_CLASSIFY}
 FINISH_REASON_PB = {
     FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
     FinishReason.STOP: inference_pb2.FINISH_REASON_STOP,
@@ -106,7 +115,8 @@ class StreamSlots:
 class _Stream:
     """Counters of one Generate stream, filled as messages cross the wire."""
 
-    def __init__(self, max_request_s: float) -> None:
+    def __init__(self, max_request_s: float, task: str) -> None:
+        self.task = task
         self.request_id = uuid.uuid4().hex  # the client's own once its header is read
         self.started = time.perf_counter()
         self.deadline = self.started + max_request_s
@@ -122,6 +132,8 @@ class _Stream:
         self.prompt_tokens = 0
         self.end_at: float | None = None
         self.token_times: list[float] = []
+        self.answered_at: float | None = None  # Classify: when the response was ready
+        self.label: str | None = None  # Classify: the label answered
 
     def sent(self, response: inference_pb2.GenerateResponse) -> inference_pb2.GenerateResponse:
         self.sent_bytes += _wire_size(response)
@@ -137,6 +149,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         self._draining = False
         self._epsilons: dict[tuple, asyncio.Future[float]] = {}  # by (mechanism, tokens)
         metrics.track_streams(lambda: self._slots.open)
+        self._labels = list(served.adapter.task.labels) if served.adapter.task else []
 
     def drain(self) -> None:
         """The server is shutting down: new streams are refused, and the streams it cuts off
@@ -164,6 +177,9 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             privacy_levels=[
                 _privacy_level(level, settings.report_delta) for level in served.levels
             ],
+            task=TASK_PB[served.task],
+            task_name=served.adapter.task.name if served.adapter.task else "",
+            labels=self._labels,
         )
         return inference_pb2.Manifest(server_version=__version__, models=[info])
 
@@ -187,7 +203,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
     async def Generate(
         self, request_iterator, context
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
-        stream = _Stream(self._settings.max_request_s)
+        stream = _Stream(self._settings.max_request_s, "generate")
         code = "OK"
         finish: FinishEvent | None = None
         epsilon = None
@@ -195,8 +211,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         holds_slot = False
         requests = aiter(request_iterator)
         try:
-            if self._draining:
-                raise ShuttingDownError("the server is shutting down: retry")
+            self._admit(stream)
             self._slots.acquire()
             holds_slot = True
             sampling, prompt, epsilon = await self._read_prompt(requests, stream)
@@ -250,6 +265,99 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             stats = self._stats(stream, code, finish, epsilon)
             self._metrics.record(stats)
             _log_finished(stream, stats)
+
+    async def Classify(self, request_iterator, context) -> inference_pb2.ClassifyResponse:
+        stream = _Stream(self._settings.max_request_s, "classify")
+        code = "OK"
+        epsilon = None
+        holds_slot = False
+        requests = aiter(request_iterator)
+        try:
+            self._admit(stream)
+            self._slots.acquire()
+            holds_slot = True
+            _, prompt, epsilon = await self._read_prompt(requests, stream)
+            mu = getattr(prompt, "mu", None)  # a raw prompt has no level
+            stream.level = "none" if mu is None else f"{mu:g}"
+            left_s = stream.deadline - time.perf_counter()
+            try:
+                async with asyncio.timeout(left_s):
+                    probabilities = await self._served.classifier.classify(
+                        self._encoder_input(prompt)
+                    )
+            except TimeoutError:
+                raise self._request_timeout() from None
+            return self._classified(stream, probabilities, epsilon)
+        except DELError as exc:
+            code = status_for(exc).name
+            if not stream.request_done and not isinstance(
+                exc, IdleStreamError | RequestTimeoutError
+            ):
+                await self._drain(requests)
+            end_call(context, status_for(exc), str(exc))
+        except asyncio.CancelledError:
+            code = self._cut_off_code(context)
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("Classify failed", extra={"request_id": stream.request_id})
+            internal_error(context, stream.request_id)
+        finally:
+            if holds_slot:
+                self._slots.release()
+            stats = self._stats(stream, code, None, epsilon)
+            self._metrics.record(stats)
+            _log_finished(stream, stats)
+
+    def _admit(self, stream: _Stream) -> None:
+        """Refuse, before anything is read, a stream the server will not serve."""
+        if self._draining:
+            raise ShuttingDownError("the server is shutting down: retry")
+        served = self._served.task
+        if stream.task != served:
+            rpc = {"generate": "Generate", "classify": "Classify"}
+            what = {"generate": "generates text", "classify": "classifies"}
+            raise WrongTaskError(
+                f"this server {what[served]} ({self._served.loaded.model_id}): call "
+                f"{rpc[served]}, not {rpc[stream.task]} (the manifest's task says which)"
+            )
+
+    def _encoder_input(self, prompt: PrivatePrompt | RawPrompt) -> EncoderInput:
+        """What the classifier reads: the body, its level's soft prompt and head."""
+        adapter = self._served.adapter
+        if isinstance(prompt, RawPrompt):
+            return EncoderInput(torch.from_numpy(prompt.embeddings), None, adapter.task.clean_head)
+        return EncoderInput(
+            adapter.deproject(torch.from_numpy(prompt.x_hat)),
+            adapter.soft_prompts.get(prompt.mu),
+            adapter.task.heads[prompt.mu],
+        )
+
+    def _classified(
+        self, stream: _Stream, probabilities: list[float], epsilon: float | None
+    ) -> inference_pb2.ClassifyResponse:
+        stream.answered_at = time.perf_counter()
+        best = max(range(len(probabilities)), key=probabilities.__getitem__)
+        choice = stream.choice
+        response = inference_pb2.ClassifyResponse(
+            label=self._labels[best],
+            probabilities=[
+                inference_pb2.LabelProbability(label=label, probability=p)
+                for label, p in zip(self._labels, probabilities, strict=True)
+            ],
+            usage=self._usage(stream, generated_tokens=0),
+            timings=inference_pb2.Timings(
+                time_to_first_token_s=stream.answered_at - stream.end_at,
+                total_s=stream.answered_at - stream.started,
+            ),
+            level_id=choice.level_id,
+            soft_prompt=choice.soft_prompt,
+            epsilon=epsilon or 0.0,
+            delta=self._settings.report_delta,
+        )
+        stream.sent_bytes += _wire_size(response)
+        stream.label = self._labels[best]
+        return response
 
     def _cut_off_code(self, context) -> str:
         """Why a stream ended without its final message, as a status name."""
@@ -339,7 +447,9 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         stream.request_id = _request_id(header) or stream.request_id
         spec = self._check_header(header)
         stream.choice = choose_level(self._served.levels, header.level_id, spec)
-        sampling = self._sampling(header.sampling)
+        if stream.task == "classify":
+            self._check_classifiable(stream.choice)
+        sampling = self._sampling(header.sampling) if stream.task == "generate" else None
         stream.mechanism = "raw" if isinstance(spec, RawSpec) else "binomial"
         limits = self._settings
         assembler = FrameAssembler(
@@ -371,8 +481,24 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             return sampling, RawPrompt(embeddings), None
         stream.mu = spec.mu()
         epsilon = await self._epsilon(spec, assembler.tokens)
-        prompt = PrivatePrompt(assembler.embeddings(), mu=stream.choice.soft_prompt_mu)
-        return sampling, prompt, epsilon
+        mu = stream.choice.soft_prompt_mu if stream.task == "generate" else stream.choice.level.mu
+        return sampling, PrivatePrompt(assembler.embeddings(), mu=mu), epsilon
+
+    def _check_classifiable(self, choice: LevelChoice) -> None:
+        """A private prompt is classified by the head of its level, trained for its noise: a
+        request at parameters of no level, or of a level without a head, is refused."""
+        task = self._served.adapter.task
+        if choice.soft_prompt == inference_pb2.SOFT_PROMPT_RAW:
+            if task.clean_head is None:
+                raise MechanismDisabledError("this adapter has no head for raw (clean) inputs")
+            return
+        if choice.level is None or choice.level.mu not in task.heads:
+            offered = [level.id for level in self._served.levels if level.mu in task.heads]
+            raise FrameError(
+                "classification is served at the manifest's levels only, each with a head "
+                f"trained for its noise (offered: {', '.join(offered) or 'none'}): send one "
+                "of them (level_id and its parameters)"
+            )
 
     def _refuse_bos(self, embeddings) -> None:
         """The server prepends BOS: raw frames that start with its embedding would put two."""
@@ -444,15 +570,18 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         except RequestOptionError as exc:
             raise FrameError(f"invalid sampling parameters: {exc}") from exc
 
-    def _final(self, stream: _Stream, event: FinishEvent):
-        usage = inference_pb2.Usage(
+    def _usage(self, stream: _Stream, *, generated_tokens: int) -> inference_pb2.Usage:
+        return inference_pb2.Usage(
             prompt_tokens=stream.prompt_tokens,
-            generated_tokens=event.generated_tokens,
+            generated_tokens=generated_tokens,
             wire_bytes_received=stream.received_bytes,
             wire_bytes_sent=stream.sent_bytes,
             payload_bits=stream.payload_bits,
             bits_per_token=stream.payload_bits / stream.prompt_tokens,
         )
+
+    def _final(self, stream: _Stream, event: FinishEvent):
+        usage = self._usage(stream, generated_tokens=event.generated_tokens)
         first = stream.token_times[0] - stream.end_at if stream.token_times else 0.0
         timings = inference_pb2.Timings(
             time_to_first_token_s=first, total_s=time.perf_counter() - stream.started
@@ -481,10 +610,13 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             wire_received_bytes=stream.received_bytes,
             wire_sent_bytes=stream.sent_bytes,
             payload_bits=stream.payload_bits,
+            label=stream.label,
             raw_bits_per_token=16 * self._served.adapter.hidden_size,
             time_to_first_token_s=times[0] - stream.end_at if times else None,
             inter_token_latencies_s=tuple(b - a for a, b in itertools.pairwise(times)),
-            e2e_latency_s=time.perf_counter() - stream.started if finish else None,
+            e2e_latency_s=(
+                time.perf_counter() - stream.started if finish or stream.label else None
+            ),
             epsilon_prompt=epsilon,
         )
 
@@ -550,6 +682,7 @@ def _log_finished(stream: _Stream, stats: RequestStats) -> None:
         "request finished",
         extra={
             "request_id": stream.request_id,
+            "task": stream.task,
             "status": stats.code,
             "mechanism": stats.mechanism,
             "privacy_level": stats.level,  # not "level": that key is the line's log level

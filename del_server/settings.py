@@ -95,7 +95,12 @@ class Settings:
     default_new_tokens: int = field(
         default=64, metadata=doc("new tokens for a request that asks for 0")
     )
-    max_running: int = field(default=16, metadata=doc("sequences the engine advances together"))
+    max_running: int = field(
+        default=16,
+        metadata=doc(
+            "sequences the engine advances together (classification: prompts per forward pass)"
+        ),
+    )
     max_waiting: int = field(
         default=64,
         metadata=doc("requests queued beyond --max-running; more get RESOURCE_EXHAUSTED"),

@@ -25,6 +25,7 @@ from .errors import (
     RequestTimeoutError,
     ShuttingDownError,
     UnknownModelError,
+    WrongTaskError,
 )
 
 STATUS_FOR: dict[type[DELError], grpc.StatusCode] = {
@@ -34,6 +35,7 @@ STATUS_FOR: dict[type[DELError], grpc.StatusCode] = {
     UnknownModelError: grpc.StatusCode.INVALID_ARGUMENT,
     BundleMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     MechanismDisabledError: grpc.StatusCode.FAILED_PRECONDITION,
+    WrongTaskError: grpc.StatusCode.FAILED_PRECONDITION,
     LimitExceededError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     AuthError: grpc.StatusCode.UNAUTHENTICATED,

@@ -23,6 +23,12 @@ class SoftPrompt(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SOFT_PROMPT_NO_LEVEL: _ClassVar[SoftPrompt]
     SOFT_PROMPT_NOT_TRAINED: _ClassVar[SoftPrompt]
     SOFT_PROMPT_RAW: _ClassVar[SoftPrompt]
+
+class Task(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_UNSPECIFIED: _ClassVar[Task]
+    TASK_GENERATE: _ClassVar[Task]
+    TASK_CLASSIFY: _ClassVar[Task]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_STOP: FinishReason
@@ -32,6 +38,9 @@ SOFT_PROMPT_USED: SoftPrompt
 SOFT_PROMPT_NO_LEVEL: SoftPrompt
 SOFT_PROMPT_NOT_TRAINED: SoftPrompt
 SOFT_PROMPT_RAW: SoftPrompt
+TASK_UNSPECIFIED: Task
+TASK_GENERATE: Task
+TASK_CLASSIFY: Task
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "seed", "max_new_tokens", "stop")
@@ -135,12 +144,50 @@ class GenerateResponse(_message.Message):
     final: Final
     def __init__(self, tokens: _Optional[_Union[TokenChunk, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ...) -> None: ...
 
+class ClassifyRequest(_message.Message):
+    __slots__ = ("header", "frame", "end")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    header: StreamHeader
+    frame: _frames_pb2.Frame
+    end: End
+    def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., frame: _Optional[_Union[_frames_pb2.Frame, _Mapping]] = ..., end: _Optional[_Union[End, _Mapping]] = ...) -> None: ...
+
+class LabelProbability(_message.Message):
+    __slots__ = ("label", "probability")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    probability: float
+    def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("label", "probabilities", "usage", "timings", "level_id", "soft_prompt", "epsilon", "delta")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_ID_FIELD_NUMBER: _ClassVar[int]
+    SOFT_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    probabilities: _containers.RepeatedCompositeFieldContainer[LabelProbability]
+    usage: Usage
+    timings: Timings
+    level_id: str
+    soft_prompt: SoftPrompt
+    epsilon: float
+    delta: float
+    def __init__(self, label: _Optional[str] = ..., probabilities: _Optional[_Iterable[_Union[LabelProbability, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., level_id: _Optional[str] = ..., soft_prompt: _Optional[_Union[SoftPrompt, str]] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+
 class GetManifestRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "hidden_size", "projection_dim", "clip", "supported_bits", "soft_prompt_mus", "client_bundle_digest", "max_prompt_tokens", "max_new_tokens", "raw_mechanism_enabled", "raw_bundle_digest", "privacy_levels", "max_frames", "max_frame_payload_bytes", "level_tolerance", "bos_id")
+    __slots__ = ("model_id", "hidden_size", "projection_dim", "clip", "supported_bits", "soft_prompt_mus", "client_bundle_digest", "max_prompt_tokens", "max_new_tokens", "raw_mechanism_enabled", "raw_bundle_digest", "privacy_levels", "max_frames", "max_frame_payload_bytes", "level_tolerance", "bos_id", "task", "task_name", "labels")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     PROJECTION_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +204,9 @@ class ModelInfo(_message.Message):
     MAX_FRAME_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     LEVEL_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     BOS_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     hidden_size: int
     projection_dim: int
@@ -173,7 +223,10 @@ class ModelInfo(_message.Message):
     max_frame_payload_bytes: int
     level_tolerance: float
     bos_id: int
-    def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., projection_dim: _Optional[int] = ..., clip: _Optional[float] = ..., supported_bits: _Optional[_Iterable[int]] = ..., soft_prompt_mus: _Optional[_Iterable[float]] = ..., client_bundle_digest: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., raw_mechanism_enabled: _Optional[bool] = ..., raw_bundle_digest: _Optional[str] = ..., privacy_levels: _Optional[_Iterable[_Union[PrivacyLevel, _Mapping]]] = ..., max_frames: _Optional[int] = ..., max_frame_payload_bytes: _Optional[int] = ..., level_tolerance: _Optional[float] = ..., bos_id: _Optional[int] = ...) -> None: ...
+    task: Task
+    task_name: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., projection_dim: _Optional[int] = ..., clip: _Optional[float] = ..., supported_bits: _Optional[_Iterable[int]] = ..., soft_prompt_mus: _Optional[_Iterable[float]] = ..., client_bundle_digest: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., raw_mechanism_enabled: _Optional[bool] = ..., raw_bundle_digest: _Optional[str] = ..., privacy_levels: _Optional[_Iterable[_Union[PrivacyLevel, _Mapping]]] = ..., max_frames: _Optional[int] = ..., max_frame_payload_bytes: _Optional[int] = ..., level_tolerance: _Optional[float] = ..., bos_id: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., task_name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PrivacyLevel(_message.Message):
     __slots__ = ("id", "scale", "clip", "dim", "mu", "epsilon_token", "delta", "bits", "target_attack_rate", "nearest_neighbour_rate", "likelihood_rate", "soft_prompt", "learned_rate", "attack", "attacks", "strongest_attack", "strongest_rate", "strongest_rate_high", "prior_alone_rate", "measured_on", "measured_tokens", "measured_prompts")

@@ -49,6 +49,11 @@ class SplitInferenceStub:
                 request_serializer=del_dot_v1_dot_inference__pb2.FetchClientBundleRequest.SerializeToString,
                 response_deserializer=del_dot_v1_dot_inference__pb2.BundleChunk.FromString,
                 _registered_method=True)
+        self.Classify = channel.stream_unary(
+                '/del.v1.SplitInference/Classify',
+                request_serializer=del_dot_v1_dot_inference__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=del_dot_v1_dot_inference__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
 
 
 class SplitInferenceServicer:
@@ -76,6 +81,15 @@ class SplitInferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Classify(self, request_iterator, context):
+        """A private prompt classified (a server whose ModelInfo.task is TASK_CLASSIFY): the client
+        sends what it sends to Generate (its sampling parameters are ignored), the server answers
+        once. A server of the other task answers FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SplitInferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +107,11 @@ def add_SplitInferenceServicer_to_server(servicer, server):
                     servicer.FetchClientBundle,
                     request_deserializer=del_dot_v1_dot_inference__pb2.FetchClientBundleRequest.FromString,
                     response_serializer=del_dot_v1_dot_inference__pb2.BundleChunk.SerializeToString,
+            ),
+            'Classify': grpc.stream_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=del_dot_v1_dot_inference__pb2.ClassifyRequest.FromString,
+                    response_serializer=del_dot_v1_dot_inference__pb2.ClassifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +195,33 @@ class SplitInference:
             '/del.v1.SplitInference/FetchClientBundle',
             del_dot_v1_dot_inference__pb2.FetchClientBundleRequest.SerializeToString,
             del_dot_v1_dot_inference__pb2.BundleChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/del.v1.SplitInference/Classify',
+            del_dot_v1_dot_inference__pb2.ClassifyRequest.SerializeToString,
+            del_dot_v1_dot_inference__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

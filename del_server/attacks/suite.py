@@ -55,7 +55,7 @@ class Attacker:
     """What the server knows besides the symbols: the model and public text of the domain."""
 
     embeddings: torch.Tensor  # (V, d) the model's input embeddings
-    model: PreTrainedModel
+    model: PreTrainedModel | None  # a causal LM, the lm_beam attack's prior; None: no such attack
     bos_id: int | None
     public_ids: np.ndarray  # a stream of public in-domain token ids
     options: AttackOptions = field(default_factory=AttackOptions)
@@ -69,6 +69,11 @@ class Attacker:
         stream = torch.cat([public.prompts, public.continuations], dim=1).reshape(-1).numpy()
         embeddings = model.get_input_embeddings().weight.detach().float()
         return cls(embeddings, model, bos_id, stream, options)
+
+    @property
+    def attacks(self) -> tuple[str, ...]:
+        """Every attack this attacker can run: lm_beam needs a causal LM (an encoder has none)."""
+        return ATTACKS if self.model is not None else tuple(a for a in ATTACKS if a != "lm_beam")
 
     @property
     def vocab(self) -> int:
@@ -85,11 +90,12 @@ class Attacker:
         prompts: np.ndarray,  # (P, T) token ids
         *,
         seed: int,
-        attacks: Iterable[str] = ATTACKS,
+        attacks: Iterable[str] | None = None,
         progress: bool = False,
     ) -> dict[str, Recovery]:
-        """Privatize `prompts` once (seeded measurement noise) and run each attack on them."""
-        attacks = _checked(attacks)
+        """Privatize `prompts` once (seeded measurement noise) and run each attack on them
+        (None: every attack this attacker can run)."""
+        attacks = self._checked(self.attacks if attacks is None else attacks)
         table = client_table(adapter, self.embeddings)
         symbols = mechanism.privatize(table[prompts.reshape(-1)], np.random.default_rng(seed))
         symbols = symbols.reshape(*prompts.shape, -1)
@@ -140,7 +146,8 @@ class Attacker:
             return torch.zeros(*chunk.shape[:2], self.vocab)
 
         placeholder = np.zeros((*prompts.shape, 1), dtype=np.uint8)
-        return self._scored(self._contextual(PRIOR_ONLY, flat, placeholder, False), prompts)
+        blind = [a for a in PRIOR_ONLY if a in self.attacks]
+        return self._scored(self._contextual(blind, flat, placeholder, False), prompts)
 
     def _contextual(self, attacks, likelihood_of, symbols, progress) -> dict[str, np.ndarray]:
         """The likelihood attack and the sequence attacks, prompt chunk by chunk."""
@@ -163,6 +170,13 @@ class Attacker:
                 )
         return {name: np.concatenate(chunks_of) for name, chunks_of in parts.items()}
 
+    def _checked(self, attacks: Iterable[str]) -> tuple[str, ...]:
+        attacks = tuple(attacks)
+        unknown = sorted(set(attacks) - set(self.attacks))
+        if unknown:
+            raise ValueError(f"attacks {unknown} cannot run here; these can: {self.attacks}")
+        return attacks
+
     def _scored(self, guesses: dict[str, np.ndarray], prompts: np.ndarray) -> dict[str, Recovery]:
         content = content_mask(prompts, self.public_ids, self.vocab)
         return {
@@ -174,11 +188,3 @@ def strongest(results: dict[str, Recovery]) -> tuple[str, Recovery]:
     """The attack that recovered the most tokens."""
     name = max(results, key=lambda n: results[n].rate)
     return name, results[name]
-
-
-def _checked(attacks: Iterable[str]) -> tuple[str, ...]:
-    attacks = tuple(attacks)
-    unknown = sorted(set(attacks) - set(ATTACKS))
-    if unknown:
-        raise ValueError(f"unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
-    return attacks

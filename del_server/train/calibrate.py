@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial, Mechanism
 from ..attacks.recovery import Recovery
-from ..attacks.suite import ATTACKS, Attacker, strongest
+from ..attacks.suite import Attacker, strongest
 from .defaults import DEFAULT_TARGETS
 
 BISECTION_ATTACKS = ("nearest_neighbour", "likelihood", "bigram_marginal")
@@ -96,7 +96,7 @@ def calibrate(
                 hi = middle
         mu = math.exp(lo)  # the most private end of the bracket
         for _ in tqdm(range(MAX_STEPS_DOWN), desc=f"verifying {target:.0%}", leave=False):
-            results = measured(mu, ATTACKS)
+            results = measured(mu, attacker.attacks)
             if level_holds(results, target) or mu <= MU_RANGE[0]:
                 break
             mu = max(MU_RANGE[0], mu * STEP_DOWN)

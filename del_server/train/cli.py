@@ -4,6 +4,8 @@
     del-server train projection --model M --data TEXT --out DIR  W_p, W_d, clip
     del-server calibrate --model M --data TEXT --out DIR         levels for DIR's adapter
     del-server train soft-prompt --model M --data TEXT --out DIR soft prompts for DIR's levels
+    del-server train classify --model all-MiniLM-L6-v2 --data DIR --out DIR
+                                                        an encoder's adapter for a labelled task
 
 Every command reads and writes the adapter in --out, so the stages chain; `train all` also
 writes training.json, TRAINING.md and a loss plot.
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from ..extras import require_extra
 from ..settings import DEFAULT_MODEL
-from .defaults import DEFAULT_DATA, DEFAULT_TARGETS
+from .defaults import DEFAULT_DATA, DEFAULT_NLU_DATA, DEFAULT_NLU_MODEL, DEFAULT_TARGETS
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -41,7 +43,9 @@ def _projection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-mu", type=float, help="train the projection with this noise")
 
 
-def _calibration_args(parser: argparse.ArgumentParser) -> None:
+def _calibration_args(
+    parser: argparse.ArgumentParser, *, window_tokens: int = 32, beam: bool = True
+) -> None:
     parser.add_argument(
         "--targets",
         type=_floats,
@@ -52,10 +56,13 @@ def _calibration_args(parser: argparse.ArgumentParser) -> None:
         "--calibration-prompts",
         type=int,
         default=250,
-        help="held-out prompts every attack is measured on (32 tokens each)",
+        help=f"held-out prompts every attack is measured on ({window_tokens} tokens each)",
     )
     parser.add_argument("--inversion-steps", type=int, default=400, help="learned attack training")
-    parser.add_argument("--beam-width", type=int, default=64, help="the LLM beam attack's width")
+    if beam:
+        parser.add_argument(
+            "--beam-width", type=int, default=64, help="the LLM beam attack's width"
+        )
 
 
 def _soft_prompt_args(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +120,68 @@ def _run_stage(name: str, needs_adapter: bool):
     return run
 
 
+def _add_classify(stages: argparse._SubParsersAction) -> None:
+    from .classification.pipeline import ClassifyConfig
+
+    defaults = ClassifyConfig(model="", data="", out=Path())
+    classify = stages.add_parser(
+        "classify",
+        help="an encoder's adapter for a classification task: projection, calibration, "
+        "per level a soft prompt and a head",
+    )
+    classify.add_argument("--model", default=DEFAULT_NLU_MODEL, help="an encoder: path or name")
+    classify.add_argument(
+        "--data", default=DEFAULT_NLU_DATA, help="directory with train.tsv and dev.tsv"
+    )
+    classify.add_argument("--out", type=Path, required=True, help="adapter directory")
+    classify.add_argument("--dim", type=int, default=defaults.dim, help="projection dim k")
+    classify.add_argument("--bits", type=int, default=defaults.bits)
+    classify.add_argument(
+        "--projection-mu",
+        type=float,
+        default=defaults.projection_mu,
+        help="the noise the projection is trained with",
+    )
+    classify.add_argument("--projection-steps", type=int, default=defaults.projection_steps)
+    classify.add_argument(
+        "--level-steps", type=int, default=defaults.level_steps, help="per level and clean head"
+    )
+    classify.add_argument("--length", type=int, default=defaults.soft_prompt_length)
+    classify.add_argument("--lr", type=float, default=defaults.lr)
+    classify.add_argument("--batch", type=int, default=defaults.batch)
+    classify.add_argument("--seed", type=int, default=defaults.seed)
+    classify.add_argument("--resume", action="store_true", help="continue from out/checkpoints")
+    _calibration_args(classify, window_tokens=defaults.calibration_length, beam=False)
+    classify.set_defaults(run=_run_classify)
+
+
+def _run_classify(args: argparse.Namespace) -> None:
+    require_extra("train", "del-server train classify")
+    from .classification.pipeline import ClassifyConfig, run_all
+
+    config = ClassifyConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        dim=args.dim,
+        bits=args.bits,
+        projection_mu=args.projection_mu,
+        projection_steps=args.projection_steps,
+        level_steps=args.level_steps,
+        soft_prompt_length=args.length,
+        lr=args.lr,
+        batch=args.batch,
+        seed=args.seed,
+        resume=args.resume,
+        targets=args.targets,
+        calibration_prompts=args.calibration_prompts,
+        inversion_steps=args.inversion_steps,
+        command=shlex.join(["del-server", *sys.argv[1:]]),
+    )
+    adapter = run_all(config)
+    print(f"adapter written to {args.out}: levels μ = {sorted(adapter.task.heads)}")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train the projection and soft prompts (offline)")
     stages = train.add_subparsers(dest="stage", required=True)
@@ -128,6 +197,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _common(soft)
     _soft_prompt_args(soft)
     soft.set_defaults(run=_run_stage("soft_prompt_stage", needs_adapter=True))
+    _add_classify(stages)
     calibrate = sub.add_parser("calibrate", help="privacy level per target attack success rate")
     _common(calibrate)
     _calibration_args(calibrate)

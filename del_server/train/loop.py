@@ -83,3 +83,16 @@ def optimize(
     for p in params.values():
         p.requires_grad_(False)
     return losses
+
+
+def loss_summary(losses: list[float]) -> dict:
+    """Steps, and the mean loss of the first and last windows: for training reports."""
+    if not losses:
+        return {"steps": 0}
+    window = max(1, min(50, len(losses) // 5))
+    return {
+        "steps": len(losses),
+        "first_mean": sum(losses[:window]) / window,
+        "last_mean": sum(losses[-window:]) / window,
+        "window": window,
+    }

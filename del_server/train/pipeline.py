@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from del_client.mechanism import PrivacySpec
@@ -30,6 +29,7 @@ from ..models import LoadedModel, load_model
 from .calibrate import DEFAULT_TARGETS, calibrate
 from .data import Split, load_split
 from .evaluate import level_losses, reference_losses
+from .loop import loss_summary
 from .objective import FrozenLM
 from .projection import train_projection
 from .report import plot_losses, write_markdown
@@ -206,7 +206,7 @@ def write_report(bench: Workbench, adapter: Adapter, evaluated: dict) -> dict:
         "clip": adapter.clip,
         "clip_rule": adapter.metadata["clip_rule"],
         "timings": bench.timings,
-        "losses": {name: _summary(values) for name, values in bench.losses.items()},
+        "losses": {name: loss_summary(values) for name, values in bench.losses.items()},
         "levels": adapter.calibration,
         "evaluation": evaluated,
     }
@@ -232,15 +232,3 @@ def run_all(config: TrainConfig) -> Adapter:
     bench.timings["total_s"] = time.perf_counter() - started
     write_report(bench, adapter, evaluated)
     return adapter
-
-
-def _summary(losses: list[float]) -> dict:
-    if not losses:
-        return {"steps": 0}
-    window = max(1, min(50, len(losses) // 5))
-    return {
-        "steps": len(losses),
-        "first_mean": float(np.mean(losses[:window])),
-        "last_mean": float(np.mean(losses[-window:])),
-        "window": window,
-    }

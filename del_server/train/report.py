@@ -55,30 +55,8 @@ def write_markdown(path: Path, report: dict) -> None:
         "",
         "## Levels",
         "",
-        f"Measured on {_measured(report['levels'])}. A level holds when the upper end of the 95 % "
-        "interval (clustered by prompt) of the STRONGEST attack's token recovery is under its "
-        "target; ε is exact per token at δ = 1e-5. Rates are token recovery, point estimate.",
-        "",
-        "| target | μ per token | ε per token | strongest attack | its rate (95 % CI) "
-        + "".join(f"| {name} " for name in ATTACKS)
-        + "|",
-        "|---:|---:|---:|---|---:|" + "---:|" * len(ATTACKS),
+        *levels_table(report["levels"]),
     ]
-    for level in report["levels"]:
-        attacks, name = level["attacks"], level["strongest_attack"]
-        top = attacks[name]
-        lines.append(
-            f"| {level['target_attack_rate']:.0%} | {level['mu']:.3f} | {level['epsilon_token']:.2f} "
-            f"| {ATTACKS_IN_WORDS[name]} | {top['rate']:.1%} ({top['low']:.1%}–{top['high']:.1%}) "
-            + "".join(f"| {attacks[a]['rate']:.1%} " for a in ATTACKS)
-            + "|"
-        )
-    if report["levels"]:
-        lines += [
-            "",
-            f"Knowing only the language (no symbols), the best blind guess recovers "
-            f"{report['levels'][0]['prior_alone_rate']:.1%} of tokens: no level can go below it.",
-        ]
     lines += [
         "",
         "## Held-out continuation loss (nats/token)",
@@ -108,6 +86,37 @@ def write_markdown(path: Path, report: dict) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def levels_table(levels: list[dict]) -> list[str]:
+    """Markdown lines: each calibrated level with every attack's rate, and the blind floor."""
+    names = [a for a in ATTACKS if levels and a in levels[0]["attacks"]]
+    lines = [
+        f"Measured on {_measured(levels)}. A level holds when the upper end of the 95 % "
+        "interval (clustered by prompt) of the STRONGEST attack's token recovery is under its "
+        "target; ε is exact per token at δ = 1e-5. Rates are token recovery, point estimate.",
+        "",
+        "| target | μ per token | ε per token | strongest attack | its rate (95 % CI) "
+        + "".join(f"| {name} " for name in names)
+        + "|",
+        "|---:|---:|---:|---|---:|" + "---:|" * len(names),
+    ]
+    for level in levels:
+        attacks, name = level["attacks"], level["strongest_attack"]
+        top = attacks[name]
+        lines.append(
+            f"| {level['target_attack_rate']:.0%} | {level['mu']:.3f} | {level['epsilon_token']:.2f} "
+            f"| {ATTACKS_IN_WORDS[name]} | {top['rate']:.1%} ({top['low']:.1%}–{top['high']:.1%}) "
+            + "".join(f"| {attacks[a]['rate']:.1%} " for a in names)
+            + "|"
+        )
+    if levels:
+        lines += [
+            "",
+            f"Knowing only the language (no symbols), the best blind guess recovers "
+            f"{levels[0]['prior_alone_rate']:.1%} of tokens: no level can go below it.",
+        ]
+    return lines
 
 
 def _measured(levels: list[dict]) -> str:

@@ -20,7 +20,7 @@ import yaml
 
 from del_client import Client, ClientConfig, GenerationResult
 from del_client.proto import inference_pb2_grpc
-from del_client.session import GenerationPlan, PrivacyChoice, ReplyFolder, Sampling
+from del_client.session import PrivacyChoice, PromptPlan, ReplyFolder, Sampling
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -158,7 +158,7 @@ class HeldStream:
         config = ClientConfig(target=target, bundle_cache_dir=cache_dir)
         with Client(config) as client:
             model, bundle = client.manifest().model, client.bundle()
-        plan = GenerationPlan("Once upon a time", PrivacyChoice(mu=20), Sampling(max_new_tokens=8))
+        plan = PromptPlan("Once upon a time", PrivacyChoice(mu=20), Sampling(max_new_tokens=8))
         self._request = plan.prepare(model, bundle, max_payload_bytes=config.max_payload_bytes)
         self._prompt_sent, self._release = threading.Event(), threading.Event()
         self._channel = grpc.insecure_channel(target)

@@ -32,7 +32,7 @@ from del_client import (
 from del_client.cli import main
 from del_client.proto import inference_pb2
 from del_client.sampling import Sampling
-from del_client.session import GenerationPlan, PrivacyChoice
+from del_client.session import PrivacyChoice, PromptPlan
 
 PROMPT = "Once upon a time"
 PROMPT_TOKENS = 4  # BOS is the server's, not the client's
@@ -155,7 +155,7 @@ def test_epsilon_of_the_prompt_is_the_exact_epsilon_for_its_length(client):
 
 
 def test_a_stale_bundle_digest_is_a_failed_precondition_and_the_server_serves_on(client):
-    plan = GenerationPlan(PROMPT, PrivacyChoice(mu=10), Sampling(max_new_tokens=2))
+    plan = PromptPlan(PROMPT, PrivacyChoice(mu=10), Sampling(max_new_tokens=2))
     request = plan.prepare(client.manifest().model, client.bundle(), max_payload_bytes=1024)
     header = inference_pb2.GenerateRequest()
     header.CopyFrom(request.messages[0])

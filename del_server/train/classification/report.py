@@ -1,0 +1,51 @@
+"""TRAINING.md of a classification adapter: how it was trained, its levels, its accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..report import levels_table
+
+
+def write_markdown(path: Path, report: dict) -> None:
+    e, cfg, data = report["evaluation"], report["config"], report["data"]
+    losses = report["losses"]
+    lines = [
+        f"# Training report: {report['model_id']} for {Path(cfg['data']).name}",
+        "",
+        f"Reproduce with: `{cfg['command'] or 'del-server train classify'}`",
+        "",
+        f"- data: `{data['source']}`: {data['train_sentences']} training sentences, the last "
+        f"{data['held_out_sentences']} rows of train.tsv held out (calibration text), "
+        f"{data['dev_sentences']} dev sentences (evaluation only); labels "
+        f"{', '.join(data['labels'])}",
+        f"- projection: k = {cfg['dim']}, b = {cfg['bits']} bits, clip 1; "
+        f"{losses.get('projection', {}).get('steps', 0)} steps from PCA with a soft prompt of "
+        f"{cfg['soft_prompt_length']} vectors and a linear head, at the noise of "
+        f"μ = {cfg['projection_mu']:g}; batch {cfg['batch']}, learning rate {cfg['lr']:g}, "
+        f"seed {cfg['seed']}",
+        f"- levels: each level's soft prompt and head fine-tuned {cfg['level_steps']} steps at "
+        "its own noise; a clean head for raw embeddings",
+        f"- wall time: {report['timings']['total_s']:.0f} s on {report['machine']['platform']} "
+        f"({report['machine']['threads']} threads)",
+        "",
+        "## Levels",
+        "",
+        *levels_table(report["levels"]),
+        "",
+        "## Dev accuracy",
+        "",
+        f"{e['dev_sentences']} dev sentences; each level's figure is the mean over "
+        f"{len(cfg['eval_seeds'])} draws of the noise. Majority class: {e['majority']:.1%}; "
+        f"clean (raw embeddings, no privacy): {e['clean']:.1%}.",
+        "",
+        "| target | μ per token | dev accuracy | strongest attack's 95 % bound |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {level['target_attack_rate']:.0%} | {level['mu']:.3f} | {level['accuracy']:.1%} "
+            f"| {level['strongest_rate_high']:.1%} |"
+            for level in e["levels"]
+        ),
+        "",
+    ]
+    path.write_text("\n".join(lines))

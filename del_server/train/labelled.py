@@ -1,0 +1,105 @@
+"""Labelled sentences for classification, tokenized as the client tokenizes them.
+
+A task's directory holds `train.tsv` and `dev.tsv` with a header line and rows of
+`text<TAB>label` (integer labels 0..L−1; GLUE's SST-2 as ../shared/data/sst2 has it). The
+last `held_out` training rows are kept back from training: calibration measures the attacks
+on them, and training stops early on their accuracy. dev.tsv is for evaluation only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+# Names of the labels of the tasks whose files give integers only.
+TASK_LABELS = {"sst2": ("negative", "positive")}
+
+
+@dataclass(frozen=True)
+class Labelled:
+    ids: tuple[torch.Tensor, ...]  # each sentence's token ids, no template tokens
+    labels: torch.Tensor  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(
+        self, size: int, generator: torch.Generator
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        index = torch.randint(len(self), (size,), generator=generator)
+        return [self.ids[i] for i in index.tolist()], self.labels[index]
+
+    def head(self, count: int) -> Labelled:
+        return Labelled(self.ids[:count], self.labels[:count])
+
+    def stream(self) -> np.ndarray:
+        """Every sentence's ids back to back: public text for the attacker's bigram prior."""
+        return torch.cat(list(self.ids)).numpy()
+
+    def windows(self, count: int, length: int) -> np.ndarray:
+        """(count, length) consecutive tokens of the sentences back to back: prompts of one
+        length for the attacks (calibration measures token recovery, not labels)."""
+        stream = self.stream()
+        available = len(stream) // length
+        if available < count:
+            raise ValueError(f"{count} windows of {length} tokens need more text ({available})")
+        return stream[: count * length].reshape(count, length)
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    train: Labelled
+    held_out: Labelled
+    dev: Labelled
+    label_names: tuple[str, ...]
+
+    def describe(self) -> dict:
+        return {
+            "train_sentences": len(self.train),
+            "held_out_sentences": len(self.held_out),
+            "dev_sentences": len(self.dev),
+            "labels": list(self.label_names),
+            "rule": "the last held-out rows of train.tsv are held out; dev.tsv for evaluation",
+        }
+
+
+def read_tsv(path: Path) -> tuple[list[str], list[int]]:
+    texts, labels = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
+        text, separator, label = line.rpartition("\t")
+        if not separator or not label.strip().isdigit():
+            raise ValueError(f"{path}:{number}: expected text<TAB>integer label, got {line!r}")
+        texts.append(text.strip())
+        labels.append(int(label))
+    return texts, labels
+
+
+def _labelled(texts: list[str], labels: list[int], tokenizer: Tokenizer) -> Labelled:
+    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+    kept = [(e.ids, label) for e, label in zip(encodings, labels, strict=True) if e.ids]
+    return Labelled(
+        tuple(torch.tensor(ids, dtype=torch.long) for ids, _ in kept),
+        torch.tensor([label for _, label in kept], dtype=torch.long),
+    )
+
+
+def load_labelled(directory: str | Path, tokenizer: Tokenizer, *, held_out: int) -> LabelledData:
+    directory = Path(directory)
+    texts, labels = read_tsv(directory / "train.tsv")
+    if not 0 < held_out < len(texts):
+        raise ValueError(f"{directory}: cannot hold out {held_out} of {len(texts)} rows")
+    dev = _labelled(*read_tsv(directory / "dev.tsv"), tokenizer)
+    count = max(labels + dev.labels.tolist()) + 1
+    names = TASK_LABELS.get(directory.name, tuple(str(i) for i in range(count)))
+    if len(names) != count:
+        raise ValueError(f"{directory}: {count} labels in the files, {len(names)} names")
+    return LabelledData(
+        train=_labelled(texts[:-held_out], labels[:-held_out], tokenizer),
+        held_out=_labelled(texts[-held_out:], labels[-held_out:], tokenizer),
+        dev=dev,
+        label_names=names,
+    )
