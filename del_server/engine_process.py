@@ -35,6 +35,9 @@ from .generation import Event, FailedEvent, FinishEvent, RequestHandle, _deliver
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 30.0
+# How often the child, waiting for requests, checks whether the engine's counts changed without
+# an event to carry them (a cancelled sequence leaves at the engine's next round, silently).
+STATS_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -183,21 +186,52 @@ def _hand_over(by_loop: dict[asyncio.AbstractEventLoop, list]) -> None:
 
 
 class _PipeLoop:
-    """In the child: where the engine hands its events. Sends them to the parent, by key."""
+    """In the child: where the engine hands its events. Sends them to the parent, by key, with
+    the engine's counts; the child's main thread sends the counts alone when they change
+    without events (`send_stats_if_changed`). One lock for the keys and the pipe."""
 
     def __init__(self, conn, engine_stats) -> None:
         self._conn = conn
         self._stats = engine_stats
-        self.keys: dict[RequestHandle, int] = {}
+        self._lock = threading.Lock()
+        self._sent_stats: tuple | None = None
+        self._keys: dict[RequestHandle, int] = {}
+
+    def add(self, handle: RequestHandle, key: int) -> None:
+        with self._lock:
+            self._keys[handle] = key
+
+    def forget(self, handle: RequestHandle) -> None:
+        """A cancelled request: the parent has dropped it, so its later events are not sent."""
+        with self._lock:
+            self._keys.pop(handle, None)
+
+    def live_keys(self) -> set[int]:
+        with self._lock:
+            return set(self._keys.values())
 
     def call_soon_threadsafe(self, _callback, events: list[tuple[RequestHandle, list[Event]]]):
-        batch = []
-        for handle, sent in events:
-            key = self.keys[handle]
-            if isinstance(sent[-1], FinishEvent | FailedEvent):
-                del self.keys[handle]
-            batch.append((key, [_picklable(event) for event in sent]))
-        self._conn.send((batch, self._stats()))
+        with self._lock:
+            batch = []
+            for handle, sent in events:
+                key = self._keys.get(handle)
+                if key is None:
+                    continue  # cancelled
+                if isinstance(sent[-1], FinishEvent | FailedEvent):
+                    del self._keys[handle]
+                batch.append((key, [_picklable(event) for event in sent]))
+            self._send(batch)
+
+    def send_stats_if_changed(self) -> None:
+        """The counts alone, when the running or waiting count differs from the last sent (the
+        KV cache's bytes change every round, and ride on the events)."""
+        with self._lock:
+            if self._sent_stats is None or self._stats()[:2] != self._sent_stats[:2]:
+                self._send([])
+
+    def _send(self, batch: list) -> None:
+        self._sent_stats = self._stats()
+        self._conn.send((batch, self._sent_stats))
 
 
 def _picklable(event: Event) -> Event:
@@ -237,18 +271,22 @@ def _child_main(spec: EngineSpec, conn) -> None:
     try:
         while True:
             try:
+                if not conn.poll(STATS_INTERVAL_S):
+                    sender.send_stats_if_changed()
+                    continue
                 message = conn.recv()
             except (EOFError, OSError):
                 break
             if message[0] == "submit":
                 _, key, request_id, inputs, sampling = message
                 handle = RequestHandle(request_id, None, sender)
-                sender.keys[handle] = key
+                sender.add(handle, key)
                 handles[key] = handle
                 engine.enqueue(handle, torch.from_numpy(inputs), sampling)
             elif message[0] == "cancel":
                 if (handle := handles.pop(message[1], None)) is not None:
                     handle.cancel()
+                    sender.forget(handle)
             elif message[0] == "stop":
                 break
             _forget_finished(handles, sender)
@@ -259,7 +297,9 @@ def _child_main(spec: EngineSpec, conn) -> None:
 
 def _forget_finished(handles: dict[int, RequestHandle], sender: _PipeLoop) -> None:
     """Drop the handles of requests whose end was sent (the sender forgot them)."""
-    if len(handles) > 2 * len(sender.keys) + 64:
-        live = set(sender.keys.values())  # one C-level copy: the engine thread edits it too
+    if len(handles) > 64:
+        live = sender.live_keys()
+        if len(handles) <= 2 * len(live) + 64:
+            return
         for key in [k for k in handles if k not in live]:
             del handles[key]

@@ -120,6 +120,24 @@ def test_a_cancel_reaches_the_engine_process_and_overload_is_refused(separate):
     assert codes.count(grpc.StatusCode.OK) == 8
 
 
+def test_after_a_cancel_with_nothing_left_to_send_the_server_sees_the_engine_idle(
+    serve, stories260k
+):
+    """Every token sent as made (no stream interval): the cancelled stream has no event left
+    in the engine process, yet the server learns that nothing runs there any more."""
+    with serve(settings(stories260k, engine_process=True, stream_interval_ms=0.0)) as loopback:
+        wire, engine = Wire(loopback.target), loopback.running.served.engine
+        for attempt in range(20):  # the cancel lands at different points of the engine's round
+            call = wire.stub.Generate(iter(wire.request("Once upon a time", max_new_tokens=64)))
+            next(call)
+            time.sleep(attempt * 0.0025)
+            call.cancel()
+            deadline = time.monotonic() + 5
+            while (engine.running or engine.waiting) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert (engine.running, engine.waiting) == (0, 0), attempt
+
+
 def test_if_the_engine_process_dies_streams_fail_and_health_says_not_serving(serve, stories260k):
     with serve(settings(stories260k, engine_process=True)) as loopback:
         wire, engine = Wire(loopback.target), loopback.running.served.engine
