@@ -31,6 +31,8 @@ from .codec import encode_frames
 from .config import ClientConfig
 from .errors import DELError, RequestOptionError, ServerError
 from .mechanism import BinomialQuantizer, PrivacySpec
+from .session import DEFAULT_BITS
+from .symbol_model import model_for
 
 MAX_CONCURRENCY = 1024
 MAX_DURATION_S = 3600.0
@@ -69,12 +71,16 @@ class LoadReport:
         return asdict(self)
 
 
-def _warm_up(bundle) -> None:
-    """Load the codec's compiled kernels now (numba: seconds on first use in a process), not
-    in the first timed request; on this side only, so the server sees no extra request."""
-    spec = PrivacySpec.from_mu(mu=10.0, dim=bundle.projection_dim, bits=4, clip=bundle.clip)
+def _warm_up(bundle, mu: float, bits: int | None) -> None:
+    """Load the codec's compiled kernels and the entropy coder now (numba: seconds on first
+    use in a process) and compute the load's symbol model, not in the first timed request; on
+    this side only, so the server sees no extra request."""
+    spec = PrivacySpec.from_mu(
+        mu=mu, dim=bundle.projection_dim, bits=bits or DEFAULT_BITS, clip=bundle.clip
+    )
     symbols = BinomialQuantizer(spec).privatize(bundle.embed(bundle.encode("warm up")))
-    encode_frames(symbols, spec)
+    list(encode_frames(symbols, spec))
+    list(encode_frames(symbols, spec, model=model_for(bundle, spec)))
 
 
 def _check(concurrency: int, duration_s: float, max_requests: int | None) -> None:
@@ -114,7 +120,7 @@ async def run_load(
     deltas = 0
     started = 0
     async with AsyncClient(config) as client:
-        _warm_up(await client.bundle())
+        _warm_up(await client.bundle(), mu, bits)
         begin = time.perf_counter()
         cpu_begin = time.process_time()
         stop_at = begin + duration_s

@@ -2,7 +2,7 @@
 
 Names follow vLLM's stems with a `del_` prefix so existing dashboards carry over; counters get
 `_total` appended by the client library on export. Labels are low-cardinality (status code,
-finish reason, mechanism, soft-prompt level) and initialised up front. Each server owns one
+finish reason, mechanism, payload encoding, soft-prompt level) and initialised up front. Each server owns one
 registry, so two servers can share a test process.
 """
 
@@ -22,6 +22,8 @@ from prometheus_client import (
     Info,
     start_http_server,
 )
+
+from del_client.codec import ENCODINGS
 
 from .sampling import FinishReason
 
@@ -82,6 +84,7 @@ class RequestStats:
     mechanism: str
     level: str  # soft-prompt level used ("none" if none)
     label: str | None = None  # classify: the label answered
+    encoding: str = "packed"  # the frames' payload encoding: "packed" or "ans" (coded)
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     generated_tokens: int = 0
@@ -172,6 +175,12 @@ class Metrics:
             "del_payload_bits", "Privatized payload bits received", ["mechanism"], **r
         )
         self.frames = Counter("del_frames_received", "Frames received", ["mechanism"], **r)
+        self.by_encoding = Counter(
+            "del_requests_by_payload_encoding",
+            "Generate streams by their frames' payload encoding (packed, or ans: entropy-coded)",
+            ["encoding"],
+            **r,
+        )
         self.bits_per_token = Histogram(
             "del_payload_bits_per_token",
             "Payload bits per prompt token",
@@ -205,6 +214,8 @@ class Metrics:
             self.classified.labels(label)
         for reason in FinishReason:
             self.request_success.labels(reason.value)
+        for encoding in ENCODINGS:
+            self.by_encoding.labels(encoding)
         for mechanism in MECHANISMS:
             for child in (self.payload_bits, self.frames, self.bits_per_token, self.compression):
                 child.labels(mechanism)
@@ -238,6 +249,7 @@ class Metrics:
         if stats.frames:
             self.frames.labels(stats.mechanism).inc(stats.frames)
             self.payload_bits.labels(stats.mechanism).inc(stats.payload_bits)
+            self.by_encoding.labels(stats.encoding).inc()
         if stats.code != "OK":
             return
         if stats.finish_reason is not None:

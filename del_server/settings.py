@@ -26,6 +26,8 @@ SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_MODEL = str(SHARED_DIR / "models" / "stories260K")
 # The trained adapter of the default model, shipped with the package.
 DEFAULT_ADAPTER = str(Path(__file__).resolve().parent / "adapters" / "stories260K")
+# The trained classification adapter of all-MiniLM-L6-v2 for SST-2 sentiment, shipped too.
+DEFAULT_NLU_ADAPTER = str(Path(__file__).resolve().parent / "adapters" / "minilm-sst2")
 PORTS = ("port", "metrics_port", "health_port")
 
 

@@ -14,6 +14,7 @@ vocabulary, the `keep` most likely under likelihood × unigram prior for a large
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -21,12 +22,21 @@ import torch
 DEFAULT_KEEP = 512  # candidates per position: the whole vocabulary of the default model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BigramPrior:
-    """log P(v) for a prompt's first token and log P(v | previous token), add-α smoothed."""
+    """log P(v) for a prompt's first token and log P(v | previous token), add-α smoothed.
+
+    The pair counts are kept sparse (the pairs public text holds, sorted by key
+    previous·V + next), so a 30k WordPiece vocabulary costs megabytes, not the 3.7 GB of a
+    dense V × V table; `transition(before, after)` computes exactly the entries a lattice
+    asks for.
+    """
 
     log_start: torch.Tensor  # (V,) the unigram: a prompt may start anywhere in the text
-    log_transition: torch.Tensor  # (V, V) row: previous token, column: next token
+    pair_keys: torch.Tensor  # (N,) sorted previous * V + next of the pairs seen
+    pair_counts: torch.Tensor  # (N,) how often each was seen
+    row_totals: torch.Tensor  # (V,) pairs seen after each previous token
+    smoothing: float
 
     @classmethod
     def fit(cls, token_ids: np.ndarray, vocab: int, *, smoothing: float = 0.1) -> BigramPrior:
@@ -35,16 +45,33 @@ class BigramPrior:
         if ids.numel() < 2:
             raise ValueError("a bigram prior needs at least two tokens of public text")
         unigram = torch.bincount(ids, minlength=vocab).double() + smoothing
-        pairs = torch.bincount(ids[:-1] * vocab + ids[1:], minlength=vocab * vocab)
-        bigram = pairs.reshape(vocab, vocab).double() + smoothing
+        keys, counts = torch.unique(ids[:-1] * vocab + ids[1:], sorted=True, return_counts=True)
         return cls(
             log_start=(unigram / unigram.sum()).log().float(),
-            log_transition=(bigram / bigram.sum(dim=1, keepdim=True)).log().float(),
+            pair_keys=keys,
+            pair_counts=counts.double(),
+            row_totals=torch.bincount(ids[:-1], minlength=vocab).double(),
+            smoothing=smoothing,
         )
 
     @property
     def vocab(self) -> int:
         return self.log_start.shape[0]
+
+    def transition(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """log P(after | before), elementwise over the broadcast shape of the two id tensors."""
+        before, after = torch.broadcast_tensors(before, after)
+        keys = before * self.vocab + after
+        found = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
+        counts = torch.where(self.pair_keys[found] == keys, self.pair_counts[found], 0.0)
+        totals = self.row_totals[before] + self.smoothing * self.vocab
+        return ((counts + self.smoothing) / totals).log().float()
+
+    @cached_property
+    def dense(self) -> torch.Tensor:
+        """(V, V) every transition at once: for a vocabulary small enough not to prune."""
+        ids = torch.arange(self.vocab)
+        return self.transition(ids[:, None], ids[None, :])
 
 
 @dataclass(frozen=True)
@@ -85,9 +112,9 @@ class Lattice:
     def transition(self, t: int) -> torch.Tensor:
         """(P or 1, M, M) log P(candidate j at t + 1 | candidate i at t)."""
         if not self.pruned:
-            return self.prior.log_transition[None]
+            return self.prior.dense[None]
         before, after = self.candidates[:, t], self.candidates[:, t + 1]
-        return self.prior.log_transition[before[:, :, None], after[:, None, :]]
+        return self.prior.transition(before[:, :, None], after[:, None, :])
 
     def backward(self) -> torch.Tensor:
         """(P, T, M) β_t = log P(symbols after t | candidate at t): the look-ahead of every
