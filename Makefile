@@ -41,7 +41,8 @@ proto: install
 	$(BIN)/python protos/vectors.py
 
 # reports/bench_codec.* (codec throughput), bench_cli.* (del-client start-up: --help, manifest)
-# and bench_e2e.* (generations in-process and through gRPC).
+# and bench_e2e.* (one stream in-process and through gRPC; DEL's streams at 1-64 beside the
+# model's own batched speed on the same threads, both engines; about two minutes).
 bench: install
 	$(BIN)/python -m del_client.bench --out reports
 	$(BIN)/python -m del_server.tools.bench --out reports

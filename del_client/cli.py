@@ -535,6 +535,12 @@ def _add_loadtest(cmd: argparse.ArgumentParser) -> None:
     _add_payload_encoding(cmd)
     cmd.add_argument("--max-new-tokens", type=int, default=32)
     cmd.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
+    cmd.add_argument(
+        "--ramp-up",
+        type=float,
+        default=0.0,
+        help="seconds over which the streams start (0: all at once, so requests come in waves)",
+    )
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     cmd.set_defaults(run=_run_loadtest)
 
@@ -555,6 +561,7 @@ def _run_loadtest(args: argparse.Namespace) -> None:
             max_new_tokens=args.max_new_tokens,
             max_requests=args.max_requests,
             temperature=args.temperature,
+            ramp_up_s=args.ramp_up,
         )
     )
     if args.json:

@@ -18,6 +18,7 @@ from .backends.transformers import TransformersBackend
 from .bundles import client_bundle, raw_bundle
 from .classification import EncoderClassifier
 from .classify_batcher import ClassifyBatcher
+from .engine_process import EngineSpec, ProcessEngine
 from .generation import Engine, PromptBuilder
 from .levels import Level, adapter_levels
 from .models import LoadedModel, load_model
@@ -32,7 +33,7 @@ class ServedModel:
     adapter: Adapter
     bundle: ClientBundle
     raw_bundle: ClientBundle | None
-    engine: Engine | None  # generation: a causal LM
+    engine: Engine | ProcessEngine | None  # generation: a causal LM
     prompts: PromptBuilder | None
     levels: tuple[Level, ...] = ()  # adapter_levels(adapter): what a request may be served at
     classifier: ClassifyBatcher | None = None  # classification: an encoder and its task
@@ -75,16 +76,31 @@ def build_served_model(settings: Settings) -> ServedModel:
         )
     backend = TransformersBackend(loaded.model)
     anchor = loaded.tokenizer.encode("a", add_special_tokens=False).ids[-1]
-    engine = Engine(
-        backend,
-        loaded.tokenizer,
-        eos_id=loaded.eos_id,
-        anchor_id=anchor,
-        max_running=settings.max_running,
-        max_waiting=settings.max_waiting,
-        stream_interval_s=settings.stream_interval_ms / 1000,
-        join_wait_s=settings.join_wait_ms / 1000,
-    )
+    if settings.engine_process:
+        engine = ProcessEngine(
+            EngineSpec(
+                model=settings.model,
+                model_format=settings.model_format,
+                dtype=settings.dtype.value,
+                max_running=settings.max_running,
+                max_waiting=settings.max_waiting,
+                stream_interval_s=settings.stream_interval_ms / 1000,
+                join_wait_s=settings.join_wait_ms / 1000,
+                threads=torch.get_num_threads(),
+                log_level=settings.log_level,
+            )
+        )
+    else:
+        engine = Engine(
+            backend,
+            loaded.tokenizer,
+            eos_id=loaded.eos_id,
+            anchor_id=anchor,
+            max_running=settings.max_running,
+            max_waiting=settings.max_waiting,
+            stream_interval_s=settings.stream_interval_ms / 1000,
+            join_wait_s=settings.join_wait_ms / 1000,
+        )
     served = ServedModel(
         loaded=loaded,
         adapter=adapter,

@@ -37,7 +37,8 @@ from del_client.sampling import Sampling
 
 from .auth import TokenStore
 from .classification import EncoderInput
-from .generation import FinishEvent, PrivatePrompt
+from .engine_process import ProcessEngine
+from .generation import FailedEvent, FinishEvent, PrivatePrompt
 from .interceptors import server_interceptors
 from .metrics import Metrics
 from .reflection import enable_reflection
@@ -151,8 +152,14 @@ async def _warm_up(served: ServedModel, servicer: SplitInferenceService) -> None
         return
     inputs, _ = served.prompts.build(PrivatePrompt(x_hat, mu=None))
     handle = served.engine.submit("warm-up", inputs, Sampling(max_new_tokens=2, temperature=0))
-    while not isinstance(await handle.events.get(), FinishEvent):
-        pass
+    while not isinstance(event := await handle.events.get(), FinishEvent):
+        if isinstance(event, FailedEvent):
+            raise event.error
+
+
+async def _not_serving(health: health_aio.HealthServicer) -> None:
+    for service in ("", SERVICE_NAME):
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 async def start(settings: Settings, *, served: ServedModel | None = None) -> RunningServer:
@@ -220,6 +227,9 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
         raise
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    if isinstance(engine, ProcessEngine):
+        loop = asyncio.get_running_loop()
+        engine.on_death = lambda: asyncio.run_coroutine_threadsafe(_not_serving(health), loop)
     log.info(
         "serving",
         extra={

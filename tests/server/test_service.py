@@ -499,3 +499,21 @@ def test_a_unary_method_that_fails_is_internal_with_a_request_id_that_the_log_ha
     with pytest.raises(grpc.RpcError) as unknown:  # a status the method chose goes out as is
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="nope"))
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_observing_many_values_at_once_equals_observing_them_one_by_one():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from del_server.metrics import LATENCY_BUCKETS_S, observe_all
+
+    values = [0.0005, 0.001, 0.003, 0.003, 0.2, 7.0, 1e9, 0.0]
+    texts = []
+    for observe in (lambda h: [h.observe(v) for v in values], lambda h: observe_all(h, values)):
+        registry = CollectorRegistry()
+        observe(Histogram("latency", "seconds", buckets=LATENCY_BUCKETS_S, registry=registry))
+        texts.append(
+            b"\n".join(
+                line for line in generate_latest(registry).splitlines() if b"created" not in line
+            )
+        )
+    assert texts[0] == texts[1]
