@@ -40,6 +40,9 @@ from ..train.classification.pipeline import (
 )
 
 RAW_BITS = 16  # an fp16 embedding coordinate: what sending the prompt's embeddings costs
+# Bisection steps matching the Gaussian baseline to a target: a bracket 3 % wide in μ, enough
+# for a baseline (the adapter's own levels took calibrate's default).
+GAUSSIAN_ITERATIONS = 8
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,9 @@ def run(config: NluEvalConfig) -> dict:
             seed=trained["seed"],
         )
     )
-    rows = _references(bench, adapter) + _levels(bench, adapter) + _gaussian(bench, adapter)
+    rows = (
+        _references(bench, adapter) + _levels(bench, adapter) + _gaussian(bench, adapter, trained)
+    )
     report = {
         "schema": "del-eval-nlu/1",
         "command": config.command,
@@ -157,7 +162,7 @@ def _levels(bench: ClassifyBench, adapter: Adapter) -> list[dict]:
     return rows
 
 
-def _gaussian(bench: ClassifyBench, adapter: Adapter) -> list[dict]:
+def _gaussian(bench: ClassifyBench, adapter: Adapter, trained: dict) -> list[dict]:
     """The Gaussian mechanism on the same projection, matched to each level's target."""
     c, bits = bench.config, adapter.metadata["bits"]
 
@@ -174,7 +179,9 @@ def _gaussian(bench: ClassifyBench, adapter: Adapter) -> list[dict]:
         targets=tuple(level["target_attack_rate"] for level in adapter.calibration),
         bits=bits,
         seed=c.seed,
+        iterations=GAUSSIAN_ITERATIONS,
         mechanism_at=mechanism_at,
+        max_mu=trained["max_mu"],
     )
     rows = []
     for level, served in zip(levels, adapter.calibration, strict=True):
