@@ -22,7 +22,8 @@ import torch
 DEFAULT_KEEP = 512
 # A dense transition table up to this size (a 30k vocabulary: 3.7 GB) is built once and gathered
 # from, the fastest a lattice can ask; beyond it (a 128k vocabulary) pairs are looked up sparse.
-DENSE_BYTES = 4 << 30  # candidates per position: the whole vocabulary of the default model
+DENSE_BYTES = 4 << 30
+BLOCKS_KEPT = 512  # transition blocks a prior remembers (512 x 512 float32: 1 MB each)  # candidates per position: the whole vocabulary of the default model
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +84,24 @@ class BigramPrior:
         table[rows, columns] = seen.log().float()
         return table
 
+    def block(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """(M, M) log P(after[j] | before[i]) for two candidate lists, kept for their next use.
+
+        A position's candidates are a function of its symbols; with few coordinates and bits
+        per token, positions share a handful of symbol patterns, so the same lists meet again
+        and again (a lattice's gathers from a 30k table are most of an attack's time)."""
+        key = (before.numpy().tobytes(), after.numpy().tobytes())
+        found = self._blocks.get(key)
+        if found is None:
+            if len(self._blocks) >= BLOCKS_KEPT:
+                self._blocks.clear()
+            found = self._blocks[key] = self.transition(before[:, None], after[None, :])
+        return found
+
+    @cached_property
+    def _blocks(self) -> dict[tuple[bytes, bytes], torch.Tensor]:
+        return {}
+
     @cached_property
     def _totals(self) -> torch.Tensor:
         """(V,) each row's denominator: its pairs seen plus α for every possible next token."""
@@ -129,7 +148,7 @@ class Lattice:
         if not self.pruned:
             return self.prior.dense[None]
         before, after = self.candidates[:, t], self.candidates[:, t + 1]
-        return self.prior.transition(before[:, :, None], after[:, None, :])
+        return torch.stack([self.prior.block(b, a) for b, a in zip(before, after, strict=True)])
 
     def backward(self) -> torch.Tensor:
         """(P, T, M) β_t = log P(symbols after t | candidate at t): the look-ahead of every
