@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch that lies on this machine's disk; an unpinned torch pulls CUDA.
 TORCH  := torch==2.13.0
 
-.PHONY: install interop test lint format proto bench demo train-default soak loadtest clean
+.PHONY: install interop test lint format proto bench demo demo-nlu train-default train-nlu eval-nlu soak loadtest clean
 
 install: $(BIN)/del-client
 
@@ -41,7 +41,8 @@ proto: install
 	$(BIN)/python protos/vectors.py
 
 # reports/bench_codec.* (codec throughput), bench_cli.* (del-client start-up: --help, manifest)
-# and bench_e2e.* (generations in-process and through gRPC).
+# and bench_e2e.* (one stream in-process and through gRPC; DEL's streams at 1-64 beside the
+# model's own batched speed on the same threads, both engines; about two minutes).
 bench: install
 	$(BIN)/python -m del_client.bench --out reports
 	$(BIN)/python -m del_server.tools.bench --out reports
@@ -51,6 +52,16 @@ bench: install
 DEFAULT_ADAPTER := del_server/adapters/stories260K
 train-default: install
 	$(BIN)/del-server train all --out $(DEFAULT_ADAPTER) --projection-steps 1500 --soft-prompt-steps 1500
+
+# The committed classification adapter: all-MiniLM-L6-v2 for SST-2 sentiment (TRAINING.md in
+# it has the time this took).
+NLU_ADAPTER := del_server/adapters/minilm-sst2
+train-nlu: install
+	$(BIN)/del-server train classify --out $(NLU_ADAPTER)
+
+# Its dev accuracy per level against the strongest attack, beside baselines: docs/eval-nlu/.
+eval-nlu: install
+	$(BIN)/del-server eval-nlu --out docs/eval-nlu
 
 # Privacy, utility, communication and speed report with plots: reports/EVAL.md, eval.json,
 # *.png (about 60 minutes on 2 cores; docs/eval/ holds the committed full run).
@@ -73,6 +84,10 @@ loadtest: install
 # A real server and client over gRPC: MODEL=path-or-hub-id and ADAPTER=dir override defaults.
 demo: install
 	$(BIN)/python -m del_server.tools.demo
+
+# The same for classification: all-MiniLM-L6-v2 and its SST-2 adapter label a few sentences.
+demo-nlu: install
+	$(BIN)/python -m del_server.tools.demo --nlu
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -14,7 +14,8 @@ a status from the server raises a ServerError subclass (PreconditionFailedError,
 
 Underneath, the client turns tokens into projected embeddings (ClientBundle), privatizes them
 with a differentially private stochastic quantizer (BinomialQuantizer), accounts for the
-privacy spent exactly (accountant, PrivacyBudget) and bit-packs the symbols into frames (codec).
+privacy spent exactly (accountant, PrivacyBudget) and bit-packs the symbols into frames (codec),
+or entropy-codes them (symbol_model, ans) when the server decodes that.
 """
 
 from importlib import import_module

@@ -25,6 +25,7 @@ class ClassificationResult(HasUtility):
     usage: Usage
     timings: Timings  # time_to_first_token_s: from the end marker to the answer
     mechanism: str
+    payload_encoding: str  # "packed", or "ans": the frames were entropy-coded
     private: bool
     privacy_note: str
     delta: float | None
@@ -53,6 +54,7 @@ def classification_result(
         usage=Usage(**{f.name: getattr(response.usage, f.name) for f in fields(Usage)}),
         timings=Timings(**{f.name: getattr(response.timings, f.name) for f in fields(Timings)}),
         mechanism=request.mechanism,
+        payload_encoding=request.payload_encoding,
         private=request.epsilon_prompt is not None,
         privacy_note=request.privacy_note,
         delta=request.delta,

@@ -94,7 +94,11 @@ def _run_privacy(args: argparse.Namespace) -> None:
 
 
 def _add_bench_codec(cmd: argparse.ArgumentParser) -> None:
-    cmd.description = "Like `openssl speed`: privatize+pack and unpack+decode throughput, 1 thread."
+    cmd.description = (
+        "Like `openssl speed`: privatize+pack (or code) and unpack (or decode)+dequantize "
+        "throughput on 1 thread, for packed and entropy-coded (ans) frames, and their sizes "
+        "against the symbols' entropy."
+    )
     cmd.add_argument("--dim", type=int, default=128)
     cmd.add_argument("--bits", type=int, default=4)
     cmd.add_argument("--tokens", type=int, default=100_000)
@@ -105,14 +109,22 @@ def _add_bench_codec(cmd: argparse.ArgumentParser) -> None:
 def _run_bench_codec(args: argparse.Namespace) -> None:
     from .bench import measure_codec
 
-    result = measure_codec(dim=args.dim, bits=args.bits, tokens=args.tokens)
+    r = measure_codec(dim=args.dim, bits=args.bits, tokens=args.tokens)
     if args.json:
-        print(json.dumps(asdict(result)))
+        print(json.dumps({**asdict(r), "ans_over_entropy": r.ans_over_entropy}))
         return
     print(
-        f"k={result.dim} b={result.bits}: encode {result.encode_tokens_per_s:,.0f} tokens/s, "
-        f"decode {result.decode_tokens_per_s:,.0f} tokens/s, "
-        f"{result.wire_bits_per_token_prompt:.1f} wire bits per token (32-token prompt)"
+        f"k={r.dim} b={r.bits}, bits per token, tokens per second on one thread\n"
+        f"packed   {r.payload_bits_per_token} payload, {r.wire_bits_per_token_prompt:.1f} wire "
+        f"(32-token prompt); encode {r.encode_tokens_per_s:,.0f}, "
+        f"decode {r.decode_tokens_per_s:,.0f}\n"
+        f"ans      {r.ans_payload_bits_per_token:.1f} payload, "
+        f"{r.ans_wire_bits_per_token_prompt:.1f} wire (32-token prompt); "
+        f"encode {r.ans_encode_tokens_per_s:,.0f}, decode {r.ans_decode_tokens_per_s:,.0f} "
+        f"(symbol model built in {r.model_build_s:.3f} s)\n"
+        f"entropy  {r.symbol_entropy_bits_per_token:.1f} floor (the symbols' own), "
+        f"{r.model_cross_entropy_bits_per_token:.1f} under the model; "
+        f"coded frames = {r.ans_over_entropy:.3f} x the floor"
     )
 
 
@@ -163,6 +175,19 @@ def _config(args: argparse.Namespace):
         token=token,
         retries=args.retries,
         load_balancing=args.load_balancing,
+        payload_encoding=getattr(args, "payload_encoding", "auto"),  # commands that send frames
+    )
+
+
+def _add_payload_encoding(cmd: argparse.ArgumentParser) -> None:
+    from .config import PAYLOAD_ENCODINGS
+
+    cmd.add_argument(
+        "--payload-encoding",
+        choices=PAYLOAD_ENCODINGS,
+        default="auto",
+        help="how frames carry the symbols: auto entropy-codes them when the server decodes "
+        "that (about a fifth fewer bits at b = 4), packed never, ans always",
     )
 
 
@@ -208,6 +233,7 @@ def _add_private_prompt(cmd: argparse.ArgumentParser) -> None:
         default="binomial",
         help="raw sends plain embeddings: NO privacy (a baseline)",
     )
+    _add_payload_encoding(cmd)
     spend = cmd.add_argument_group(
         "privacy budget (persistent, per identity)",
         "Any of these charges the ledger (see `del-client budget`); without --budget-epsilon, "
@@ -337,8 +363,8 @@ def _run_classify(args: argparse.Namespace) -> None:
         f"answer        after {result.timings.time_to_first_token_s:.3f} s "
         f"({result.timings.total_s:.2f} s in all), level {result.level_id or 'none'}\n"
         f"wire          {result.usage.bits_per_token:g} payload bits per prompt token "
-        f"({result.mechanism}); {result.client_wire_bytes_sent:,} bytes sent for "
-        f"{result.usage.prompt_tokens} tokens\n"
+        f"({result.mechanism}, {result.payload_encoding}); {result.client_wire_bytes_sent:,} "
+        f"bytes sent for {result.usage.prompt_tokens} tokens\n"
         f"privacy       {result.privacy_note}",
         file=sys.stderr,
     )
@@ -377,7 +403,8 @@ def _run_generate(args: argparse.Namespace) -> None:
     print(
         f"finish        {result.finish_reason}: {usage.generated_tokens} tokens in "
         f"{timings.total_s:.2f} s (first after {timings.time_to_first_token_s:.3f} s)\n"
-        f"wire          {usage.bits_per_token:g} payload bits per prompt token ({result.mechanism}); "
+        f"wire          {usage.bits_per_token:g} payload bits per prompt token ({result.mechanism}, "
+        f"{result.payload_encoding}); "
         f"{result.client_wire_bytes_sent:,} bytes sent for {usage.prompt_tokens} tokens\n"
         f"privacy       {result.privacy_note}\n"
         f"soft prompt   {soft}",
@@ -426,6 +453,7 @@ def _run_manifest(args: argparse.Namespace) -> None:
             f"model         {m.model_id}: hidden size {m.hidden_size}, projection dim "
             f"{m.projection_dim}, clip {m.clip:.6g}\n"
             f"bits          {', '.join(map(str, m.supported_bits))}\n"
+            f"encodings     {', '.join(m.payload_encodings)}\n"
             f"soft prompts  {levels}\n"
             f"limits        {m.max_prompt_tokens} prompt tokens, {m.max_new_tokens} new tokens\n"
             f"bundle        {m.client_bundle_digest}\n"
@@ -519,8 +547,15 @@ def _add_loadtest(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--prompt", default="Once upon a time")
     cmd.add_argument("--mu", type=float, default=10.0)
     cmd.add_argument("--bits", type=int)
+    _add_payload_encoding(cmd)
     cmd.add_argument("--max-new-tokens", type=int, default=32)
     cmd.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
+    cmd.add_argument(
+        "--ramp-up",
+        type=float,
+        default=0.0,
+        help="seconds over which the streams start (0: all at once, so requests come in waves)",
+    )
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     cmd.set_defaults(run=_run_loadtest)
 
@@ -541,6 +576,7 @@ def _run_loadtest(args: argparse.Namespace) -> None:
             max_new_tokens=args.max_new_tokens,
             max_requests=args.max_requests,
             temperature=args.temperature,
+            ramp_up_s=args.ramp_up,
         )
     )
     if args.json:

@@ -4,8 +4,10 @@
     print(report.to_dict())   # throughput, TTFT and end-to-end percentiles, errors by status
 
 `concurrency` workers share one AsyncClient (one HTTP/2 connection) and each runs one request
-after another, every one privatized afresh, as real users would. Workers start no request once
-`duration_s` has passed (or `max_requests` have started); requests in flight then finish,
+after another, every one privatized afresh, as real users would. They start together, so
+identical requests then arrive in waves; `ramp_up_s` starts worker i after i/concurrency of
+it instead, which spreads their requests over time as independent users' would. Workers
+start no request once `duration_s` has passed (or `max_requests` have started); requests in flight then finish,
 bounded by ClientConfig.deadline_s. Every started request ends in exactly one bucket, OK or an
 error named by its gRPC status (DEL's exception class for client-side refusals), so `lost`
 (started minus accounted for) is 0 unless something is badly wrong.
@@ -29,6 +31,8 @@ from .codec import encode_frames
 from .config import ClientConfig
 from .errors import DELError, RequestOptionError, ServerError
 from .mechanism import BinomialQuantizer, PrivacySpec
+from .session import DEFAULT_BITS
+from .symbol_model import model_for
 
 MAX_CONCURRENCY = 1024
 MAX_DURATION_S = 3600.0
@@ -67,12 +71,16 @@ class LoadReport:
         return asdict(self)
 
 
-def _warm_up(bundle) -> None:
-    """Load the codec's compiled kernels now (numba: seconds on first use in a process), not
-    in the first timed request; on this side only, so the server sees no extra request."""
-    spec = PrivacySpec.from_mu(mu=10.0, dim=bundle.projection_dim, bits=4, clip=bundle.clip)
+def _warm_up(bundle, mu: float, bits: int | None) -> None:
+    """Load the codec's compiled kernels and the entropy coder now (numba: seconds on first
+    use in a process) and compute the load's symbol model, not in the first timed request; on
+    this side only, so the server sees no extra request."""
+    spec = PrivacySpec.from_mu(
+        mu=mu, dim=bundle.projection_dim, bits=bits or DEFAULT_BITS, clip=bundle.clip
+    )
     symbols = BinomialQuantizer(spec).privatize(bundle.embed(bundle.encode("warm up")))
-    encode_frames(symbols, spec)
+    list(encode_frames(symbols, spec))
+    list(encode_frames(symbols, spec, model=model_for(bundle, spec)))
 
 
 def _check(concurrency: int, duration_s: float, max_requests: int | None) -> None:
@@ -100,6 +108,7 @@ async def run_load(
     max_new_tokens: int = 32,
     max_requests: int | None = None,
     temperature: float = 1.0,
+    ramp_up_s: float = 0.0,
 ) -> LoadReport:
     """Run the load and report; the manifest and bundle are fetched and the codec warmed up
     first, outside the timing."""
@@ -111,13 +120,14 @@ async def run_load(
     deltas = 0
     started = 0
     async with AsyncClient(config) as client:
-        _warm_up(await client.bundle())
+        _warm_up(await client.bundle(), mu, bits)
         begin = time.perf_counter()
         cpu_begin = time.process_time()
         stop_at = begin + duration_s
 
-        async def worker() -> None:
+        async def worker(index: int) -> None:
             nonlocal started, tokens, deltas
+            await asyncio.sleep(index * ramp_up_s / concurrency)
             while time.perf_counter() < stop_at and (
                 max_requests is None or started < max_requests
             ):
@@ -148,7 +158,7 @@ async def run_load(
                 tokens += generation.result.usage.generated_tokens
                 deltas += received
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - begin
         cpu = time.process_time() - cpu_begin
     ok = len(e2es)

@@ -6,7 +6,8 @@
         bundle.encode, minus BOS (the server prepends a clean one: a public template token)
         bundle.embed (T, k) ─ budget.charge ─ BinomialQuantizer -> (T, k) symbols
                           (raw: the (T, d) float32 embeddings, NOT private)
-        header (with the level's id when the user chose a level) + frames + end
+        header (with the level's id when the user chose a level, and the payload
+        encoding: entropy-coded when the server offers it, else packed) + frames + end
                           =  PreparedRequest, built once: resending it spends nothing
     replies ─ ReplyFolder.feed -> text deltas ─ ReplyFolder.result() -> GenerationResult
     (Classify: the same messages as ClassifyRequests ─ one reply ─ classification.py's result)
@@ -23,15 +24,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Generic, TypeVar
 
+from . import ans
 from .budget import Budget
 from .bundle import ClientBundle
 from .cache import BundleCache, check_digest
 from .codec import (
+    ENCODINGS,
     FrameSpec,
     RawSpec,
     encode_frames,
     mechanism_params,
     packed_size,
+    payload_encoding,
     tokens_per_frame,
 )
 from .config import ClientConfig
@@ -46,6 +50,7 @@ from .errors import (
 from .mechanism import MAX_BITS, MIN_BITS, BinomialQuantizer, PrivacySpec, _positive_finite
 from .proto import inference_pb2
 from .sampling import Sampling
+from .symbol_model import model_for
 
 MECHANISMS = ("binomial", "raw")
 DEFAULT_DELTA = 1e-5
@@ -231,6 +236,7 @@ class ModelInfo:
     task: str = "generate"  # "generate" or "classify": which RPC serves this model
     task_name: str = ""  # what a classifier was trained for, e.g. "sst2"
     labels: tuple[str, ...] = ()  # a classifier's labels
+    payload_encodings: tuple[str, ...] = ("packed",)  # what the server decodes ("ans": coded)
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.ModelInfo) -> ModelInfo:
@@ -254,6 +260,7 @@ class ModelInfo:
             task="classify" if pb.task == inference_pb2.TASK_CLASSIFY else "generate",
             task_name=pb.task_name,
             labels=tuple(pb.labels),
+            payload_encodings=_encoding_names(pb.payload_encodings),
         )
 
     def check_task(self, task: str) -> None:
@@ -304,6 +311,20 @@ class ModelInfo:
             ),
             None,
         )
+
+    def payload_encoding(self, wanted: str, spec: FrameSpec, max_payload_bytes: int) -> str:
+        """The encoding the frames may use: "ans" when `wanted` allows it, this server decodes
+        it and any token's coded payload fits a frame; else "packed" ("ans" wanted: refused)."""
+        if isinstance(spec, RawSpec):
+            return "packed"  # raw floats: nothing to code
+        offered = "ans" in self.payload_encodings
+        fits = ans.worst_case_bytes(spec.dim) <= max_payload_bytes
+        if wanted == "ans" and not (offered and fits):
+            why = "this server does not decode it" if not offered else "frames are too small"
+            raise RequestOptionError(
+                f"payload_encoding='ans' is not possible here ({why}): use 'auto' or 'packed'"
+            )
+        return "ans" if wanted != "packed" and offered and fits else "packed"
 
     def frame_payload_bytes(self, wanted: int) -> int:
         """The frame size to use: the client's choice, capped by what this server accepts."""
@@ -388,6 +409,13 @@ class BundleDownload:
                 f"bundle stream ended after {self._received} of {self._total or '?'} bytes"
             )
         return ClientBundle.from_bytes(b"".join(self._parts), expected_digest=self.request.digest)
+
+
+def _encoding_names(values) -> tuple[str, ...]:
+    """ModelInfo.payload_encodings by name; packed always (an older server lists none), and
+    encodings this client does not know left out."""
+    names = {value: name for name, value in ENCODINGS.items()}
+    return tuple(dict.fromkeys(["packed", *(names[v] for v in values if v in names)]))
 
 
 # ── What the user asked for ─────────────────────────────────────────────────────────────
@@ -540,6 +568,11 @@ class PreparedRequest:
             f"μ = {self.mu_token:.4g} per token (the paper's Gaussian-DP figure)"
         )
 
+    @property
+    def payload_encoding(self) -> str:
+        """How the frames carry the symbols: "packed", or "ans" (entropy-coded)."""
+        return payload_encoding(self.messages[0].header.mechanism)
+
 
 @dataclass(frozen=True)
 class PromptPlan:
@@ -563,9 +596,15 @@ class PromptPlan:
             ) from None
 
     def prepare(
-        self, model: ModelInfo, bundle: ClientBundle, *, max_payload_bytes: int
+        self,
+        model: ModelInfo,
+        bundle: ClientBundle,
+        *,
+        max_payload_bytes: int,
+        payload_encoding: str = "auto",
     ) -> PreparedRequest:
-        """Tokenize, embed, charge the budget, privatize and frame the prompt."""
+        """Tokenize, embed, charge the budget, privatize and frame the prompt (`payload_encoding`:
+        "auto" codes the frames when the server decodes them, "packed" never, "ans" always)."""
         if bundle.digest != model.bundle_digest(self.privacy.mechanism):
             raise BundleMismatchError(
                 f"bundle {bundle.digest[:16]}… is not the one the manifest names for "
@@ -592,6 +631,7 @@ class PromptPlan:
                 f"one token takes {packed_size(spec.bits_per_token, 1)} bytes, over the "
                 f"frame limit of {max_payload_bytes}: nothing was sent, no privacy spent"
             )
+        encoding = model.payload_encoding(payload_encoding, spec, max_payload_bytes)
         per_frame = tokens_per_frame(spec, max_payload_bytes)
         model.check_limits(
             tokens=len(ids),
@@ -620,16 +660,18 @@ class PromptPlan:
                 spec.epsilon(delta=delta, tokens=len(ids)),
                 spec.mu(),
             )
+        encoding, frames = _framed(
+            data, spec, bundle, encoding, payload_encoding, max_payload_bytes
+        )
         request_id = uuid.uuid4().hex
         header = inference_pb2.StreamHeader(
             request_id=request_id,
             model=model.model_id,
-            mechanism=mechanism_params(spec),
+            mechanism=mechanism_params(spec, encoding),
             sampling=self.sampling.to_pb() if self.sampling else None,
             bundle_digest=bundle.digest,
             level_id=level_id,
         )
-        frames = encode_frames(data, spec, max_payload_bytes=max_payload_bytes)
         kind = inference_pb2.GenerateRequest if self.sampling else inference_pb2.ClassifyRequest
         messages = (
             kind(header=header),
@@ -639,6 +681,27 @@ class PromptPlan:
         return PreparedRequest(
             request_id, self.privacy.mechanism, messages, len(ids), *guarantee, level=level
         )
+
+
+def _framed(
+    data, spec: FrameSpec, bundle: ClientBundle, encoding: str, wanted: str, max_payload_bytes: int
+) -> tuple[str, list]:
+    """(encoding, frames) of the prompt's symbols (or raw rows) in `encoding`; with "auto"
+    wanted, packed ones when coding would not make them smaller (b = 1, or a prompt of a few
+    tokens: the coder's final state costs about 23 bits a frame). Both are functions of the
+    symbols alone, so choosing between them costs no privacy."""
+    packed = list(encode_frames(data, spec, max_payload_bytes=max_payload_bytes))
+    if encoding == "packed":
+        return "packed", packed
+    model = model_for(bundle, spec)
+    coded = list(encode_frames(data, spec, max_payload_bytes=max_payload_bytes, model=model))
+    if wanted == "auto" and _payload_bytes(coded) >= _payload_bytes(packed):
+        return "packed", packed
+    return "ans", coded
+
+
+def _payload_bytes(frames) -> int:
+    return sum(len(frame.payload) for frame in frames)
 
 
 # ── What came back ──────────────────────────────────────────────────────────────────────
@@ -655,7 +718,7 @@ class Usage:
     generated_tokens: int
     wire_bytes_received: int  # by the server: everything the client sent
     wire_bytes_sent: int  # by the server, before its Final
-    payload_bits: int  # privatized payload in the frames
+    payload_bits: int  # privatized payload in the frames (packed: no padding; coded: as sent)
     bits_per_token: float  # payload bits per prompt token
 
 
@@ -681,6 +744,7 @@ class GenerationResult(HasUtility):
     usage: Usage
     timings: Timings
     mechanism: str  # "binomial" or "raw"
+    payload_encoding: str  # "packed", or "ans": the frames were entropy-coded
     private: bool
     privacy_note: str
     delta: float | None
@@ -739,6 +803,7 @@ class ReplyFolder:
             usage=Usage(**{f.name: getattr(final.usage, f.name) for f in fields(Usage)}),
             timings=Timings(**{f.name: getattr(final.timings, f.name) for f in fields(Timings)}),
             mechanism=request.mechanism,
+            payload_encoding=request.payload_encoding,
             private=request.epsilon_prompt is not None,
             privacy_note=request.privacy_note,
             delta=request.delta,
@@ -845,7 +910,12 @@ class BaseClient(Generic[GenerationT, ClassificationT]):
         raise NotImplementedError
 
     def _prepare(self, plan: PromptPlan, model: ModelInfo, bundle: ClientBundle) -> PreparedRequest:
-        return plan.prepare(model, bundle, max_payload_bytes=self.config.max_payload_bytes)
+        return plan.prepare(
+            model,
+            bundle,
+            max_payload_bytes=self.config.max_payload_bytes,
+            payload_encoding=self.config.payload_encoding,
+        )
 
 
 class BaseGeneration:

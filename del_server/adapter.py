@@ -8,9 +8,10 @@
     soft prompts       (m, d) per privacy level, keyed by the per-token μ they were trained at
     calibration        privacy level → measured attack success, filled by training; and
                        (optional) its utility as served against sending nothing
-    task               classification only: the task's labels and a linear head (L, d) per
-                       privacy level, trained on the encoder's pooled output at that level's
-                       noise, and one for clean (raw) inputs
+    task               classification only: the task's labels and a head per privacy level
+                       (classification.py: the encoder's pooled output and the decoded
+                       coordinates' moments -> one hidden layer -> label logits), trained at
+                       that level's noise, and one for clean (raw) inputs
 
 Stored as `adapter.safetensors` (tensors) + `adapter.json` (everything else, with the
 SHA-256 of the tensor file and of the embedding table it was built from), so loading never
@@ -37,15 +38,30 @@ def embedding_digest(embeddings: torch.Tensor) -> str:
     return hashlib.sha256(embeddings.detach().float().contiguous().numpy().tobytes()).hexdigest()
 
 
-@dataclass(frozen=True, eq=False)
-class LinearHead:
-    """Pooled encoder output (…, d) -> label logits (…, L)."""
+HEAD_TENSORS = ("hidden_weight", "hidden_bias", "weight", "bias")
 
-    weight: torch.Tensor  # (L, d)
+
+@dataclass(frozen=True, eq=False)
+class Head:
+    """Classifier features (…, F) -> label logits (…, L), through one hidden GELU layer."""
+
+    hidden_weight: torch.Tensor  # (H, F)
+    hidden_bias: torch.Tensor  # (H,)
+    weight: torch.Tensor  # (L, H)
     bias: torch.Tensor  # (L,)
 
-    def __call__(self, pooled: torch.Tensor) -> torch.Tensor:
-        return pooled @ self.weight.T.to(pooled.dtype) + self.bias.to(pooled.dtype)
+    @property
+    def inputs(self) -> int:
+        return self.hidden_weight.shape[1]
+
+    @property
+    def outputs(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        dtype = features.dtype
+        hidden = features @ self.hidden_weight.T.to(dtype) + self.hidden_bias.to(dtype)
+        return torch.nn.functional.gelu(hidden) @ self.weight.T.to(dtype) + self.bias.to(dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,20 +70,21 @@ class ClassificationTask:
 
     name: str  # what it was trained for, e.g. "sst2"
     labels: tuple[str, ...]
-    heads: dict[float, LinearHead] = field(default_factory=dict)  # μ -> head
-    clean_head: LinearHead | None = None  # for raw (unprivatized) embeddings
+    heads: dict[float, Head] = field(default_factory=dict)  # μ -> head
+    clean_head: Head | None = None  # for raw (unprivatized) embeddings
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
             raise ValueError(f"a task needs two or more distinct labels, got {self.labels}")
-        for head in [*self.heads.values(), self.clean_head]:
-            if head is not None and (
-                head.weight.shape[0] != len(self.labels) or head.bias.shape != (len(self.labels),)
-            ):
+        for head in self.all_heads():
+            if head.outputs != len(self.labels) or head.bias.shape != (len(self.labels),):
                 raise ValueError(
-                    f"a head of task {self.name!r} has {head.weight.shape[0]} outputs for "
+                    f"a head of task {self.name!r} has {head.outputs} outputs for "
                     f"{len(self.labels)} labels"
                 )
+
+    def all_heads(self) -> list[Head]:
+        return [*self.heads.values(), *([self.clean_head] if self.clean_head else [])]
 
     def tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors by name, their JSON description) for Adapter.save."""
@@ -76,14 +93,14 @@ class ClassificationTask:
         if self.clean_head is not None:
             named.append((None, "head.clean", self.clean_head))
         for mu, name, head in named:
-            tensors[f"{name}.weight"], tensors[f"{name}.bias"] = head.weight, head.bias
+            tensors |= {f"{name}.{part}": getattr(head, part) for part in HEAD_TENSORS}
             heads.append({"mu": mu, "tensor": name})
         return tensors, {"name": self.name, "labels": list(self.labels), "heads": heads}
 
     @classmethod
     def from_tensors(cls, description: dict, tensors: dict[str, torch.Tensor]):
-        def head(name: str) -> LinearHead:
-            return LinearHead(tensors[f"{name}.weight"], tensors[f"{name}.bias"])
+        def head(name: str) -> Head:
+            return Head(*(tensors[f"{name}.{part}"] for part in HEAD_TENSORS))
 
         found = {entry["mu"]: head(entry["tensor"]) for entry in description["heads"]}
         clean = found.pop(None, None)
@@ -114,10 +131,9 @@ class Adapter:
         for mu, prompt in self.soft_prompts.items():
             if prompt.ndim != 2 or prompt.shape[1] != d:
                 raise ValueError(f"soft prompt for mu={mu} must be (m, {d}), got {prompt.shape}")
-        heads = [*self.task.heads.values(), self.task.clean_head] if self.task else []
-        for head in heads:
-            if head is not None and head.weight.shape[1] != d:
-                raise ValueError(f"a head takes {head.weight.shape[1]} inputs, the model has {d}")
+        for head in self.task.all_heads() if self.task else []:
+            if head.inputs != d + 2 * k:  # classification.features: pooled output, moments
+                raise ValueError(f"a head takes {head.inputs} inputs, not d + 2k = {d + 2 * k}")
 
     @property
     def projection_dim(self) -> int:

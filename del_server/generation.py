@@ -18,6 +18,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,10 +80,13 @@ class PromptBuilder:
         self._backend = backend
         self._adapter = adapter
         self._prefix_ids = [bos_id] if bos_id is not None else []
+        self._template: torch.Tensor | None = None  # embedded once, on first use
 
     def build(self, prompt: PrivatePrompt | RawPrompt) -> tuple[torch.Tensor, float | None]:
         """-> (inputs (m + 1 + T, d), μ of the soft prompt used or None)."""
-        template = self._backend.embed(self._prefix_ids) if self._prefix_ids else None
+        if self._template is None and self._prefix_ids:
+            self._template = self._backend.embed(self._prefix_ids)
+        template = self._template
         if isinstance(prompt, RawPrompt):
             body = torch.from_numpy(prompt.embeddings)
             soft = None
@@ -99,15 +103,23 @@ class PromptBuilder:
 
 @dataclass(eq=False)
 class RequestHandle:
-    """The asyncio side of one request: read `events`, call `cancel()` when the client leaves."""
+    """The asyncio side of one request: read `events`, call `cancel()` when the client leaves.
+
+    `loop` is where the engine hands its events (anything with `call_soon_threadsafe`);
+    `on_cancel`, when set, is told of a cancel too (an engine in another process).
+    """
 
     request_id: str
-    events: asyncio.Queue[Event]
+    events: asyncio.Queue[Event] | None
     loop: asyncio.AbstractEventLoop
     cancelled: threading.Event = field(default_factory=threading.Event)
+    on_cancel: Callable[[], None] | None = None
 
     def cancel(self) -> None:
-        self.cancelled.set()
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            if self.on_cancel is not None:
+                self.on_cancel()
 
 
 def _deliver(events: list[tuple[RequestHandle, list[Event]]]) -> None:
@@ -192,6 +204,11 @@ class Engine:
     def submit(self, request_id: str, inputs: torch.Tensor, sampling: Sampling) -> RequestHandle:
         """Queue a request; OverloadedError when the waiting queue is full. Call from the loop."""
         handle = RequestHandle(request_id, asyncio.Queue(), asyncio.get_running_loop())
+        self.enqueue(handle, inputs, sampling)
+        return handle
+
+    def enqueue(self, handle: RequestHandle, inputs: torch.Tensor, sampling: Sampling) -> None:
+        """Queue a request whose events go to `handle.loop`; OverloadedError when full."""
         sequence = _Sequence(
             handle=handle,
             inputs=inputs,
@@ -205,7 +222,6 @@ class Engine:
                 )
             self._waiting.append(sequence)
             self._wakeup.notify()
-        return handle
 
     def _loop(self) -> None:
         while True:

@@ -2,13 +2,15 @@
 
 Names follow vLLM's stems with a `del_` prefix so existing dashboards carry over; counters get
 `_total` appended by the client library on export. Labels are low-cardinality (status code,
-finish reason, mechanism, soft-prompt level) and initialised up front. Each server owns one
+finish reason, mechanism, payload encoding, soft-prompt level) and initialised up front. Each server owns one
 registry, so two servers can share a test process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import collections
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -20,6 +22,8 @@ from prometheus_client import (
     Info,
     start_http_server,
 )
+
+from del_client.codec import ENCODINGS
 
 from .sampling import FinishReason
 
@@ -80,6 +84,7 @@ class RequestStats:
     mechanism: str
     level: str  # soft-prompt level used ("none" if none)
     label: str | None = None  # classify: the label answered
+    encoding: str = "packed"  # the frames' payload encoding: "packed" or "ans" (coded)
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     generated_tokens: int = 0
@@ -170,6 +175,12 @@ class Metrics:
             "del_payload_bits", "Privatized payload bits received", ["mechanism"], **r
         )
         self.frames = Counter("del_frames_received", "Frames received", ["mechanism"], **r)
+        self.by_encoding = Counter(
+            "del_requests_by_payload_encoding",
+            "Generate streams by their frames' payload encoding (packed, or ans: entropy-coded)",
+            ["encoding"],
+            **r,
+        )
         self.bits_per_token = Histogram(
             "del_payload_bits_per_token",
             "Payload bits per prompt token",
@@ -203,6 +214,8 @@ class Metrics:
             self.classified.labels(label)
         for reason in FinishReason:
             self.request_success.labels(reason.value)
+        for encoding in ENCODINGS:
+            self.by_encoding.labels(encoding)
         for mechanism in MECHANISMS:
             for child in (self.payload_bits, self.frames, self.bits_per_token, self.compression):
                 child.labels(mechanism)
@@ -236,6 +249,7 @@ class Metrics:
         if stats.frames:
             self.frames.labels(stats.mechanism).inc(stats.frames)
             self.payload_bits.labels(stats.mechanism).inc(stats.payload_bits)
+            self.by_encoding.labels(stats.encoding).inc()
         if stats.code != "OK":
             return
         if stats.finish_reason is not None:
@@ -252,8 +266,7 @@ class Metrics:
         self.compression.labels(stats.mechanism).observe(bits_per_token / stats.raw_bits_per_token)
         if stats.time_to_first_token_s is not None:
             self.ttft.observe(stats.time_to_first_token_s)
-        for latency in stats.inter_token_latencies_s:
-            self.itl.observe(latency)
+        observe_all(self.itl, stats.inter_token_latencies_s)
         if stats.e2e_latency_s is not None:
             self.e2e.observe(stats.e2e_latency_s)
         if stats.epsilon_prompt is not None:
@@ -263,3 +276,19 @@ class Metrics:
         """Start the /metrics HTTP endpoint on a daemon thread; `.server_port` is the port."""
         server, _ = start_http_server(port, addr=host, registry=self.registry)
         return server
+
+
+def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
+    """`histogram.observe` of every value, with one increment per bucket rather than per value
+    (a request's inter-token latencies: dozens of values, on the event loop). It uses
+    prometheus_client's own bucket fields, and observes one by one where they are missing."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    for bucket, count in collections.Counter(bisect.bisect_left(bounds, v) for v in values).items():
+        buckets[bucket].inc(count)
+    total.inc(sum(values))

@@ -18,10 +18,11 @@ from .backends.transformers import TransformersBackend
 from .bundles import client_bundle, raw_bundle
 from .classification import EncoderClassifier
 from .classify_batcher import ClassifyBatcher
+from .engine_process import EngineSpec, ProcessEngine
 from .generation import Engine, PromptBuilder
 from .levels import Level, adapter_levels
 from .models import LoadedModel, load_model
-from .settings import Settings
+from .settings import SettingError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class ServedModel:
     adapter: Adapter
     bundle: ClientBundle
     raw_bundle: ClientBundle | None
-    engine: Engine | None  # generation: a causal LM
+    engine: Engine | ProcessEngine | None  # generation: a causal LM
     prompts: PromptBuilder | None
     levels: tuple[Level, ...] = ()  # adapter_levels(adapter): what a request may be served at
     classifier: ClassifyBatcher | None = None  # classification: an encoder and its task
@@ -54,7 +55,12 @@ def load_adapter(settings: Settings, loaded: LoadedModel) -> Adapter:
     adapter = Adapter.load(settings.adapter)
     expected = adapter.metadata.get("embedding_sha256")
     if expected is not None and expected != embedding_digest(loaded.embeddings):
-        raise ValueError(f"adapter {settings.adapter} was built for another model's embeddings")
+        raise SettingError(
+            lambda n: (
+                f"{n('adapter')} {settings.adapter} was built for another model's "
+                f"embeddings than {n('model')} {settings.model}'s"
+            )
+        )
     return adapter
 
 
@@ -69,22 +75,39 @@ def build_served_model(settings: Settings) -> ServedModel:
     if loaded.is_encoder:
         return _classification(loaded, adapter, bundle, raw, levels, settings)
     if adapter.task is not None:
-        raise ValueError(
-            f"adapter {settings.adapter} classifies ({adapter.task.name}), but "
-            f"{loaded.model_id} is a causal LM: serve it with the encoder it was trained for"
+        raise SettingError(
+            lambda n: (
+                f"{n('adapter')} {settings.adapter} classifies ({adapter.task.name}), but "
+                f"{loaded.model_id} is a causal LM: serve it with the encoder it was trained for"
+            )
         )
     backend = TransformersBackend(loaded.model)
     anchor = loaded.tokenizer.encode("a", add_special_tokens=False).ids[-1]
-    engine = Engine(
-        backend,
-        loaded.tokenizer,
-        eos_id=loaded.eos_id,
-        anchor_id=anchor,
-        max_running=settings.max_running,
-        max_waiting=settings.max_waiting,
-        stream_interval_s=settings.stream_interval_ms / 1000,
-        join_wait_s=settings.join_wait_ms / 1000,
-    )
+    if settings.engine_process:
+        engine = ProcessEngine(
+            EngineSpec(
+                model=settings.model,
+                model_format=settings.model_format,
+                dtype=settings.dtype.value,
+                max_running=settings.max_running,
+                max_waiting=settings.max_waiting,
+                stream_interval_s=settings.stream_interval_ms / 1000,
+                join_wait_s=settings.join_wait_ms / 1000,
+                threads=torch.get_num_threads(),
+                log_level=settings.log_level,
+            )
+        )
+    else:
+        engine = Engine(
+            backend,
+            loaded.tokenizer,
+            eos_id=loaded.eos_id,
+            anchor_id=anchor,
+            max_running=settings.max_running,
+            max_waiting=settings.max_waiting,
+            stream_interval_s=settings.stream_interval_ms / 1000,
+            join_wait_s=settings.join_wait_ms / 1000,
+        )
     served = ServedModel(
         loaded=loaded,
         adapter=adapter,
@@ -100,9 +123,19 @@ def build_served_model(settings: Settings) -> ServedModel:
 
 def _classification(loaded, adapter, bundle, raw, levels, settings: Settings) -> ServedModel:
     if adapter.task is None:
-        raise ValueError(
-            f"{loaded.model_id} is an encoder: it classifies, with an adapter trained for a "
-            "task (--adapter DIR written by `del-server train classify`)"
+        raise SettingError(
+            lambda n: (
+                f"{loaded.model_id} is an encoder: it classifies, with an adapter trained "
+                f"for a task ({n('adapter')} DIR written by `del-server train classify`)"
+            )
+        )
+    if settings.engine_process:
+        raise SettingError(
+            lambda n: (
+                f"{loaded.model_id} classifies: {n('engine_process')} runs the generation "
+                "engine, which a classifier has none of (its forward passes already run off the "
+                "event loop)"
+            )
         )
     classifier = EncoderClassifier(
         loaded.model, adapter, cls_id=loaded.cls_id, sep_id=loaded.sep_id

@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
 
+from del_client import ans
 from del_client.codec import pack_symbols, unpack_symbols
 from del_client.mechanism import PrivacySpec
 from del_client.proto import inference_pb2, inference_pb2_grpc
@@ -36,7 +37,8 @@ from del_client.sampling import Sampling
 
 from .auth import TokenStore
 from .classification import EncoderInput
-from .generation import FinishEvent, PrivatePrompt
+from .engine_process import ProcessEngine
+from .generation import FailedEvent, FinishEvent, PrivatePrompt
 from .interceptors import server_interceptors
 from .metrics import Metrics
 from .reflection import enable_reflection
@@ -128,25 +130,36 @@ def _bind_failure(name: str, settings: Settings) -> Iterator[None]:
         ) from exc
 
 
-async def _warm_up(served: ServedModel) -> None:
-    """One tiny generation (or classification) through the model, the frame decoder compiled
-    and the accountant loaded (numba and scipy load on first use), so the first client pays
-    no start-up cost."""
+async def _warm_up(served: ServedModel, servicer: SplitInferenceService) -> None:
+    """One tiny generation (or classification) through the model, the frame decoders compiled,
+    the accountant loaded (numba and scipy load on first use) and every level's symbol model
+    computed, so the first client pays no start-up cost."""
     await asyncio.to_thread(unpack_symbols, pack_symbols(np.zeros(8, np.uint8), 4), 4, 8)
     spec = PrivacySpec.from_mu(mu=1.0, dim=served.adapter.projection_dim, bits=4, clip=1.0)
     await asyncio.to_thread(spec.epsilon, delta=1e-5)
+    for level_spec in [level.spec for level in served.levels] or [spec]:
+        model = await servicer.symbol_model(level_spec)
+    symbols = np.zeros((1, spec.dim), np.uint8)
+    await asyncio.to_thread(ans.decode, ans.encode(symbols, model), model, 1)
     x_hat = np.zeros((1, served.adapter.projection_dim), dtype=np.float32)
     if served.classifier is not None:
         task = served.adapter.task
         head = next(iter(task.heads.values()), task.clean_head)
+        decoded = torch.from_numpy(x_hat)
         await served.classifier.classify(
-            EncoderInput(served.adapter.deproject(torch.from_numpy(x_hat)), None, head)
+            EncoderInput(served.adapter.deproject(decoded), None, head, decoded)
         )
         return
     inputs, _ = served.prompts.build(PrivatePrompt(x_hat, mu=None))
     handle = served.engine.submit("warm-up", inputs, Sampling(max_new_tokens=2, temperature=0))
-    while not isinstance(await handle.events.get(), FinishEvent):
-        pass
+    while not isinstance(event := await handle.events.get(), FinishEvent):
+        if isinstance(event, FailedEvent):
+            raise event.error
+
+
+async def _not_serving(health: health_aio.HealthServicer) -> None:
+    for service in ("", SERVICE_NAME):
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 async def start(settings: Settings, *, served: ServedModel | None = None) -> RunningServer:
@@ -204,7 +217,7 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
             running._health_server, running.health_port = await _start_health_listener(
                 health, settings
             )
-        await _warm_up(served)
+        await _warm_up(served, servicer)
         if settings.metrics_port >= 0:
             with _bind_failure("metrics_port", settings):
                 running._metrics_http = metrics.serve(settings.host, settings.metrics_port)
@@ -214,6 +227,9 @@ async def start(settings: Settings, *, served: ServedModel | None = None) -> Run
         raise
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    if isinstance(engine, ProcessEngine):
+        loop = asyncio.get_running_loop()
+        engine.on_death = lambda: asyncio.run_coroutine_threadsafe(_not_serving(health), loop)
     log.info(
         "serving",
         extra={

@@ -5,6 +5,9 @@ streams TokenChunks and one Final. Every violation ends the stream with a status
 status.py; the engine and the other streams never notice. docs/PROTOCOL.md is the contract
 from a client's side.
 
+Frames are packed, or entropy-coded when the header says so (the manifest offers it); the
+symbol model they are coded with is computed from the bundle once per mechanism, in a thread.
+
 The header's level (named, or matched by its parameters: levels.py) decides the soft prompt,
 and the Final says which level, if any, the request was served at. The server prepends a
 clean BOS to every prompt, so frames must not carry it: a raw stream that starts with BOS's
@@ -37,7 +40,7 @@ import grpc
 import torch
 from google.protobuf.message import DecodeError
 
-from del_client.codec import FrameAssembler, RawSpec, spec_from_params
+from del_client.codec import ENCODINGS, FrameAssembler, RawSpec, payload_encoding, spec_from_params
 from del_client.errors import (
     BundleMismatchError,
     DELError,
@@ -45,8 +48,10 @@ from del_client.errors import (
     LimitExceededError,
     RequestOptionError,
 )
+from del_client.mechanism import PrivacySpec
 from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_client.sampling import Sampling
+from del_client.symbol_model import SymbolModel
 
 from . import __version__
 from .adapter import UTILITY_FIELDS, better_than_nothing
@@ -63,6 +68,7 @@ from .errors import (
 )
 from .generation import FailedEvent, FinishEvent, PrivatePrompt, RawPrompt, TokenEvent
 from .levels import LEVEL_TOLERANCE, Level, LevelChoice, choose_level
+from .memo import ThreadMemo
 from .metrics import Metrics, RequestStats
 from .runtime import ServedModel
 from .sampling import FinishReason
@@ -79,6 +85,7 @@ MAX_REQUEST_ID_CHARS = 64  # a longer client-chosen id is replaced by the server
 SUPPORTED_BITS = list(range(1, 9))
 EPSILONS_KEPT = 4096  # ε of recent (mechanism, prompt length) pairs, reported without a thread
 TASK_PB = {"generate": inference_pb2.TASK_GENERATE, "classify": inference_pb2.TASK_CLASSIFY}
+MODELS_KEPT = 64  # symbol models of recent mechanisms (k·2^b frequencies each), for coded frames
 FINISH_REASON_PB = {
     FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
     FinishReason.STOP: inference_pb2.FINISH_REASON_STOP,
@@ -127,6 +134,7 @@ class _Stream:
         self.frames = 0
         self.payload_bits = 0
         self.mechanism = "binomial"
+        self.encoding = "packed"
         self.level = "none"
         self.mu: float | None = None
         self.choice: LevelChoice | None = None  # known once the header is read
@@ -148,7 +156,12 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         self._metrics = metrics
         self._slots = StreamSlots(settings.max_running + settings.max_waiting)
         self._draining = False
-        self._epsilons: dict[tuple, asyncio.Future[float]] = {}  # by (mechanism, tokens)
+        self._epsilons: ThreadMemo[tuple[PrivacySpec, int], float] = ThreadMemo(
+            lambda key: key[0].epsilon(delta=settings.report_delta, tokens=key[1]), EPSILONS_KEPT
+        )
+        self._models: ThreadMemo[PrivacySpec, SymbolModel] = ThreadMemo(
+            lambda spec: SymbolModel.from_table(served.bundle.table, spec), MODELS_KEPT
+        )
         metrics.track_streams(lambda: self._slots.open)
         self._labels = list(served.adapter.task.labels) if served.adapter.task else []
 
@@ -175,6 +188,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             raw_bundle_digest=served.raw_bundle.digest if served.raw_bundle else "",
             max_frames=settings.max_frames,
             max_frame_payload_bytes=settings.max_frame_bytes,
+            payload_encodings=list(ENCODINGS.values()),
             privacy_levels=[
                 _privacy_level(level, settings.report_delta) for level in served.levels
             ],
@@ -328,10 +342,12 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         adapter = self._served.adapter
         if isinstance(prompt, RawPrompt):
             return EncoderInput(torch.from_numpy(prompt.embeddings), None, adapter.task.clean_head)
+        x_hat = torch.from_numpy(prompt.x_hat)
         return EncoderInput(
-            adapter.deproject(torch.from_numpy(prompt.x_hat)),
+            adapter.deproject(x_hat),
             adapter.soft_prompts.get(prompt.mu),
             adapter.task.heads[prompt.mu],
+            x_hat,
         )
 
     def _classified(
@@ -447,6 +463,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         header = first.header
         stream.request_id = _request_id(header) or stream.request_id
         spec = self._check_header(header)
+        stream.encoding = payload_encoding(header.mechanism)
         stream.choice = choose_level(self._served.levels, header.level_id, spec)
         if stream.task == "classify":
             self._check_classifiable(stream.choice)
@@ -458,6 +475,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             max_tokens=limits.max_prompt_tokens,
             max_frames=limits.max_frames,
             max_payload_bytes=limits.max_frame_bytes,
+            model=await self.symbol_model(spec) if stream.encoding == "ans" else None,
         )
         while (message := await self._receive(requests, stream)) is not None:
             kind = message.WhichOneof("kind")
@@ -475,13 +493,13 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         if assembler.tokens == 0:
             raise FrameError("the prompt has no tokens")
         stream.prompt_tokens = assembler.tokens
-        stream.payload_bits = assembler.tokens * spec.bits_per_token  # symbols, without padding
+        stream.payload_bits = assembler.payload_bits
         if isinstance(spec, RawSpec):
             embeddings = assembler.embeddings()
             self._refuse_bos(embeddings)
             return sampling, RawPrompt(embeddings), None
         stream.mu = spec.mu()
-        epsilon = await self._epsilon(spec, assembler.tokens)
+        epsilon = await self._epsilons.get((spec, assembler.tokens))
         mu = stream.choice.soft_prompt_mu if stream.task == "generate" else stream.choice.level.mu
         return sampling, PrivatePrompt(assembler.embeddings(), mu=mu), epsilon
 
@@ -501,6 +519,10 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
                 "of them (level_id and its parameters)"
             )
 
+    async def symbol_model(self, spec: PrivacySpec) -> SymbolModel:
+        """The model coded frames at `spec` are coded with: computed once, in a thread."""
+        return await self._models.get(spec)
+
     def _refuse_bos(self, embeddings) -> None:
         """The server prepends BOS: raw frames that start with its embedding would put two."""
         raw, bos = self._served.raw_bundle, self._served.loaded.bos_id
@@ -509,25 +531,6 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
                 f"the frames start with the BOS token ({bos}): the server prepends BOS itself, "
                 "so send only the prompt's tokens after it (docs/PROTOCOL.md, BOS)"
             )
-
-    async def _epsilon(self, spec, tokens: int) -> float:
-        """The exact ε of a prompt: a root search, off the event loop (which serves every
-        stream), once per (mechanism, length); requests that want the same one while it runs
-        wait for that search instead of starting their own."""
-        key = (spec, tokens)
-        if (known := self._epsilons.get(key)) is None:
-            if len(self._epsilons) >= EPSILONS_KEPT:
-                self._epsilons.clear()
-            search = asyncio.to_thread(
-                spec.epsilon, delta=self._settings.report_delta, tokens=tokens
-            )
-            known = self._epsilons[key] = asyncio.ensure_future(search)
-        try:
-            return await asyncio.shield(known)
-        except BaseException:
-            if known.done() and self._epsilons.get(key) is known:
-                del self._epsilons[key]  # a failed search is not kept
-            raise
 
     def _check_header(self, header: inference_pb2.StreamHeader):
         served = self._served
@@ -603,6 +606,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         return RequestStats(
             code=code,
             mechanism=stream.mechanism,
+            encoding=stream.encoding,
             level=stream.level,
             finish_reason=finish.reason if finish else None,
             prompt_tokens=stream.prompt_tokens,
@@ -695,6 +699,7 @@ def _log_finished(stream: _Stream, stats: RequestStats) -> None:
             "task": stream.task,
             "status": stats.code,
             "mechanism": stats.mechanism,
+            "payload_encoding": stats.encoding,
             "privacy_level": stats.level,  # not "level": that key is the line's log level
             "level_id": stream.choice.level_id if stream.choice else None,
             "mu": stream.mu,

@@ -70,6 +70,26 @@ def build_bundles():
     return bundle, raw, adapter.calibration, adapter_levels(adapter)
 
 
+def coded(bundle, spec, symbols: np.ndarray, *, with_mixture: bool) -> dict:
+    """The symbol model of `spec` for the bundle, and the symbols entropy-coded with it."""
+    from del_client import ans
+    from del_client.symbol_model import SymbolModel, mixture
+
+    model = SymbolModel.from_table(bundle.table, spec)
+    payload = ans.encode(symbols, model)
+    case = {"bits": spec.bits, "scale": spec.scale, "clip": spec.clip, "dim": spec.dim}
+    if with_mixture:
+        case["mixture"] = mixture(bundle.table, spec).tolist()
+    return {
+        **case,
+        "frequencies": model.frequencies.tolist(),
+        "cross_entropy_bits": model.cross_entropy_bits(symbols),
+        "payload_hex": payload.hex(),
+        "payload_bits": 8 * len(payload),
+        "packed_bits": symbols.size * spec.bits,
+    }
+
+
 def vectors() -> dict:
     from del_client.codec import RawSpec, encode_frames, pack_symbols, tokens_per_frame
     from del_client.mechanism import BinomialQuantizer, PrivacySpec, decode_table
@@ -151,6 +171,17 @@ def vectors() -> dict:
         for frame in encode_frames(symbols, spec, max_payload_bytes=SPLIT_PAYLOAD_BYTES)
     ]
 
+    coded_cases = [
+        coded(
+            bundle,
+            level_spec(mu, case["bits"]),
+            np.asarray(case["symbols"], dtype=np.uint8),
+            with_mixture=case["bits"] == 4,
+        )
+        for case in privatize
+        if case["bits"] in (4, 8)
+    ]
+
     raw_ids = raw.encode(TEXT)[1:]
     raw_rows = raw.embed(raw_ids)
     raw_spec = RawSpec(dim=raw_rows.shape[1])
@@ -202,6 +233,7 @@ def vectors() -> dict:
             "symbols_from": "privatize.cases[bits=4]",
             "frames": split,
         },
+        "coded": {"symbols_from": "privatize.cases[bits]", "cases": coded_cases},
         "raw": {
             "digest": raw.digest,
             "size_bytes": len(raw.to_bytes()),

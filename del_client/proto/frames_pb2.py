@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x64\x65l/v1/frames.proto\x12\x06\x64\x65l.v1\"o\n\x0fMechanismParams\x12$\n\tmechanism\x18\x01 \x01(\x0e\x32\x11.del.v1.Mechanism\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x0c\n\x04\x63lip\x18\x04 \x01(\x01\x12\r\n\x05scale\x18\x05 \x01(\x01\"Z\n\x05\x46rame\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0btoken_count\x18\x02 \x01(\r\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x0c\n\x04\x62its\x18\x04 \x01(\r\x12\x0f\n\x07payload\x18\x05 \x01(\x0c*Y\n\tMechanism\x12\x19\n\x15MECHANISM_UNSPECIFIED\x10\x00\x12\x16\n\x12MECHANISM_BINOMIAL\x10\x01\x12\x19\n\x15MECHANISM_RAW_FLOAT32\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x64\x65l/v1/frames.proto\x12\x06\x64\x65l.v1\"\xa2\x01\n\x0fMechanismParams\x12$\n\tmechanism\x18\x01 \x01(\x0e\x32\x11.del.v1.Mechanism\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x0c\n\x04\x63lip\x18\x04 \x01(\x01\x12\r\n\x05scale\x18\x05 \x01(\x01\x12\x31\n\x10payload_encoding\x18\x06 \x01(\x0e\x32\x17.del.v1.PayloadEncoding\"Z\n\x05\x46rame\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0btoken_count\x18\x02 \x01(\r\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x0c\n\x04\x62its\x18\x04 \x01(\r\x12\x0f\n\x07payload\x18\x05 \x01(\x0c*Y\n\tMechanism\x12\x19\n\x15MECHANISM_UNSPECIFIED\x10\x00\x12\x16\n\x12MECHANISM_BINOMIAL\x10\x01\x12\x19\n\x15MECHANISM_RAW_FLOAT32\x10\x02*H\n\x0fPayloadEncoding\x12\x1b\n\x17PAYLOAD_ENCODING_PACKED\x10\x00\x12\x18\n\x14PAYLOAD_ENCODING_ANS\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'del.v1.frames_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MECHANISM']._serialized_start=236
-  _globals['_MECHANISM']._serialized_end=325
-  _globals['_MECHANISMPARAMS']._serialized_start=31
-  _globals['_MECHANISMPARAMS']._serialized_end=142
-  _globals['_FRAME']._serialized_start=144
-  _globals['_FRAME']._serialized_end=234
+  _globals['_MECHANISM']._serialized_start=288
+  _globals['_MECHANISM']._serialized_end=377
+  _globals['_PAYLOADENCODING']._serialized_start=379
+  _globals['_PAYLOADENCODING']._serialized_end=451
+  _globals['_MECHANISMPARAMS']._serialized_start=32
+  _globals['_MECHANISMPARAMS']._serialized_end=194
+  _globals['_FRAME']._serialized_start=196
+  _globals['_FRAME']._serialized_end=286
 # @@protoc_insertion_point(module_scope)

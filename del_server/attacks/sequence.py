@@ -14,19 +14,33 @@ vocabulary, the `keep` most likely under likelihood × unigram prior for a large
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 
-DEFAULT_KEEP = 512  # candidates per position: the whole vocabulary of the default model
+DEFAULT_KEEP = 512
+# A dense transition table up to this size (a 30k vocabulary: 3.7 GB) is built once and gathered
+# from, the fastest a lattice can ask; beyond it (a 128k vocabulary) pairs are looked up sparse.
+DENSE_BYTES = 4 << 30
+BLOCKS_KEPT = 512  # transition blocks a prior remembers (512 x 512 float32: 1 MB each)  # candidates per position: the whole vocabulary of the default model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BigramPrior:
-    """log P(v) for a prompt's first token and log P(v | previous token), add-α smoothed."""
+    """log P(v) for a prompt's first token and log P(v | previous token), add-α smoothed.
+
+    The pair counts are kept sparse (the pairs public text holds, sorted by key
+    previous·V + next): fitting never builds V × V intermediates (int64 and float64 counts of
+    a 30k vocabulary would take 15 GB); `transition(before, after)` gives exactly the entries
+    a lattice asks for, from a dense float32 table where one fits in DENSE_BYTES.
+    """
 
     log_start: torch.Tensor  # (V,) the unigram: a prompt may start anywhere in the text
-    log_transition: torch.Tensor  # (V, V) row: previous token, column: next token
+    pair_keys: torch.Tensor  # (N,) sorted previous * V + next of the pairs seen
+    pair_counts: torch.Tensor  # (N,) how often each was seen
+    row_totals: torch.Tensor  # (V,) pairs seen after each previous token
+    smoothing: float
 
     @classmethod
     def fit(cls, token_ids: np.ndarray, vocab: int, *, smoothing: float = 0.1) -> BigramPrior:
@@ -35,16 +49,63 @@ class BigramPrior:
         if ids.numel() < 2:
             raise ValueError("a bigram prior needs at least two tokens of public text")
         unigram = torch.bincount(ids, minlength=vocab).double() + smoothing
-        pairs = torch.bincount(ids[:-1] * vocab + ids[1:], minlength=vocab * vocab)
-        bigram = pairs.reshape(vocab, vocab).double() + smoothing
+        keys, counts = torch.unique(ids[:-1] * vocab + ids[1:], sorted=True, return_counts=True)
         return cls(
             log_start=(unigram / unigram.sum()).log().float(),
-            log_transition=(bigram / bigram.sum(dim=1, keepdim=True)).log().float(),
+            pair_keys=keys,
+            pair_counts=counts.double(),
+            row_totals=torch.bincount(ids[:-1], minlength=vocab).double(),
+            smoothing=smoothing,
         )
 
     @property
     def vocab(self) -> int:
         return self.log_start.shape[0]
+
+    def transition(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """log P(after | before), elementwise over the broadcast shape of the two id tensors:
+        gathered from the dense table when it fits DENSE_BYTES, else looked up in the pairs."""
+        if self.vocab**2 * 4 <= DENSE_BYTES:
+            return self.dense[before, after]
+        before, after = torch.broadcast_tensors(before, after)
+        keys = before * self.vocab + after
+        found = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
+        counts = torch.where(self.pair_keys[found] == keys, self.pair_counts[found], 0.0)
+        return ((counts + self.smoothing) / self._totals[before]).log().float()
+
+    @cached_property
+    def dense(self) -> torch.Tensor:
+        """(V, V) every transition, float32, built once: the unseen pairs of a row first, then
+        the pairs seen written over them."""
+        vocab, totals = self.vocab, self._totals
+        table = (self.smoothing / totals).log().float()[:, None].expand(vocab, vocab).contiguous()
+        rows, columns = self.pair_keys // vocab, self.pair_keys % vocab
+        seen = (self.pair_counts + self.smoothing) / totals[rows]
+        table[rows, columns] = seen.log().float()
+        return table
+
+    def block(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """(M, M) log P(after[j] | before[i]) for two candidate lists, kept for their next use.
+
+        A position's candidates are a function of its symbols; with few coordinates and bits
+        per token, positions share a handful of symbol patterns, so the same lists meet again
+        and again (a lattice's gathers from a 30k table are most of an attack's time)."""
+        key = (before.numpy().tobytes(), after.numpy().tobytes())
+        found = self._blocks.get(key)
+        if found is None:
+            if len(self._blocks) >= BLOCKS_KEPT:
+                self._blocks.clear()
+            found = self._blocks[key] = self.transition(before[:, None], after[None, :])
+        return found
+
+    @cached_property
+    def _blocks(self) -> dict[tuple[bytes, bytes], torch.Tensor]:
+        return {}
+
+    @cached_property
+    def _totals(self) -> torch.Tensor:
+        """(V,) each row's denominator: its pairs seen plus α for every possible next token."""
+        return self.row_totals + self.smoothing * self.vocab
 
 
 @dataclass(frozen=True)
@@ -85,9 +146,9 @@ class Lattice:
     def transition(self, t: int) -> torch.Tensor:
         """(P or 1, M, M) log P(candidate j at t + 1 | candidate i at t)."""
         if not self.pruned:
-            return self.prior.log_transition[None]
+            return self.prior.dense[None]
         before, after = self.candidates[:, t], self.candidates[:, t + 1]
-        return self.prior.log_transition[before[:, :, None], after[:, None, :]]
+        return torch.stack([self.prior.block(b, a) for b, a in zip(before, after, strict=True)])
 
     def backward(self) -> torch.Tensor:
         """(P, T, M) β_t = log P(symbols after t | candidate at t): the look-ahead of every

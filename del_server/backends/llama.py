@@ -9,7 +9,9 @@ against transformers to 1e-4 and the golden greedy ids. Everything else (and any
 not cover) runs through transformers as before.
 
 Numerics follow transformers' Llama: RMSNorm in float32 cast back, rotary tables in float32
-cast to the model's dtype, softmax in float32.
+cast to the model's dtype, the attention scale on the scores (as transformers' eager
+attention: scaling the queries instead rounds differently in bfloat16 and float16, where it
+changed greedy continuations of stories260K), softmax in float32.
 """
 
 from __future__ import annotations
@@ -103,6 +105,11 @@ class LlamaPath:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
+    def _softmax(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.dtype == torch.float32:
+            return torch.softmax(scores, dim=-1)
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
+
     def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
         h = self._rms_norm(x, layer.norm2)
         return x + layer.down(F.silu(layer.gate(h)) * layer.up(h))
@@ -138,8 +145,9 @@ class LlamaPath:
             values.append(v)
             q = q.reshape(rows, self.kv_heads, self.groups, width, self.head_dim)
             scores = torch.matmul(q, k[:, :, None].transpose(-1, -2)) * layer.scaling + bias
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
-            out = torch.matmul(probs, v[:, :, None])  # (n, kv_heads, groups, width, head_dim)
+            out = torch.matmul(
+                self._softmax(scores), v[:, :, None]
+            )  # (n, kv_heads, groups, width, head_dim)
             out = out.reshape(rows, self.heads, width, self.head_dim).transpose(1, 2)
             x = x + layer.o(out.reshape(rows, width, self.heads * self.head_dim))
             x = self._mlp(layer, x)
@@ -176,7 +184,7 @@ class LlamaPath:
             values = value_buffer[:rows, :, start : end + 1]
             q = self._rotate(q, cos, sin).view(rows, self.kv_heads, self.groups, self.head_dim)
             scores = torch.matmul(q, keys.transpose(-1, -2)) * layer.scaling + bias
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
-            out = torch.matmul(probs, values).reshape(rows, self.heads * self.head_dim)
+            out = torch.matmul(self._softmax(scores), values)
+            out = out.reshape(rows, self.heads * self.head_dim)
             x = self._mlp(layer, x + layer.o(out))
         return self.head(self._rms_norm(x, self.norm))

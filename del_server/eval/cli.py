@@ -4,6 +4,8 @@
     del-server eval --quick         small samples, under 5 minutes (`make eval-quick`)
     del-server eval --smoke         seconds: what the test suite runs to check the report's shape
     del-server eval --render-only   redraw EVAL.md and the figures from OUT/eval.json
+    del-server eval-nlu             a classification adapter's levels against baselines
+                                    (`make eval-nlu`: docs/eval-nlu/)
 
 Writes OUT/eval.json, OUT/EVAL.md and the PNG figures (OUT defaults to reports/).
 """
@@ -53,7 +55,48 @@ def _run(args: argparse.Namespace) -> None:
         print(f"- {line}")
 
 
+def _run_nlu(args: argparse.Namespace) -> None:
+    require_extra("eval", "del-server eval-nlu")
+    from .classification import NluEvalConfig, run
+
+    report = run(
+        NluEvalConfig(
+            model=args.model,
+            adapter=args.adapter,
+            data=args.data,
+            out=args.out,
+            level_steps=args.level_steps,
+            command=shlex.join(["del-server", *sys.argv[1:]]),
+        )
+    )
+    print(f"{args.out}/EVAL.md written in {report['seconds'] / 60:.1f} min")
+    for row in report["rows"]:
+        print(
+            f"- {row['method']:<24} {row.get('target_attack_rate', 0):>5.0%} {row['accuracy']:.1%}"
+        )
+
+
+def _add_nlu(sub: argparse._SubParsersAction) -> None:
+    from ..settings import DEFAULT_NLU_ADAPTER
+    from ..train.defaults import DEFAULT_NLU_DATA, DEFAULT_NLU_MODEL
+
+    parser = sub.add_parser(
+        "eval-nlu",
+        help="a classification adapter: dev accuracy per level against its attack rate and "
+        "baselines, with a plot",
+    )
+    parser.add_argument("--model", default=DEFAULT_NLU_MODEL, help="the encoder: path or name")
+    parser.add_argument("--adapter", type=Path, default=Path(DEFAULT_NLU_ADAPTER))
+    parser.add_argument("--data", default=DEFAULT_NLU_DATA, help="directory with the task's TSVs")
+    parser.add_argument("--out", type=Path, default=Path("reports/eval-nlu"))
+    parser.add_argument(
+        "--level-steps", type=int, help="baselines' training steps (default: the adapter's)"
+    )
+    parser.set_defaults(run=_run_nlu)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    _add_nlu(sub)
     parser = sub.add_parser(
         "eval", help="privacy, utility, communication and speed report with plots"
     )

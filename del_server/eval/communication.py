@@ -1,9 +1,10 @@
 """Bits per token and bytes on the wire: measured through the real gRPC path, and computed.
 
 Measured: real generations by the SDK's `Client` against a real server on loopback, at each
-calibrated level and with the raw (no privacy, fp32) mechanism, on held-out prompts. The
-server's own count of the stream (`Usage`: gRPC messages + 5-byte prefixes) gives the bytes
-each way; the payload bits are the packed symbols alone.
+calibrated level with packed frames (`del@`) and entropy-coded ones (`del-ans@`), and with the
+raw (no privacy, fp32) mechanism, on held-out prompts. The server's own count of the stream
+(`Usage`: gRPC messages + 5-byte prefixes) gives the bytes each way; the payload bits are the
+packed symbols alone, or the coded bytes sent.
 
 Computed: raw embeddings at the model's hidden size in fp32 and fp16, and a 7B-class model
 from its dimensions (d = 4096, k = 128, the same b). The floor an ideal entropy coder would
@@ -71,22 +72,27 @@ def _summarise(results: list[GenerationResult]) -> dict:
 
 
 def measure_wire(ctx: EvalContext, target: str, cache_dir: Path) -> dict:
-    """Real requests through gRPC: each DEL level and the raw baseline, same prompts."""
+    """Real requests through gRPC: each DEL level, packed and coded, and the raw baseline, same
+    prompts."""
     windows = ctx.split.validation.head(ctx.config.wire_requests)
     prompts = [ctx.loaded.tokenizer.decode(ids) for ids in windows.prompts.tolist()]
-    levels = {f"del@{lv['target_attack_rate']:g}": lv for lv in ctx.adapter.calibration}
+    runs = []
+    for encoding, name in (("packed", "del"), ("ans", "del-ans")):
+        for lv in ctx.adapter.calibration:
+            privacy = {"mu": lv["mu"], "bits": lv["bits"]}
+            runs.append((f"{name}@{lv['target_attack_rate']:g}", encoding, privacy))
+    runs.append(("raw_fp32", "packed", {"mechanism": "raw"}))
     measured = {}
-    with Client(ClientConfig(target=target, bundle_cache_dir=cache_dir)) as client:
-        runs = [(key, {"mu": lv["mu"], "bits": lv["bits"]}) for key, lv in levels.items()]
-        runs.append(("raw_fp32", {"mechanism": "raw"}))
-        for key, privacy in tqdm(runs, desc="communication: gRPC", unit="level"):
+    for key, encoding, privacy in tqdm(runs, desc="communication: gRPC", unit="level"):
+        config = ClientConfig(target=target, bundle_cache_dir=cache_dir, payload_encoding=encoding)
+        with Client(config) as client:
             results = [
                 client.generate(
                     prompt, **privacy, max_new_tokens=WIRE_NEW_TOKENS, temperature=0
                 ).collect()
                 for prompt in prompts
             ]
-            measured[key] = _summarise(results)
+        measured[key] = _summarise(results)
     return measured
 
 

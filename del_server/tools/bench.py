@@ -9,18 +9,22 @@ bench_e2e.md:
   input embeddings the server builds for the prompt, soft prompt included) and a tight loop
   of batched forward passes over the model's own cache (no padding, argmax, nothing else):
   what the model itself does without a server.
-- **DEL streams** at the same concurrencies: private generations through gRPC against the
-  server in this process, from `del-client loadtest` running in separate process(es), so the
-  server's CPU time (this process) and the load generator's (the children) are apart. The
-  server's KV cache and resident memory are sampled meanwhile: memory per running stream.
+- **DEL streams** at the same concurrencies: private generations through gRPC against a
+  server in this process (its engine in a thread, the default, and in a process of its own,
+  `--engine-process`), from `del-client loadtest` running in separate process(es), so the
+  server's CPU time (this process and its engine's) and the load generator's (the children)
+  are apart. The server's KV cache and resident memory are sampled meanwhile: memory per
+  running stream.
 
-Ratios: DEL's tokens/s over the model's at the same batch size. The machine's load average is
-recorded, since a busy machine changes every figure.
+Ratios: DEL's tokens/s over the model's at the same batch size, the model measured before and
+after DEL at each level. The machine's load average is recorded, since a busy machine changes
+every figure (on a shared 2-core machine, the model's own figures vary by a third run to run).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -165,19 +169,22 @@ def concurrency_table(result: dict) -> list[str]:
 
 
 def prompt_inputs(served: ServedModel) -> torch.Tensor:
-    """The input embeddings the server builds for PROMPT at μ=MU (soft prompt, BOS, tokens)."""
+    """The input embeddings the server builds for PROMPT at μ=MU (the soft prompt of the level
+    the service would choose, if any; BOS; tokens)."""
     bundle = served.bundle
     spec = PrivacySpec.from_mu(mu=MU, dim=bundle.projection_dim, bits=BITS, clip=bundle.clip)
     quantizer = BinomialQuantizer(spec, rng=seeded_generator_for_tests(0))
     symbols = quantizer.privatize(bundle.embed(bundle.encode(PROMPT)[1:]))
-    inputs, _ = served.prompts.build(PrivatePrompt(dequantize(symbols, spec), mu=spec.mu()))
+    soft_mu = choose_level(served.levels, "", spec).soft_prompt_mu  # as the service chooses
+    inputs, _ = served.prompts.build(PrivatePrompt(dequantize(symbols, spec), mu=soft_mu))
     return inputs
 
 
 @torch.inference_mode()
 def model_alone(model, inputs: torch.Tensor, batch: int, new_tokens: int, repeats: int) -> dict:
-    """Tokens/s of the model by itself on `batch` copies of `inputs` (T, d), prefill included:
-    Hugging Face `generate` (greedy) and a tight loop of forward passes over its own cache."""
+    """Tokens/s of the model by itself on `batch` copies of `inputs` (T, d), prefill included,
+    `repeats` times each: Hugging Face `generate` (greedy) and a tight loop of forward passes
+    over its own cache."""
     from transformers import GenerationConfig
 
     embeds = inputs[None].expand(batch, -1, -1).contiguous()
@@ -203,9 +210,8 @@ def model_alone(model, inputs: torch.Tensor, batch: int, new_tokens: int, repeat
 
     generate(), loop()  # warm-up
     return {
-        "batch": batch,
-        "generate_tokens_per_s": statistics.median(generate() for _ in range(repeats)),
-        "loop_tokens_per_s": statistics.median(loop() for _ in range(repeats)),
+        "generate": [generate() for _ in range(repeats)],
+        "loop": [loop() for _ in range(repeats)],
     }
 
 
@@ -214,8 +220,10 @@ class _MemorySampler:
 
     def __init__(self, served: ServedModel) -> None:
         self._engine = served.engine
+        engine_pid = getattr(served.engine, "pid", None)
+        self._pids = (None,) if engine_pid is None else (None, engine_pid)
         self._stop = threading.Event()
-        self.baseline_rss = _rss_bytes()
+        self.baseline_rss = _rss_bytes(self._pids)
         self.peak_rss = self.baseline_rss
         self.peak_rows = 0
         self.kv_used_at_peak_rows = 0
@@ -237,7 +245,7 @@ class _MemorySampler:
             if rows >= self.peak_rows:
                 self.peak_rows, self.kv_used_at_peak_rows = rows, used
             self.peak_kv_allocated = max(self.peak_kv_allocated, allocated)
-            self.peak_rss = max(self.peak_rss, _rss_bytes())
+            self.peak_rss = max(self.peak_rss, _rss_bytes(self._pids))
 
     def to_dict(self, streams: int) -> dict:
         rows = max(1, self.peak_rows)
@@ -250,9 +258,23 @@ class _MemorySampler:
         }
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _rss_bytes(pids: tuple[int | None, ...] = (None,)) -> int:
+    """Resident memory of this process (None) and the others given."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid or 'self'}/statm") as statm:
+            total += int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return total
+
+
+def _server_cpu_s(engine_pid: int | None) -> float:
+    """CPU time of this process, and of the engine's when it runs in a process of its own."""
+    seconds = time.process_time()
+    if engine_pid is not None:
+        with open(f"/proc/{engine_pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 def _children_cpu_s() -> float:
@@ -278,7 +300,8 @@ def del_streams(
     options += ["--mu", str(MU), "--bits", str(BITS), "--max-new-tokens", str(new_tokens)]
     options += ["--temperature", "0", "--retries", "0", "--json"]
     env = {**os.environ, "DEL_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
-    server_cpu, children_cpu = time.process_time(), _children_cpu_s()
+    engine_pid = getattr(served.engine, "pid", None)
+    server_cpu, children_cpu = _server_cpu_s(engine_pid), _children_cpu_s()
     with _MemorySampler(served) as memory:
         children = [
             subprocess.Popen(
@@ -291,7 +314,7 @@ def del_streams(
             if share
         ]
         outputs = [child.communicate()[0] for child in children]
-    server_cpu = time.process_time() - server_cpu
+    server_cpu = _server_cpu_s(engine_pid) - server_cpu
     children_cpu = _children_cpu_s() - children_cpu
     if any(child.returncode for child in children):
         raise RuntimeError(f"a load generator failed: {[c.returncode for c in children]}")
@@ -319,6 +342,9 @@ def del_streams(
     }
 
 
+ENGINES = {"thread": False, "process": True}  # name -> Settings.engine_process
+
+
 def compare(
     *,
     model: str,
@@ -330,51 +356,77 @@ def compare(
     processes: int,
     threads: int,
     cache_dir: Path,
+    engines: tuple[str, ...] = ("thread", "process"),
     stream_interval_ms: float | None = None,
     join_wait_ms: float | None = None,
 ) -> dict:
+    """Per level: the model alone, DEL with each engine (a thread of the server, a process of
+    its own), the model alone again; its figure is the median of both measurements."""
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
-    settings = Settings(
-        model=model,
-        adapter=adapter,
-        port=0,
-        metrics_port=-1,
-        max_running=max(levels),
-        max_waiting=max(levels),
-        max_new_tokens=max(256, new_tokens),
-        **({} if stream_interval_ms is None else {"stream_interval_ms": stream_interval_ms}),
-        **({} if join_wait_ms is None else {"join_wait_ms": join_wait_ms}),
-    )
-    with serve_in_thread(settings) as server:
-        served, target = server.running.served, server.target
-        steps = tqdm(total=2 + 2 * len(levels), desc="e2e benchmark", unit="stage")
+    settings = {
+        name: Settings(
+            model=model,
+            adapter=adapter,
+            port=0,
+            metrics_port=-1,
+            max_running=max(levels),
+            max_waiting=max(levels),
+            max_new_tokens=max(256, new_tokens),
+            engine_process=ENGINES[name],
+            **({} if stream_interval_ms is None else {"stream_interval_ms": stream_interval_ms}),
+            **({} if join_wait_ms is None else {"join_wait_ms": join_wait_ms}),
+        )
+        for name in engines
+    }
+    with contextlib.ExitStack() as stack:
+        servers = {name: stack.enter_context(serve_in_thread(s)) for name, s in settings.items()}
+        first = servers[engines[0]]
+        served = first.running.served
+        steps = tqdm(total=2 + (2 + len(engines)) * len(levels), desc="e2e benchmark")
         in_process = _median_run(
-            lambda: server.call(_in_process(server.running, new_tokens)), repeats
+            lambda: first.call(_in_process(first.running, new_tokens)), repeats
         )
         steps.update()
-        grpc_single = _median_run(lambda: _through_grpc(target, new_tokens, cache_dir), repeats)
+        grpc_single = _median_run(
+            lambda: _through_grpc(first.target, new_tokens, cache_dir), repeats
+        )
         steps.update()
         inputs = prompt_inputs(served)
         rows = []
-        for streams in levels:  # interleaved: a change in the machine's load hits both alike
-            alone = model_alone(served.loaded.model, inputs, streams, new_tokens, repeats)
+        for streams in levels:  # interleaved: a change in the machine's load hits all alike
+            samples = model_alone(served.loaded.model, inputs, streams, new_tokens, repeats)
             steps.update()
-            row = del_streams(
-                served,
-                target,
-                streams,
-                new_tokens=new_tokens,
-                duration_s=duration_s,
-                processes=min(processes, streams),
-                cache_dir=cache_dir,
-            )
+            level = []
+            for name, server in servers.items():
+                row = del_streams(
+                    server.running.served,
+                    server.target,
+                    streams,
+                    new_tokens=new_tokens,
+                    duration_s=duration_s,
+                    processes=min(processes, streams),
+                    cache_dir=cache_dir,
+                )
+                row["engine"] = name
+                level.append(row)
+                steps.update()
+            after = model_alone(served.loaded.model, inputs, streams, new_tokens, repeats)
             steps.update()
-            row["model"] = alone
-            row["ratio_to_generate"] = row["tokens_per_s"] / alone["generate_tokens_per_s"]
-            row["ratio_to_loop"] = row["tokens_per_s"] / alone["loop_tokens_per_s"]
-            rows.append(row)
+            alone = {
+                "batch": streams,
+                "generate_tokens_per_s": statistics.median(samples["generate"] + after["generate"]),
+                "loop_tokens_per_s": statistics.median(samples["loop"] + after["loop"]),
+                "generate_samples": samples["generate"] + after["generate"],
+                "loop_samples": samples["loop"] + after["loop"],
+            }
+            for row in level:
+                row["model"] = alone
+                row["ratio_to_generate"] = row["tokens_per_s"] / alone["generate_tokens_per_s"]
+                row["ratio_to_loop"] = row["tokens_per_s"] / alone["loop_tokens_per_s"]
+            rows += level
         steps.close()
+    defaults = next(iter(settings.values()))
     return {
         "model": model,
         "adapter": adapter,
@@ -386,8 +438,9 @@ def compare(
         "repeats": repeats,
         "duration_s": duration_s,
         "torch_threads": threads,
-        "stream_interval_ms": getattr(settings, "stream_interval_ms", 0.0),
-        "join_wait_ms": getattr(settings, "join_wait_ms", 0.0),
+        "stream_interval_ms": getattr(defaults, "stream_interval_ms", 0.0),
+        "join_wait_ms": getattr(defaults, "join_wait_ms", 0.0),
+        "engines": list(engines),
         "machine": platform.platform(),
         "cpus": os.cpu_count(),
         "load_average_before": load_before,
@@ -396,7 +449,7 @@ def compare(
         "grpc": grpc_single,
         "grpc_tokens_per_s_cost": 1 - grpc_single["tokens_per_s"] / in_process["tokens_per_s"],
         "streams": rows,
-        "targets": _targets(rows),
+        "targets": {name: _targets([r for r in rows if r["engine"] == name]) for name in engines},
     }
 
 
@@ -434,15 +487,15 @@ def path_table(result: dict) -> list[str]:
 def streams_table(result: dict) -> list[str]:
     """Markdown rows: DEL's streams against the model alone at the same batch size."""
     lines = [
-        "| streams | model `generate` tok/s | model loop tok/s | DEL tok/s | DEL / generate "
-        "| DEL / loop | TTFT p50 / p90 ms | tokens per message | server CPU s (µs/token) "
-        "| load generator CPU s |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|---|---:|",
+        "| streams | engine | model `generate` tok/s | model loop tok/s | DEL tok/s "
+        "| DEL / generate | DEL / loop | TTFT p50 / p90 ms | tokens per message "
+        "| server CPU s (µs/token) | load generator CPU s |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|---|---:|",
     ]
     for row in result["streams"]:
         model = row["model"]
         lines.append(
-            f"| {row['streams']} | {model['generate_tokens_per_s']:.0f} "
+            f"| {row['streams']} | {row['engine']} | {model['generate_tokens_per_s']:.0f} "
             f"| {model['loop_tokens_per_s']:.0f} | {row['tokens_per_s']:.0f} "
             f"| {row['ratio_to_generate']:.2f}× | {row['ratio_to_loop']:.2f}× "
             f"| {1000 * row['ttft_p50_s']:.1f} / {1000 * row['ttft_p90_s']:.1f} "
@@ -455,14 +508,14 @@ def streams_table(result: dict) -> list[str]:
 
 def memory_table(result: dict) -> list[str]:
     lines = [
-        "| streams | peak running | KV cache used / allocated per stream (KiB) "
+        "| streams | engine | peak running | KV cache used / allocated per stream (KiB) "
         "| resident memory growth per stream (KiB) |",
-        "|---:|---:|---|---:|",
+        "|---:|---|---:|---|---:|",
     ]
     for row in result["streams"]:
         memory = row["memory"]
         lines.append(
-            f"| {row['streams']} | {memory['peak_running']} "
+            f"| {row['streams']} | {row['engine']} | {memory['peak_running']} "
             f"| {memory['kv_used_bytes_per_stream'] / 1024:.1f} / "
             f"{memory['kv_allocated_bytes_per_stream'] / 1024:.1f} "
             f"| {memory['rss_growth_bytes_per_stream'] / 1024:.0f} |"
@@ -492,10 +545,14 @@ def _markdown(result: dict) -> str:
         "## DEL against the model alone",
         "",
         "The model alone: `generate` and a tight loop of batched forward passes, on the same "
-        "threads in this process, prefill included. DEL: `del-client loadtest` in separate "
+        "threads in this process, prefill included; the median of "
+        f"{2 * result['repeats']} runs, half before and half after DEL's at that level. DEL's "
+        "engine runs in a thread of the server (`thread`, the default) or in a process of its "
+        "own (`process`, `--engine-process`). DEL: `del-client loadtest` in separate "
         f"process(es) for {result['duration_s']:g} s per level against the server in this "
-        "process; server CPU is this process's, load generator CPU the children's during the "
-        "load. TTFT is the client's, from the call (privatization included) to the first text.",
+        "process; server CPU is this process's (and its engine process's, when it has one), "
+        "load generator CPU the children's, both during the load. TTFT is the client's, from "
+        "the call (privatization included) to the first text.",
         "",
         *streams_table(result),
         "",
@@ -504,8 +561,9 @@ def _markdown(result: dict) -> str:
         "## Targets",
         "",
         *(
-            f"- {name}: {value:.2f} — {'met' if ok else 'NOT met'}"
-            for name, (value, ok) in result["targets"].items()
+            f"- engine {engine}: {name}: {value:.3f} — {'met' if ok else 'NOT met'}"
+            for engine, targets in result["targets"].items()
+            for name, (value, ok) in targets.items()
         ),
     ]
     return "\n".join(lines) + "\n"
@@ -532,6 +590,13 @@ def main() -> None:
         "--stream-interval-ms", type=float, help="the server's (default: its own default)"
     )
     parser.add_argument("--join-wait-ms", type=float, help="the server's (default: its own)")
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        choices=list(ENGINES),
+        default=list(ENGINES),
+        help="the server's engine in a thread (the default), in a process of its own, or both",
+    )
     args = parser.parse_args()
     if args.adapter is None and args.model == DEFAULT_MODEL:
         args.adapter = DEFAULT_ADAPTER
@@ -549,6 +614,7 @@ def main() -> None:
             cache_dir=Path(cache),
             stream_interval_ms=args.stream_interval_ms,
             join_wait_ms=args.join_wait_ms,
+            engines=tuple(args.engines),
         )
     (args.out / "bench_e2e.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "bench_e2e.md").write_text(_markdown(result))

@@ -1,10 +1,11 @@
-"""`make demo`: a real server and a real client talking over gRPC on this machine.
+"""`make demo` / `make demo-nlu`: a real server and a real client talking over gRPC here.
 
 Starts `del-server serve` with the default model and its trained adapter (or MODEL=...,
 ADAPTER=...) in the background, waits for its health service to report SERVING, says in one
 line each what every calibrated privacy level costs and protects, runs one private generation
 with `del-client` at the level nearest a 10 % attack rate (or --mu), and stops the server with
-SIGTERM (a graceful drain), whatever happens in between.
+SIGTERM (a graceful drain), whatever happens in between. With --nlu: all-MiniLM-L6-v2 and its
+SST-2 adapter, and a few sentences classified privately instead.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ..settings import DEFAULT_ADAPTER, DEFAULT_MODEL
+from ..settings import DEFAULT_ADAPTER, DEFAULT_MODEL, DEFAULT_NLU_ADAPTER
+
+NLU_MODEL = "all-MiniLM-L6-v2"
+# Sentences written for the demo (not from SST-2): what a user might send.
+NLU_SENTENCES = (
+    "I loved every minute of this film, the actors are wonderful.",
+    "A dull, lifeless script that wastes a talented cast.",
+    "The soundtrack is the only thing worth remembering.",
+)
 
 BIN = Path(sys.executable).parent
 TARGET_ATTACK_RATE = 0.10
@@ -51,7 +60,7 @@ def _wait_until_serving(target: str, server: subprocess.Popen, timeout_s: float)
     raise SystemExit(f"del-server did not report SERVING within {timeout_s:.0f} s")
 
 
-def _chosen_level(target: str) -> list[str]:
+def _chosen_level(target: str, *, classify: bool) -> list[str]:
     """Announce every level in one line; the client flags for the one nearest
     TARGET_ATTACK_RATE (none: the client's own default, which it will say)."""
     from del_client import Client, ClientConfig
@@ -63,8 +72,12 @@ def _chosen_level(target: str) -> list[str]:
         return []
     chosen = min(levels, key=lambda lv: abs(lv.target_attack_rate - TARGET_ATTACK_RATE))
     print("privacy levels (ε exact per token at δ = 1e-5). The noise that hides the prompt also")
-    print("garbles what the model reads: expect a continuation that drifts from the prompt, the")
-    print("more so the more private the level (docs/eval measures by how much):")
+    if classify:
+        print("garbles what the model reads: expect some sentences labelled wrongly (docs/eval-nlu")
+        print("measures how many):")
+    else:
+        print("garbles what the model reads: expect a continuation that drifts from the prompt,")
+        print("the more so the more private the level (docs/eval measures by how much):")
     for level in sorted(levels, key=lambda lv: lv.mu):
         mark = "→" if level is chosen else " "
         print(
@@ -78,14 +91,18 @@ def _chosen_level(target: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL))
+    parser.add_argument("--nlu", action="store_true", help="classify sentences with MiniLM")
+    parser.add_argument("--model", default=os.environ.get("MODEL"))
     parser.add_argument("--adapter", default=os.environ.get("ADAPTER"))
     parser.add_argument("--prompt", default="Once upon a time, there was a little dog")
     parser.add_argument("--mu", type=float, help="privacy level (default: a calibrated one)")
     parser.add_argument("--timeout-s", type=float, default=300)
     args = parser.parse_args()
-    if args.adapter is None and args.model == DEFAULT_MODEL:
-        args.adapter = DEFAULT_ADAPTER
+    default_model, default_adapter = (
+        (NLU_MODEL, DEFAULT_NLU_ADAPTER) if args.nlu else (DEFAULT_MODEL, DEFAULT_ADAPTER)
+    )
+    if args.model is None:
+        args.model, args.adapter = default_model, args.adapter or default_adapter
 
     port, metrics_port = _free_port(), _free_port()
     target = f"127.0.0.1:{port}"
@@ -107,21 +124,19 @@ def main() -> None:
     server = subprocess.Popen(command)
     try:
         _wait_until_serving(target, server, args.timeout_s)
-        privacy = ["--mu", repr(args.mu)] if args.mu is not None else _chosen_level(target)
-        client = [
-            str(BIN / "del-client"),
-            "generate",
-            args.prompt,
-            "--server",
-            target,
-            *privacy,
-            "--max-new-tokens",
-            "64",
-            "--seed",
-            "1",
-        ]
-        print(f"$ {shlex.join(client)}", flush=True)
-        subprocess.run(client, check=True)
+        privacy = (
+            ["--mu", repr(args.mu)]
+            if args.mu is not None
+            else _chosen_level(target, classify=args.nlu)
+        )
+        if args.nlu:
+            calls = [["classify", sentence] for sentence in NLU_SENTENCES]
+        else:
+            calls = [["generate", args.prompt, "--max-new-tokens", "64", "--seed", "1"]]
+        for call in calls:
+            client = [str(BIN / "del-client"), *call, "--server", target, *privacy]
+            print(f"$ {shlex.join(client)}", flush=True)
+            subprocess.run(client, check=True)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)

@@ -46,12 +46,16 @@ def _projection_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _calibration_args(
-    parser: argparse.ArgumentParser, *, window_tokens: int = 32, beam: bool = True
+    parser: argparse.ArgumentParser,
+    *,
+    window_tokens: int = 32,
+    beam: bool = True,
+    targets: tuple[float, ...] = DEFAULT_TARGETS,
 ) -> None:
     parser.add_argument(
         "--targets",
         type=_floats,
-        default=DEFAULT_TARGETS,
+        default=targets,
         help="target attack success rates, comma-separated",
     )
     parser.add_argument(
@@ -160,15 +164,27 @@ def _add_classify(stages: argparse._SubParsersAction) -> None:
         help="the noise the projection is trained with",
     )
     classify.add_argument("--projection-steps", type=int, default=defaults.projection_steps)
+    classify.add_argument("--projection-lr", type=float, default=defaults.projection_lr)
+    classify.add_argument(
+        "--front-end-steps",
+        type=int,
+        default=defaults.front_end_steps,
+        help="W_d, soft prompt and head through the encoder",
+    )
     classify.add_argument(
         "--level-steps", type=int, default=defaults.level_steps, help="per level and clean head"
+    )
+    classify.add_argument(
+        "--max-mu", type=float, default=defaults.max_mu, help="no level goes past this μ"
     )
     classify.add_argument("--length", type=int, default=defaults.soft_prompt_length)
     classify.add_argument("--lr", type=float, default=defaults.lr)
     classify.add_argument("--batch", type=int, default=defaults.batch)
     classify.add_argument("--seed", type=int, default=defaults.seed)
     classify.add_argument("--resume", action="store_true", help="continue from out/checkpoints")
-    _calibration_args(classify, window_tokens=defaults.calibration_length, beam=False)
+    _calibration_args(
+        classify, window_tokens=defaults.calibration_length, beam=False, targets=defaults.targets
+    )
     classify.set_defaults(run=_run_classify)
 
 
@@ -184,7 +200,10 @@ def _run_classify(args: argparse.Namespace) -> None:
         bits=args.bits,
         projection_mu=args.projection_mu,
         projection_steps=args.projection_steps,
+        projection_lr=args.projection_lr,
+        front_end_steps=args.front_end_steps,
         level_steps=args.level_steps,
+        max_mu=args.max_mu,
         soft_prompt_length=args.length,
         lr=args.lr,
         batch=args.batch,

@@ -19,8 +19,12 @@ sys.meta_path.insert(0, Block())
 import del_client, del_client.cli, del_client.codec, del_client.bench
 from del_client import PrivacySpec, BinomialQuantizer
 import numpy as np
+from del_client import ans
+from del_client.symbol_model import SymbolModel
 spec = PrivacySpec.from_mu(mu=5.0, dim=8, bits=4, clip=1.0)
-BinomialQuantizer(spec).privatize(np.zeros((2, 8), np.float32))
+symbols = BinomialQuantizer(spec).privatize(np.zeros((2, 8), np.float32))
+model = SymbolModel.from_table(np.zeros((3, 8), np.float32), spec)
+assert (ans.decode(ans.encode(symbols, model), model, 2) == symbols).all()
 del_client.cli.main(["privacy", "--mu", "5", "--dim", "8", "--clip", "1", "--json"])
 assert not any(m.split(".")[0] in {"torch", "transformers"} for m in sys.modules)
 """

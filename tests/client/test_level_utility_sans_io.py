@@ -35,8 +35,9 @@ def test_a_level_reads_its_utility_from_the_manifest_or_has_none():
 
 @pytest.mark.parametrize(("served", "expected"), [("t0.10", True), ("", None), ("t0.20", None)])
 def test_a_classification_carries_the_utility_of_the_level_it_was_served_at(served, expected):
+    header = inference_pb2.ClassifyRequest(header=inference_pb2.StreamHeader())
     request = PreparedRequest(
-        "r", "binomial", (), 4, 1e-5, 1.0, 4.0, 1.0, level=level(utility=UTILITY)
+        "r", "binomial", (header,), 4, 1e-5, 1.0, 4.0, 1.0, level=level(utility=UTILITY)
     )
     response = inference_pb2.ClassifyResponse(
         label="positive",

@@ -99,10 +99,14 @@ def test_sync_and_async_clients_return_the_same_kind_of_result(client, config):
         assert result.usage.prompt_tokens == PROMPT_TOKENS
         assert result.finish_reason in ("length", "eos")
         assert len(result.token_ids) == result.usage.generated_tokens
+        # The server offers coded frames: both clients send whichever of coded and packed is
+        # smaller for their symbols (at 4 tokens the coder's state makes it a close call).
+        assert result.payload_encoding in ("ans", "packed")
+        assert result.usage.payload_bits <= PROMPT_TOKENS * 16 * 4
+        assert result.usage.wire_bytes_received == result.client_wire_bytes_sent
     assert "".join(deltas) == async_result.text
     # Same privacy setting, same prompt: the same exact guarantee, whichever client sent it.
     assert async_result.epsilon_prompt == sync.epsilon_prompt
-    assert async_result.usage.bits_per_token == sync.usage.bits_per_token
 
 
 def test_raw_greedy_generation_reproduces_the_reference_continuation(client, reference):
@@ -140,9 +144,31 @@ def test_the_server_received_exactly_the_bytes_the_client_counted(client):
 
 
 @pytest.mark.parametrize("bits", [1, 4, 8])
-def test_binomial_payload_is_projection_dim_times_bits_per_token(client, bits):
-    result = client.generate(PROMPT, mu=10, bits=bits, max_new_tokens=2).collect()
-    assert result.usage.bits_per_token == client.manifest().model.projection_dim * bits
+def test_packed_payload_is_projection_dim_times_bits_per_token(config, bits):
+    with Client(dataclasses.replace(config, payload_encoding="packed")) as packing:
+        result = packing.generate(PROMPT, mu=10, bits=bits, max_new_tokens=2).collect()
+        assert result.payload_encoding == "packed"
+        assert result.usage.bits_per_token == packing.manifest().model.projection_dim * bits
+
+
+@pytest.mark.parametrize("bits", [1, 4, 8])
+def test_coded_payload_bits_are_the_coded_bytes_sent(config, bits):
+    with Client(dataclasses.replace(config, payload_encoding="ans")) as coding:
+        result = coding.generate(PROMPT, mu=10, bits=bits, max_new_tokens=2).collect()
+        packed_bits = PROMPT_TOKENS * coding.manifest().model.projection_dim * bits
+    assert result.payload_encoding == "ans"
+    assert result.usage.payload_bits % 8 == 0  # whole bytes
+    assert 0 < result.usage.payload_bits <= packed_bits + 64  # the coder's state: two words
+
+
+def test_auto_codes_the_frames_when_that_makes_them_smaller(client):
+    story = "Tom and Lily went to the park. They played with a big red ball all day long."
+    coded = client.generate(story, mu=10, bits=4, max_new_tokens=2).collect()
+    assert coded.payload_encoding == "ans"
+    assert coded.usage.bits_per_token < 16 * 4 * 0.95
+    # At b = 1 a symbol is a fair coin: coding cannot beat one bit, and its state costs more.
+    fair = client.generate(story, mu=10, bits=1, max_new_tokens=2).collect()
+    assert (fair.payload_encoding, fair.usage.bits_per_token) == ("packed", 16)
 
 
 def test_epsilon_of_the_prompt_is_the_exact_epsilon_for_its_length(client):
@@ -287,11 +313,15 @@ def test_cli_generate_streams_the_prompt_and_continuation_then_a_summary(
     server, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("DEL_CACHE_DIR", str(tmp_path))
-    main(["generate", PROMPT, "--server", server.target, "--mu", "10", "--max-new-tokens", "8"])
+    coded = ["--payload-encoding", "ans", "--max-new-tokens", "8"]
+    main(["generate", PROMPT, "--server", server.target, "--mu", "10", *coded])
     captured = capsys.readouterr()
     assert captured.out.startswith(PROMPT)
-    assert "64 payload bits per prompt token" in captured.err
+    assert "payload bits per prompt token (binomial, ans)" in captured.err
     assert "for the 4-token prompt, at δ = 1e-05 (exact)" in captured.err
+    packed = ["--payload-encoding", "packed", "--max-new-tokens", "2"]
+    main(["generate", PROMPT, "--server", server.target, "--mu", "10", *packed])
+    assert "64 payload bits per prompt token (binomial, packed)" in capsys.readouterr().err
 
 
 def test_cli_manifest_json_describes_the_served_model(server, tmp_path, monkeypatch, capsys):

@@ -36,3 +36,21 @@ def test_the_demo_states_every_level_and_generates_privately_at_the_10_percent_o
     assert "--level 0.1" in demo.stdout
     assert "finish        length: 64 tokens" in demo.stderr
     assert "soft prompt   level t0.10's, trained for μ = 4.35" in demo.stderr
+
+
+def test_the_nlu_demo_states_every_level_and_classifies_each_sentence(tmp_path):
+    demo = subprocess.run(
+        [sys.executable, "-m", "del_server.tools.demo", "--nlu"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
+    assert demo.returncode == 0, demo.stderr
+    levels = [line for line in demo.stdout.splitlines() if "a server that tries hard" in line]
+    assert len(levels) >= 2
+    answers = [line for line in demo.stdout.splitlines() if line in ("negative", "positive")]
+    assert len(answers) == 3
+    assert demo.stderr.count("labels        ") == 3

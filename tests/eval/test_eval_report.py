@@ -146,8 +146,11 @@ def test_communication_is_measured_through_grpc_and_against_raw(smoke):
         assert row["client_counted_equals_server"], key
     here = comm["computed_bits_per_token"]["this_model"]
     for key, row in wire.items():
-        if key.startswith("del@"):
+        if key.startswith("del@"):  # packed
             assert row["payload_bits_per_token"] == here["del"]
+        if key.startswith("del-ans@"):  # entropy-coded: about the symbols' entropy
+            assert row["payload_bits_per_token"] < 0.9 * here["del"]
+        if key != "raw_fp32":
             assert (
                 row["wire_bits_per_prompt_token"] < wire["raw_fp32"]["wire_bits_per_prompt_token"]
             )

@@ -4,6 +4,7 @@ consistent with the rules docs/PROTOCOL.md states, re-implemented here from the 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 from pathlib import Path
@@ -111,3 +112,53 @@ def test_decoding_is_the_documented_affine_map(vectors):
         symbols = np.asarray(case["symbols"], dtype=np.float64)
         expected = (case["scale"] * (2 * symbols / K - 1)).astype(np.float32)
         np.testing.assert_array_equal(np.asarray(case["decoded"], dtype=np.float32), expected)
+
+
+def documented_frequencies(weights: list[float]) -> list[int]:
+    """PROTOCOL.md §3.11 from the page: running sums, one factor, floors; the last gets the rest."""
+    below, running = [], 0.0
+    for w in weights:
+        running += w
+        below.append(running)
+    factor = (2**24 - len(weights)) / below[-1]
+    edges = [0] + [n + math.floor(below[n - 1] * factor) for n in range(1, len(weights))]
+    edges.append(2**24)
+    return [b - a for a, b in itertools.pairwise(edges)]
+
+
+def documented_rans_decode(payload: bytes, frequencies: list[list[int]], tokens: int) -> list:
+    """PROTOCOL.md §3.11 from the page: words from the end, coordinate-major, empty at the end."""
+    assert not payload.endswith(b"\x00")
+    payload += bytes(-len(payload) % 4)
+    words = [int.from_bytes(payload[j : j + 4], "little") for j in range(0, len(payload), 4)]
+    state = words.pop() if words else 0
+    if words:
+        state = (state << 32) | words.pop()
+    symbols = [[0] * len(frequencies) for _ in range(tokens)]
+    for i, f in enumerate(frequencies):
+        starts = [sum(f[:n]) for n in range(len(f) + 1)]
+        for t in range(tokens):
+            quantile = state % 2**24
+            n = max(n for n in range(len(f)) if starts[n] <= quantile)
+            state = (state >> 24) * f[n] + quantile - starts[n]
+            if state < 2**32 and words:
+                state = (state << 32) | words.pop()
+            symbols[t][i] = n
+    assert (state, words) == (0, [])
+    return symbols
+
+
+def test_coded_payloads_follow_the_documented_model_and_coder(vectors):
+    for coded in vectors["coded"]["cases"]:
+        (case,) = [c for c in vectors["privatize"]["cases"] if c["bits"] == coded["bits"]]
+        assert (coded["scale"], coded["clip"]) == (case["scale"], case["clip"])
+        for row in coded.get("mixture", []):
+            assert len(row) == 2 ** coded["bits"]
+        frequencies = coded["frequencies"]
+        if "mixture" in coded:
+            assert frequencies == [documented_frequencies(row) for row in coded["mixture"]]
+        assert all(sum(row) == 2**24 and min(row) >= 1 for row in frequencies)
+        payload = bytes.fromhex(coded["payload_hex"])
+        tokens = len(case["symbols"])
+        assert documented_rans_decode(payload, frequencies, tokens) == case["symbols"]
+        assert coded["payload_bits"] == 8 * len(payload) < coded["packed_bits"]

@@ -38,7 +38,7 @@ def _joint(prior: BigramPrior, log_likelihood: torch.Tensor, path: tuple[int, ..
     for t, v in enumerate(path):
         score += float(log_likelihood[t, v])
         if t:
-            score += float(prior.log_transition[path[t - 1], v])
+            score += float(prior.dense[path[t - 1], v])
     return score
 
 

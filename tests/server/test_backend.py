@@ -122,6 +122,21 @@ def test_the_golden_greedy_continuation_survives_batching(stories, backend, stor
     assert reference["prompt_ids"] + rows.ids[1] == reference["greedy_ids_60"]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_the_llama_path_in_half_precision_gives_transformers_greedy_ids(stories, dtype):
+    """In bfloat16 and float16 the Llama path rounds as transformers' eager attention does
+    (scale on the scores, not on the queries): stories260K's greedy continuations agree."""
+    model = copy.deepcopy(stories.model).to(dtype)
+    backend = TransformersBackend(model)
+    assert backend.fast is not None
+    for text in TEXTS:
+        inputs = prompt(stories, backend, text)
+        rows = GreedyRows(backend.new_batch())
+        rows.join(backend, inputs)
+        rows.step(47)
+        assert rows.ids[0] == greedy_alone(backend, inputs, 48)[0], text
+
+
 def test_the_default_model_pads_exactly_with_sdpa_attention_too(stories, backend):
     """sdpa builds its own mask from the padding mask: still equal to decoding alone."""
     sdpa = TransformersBackend(copy.deepcopy(stories.model))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from del_client.errors import RequestOptionError
@@ -122,13 +122,16 @@ def test_stop_sequence_truncates_and_sets_stopped(tokenizer):
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=60), st.lists(st.text(min_size=1, max_size=8), max_size=2))
+@example(text="0ý0", stops=["ý", "0ý0"])  # the shorter stop completes first: it stops there
 def test_deltas_add_up_to_the_text_up_to_the_first_stop(tokenizer, text, stops):
     """Incremental decoding loses and adds nothing: for any text the model could generate
     (byte fallback included), the deltas concatenate to its decoded text, cut before the
-    earliest stop sequence when one occurs."""
+    earliest stop sequence once one has been generated. The oracle decodes every prefix
+    whole: generation stops at the first token after which a stop occurs in the text (a
+    longer stop that would start earlier but is not complete yet does not count)."""
     ids = tokenizer.encode(text, add_special_tokens=False).ids
     anchor_id = anchor(tokenizer)
-    full = tokenizer.decode([anchor_id, *ids])[len(tokenizer.decode([anchor_id])) :]
+    prefix = len(tokenizer.decode([anchor_id]))
     stream = TextStream(tokenizer, tuple(stops), anchor_id)
     deltas = []
     for token_id in ids:
@@ -136,6 +139,12 @@ def test_deltas_add_up_to_the_text_up_to_the_first_stop(tokenizer, text, stops):
         if stream.stopped:
             break
     deltas.append(stream.flush())
-    cuts = [at for at in (full.find(stop) for stop in stops) if at != -1]
-    assert "".join(deltas) == (full[: min(cuts)] if cuts else full)
-    assert stream.stopped == bool(cuts)
+    expected, stopped = tokenizer.decode([anchor_id, *ids])[prefix:], False
+    for end in range(1, len(ids) + 1):
+        so_far = tokenizer.decode([anchor_id, *ids[:end]])[prefix:]
+        cuts = [at for at in (so_far.find(stop) for stop in stops) if at != -1]
+        if cuts:
+            expected, stopped = so_far[: min(cuts)], True
+            break
+    assert "".join(deltas) == expected
+    assert stream.stopped == stopped

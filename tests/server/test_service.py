@@ -24,6 +24,7 @@ from del_client.codec import RawSpec, encode_frames, mechanism_params
 from del_client.mechanism import BinomialQuantizer, PrivacySpec
 from del_client.proto import frames_pb2, inference_pb2, inference_pb2_grpc
 from del_client.randomness import seeded_generator_for_tests
+from del_client.symbol_model import model_for
 from del_server.logs import JsonFormatter
 
 
@@ -58,30 +59,31 @@ def spec(bundle):
     return PrivacySpec.from_mu(mu=50.0, dim=bundle.projection_dim, bits=4, clip=bundle.clip)
 
 
-def header(spec, digest, **sampling):
+def header(spec, digest, encoding="packed", **sampling):
     sampling = {"temperature": 0.0, "max_new_tokens": 8, **sampling}
     return inference_pb2.GenerateRequest(
         header=inference_pb2.StreamHeader(
-            mechanism=mechanism_params(spec),
+            mechanism=mechanism_params(spec, encoding),
             bundle_digest=digest,
             sampling=inference_pb2.SamplingParams(**sampling),
         )
     )
 
 
-def frames(spec, data):
-    return [inference_pb2.GenerateRequest(frame=f) for f in encode_frames(data, spec)]
+def frames(spec, data, model=None):
+    return [inference_pb2.GenerateRequest(frame=f) for f in encode_frames(data, spec, model=model)]
 
 
 END = inference_pb2.GenerateRequest(end=inference_pb2.End())
 
 
-def private_request(bundle, spec, text="Once upon a time", **sampling):
+def private_request(bundle, spec, text="Once upon a time", encoding="packed", **sampling):
     ids = bundle.encode(text)[1:]  # the server adds the clean BOS itself
     symbols = BinomialQuantizer(spec, rng=seeded_generator_for_tests(0)).privatize(
         bundle.embed(ids)
     )
-    return [header(spec, bundle.digest, **sampling), *frames(spec, symbols), END]
+    model = model_for(bundle, spec) if encoding == "ans" else None
+    return [header(spec, bundle.digest, encoding, **sampling), *frames(spec, symbols, model), END]
 
 
 def status_of(stub, messages) -> grpc.StatusCode:
@@ -357,6 +359,65 @@ def test_a_request_generates_the_same_tokens_alone_or_batched_with_others(stub, 
     assert together == alone
 
 
+def test_the_manifest_offers_coded_payloads_beside_packed_ones(manifest):
+    assert list(manifest.payload_encodings) == [
+        frames_pb2.PAYLOAD_ENCODING_PACKED,
+        frames_pb2.PAYLOAD_ENCODING_ANS,
+    ]
+
+
+def test_coded_frames_generate_what_the_same_symbols_packed_do(server, stub, bundle, spec):
+    text = "Tom and Lily went to the park to play ball with their dog"
+    packed = private_request(bundle, spec, text=text)
+    coded = private_request(bundle, spec, text=text, encoding="ans")
+    before = metric(server, "del_requests_by_payload_encoding_total", '{encoding="ans"}')
+    replies = [list(stub.Generate(iter(messages))) for messages in (packed, coded)]
+    ids = [[i for r in rs[:-1] for i in r.tokens.token_ids] for rs in replies]
+    assert ids[0] == ids[1]
+    usage = replies[1][-1].final.usage
+    coded_bytes = sum(len(m.frame.payload) for m in coded[1:-1])
+    assert usage.payload_bits == 8 * coded_bytes  # the bits actually sent
+    assert usage.payload_bits < replies[0][-1].final.usage.payload_bits
+    assert usage.wire_bytes_received == sum(m.ByteSize() + 5 for m in coded)
+    after = metric(server, "del_requests_by_payload_encoding_total", '{encoding="ans"}')
+    assert after == before + 1
+
+
+def _recoded(messages, payload):
+    """`messages` with the first frame's payload replaced."""
+    changed = [type(m).FromString(m.SerializeToString()) for m in messages]
+    changed[1].frame.payload = payload(changed[1].frame.payload)
+    return changed
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        lambda p: p + b"\x00",  # a zero last byte
+        lambda p: p + bytes(-len(p) % 4) + b"\x07\x00\x00\x01",  # a word too many
+        lambda p: p[4:],  # a word short: the symbols decode, the coder is not empty
+    ],
+)
+def test_a_malformed_coded_payload_gets_invalid_argument(stub, bundle, spec, payload):
+    messages = _recoded(private_request(bundle, spec, encoding="ans"), payload)
+    assert status_of(stub, messages) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_an_unknown_or_inapplicable_encoding_gets_invalid_argument(stub, manifest, bundle, spec):
+    unknown = private_request(bundle, spec)
+    unknown[0].header.mechanism.payload_encoding = 7
+    assert status_of(stub, unknown) == grpc.StatusCode.INVALID_ARGUMENT
+    raw = fetch(stub, manifest.raw_bundle_digest)
+    raw_spec = RawSpec(dim=raw.dim)
+    coded_raw = [
+        header(raw_spec, raw.digest),
+        *frames(raw_spec, raw.embed(raw.encode("Once upon a time")[1:])),
+        END,
+    ]
+    coded_raw[0].header.mechanism.payload_encoding = frames_pb2.PAYLOAD_ENCODING_ANS
+    assert status_of(stub, coded_raw) == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_private_frames_carry_no_more_than_k_times_b_bits_per_token(stub, bundle, spec):
     messages = private_request(bundle, spec)
     payload = sum(len(m.frame.payload) for m in messages[1:-1])
@@ -438,3 +499,21 @@ def test_a_unary_method_that_fails_is_internal_with_a_request_id_that_the_log_ha
     with pytest.raises(grpc.RpcError) as unknown:  # a status the method chose goes out as is
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="nope"))
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_observing_many_values_at_once_equals_observing_them_one_by_one():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from del_server.metrics import LATENCY_BUCKETS_S, observe_all
+
+    values = [0.0005, 0.001, 0.003, 0.003, 0.2, 7.0, 1e9, 0.0]
+    texts = []
+    for observe in (lambda h: [h.observe(v) for v in values], lambda h: observe_all(h, values)):
+        registry = CollectorRegistry()
+        observe(Histogram("latency", "seconds", buckets=LATENCY_BUCKETS_S, registry=registry))
+        texts.append(
+            b"\n".join(
+                line for line in generate_latest(registry).splitlines() if b"created" not in line
+            )
+        )
+    assert texts[0] == texts[1]

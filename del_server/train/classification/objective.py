@@ -1,20 +1,51 @@
 """What classification training minimises: the label's cross-entropy through the served path.
 
-The prompt tokens go through the client's table and the mechanism's noise (fresh at every
-step, gradients straight through: noise.noisy), then through exactly what the server runs
-(classification.EncoderClassifier: de-projection, clean template, soft prompt, frozen
-encoder, pooling, head). A stage trains whichever of these tensors it hands the optimiser.
+The prompt tokens go through the client's table and a mechanism's noise (fresh at every step),
+then through exactly what the server runs (classification.EncoderClassifier: de-projection,
+clean template, soft prompt, frozen encoder, pooling, head). A stage trains whichever of
+these tensors it hands the optimiser.
+
+Noise, z (…, k) -> x̂:
+    binomial_noise   DEL's quantizer in torch, gradients straight through (noise.noisy): what
+                     trains the projection itself
+    mechanism_noise  any attacks.mechanisms.Mechanism (DEL's, the Gaussian baseline's), drawn
+                     by its own privatize/decode: for heads and soft prompts, whose training
+                     needs no gradient through the noise
+    clip_only        no noise: the projected-prompt reference
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 
 from del_client.mechanism import PrivacySpec
 
-from ...adapter import Adapter, LinearHead
+from ...adapter import Adapter, Head
+from ...attacks.mechanisms import Mechanism
 from ...classification import EncoderClassifier, EncoderInput
 from ..noise import noisy
+
+Noise = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def binomial_noise(spec: PrivacySpec) -> Noise:
+    return lambda z, generator: noisy(z, spec, generator)
+
+
+def mechanism_noise(mechanism: Mechanism) -> Noise:
+    def draw(z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        symbols = mechanism.privatize(z.detach().numpy(), rng)
+        return torch.from_numpy(mechanism.decode(symbols)).to(z.dtype)
+
+    return draw
+
+
+def clip_only(clip: float) -> Noise:
+    return lambda z, generator: z.clamp(-clip, clip)
 
 
 class NoisyPath:
@@ -31,23 +62,29 @@ class NoisyPath:
         self,
         adapter: Adapter,
         ids: list[torch.Tensor],
-        head: LinearHead,
+        head: Head,
         *,
-        spec: PrivacySpec | None,
-        generator: torch.Generator | None,
+        noise: Noise,
+        generator: torch.Generator,
         soft_prompt: torch.Tensor | None = None,
+        encoder: bool = True,
     ) -> torch.Tensor:
-        """(B, L): each sentence's tokens projected, privatized at `spec` (None: only
-        clipped, no noise), de-projected and classified."""
-        z = adapter.project(self.table[torch.cat(ids)])
-        x_hat = z.clamp(-adapter.clip, adapter.clip) if spec is None else noisy(z, spec, generator)
-        bodies = adapter.deproject(x_hat).split([len(s) for s in ids])
-        return self._classify(adapter, [EncoderInput(b, soft_prompt, head) for b in bodies])
+        """(B, L): each sentence's tokens projected, privatized, de-projected, classified
+        (without `encoder`: from the symbols' moments alone, no encoder pass)."""
+        sizes = [len(s) for s in ids]
+        x_hat = noise(adapter.project(self.table[torch.cat(ids)]), generator)
+        inputs = [
+            EncoderInput(body, soft_prompt, head, x)
+            for body, x in zip(
+                adapter.deproject(x_hat).split(sizes), x_hat.split(sizes), strict=True
+            )
+        ]
+        return self._classifier(adapter).logits(inputs, encoder=encoder)
 
-    def raw_logits(self, adapter: Adapter, ids: list[torch.Tensor], head: LinearHead):
+    def raw_logits(self, adapter: Adapter, ids: list[torch.Tensor], head: Head):
         """(B, L) on the clean embeddings: the raw mechanism (no privacy)."""
-        return self._classify(adapter, [EncoderInput(self.table[s], None, head) for s in ids])
+        inputs = [EncoderInput(self.table[s], None, head) for s in ids]
+        return self._classifier(adapter).logits(inputs)
 
-    def _classify(self, adapter: Adapter, inputs: list[EncoderInput]) -> torch.Tensor:
-        classifier = EncoderClassifier(self.model, adapter, cls_id=self.cls_id, sep_id=self.sep_id)
-        return classifier.logits(inputs)
+    def _classifier(self, adapter: Adapter) -> EncoderClassifier:
+        return EncoderClassifier(self.model, adapter, cls_id=self.cls_id, sep_id=self.sep_id)

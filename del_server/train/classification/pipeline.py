@@ -1,22 +1,28 @@
 """`del-server train classify`: every stage for one encoder and one task, in order.
 
-    projection   W_p, W_d, a soft prompt and a head trained together through the frozen
-                 encoder, with the mechanism's noise at `projection_mu` in the loop; the clip
-                 fixed at 1 (W_p's scale is what training moves), so what was trained is what
-                 is served
-    calibrate    μ per target attack rate, against every attack that runs without a causal
-                 LM (a WordPiece bigram prior from the training sentences as the language)
+    projection   W_p and a head over the decoded symbols' moments, trained together with the
+                 mechanism's noise at `projection_mu` in the loop (no encoder pass: fast); the
+                 clip fixed at 1 (W_p's scale is what training moves), so what was trained
+                 is what is served
+    front-end    W_d, a soft prompt and the head, through the frozen encoder at the same noise
+                 (the head's encoder inputs start at zero: it starts from the moments alone)
+    calibrate    μ per target attack rate (at most `max_mu`), against every attack that runs
+                 without a causal LM (a WordPiece bigram prior from the training sentences)
     levels       per level, its soft prompt and head fine-tuned at its own noise
     clean head   a head for raw (unprivatized) embeddings: the no-privacy mechanism
     report       dev accuracy per level (several noise draws), training.json, TRAINING.md
 
-The result is an adapter with a task: `del-server serve --model M --adapter out` serves
-Classify. Checkpoints go to out/checkpoints; `resume=True` picks every stage up.
+A few coordinates and bits per token keep a token's identity hidden (the attacks recover
+little more than the most frequent words) while a sentence's label survives in the aggregate;
+training the projection for the task puts polarity into those coordinates. The result is an
+adapter with a task: `del-server serve --model M --adapter out` serves Classify.
+Checkpoints go to out/checkpoints; `resume=True` picks every stage up.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from collections.abc import Iterator
@@ -30,14 +36,13 @@ import torch.nn.functional as F
 
 from del_client.mechanism import PrivacySpec
 
-from ...adapter import Adapter, ClassificationTask, LinearHead, pca_adapter
+from ...adapter import HEAD_TENSORS, Adapter, ClassificationTask, Head, pca_adapter
 from ...attacks.suite import Attacker, AttackOptions
 from ...models import LoadedModel, load_model
 from ..calibrate import calibrate
-from ..defaults import DEFAULT_TARGETS
 from ..labelled import LabelledData, load_labelled
 from ..loop import loss_summary, optimize
-from .objective import NoisyPath
+from .objective import Noise, NoisyPath, binomial_noise
 
 EVAL_BATCH = 64
 
@@ -48,14 +53,18 @@ class ClassifyConfig:
     data: str
     out: Path
     dim: int = 4
-    bits: int = 2
-    projection_mu: float = 4.0
-    projection_steps: int = 600
-    level_steps: int = 300
+    bits: int = 1
+    projection_mu: float = 64.0
+    projection_steps: int = 300
+    projection_lr: float = 1e-2
+    front_end_steps: int = 200
+    level_steps: int = 100
     soft_prompt_length: int = 4
+    head_hidden: int = 64
     batch: int = 32
     lr: float = 3e-3
-    targets: tuple[float, ...] = DEFAULT_TARGETS
+    targets: tuple[float, ...] = (0.05, 0.10)
+    max_mu: float = 64.0  # beyond it the symbols are all but deterministic: ε grows, accuracy not
     calibration_prompts: int = 250
     calibration_length: int = 16  # tokens per calibration window
     inversion_steps: int = 400
@@ -102,13 +111,20 @@ class ClassifyBench:
         yield
         self.timings[name] = time.perf_counter() - start
 
-    def train(self, name: str, params: dict[str, torch.Tensor], loss_fn, steps: int) -> None:
+    def train(
+        self,
+        name: str,
+        params: dict[str, torch.Tensor],
+        loss_fn,
+        steps: int,
+        lr: float | None = None,
+    ) -> None:
         c = self.config
         self.losses[name] = optimize(
             params,
             loss_fn,
             steps=steps,
-            lr=c.lr,
+            lr=lr or c.lr,
             seed=c.seed,
             desc=name,
             checkpoint=self.checkpoint(name),
@@ -116,67 +132,112 @@ class ClassifyBench:
         )
 
 
-def _head(params: dict[str, torch.Tensor]) -> LinearHead:
-    return LinearHead(params["head_weight"], params["head_bias"])
+def _head(params: dict[str, torch.Tensor]) -> Head:
+    return Head(*(params[f"head.{part}"] for part in HEAD_TENSORS))
 
 
-def _new_head(labels: int, hidden: int) -> dict[str, torch.Tensor]:
-    return {"head_weight": torch.zeros(labels, hidden), "head_bias": torch.zeros(labels)}
+def _head_params(head: Head) -> dict[str, torch.Tensor]:
+    return {f"head.{part}": getattr(head, part).clone() for part in HEAD_TENSORS}
 
 
-def projection_stage(bench: ClassifyBench) -> Adapter:
-    """W_p, W_d, soft prompt and head together, at the noise of `projection_mu`."""
-    c, path = bench.config, bench.path
-    pca = pca_adapter(path.table, dim=c.dim)
-    # W_p scaled so that the clip is 1 (the same 98 % of |Z| inside it as PCA's rule).
-    params = {
-        "down": pca.down / pca.clip,
-        "up": pca.up * pca.clip,
-        "soft_prompt": path.table[[path.cls_id] * c.soft_prompt_length].clone(),
-        **_new_head(len(bench.data.label_names), pca.hidden_size),
-    }
+def _new_head(bench: ClassifyBench, adapter: Adapter) -> Head:
+    """A head whose encoder inputs start at zero: it begins from the symbols' moments alone."""
+    c, d, k = bench.config, adapter.hidden_size, adapter.projection_dim
+    generator = torch.Generator().manual_seed(c.seed)
+    hidden = torch.zeros(c.head_hidden, d + 2 * k)
+    hidden[:, d:] = torch.randn(c.head_hidden, 2 * k, generator=generator) / math.sqrt(2 * k)
+    labels = len(bench.data.label_names)
+    return Head(
+        hidden, torch.zeros(c.head_hidden), torch.zeros(labels, c.head_hidden), torch.zeros(labels)
+    )
 
-    def working() -> Adapter:
-        return replace(pca, down=params["down"], up=params["up"], clip=1.0)
 
-    spec = PrivacySpec.from_mu(mu=c.projection_mu, dim=c.dim, bits=c.bits, clip=1.0)
+def _loss(bench: ClassifyBench, adapter_of, params, noise: Noise, *, encoder: bool = True):
+    """The loss function of a stage: a fresh batch, fresh noise, the served path."""
+    c = bench.config
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
         ids, labels = bench.data.train.batch(c.batch, generator)
-        logits = path.logits(
-            working(),
+        logits = bench.path.logits(
+            adapter_of(),
             ids,
             _head(params),
-            spec=spec,
+            noise=noise,
             generator=generator,
-            soft_prompt=params["soft_prompt"],
+            soft_prompt=params.get("soft_prompt"),
+            encoder=encoder,
         )
         return F.cross_entropy(logits, labels)
 
+    return loss_fn
+
+
+def projection_stage(bench: ClassifyBench) -> Adapter:
+    """W_p and the head on the symbols' moments, at the noise of `projection_mu`."""
+    c, path = bench.config, bench.path
+    pca = pca_adapter(path.table, dim=c.dim)
+    # W_p scaled so that the clip is 1 (the same 98 % of |Z| inside it as PCA's rule); W_d its
+    # pseudo-inverse until the front-end stage trains it.
+    start = replace(pca, down=pca.down / pca.clip, up=pca.up * pca.clip, clip=1.0)
+    params = {"down": start.down.clone(), **_head_params(_new_head(bench, start))}
+    spec = PrivacySpec.from_mu(mu=c.projection_mu, dim=c.dim, bits=c.bits, clip=1.0)
+
+    def working() -> Adapter:
+        return replace(start, down=params["down"])
+
+    loss_fn = _loss(bench, working, params, binomial_noise(spec), encoder=False)
     with bench.timed("projection_s"):
-        bench.train("projection", params, loss_fn, c.projection_steps)
-    detached = {name: t.detach().clone() for name, t in params.items()}
+        bench.train("projection", params, loss_fn, c.projection_steps, lr=c.projection_lr)
+    down = params["down"].detach().clone()
     task = ClassificationTask(
         name=Path(c.data).name,
         labels=bench.data.label_names,
-        heads={c.projection_mu: _head(detached)},
+        heads={c.projection_mu: _head({k: v.detach() for k, v in params.items()})},
     )
     return replace(
-        pca,
-        down=detached["down"],
-        up=detached["up"],
-        clip=1.0,
-        soft_prompts={c.projection_mu: detached["soft_prompt"]},
+        start,
+        down=down,
+        up=torch.linalg.pinv(down),
         task=task,
         metadata={
             **pca.metadata,
-            "projection": "pca + trained for the task with noise in the loop",
+            "projection": "pca, then trained for the task with noise in the loop",
             "projection_mu": c.projection_mu,
             "projection_steps": c.projection_steps,
             "clip_rule": "1: W_p starts as PCA scaled to put 98 % of |Z| inside, then trained",
             "model_id": bench.loaded.model_id,
             "bits": c.bits,
         },
+    )
+
+
+def front_end_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
+    """W_d, a soft prompt and the head through the frozen encoder, at `projection_mu`."""
+    c, path = bench.config, bench.path
+    params = {
+        "up": adapter.up.clone(),
+        "soft_prompt": path.table[[path.cls_id] * c.soft_prompt_length].clone(),
+        **_head_params(adapter.task.heads[c.projection_mu]),
+    }
+
+    def working() -> Adapter:
+        return replace(adapter, up=params["up"])
+
+    spec = bench.spec(adapter, c.projection_mu)
+    with bench.timed("front_end_s"):
+        bench.train(
+            "front_end",
+            params,
+            _loss(bench, working, params, binomial_noise(spec)),
+            c.front_end_steps,
+        )
+    trained = {key: value.detach().clone() for key, value in params.items()}
+    task = replace(adapter.task, heads={c.projection_mu: _head(trained)})
+    return replace(
+        adapter,
+        up=trained["up"],
+        soft_prompts={c.projection_mu: trained["soft_prompt"]},
+        task=task,
     )
 
 
@@ -198,52 +259,56 @@ def calibration_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
             targets=c.targets,
             bits=c.bits,
             seed=c.seed,
+            max_mu=c.max_mu,
         )
     return replace(adapter, calibration=[level.to_dict() for level in levels])
 
 
+def train_level(
+    bench: ClassifyBench,
+    adapter: Adapter,
+    noise: Noise,
+    *,
+    name: str,
+    head: Head,
+    soft_prompt: torch.Tensor | None,
+) -> tuple[Head, torch.Tensor | None]:
+    """A head (and, given a starting one, a soft prompt) trained at `noise` with the projection
+    frozen: what a level serves; the evaluation trains its baselines with it too."""
+    params = _head_params(head)
+    if soft_prompt is not None:
+        params["soft_prompt"] = soft_prompt.clone()
+    bench.train(
+        name, params, _loss(bench, lambda: adapter, params, noise), bench.config.level_steps
+    )
+    trained = {key: value.detach().clone() for key, value in params.items()}
+    return _head(trained), trained.get("soft_prompt")
+
+
 def level_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
-    """Per calibrated level: its soft prompt and head, from the projection stage's, fine-tuned
-    at the level's noise (the projection frozen: the client's table is one for all levels)."""
-    c = bench.config
-    start_mu = c.projection_mu
-    heads, prompts = dict(adapter.task.heads), dict(adapter.soft_prompts)
+    """Per calibrated level: its soft prompt and head, from the front-end's, fine-tuned at the
+    level's noise (the projection frozen: the client's table is one for all levels)."""
+    start_mu = bench.config.projection_mu
+    heads, prompts = {}, {}
     with bench.timed("levels_s"):
         for level in adapter.calibration:
             mu = level["mu"]
-            start = adapter.task.heads[start_mu]
-            params = {
-                "soft_prompt": adapter.soft_prompts[start_mu].clone(),
-                "head_weight": start.weight.clone(),
-                "head_bias": start.bias.clone(),
-            }
-            spec = bench.spec(adapter, mu)
-
-            def loss_fn(generator: torch.Generator, params=params, spec=spec) -> torch.Tensor:
-                ids, labels = bench.data.train.batch(c.batch, generator)
-                logits = bench.path.logits(
-                    adapter,
-                    ids,
-                    _head(params),
-                    spec=spec,
-                    generator=generator,
-                    soft_prompt=params["soft_prompt"],
-                )
-                return F.cross_entropy(logits, labels)
-
-            bench.train(f"level_mu{mu:.6g}", params, loss_fn, c.level_steps)
-            heads[mu] = _head({k: v.detach().clone() for k, v in params.items()})
-            prompts[mu] = params["soft_prompt"].detach().clone()
-    keep = {level["mu"] for level in adapter.calibration}  # the projection's own is not served
-    task = replace(adapter.task, heads={mu: h for mu, h in heads.items() if mu in keep})
-    kept_prompts = {mu: p for mu, p in prompts.items() if mu in keep}
-    return replace(adapter, soft_prompts=kept_prompts, task=task)
+            heads[mu], prompts[mu] = train_level(
+                bench,
+                adapter,
+                binomial_noise(bench.spec(adapter, mu)),
+                name=f"level_mu{mu:.6g}",
+                head=adapter.task.heads[start_mu],
+                soft_prompt=adapter.soft_prompts[start_mu],
+            )
+    # The front-end's own head and prompt are not served: its μ is no level.
+    return replace(adapter, soft_prompts=prompts, task=replace(adapter.task, heads=heads))
 
 
 def clean_head_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
-    """A head for raw embeddings (the raw mechanism, no privacy)."""
+    """A head for raw embeddings (the raw mechanism, no privacy): the encoder alone."""
     c = bench.config
-    params = _new_head(len(bench.data.label_names), adapter.hidden_size)
+    params = _head_params(_new_head(bench, adapter))
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
         ids, labels = bench.data.train.batch(c.batch, generator)
@@ -255,34 +320,57 @@ def clean_head_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
     return replace(adapter, task=task)
 
 
-def accuracy(bench: ClassifyBench, adapter: Adapter, mu: float | None, seed: int) -> float:
-    """Dev accuracy at level `mu` (one noise draw from `seed`), or on raw embeddings (None)."""
+def accuracy(
+    bench: ClassifyBench,
+    adapter: Adapter,
+    head: Head,
+    noise: Noise | None,
+    *,
+    soft_prompt: torch.Tensor | None = None,
+    seed: int = 0,
+) -> float:
+    """Dev accuracy with `noise` (one draw from `seed`), or on raw embeddings (None)."""
     dev, generator = bench.data.dev, torch.Generator().manual_seed(seed)
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(dev), EVAL_BATCH):
             ids = list(dev.ids[start : start + EVAL_BATCH])
-            if mu is None:
-                logits = bench.path.raw_logits(adapter, ids, adapter.task.clean_head)
+            if noise is None:
+                logits = bench.path.raw_logits(adapter, ids, head)
             else:
                 logits = bench.path.logits(
-                    adapter,
-                    ids,
-                    adapter.task.heads[mu],
-                    spec=bench.spec(adapter, mu),
-                    generator=generator,
-                    soft_prompt=adapter.soft_prompts.get(mu),
+                    adapter, ids, head, noise=noise, generator=generator, soft_prompt=soft_prompt
                 )
             correct += int((logits.argmax(-1) == dev.labels[start : start + EVAL_BATCH]).sum())
     return correct / len(dev)
 
 
+def accuracies(
+    bench: ClassifyBench,
+    adapter: Adapter,
+    head: Head,
+    noise: Noise,
+    soft_prompt: torch.Tensor | None = None,
+) -> list[float]:
+    """Dev accuracy once per evaluation seed (a fresh draw of the noise each)."""
+    return [
+        accuracy(bench, adapter, head, noise, soft_prompt=soft_prompt, seed=seed)
+        for seed in bench.config.eval_seeds
+    ]
+
+
+def level_accuracy(bench: ClassifyBench, adapter: Adapter, mu: float) -> list[float]:
+    """Dev accuracy of a level as served: its noise, soft prompt and head."""
+    noise = binomial_noise(bench.spec(adapter, mu))
+    return accuracies(bench, adapter, adapter.task.heads[mu], noise, adapter.soft_prompts.get(mu))
+
+
 def evaluation(bench: ClassifyBench, adapter: Adapter) -> dict:
-    c, dev = bench.config, bench.data.dev
+    dev = bench.data.dev
     with bench.timed("evaluation_s"):
         levels = []
         for level in adapter.calibration:
-            runs = [accuracy(bench, adapter, level["mu"], seed) for seed in c.eval_seeds]
+            runs = level_accuracy(bench, adapter, level["mu"])
             levels.append(
                 {
                     "target_attack_rate": level["target_attack_rate"],
@@ -294,8 +382,29 @@ def evaluation(bench: ClassifyBench, adapter: Adapter) -> dict:
                 }
             )
         majority = float(torch.bincount(dev.labels).max()) / len(dev)
-        clean = accuracy(bench, adapter, None, 0)
+        clean = accuracy(bench, adapter, adapter.task.clean_head, None)
     return {"dev_sentences": len(dev), "majority": majority, "clean": clean, "levels": levels}
+
+
+def with_utility(bench: ClassifyBench, adapter: Adapter, evaluated: dict) -> Adapter:
+    """Each level records its dev accuracy beside what sending nothing gets (the majority
+    label): the manifest tells a user whether the level is worth sending the prompt at."""
+    accuracy_of = {level["mu"]: level["accuracy"] for level in evaluated["levels"]}
+    measured_on = f"{Path(bench.config.data).name} dev, {evaluated['dev_sentences']} sentences"
+    levels = [
+        {
+            **level,
+            "utility": {
+                "metric": "dev accuracy",
+                "value": accuracy_of[level["mu"]],
+                "nothing_sent": evaluated["majority"],
+                "higher_is_better": True,
+                "measured_on": measured_on,
+            },
+        }
+        for level in adapter.calibration
+    ]
+    return replace(adapter, calibration=levels)
 
 
 def write_report(bench: ClassifyBench, adapter: Adapter, evaluated: dict) -> dict:
@@ -325,11 +434,14 @@ def run_all(config: ClassifyConfig) -> Adapter:
     started = time.perf_counter()
     bench = ClassifyBench.open(config)
     adapter = projection_stage(bench)
+    adapter = front_end_stage(bench, adapter)
     adapter = calibration_stage(bench, adapter)
     adapter = level_stage(bench, adapter)
     adapter = clean_head_stage(bench, adapter)
     adapter.save(config.out)
     evaluated = evaluation(bench, adapter)
+    adapter = with_utility(bench, adapter, evaluated)
+    adapter.save(config.out)
     bench.timings["total_s"] = time.perf_counter() - started
     write_report(bench, adapter, evaluated)
     return adapter

@@ -1,0 +1,191 @@
+"""Private classification on a real pretrained encoder: all-MiniLM-L6-v2 with the committed
+SST-2 adapter, through a real gRPC server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from del_client import AsyncClient, Client, ClientConfig
+from del_client.errors import InvalidRequestError, RequestOptionError
+from del_client.proto import inference_pb2, inference_pb2_grpc
+from del_server.settings import DEFAULT_NLU_ADAPTER, Settings
+from del_server.train.labelled import read_tsv
+
+# Dev sentences (the project never trains on dev.tsv): a few for the RPC, more for accuracy.
+RPC_SENTENCES = 4
+ACCURACY_SENTENCES = 96
+
+
+@pytest.fixture(scope="module")
+def classifier(serve) -> Iterator:
+    settings = Settings(
+        model="all-MiniLM-L6-v2",
+        adapter=DEFAULT_NLU_ADAPTER,
+        port=0,
+        metrics_port=0,
+        enable_raw=True,
+        max_running=16,
+        grace_s=1.0,
+    )
+    with serve(settings) as loopback:
+        yield loopback
+
+
+@pytest.fixture(scope="module")
+def client(classifier) -> Iterator[Client]:
+    with Client(ClientConfig(classifier.target)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def dev(shared_dir) -> list[tuple[str, int]]:
+    texts, labels = read_tsv(shared_dir / "data" / "sst2" / "dev.tsv")
+    return list(zip(texts, labels, strict=True))
+
+
+def test_the_manifest_names_the_task_and_its_labels(client):
+    model = client.manifest().model
+    assert model.task == "classify"
+    assert model.task_name == "sst2"
+    assert model.labels == ("negative", "positive")
+    assert model.privacy_levels
+    assert all(level.calibrated for level in model.privacy_levels)
+
+
+def test_a_private_classification_answers_every_label_with_its_exact_epsilon(client, dev):
+    text, _ = dev[0]
+    result = client.classify(text)  # the most private level
+    assert result.label in ("negative", "positive")
+    assert set(result.probabilities) == {"negative", "positive"}
+    assert sum(result.probabilities.values()) == pytest.approx(1.0)
+    assert result.probabilities[result.label] == max(result.probabilities.values())
+    most_private = min(client.manifest().model.privacy_levels, key=lambda level: level.mu)
+    assert result.level_id == most_private.id
+    assert result.private
+    assert result.epsilon_prompt > result.epsilon_token > 0
+    assert result.usage.generated_tokens == 0
+    assert (
+        result.usage.payload_bits
+        == result.usage.prompt_tokens * most_private.dim * most_private.bits
+    )
+    assert result.client_wire_bytes_sent == result.usage.wire_bytes_received
+
+
+def test_the_committed_adapter_classifies_held_out_sentences_above_chance(client, dev):
+    """Dev sentences at the least private level: a binomial test against a coin toss."""
+    from scipy.stats import binomtest
+
+    levels = client.manifest().model.privacy_levels
+    least_private = max(levels, key=lambda level: level.mu)
+    sample = dev[:ACCURACY_SENTENCES]
+    labels = client.manifest().model.labels
+    correct = sum(
+        client.classify(text, level=least_private.target_attack_rate).label == labels[label]
+        for text, label in sample
+    )
+    assert binomtest(correct, len(sample), 0.5, alternative="greater").pvalue < 0.01
+
+
+def test_concurrent_requests_share_forward_passes_and_each_gets_its_own_answer(classifier, dev):
+    """The raw mechanism is deterministic: answers of a concurrent batch equal answers alone."""
+
+    async def run() -> tuple[list, list]:
+        async with AsyncClient(ClientConfig(classifier.target)) as c:
+            texts = [text for text, _ in dev[:RPC_SENTENCES]]
+            alone = [await c.classify(t, mechanism="raw") for t in texts]
+            together = await asyncio.gather(*(c.classify(t, mechanism="raw") for t in texts))
+            return alone, together
+
+    alone, together = asyncio.run(run())
+    for a, b in zip(alone, together, strict=True):
+        assert a.label == b.label
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+
+
+def test_parameters_of_no_level_are_refused_before_any_privacy_is_spent(client):
+    with pytest.raises(RequestOptionError, match="levels only"):
+        client.classify("a gorgeous film", mu=0.123)
+
+
+def test_the_server_refuses_parameters_of_no_level_with_invalid_argument(client, classifier):
+    """A client that skips the check gets INVALID_ARGUMENT, and the server stays up."""
+    from del_client.session import PrivacyChoice, PromptPlan
+
+    model, bundle = client.manifest().model, client.bundle()
+    plan = PromptPlan("a gorgeous film", PrivacyChoice(mu=0.123), sampling=None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(model), "offers", lambda self, spec: True)
+        request = plan.prepare(model, bundle, max_payload_bytes=4096)
+    with grpc.insecure_channel(classifier.target) as channel:
+        stub = inference_pb2_grpc.SplitInferenceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Classify(iter(request.messages), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "levels only" in refused.value.details()
+    assert client.classify("still serving").label
+
+
+def test_generate_on_a_classifier_is_refused_before_any_privacy_is_spent(client):
+    with pytest.raises(RequestOptionError, match="classifies"):
+        client.generate("a gorgeous film").collect()
+
+
+def test_generate_on_a_classifier_is_failed_precondition(client, classifier):
+    """What a client without the manifest check gets from the server itself."""
+    request = inference_pb2.GenerateRequest(header=inference_pb2.StreamHeader())
+    with grpc.insecure_channel(classifier.target) as channel:
+        stub = inference_pb2_grpc.SplitInferenceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Generate(iter([request]), timeout=30))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "call Classify, not Generate" in refused.value.details()
+
+
+def test_classify_on_a_generator_is_failed_precondition(server):
+    with Client(ClientConfig(server.target)) as c, pytest.raises(RequestOptionError):
+        c.classify("Once upon a time")
+    request = inference_pb2.ClassifyRequest(header=inference_pb2.StreamHeader())
+    with grpc.insecure_channel(server.target) as channel:
+        stub = inference_pb2_grpc.SplitInferenceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Classify(iter([request]), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "call Generate, not Classify" in refused.value.details()
+
+
+def test_an_empty_prompt_is_refused(client):
+    with pytest.raises((RequestOptionError, InvalidRequestError)):
+        client.classify("")
+
+
+def test_metrics_carry_the_task_and_the_labels_answered(client, classifier):
+    client.classify("an utterly charming film", mechanism="raw")
+    text = urllib.request.urlopen(classifier.metrics_url, timeout=10).read().decode()
+    assert re.search(
+        r'^del_server_info\{model="all-MiniLM-L6-v2",task="classify"\} 1\.0$', text, re.M
+    )
+    answered = re.findall(r'^del_classified_total\{label="(\w+)"\} (\S+)$', text, re.M)
+    assert {label for label, _ in answered} == {"negative", "positive"}
+    assert sum(float(n) for _, n in answered) >= 1
+
+
+def test_a_stale_bundle_digest_is_failed_precondition(client, classifier):
+    from del_client.session import PrivacyChoice, PromptPlan
+
+    model, bundle = client.manifest().model, client.bundle()
+    request = PromptPlan("a fine film", PrivacyChoice(), sampling=None).prepare(
+        model, bundle, max_payload_bytes=4096
+    )
+    header, *rest = request.messages
+    header.header.bundle_digest = "0" * 64
+    with grpc.insecure_channel(classifier.target) as channel:
+        stub = inference_pb2_grpc.SplitInferenceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Classify(iter([header, *rest]), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -1,0 +1,107 @@
+"""The classification training pipeline, on a few real SST-2 rows and the real MiniLM: every
+stage runs, what it trains is what the server serves, and the data rules hold."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from del_server.adapter import Adapter
+from del_server.train.classification import pipeline
+from del_server.train.labelled import load_labelled, read_tsv
+
+
+@pytest.fixture(scope="module")
+def task_dir(shared_dir, tmp_path_factory) -> Path:
+    """A small task directory named like SST-2: its first training and dev rows."""
+    directory = tmp_path_factory.mktemp("tasks") / "sst2"
+    directory.mkdir()
+    for name, rows in (("train.tsv", 120), ("dev.tsv", 24)):
+        lines = (shared_dir / "data" / "sst2" / name).read_text().splitlines()
+        (directory / name).write_text("\n".join(lines[: rows + 1]) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def bench(task_dir, tmp_path_factory) -> pipeline.ClassifyBench:
+    config = pipeline.ClassifyConfig(
+        model="all-MiniLM-L6-v2",
+        data=str(task_dir),
+        out=tmp_path_factory.mktemp("adapter"),
+        projection_steps=2,
+        front_end_steps=2,
+        level_steps=2,
+        batch=4,
+        held_out=20,
+        eval_seeds=(0,),
+    )
+    return pipeline.ClassifyBench.open(config)
+
+
+def test_the_labelled_data_is_split_as_documented(bench):
+    data = bench.data
+    assert (len(data.train), len(data.held_out), len(data.dev)) == (100, 20, 24)
+    assert data.label_names == ("negative", "positive")
+    assert all(ids.dtype == torch.long and len(ids) > 0 for ids in data.train.ids)
+    windows = data.held_out.windows(3, 4)
+    assert windows.shape == (3, 4)
+    assert (windows.reshape(-1) == data.held_out.stream()[:12]).all()
+
+
+def test_the_tokens_carry_no_template_tokens(bench):
+    """[CLS] and [SEP] are the server's to add, clean: the client's tokens never hold them."""
+    every = torch.cat(list(bench.data.train.ids))
+    assert not (every == bench.path.cls_id).any()
+    assert not (every == bench.path.sep_id).any()
+
+
+def test_a_malformed_row_is_refused_with_its_line(tmp_path):
+    (tmp_path / "train.tsv").write_text("text\tlabel\na fine film\tpositive\n")
+    with pytest.raises(ValueError, match=r"train\.tsv:2: expected text<TAB>integer label"):
+        read_tsv(tmp_path / "train.tsv")
+
+
+def test_holding_out_everything_is_refused(task_dir, bench):
+    with pytest.raises(ValueError, match="cannot hold out"):
+        load_labelled(task_dir, bench.loaded.tokenizer, held_out=120)
+
+
+def test_every_stage_trains_what_the_server_serves(bench):
+    """Projection, levels (calibration stubbed: the attacks have tests of their own) and clean
+    head; the adapter saves, loads, and classifies through the served path alike."""
+    adapter = pipeline.projection_stage(bench)
+    assert adapter.clip == 1.0
+    assert len(bench.losses["projection"]) == 2
+    adapter = pipeline.front_end_stage(bench, adapter)
+    assert len(bench.losses["front_end"]) == 2
+    measured = {"rate": 0.05, "low": 0.04, "high": 0.06, "content_rate": 0.01}
+    level = {
+        "target_attack_rate": 0.1,
+        "mu": 3.0,
+        "epsilon_token": 3.5,
+        "delta": 1e-5,
+        "bits": bench.config.bits,
+        "attacks": {"likelihood": {**measured, "half_prompts": 0.0, "exact_prompts": 0.0}},
+        "strongest_attack": "likelihood",
+        "prior_alone_rate": 0.02,
+        "measured_on": "a stub: the attacks are tested elsewhere",
+        "tokens": 64,
+        "prompts": 4,
+    }
+    adapter = dataclasses.replace(adapter, calibration=[level])
+    adapter = pipeline.level_stage(bench, adapter)
+    adapter = pipeline.clean_head_stage(bench, adapter)
+    assert set(adapter.task.heads) == set(adapter.soft_prompts) == {3.0}
+    assert adapter.task.clean_head is not None
+    adapter.save(bench.config.out)
+    loaded = Adapter.load(bench.config.out)
+    assert loaded.task.labels == ("negative", "positive")
+    for mu in (3.0,):
+        assert torch.equal(loaded.task.heads[mu].weight, adapter.task.heads[mu].weight)
+        assert torch.equal(loaded.soft_prompts[mu], adapter.soft_prompts[mu])
+    accuracy = pipeline.level_accuracy(bench, loaded, 3.0)
+    assert len(accuracy) == 1
+    assert 0.0 <= accuracy[0] <= 1.0
