@@ -10,6 +10,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def bare_environment(home: Path) -> dict[str, str]:
+    """A newcomer's shell; PYTHONPATH: this checkout's code, whichever one is installed."""
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+    }
+
+
 def test_the_demo_states_every_level_and_generates_privately_at_the_10_percent_one(tmp_path):
     demo = subprocess.run(
         [sys.executable, "-m", "del_server.tools.demo", "--prompt", "Once upon a time"],
@@ -17,13 +27,7 @@ def test_the_demo_states_every_level_and_generates_privately_at_the_10_percent_o
         capture_output=True,
         text=True,
         timeout=240,
-        # PYTHONPATH: this checkout's code, whichever one the environment installed.
-        env={
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(tmp_path),
-            "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(REPO),
-        },
+        env=bare_environment(tmp_path),
         check=False,
     )
     assert demo.returncode == 0, demo.stderr
@@ -45,7 +49,7 @@ def test_the_nlu_demo_states_every_level_and_classifies_each_sentence(tmp_path):
         capture_output=True,
         text=True,
         timeout=240,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"},
+        env=bare_environment(tmp_path),
         check=False,
     )
     assert demo.returncode == 0, demo.stderr
