@@ -51,6 +51,7 @@ def _calibration_args(
     window_tokens: int = 32,
     beam: bool = True,
     targets: tuple[float, ...] = DEFAULT_TARGETS,
+    inversion_steps: int = 400,
 ) -> None:
     parser.add_argument(
         "--targets",
@@ -64,7 +65,9 @@ def _calibration_args(
         default=250,
         help=f"held-out prompts every attack is measured on ({window_tokens} tokens each)",
     )
-    parser.add_argument("--inversion-steps", type=int, default=400, help="learned attack training")
+    parser.add_argument(
+        "--inversion-steps", type=int, default=inversion_steps, help="learned attack training"
+    )
     if beam:
         parser.add_argument(
             "--beam-width", type=int, default=64, help="the LLM beam attack's width"
@@ -183,7 +186,11 @@ def _add_classify(stages: argparse._SubParsersAction) -> None:
     classify.add_argument("--seed", type=int, default=defaults.seed)
     classify.add_argument("--resume", action="store_true", help="continue from out/checkpoints")
     _calibration_args(
-        classify, window_tokens=defaults.calibration_length, beam=False, targets=defaults.targets
+        classify,
+        window_tokens=defaults.calibration_length,
+        beam=False,
+        targets=defaults.targets,
+        inversion_steps=defaults.inversion_steps,
     )
     classify.set_defaults(run=_run_classify)
 

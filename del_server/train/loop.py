@@ -19,18 +19,24 @@ from tqdm import tqdm
 LossFn = Callable[[torch.Generator], torch.Tensor]
 
 
+def _file(checkpoint: Path, suffix: str) -> Path:
+    """The checkpoint's file: its name plus `suffix` (a name like "level_mu3.56632" has a dot
+    that with_suffix would take for a suffix, and two levels' files would collide)."""
+    return checkpoint.with_name(checkpoint.name + suffix)
+
+
 def _save(path: Path, params, optimizer, generator, step: int, losses: list[float]) -> None:
     tensors = {f"param.{name}": p.detach().contiguous() for name, p in params.items()}
     for name, p in params.items():
         for key, value in optimizer.state.get(p, {}).items():
             tensors[f"adam.{name}.{key}"] = value.detach().reshape(-1).contiguous().clone()
     tensors["generator"] = generator.get_state()
-    save_file(tensors, path.with_suffix(".safetensors"))
-    path.with_suffix(".json").write_text(json.dumps({"step": step, "losses": losses}))
+    save_file(tensors, _file(path, ".safetensors"))
+    _file(path, ".json").write_text(json.dumps({"step": step, "losses": losses}))
 
 
 def _load(path: Path, params, optimizer, generator) -> tuple[int, list[float]]:
-    tensors = load_file(path.with_suffix(".safetensors"))
+    tensors = load_file(_file(path, ".safetensors"))
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[f"param.{name}"])
@@ -45,7 +51,7 @@ def _load(path: Path, params, optimizer, generator) -> tuple[int, list[float]]:
                 state["step"] = state["step"].reshape(())
                 optimizer.state[p] = state
     generator.set_state(tensors["generator"])
-    progress = json.loads(path.with_suffix(".json").read_text())
+    progress = json.loads(_file(path, ".json").read_text())
     return progress["step"], progress["losses"]
 
 
@@ -67,7 +73,7 @@ def optimize(
     optimizer = torch.optim.Adam(params.values(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     start, losses = 0, []
-    if resume and checkpoint is not None and checkpoint.with_suffix(".json").exists():
+    if resume and checkpoint is not None and _file(checkpoint, ".json").exists():
         start, losses = _load(checkpoint, params, optimizer, generator)
     bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, unit="step", leave=False)
     for step in bar:
