@@ -120,7 +120,7 @@ def test_the_server_refuses_parameters_of_no_level_with_invalid_argument(client,
     model, bundle = client.manifest().model, client.bundle()
     plan = PromptPlan("a gorgeous film", PrivacyChoice(mu=0.123), sampling=None)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(type(model), "offers", lambda self, spec: True)
+        patch.setattr(type(model), "level_of", lambda self, spec: model.privacy_levels[0])
         request = plan.prepare(model, bundle, max_payload_bytes=4096)
     with grpc.insecure_channel(classifier.target) as channel:
         stub = inference_pb2_grpc.SplitInferenceStub(channel)
