@@ -6,6 +6,9 @@
     clip  c            belongs with the projection; chosen from the distribution of |Z|
     norm_bound         optional cap on ‖h‖ after de-projection (noise inflates norms)
     soft prompts       (m, d) per privacy level, keyed by the per-token μ they were trained at
+    prior              optional: a bigram prior of public text; with it the server reads
+                       prompts through the posterior front-end (front_end.py), not W_d, and
+    front ends         per soft prompt, that front-end's trained parameters (same μ keys)
     calibration        privacy level → measured attack success, filled by training; and
                        (optional) its utility as served against sending nothing
     task               classification only: the task's labels and a head per privacy level
@@ -29,6 +32,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .attacks.sequence import BigramPrior
+
 FORMAT = "del-adapter/1"
 DEFAULT_CLIP_QUANTILE = 0.98
 
@@ -38,6 +43,8 @@ def embedding_digest(embeddings: torch.Tensor) -> str:
     return hashlib.sha256(embeddings.detach().float().contiguous().numpy().tobytes()).hexdigest()
 
 
+# A level's trained posterior front-end (front_end.py): temperature, gate, "unknown" vector.
+FRONT_END_TENSORS = ("log_sharpness", "gate", "unknown")
 HEAD_TENSORS = ("hidden_weight", "hidden_bias", "weight", "bias")
 
 
@@ -118,6 +125,8 @@ class Adapter:
     calibration: list[dict] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     task: ClassificationTask | None = None  # None: generation
+    prior: BigramPrior | None = None  # None: the linear front-end (W_d)
+    front_ends: dict[float, dict[str, torch.Tensor]] = field(default_factory=dict)  # μ -> params
 
     def __post_init__(self) -> None:
         k, d = self.down.shape
@@ -131,9 +140,24 @@ class Adapter:
         for mu, prompt in self.soft_prompts.items():
             if prompt.ndim != 2 or prompt.shape[1] != d:
                 raise ValueError(f"soft prompt for mu={mu} must be (m, {d}), got {prompt.shape}")
+        if self.front_ends and self.prior is None:
+            raise ValueError("front-end parameters without a prior: they belong to the posterior")
+        for mu, parameters in self.front_ends.items():
+            shapes = {name: tuple(parameters[name].shape) for name in FRONT_END_TENSORS}
+            if mu not in self.soft_prompts or shapes != {
+                "log_sharpness": (),
+                "gate": (2,),
+                "unknown": (d,),
+            }:
+                raise ValueError(f"front-end parameters for mu={mu} have no soft prompt or {shapes}")
         for head in self.task.all_heads() if self.task else []:
             if head.inputs != d + 2 * k:  # classification.features: pooled output, moments
                 raise ValueError(f"a head takes {head.inputs} inputs, not d + 2k = {d + 2 * k}")
+
+    @property
+    def front_end(self) -> str:
+        """"posterior" when the adapter holds a prior, else "linear" (front_end.py)."""
+        return "linear" if self.prior is None else "posterior"
 
     @property
     def projection_dim(self) -> int:
@@ -171,14 +195,17 @@ class Adapter:
         for index, (mu, prompt) in enumerate(sorted(self.soft_prompts.items())):
             tensors[f"soft_prompt.{index}"] = prompt
             levels.append({"mu": mu, "tensor": f"soft_prompt.{index}", "length": prompt.shape[0]})
+            if mu in self.front_ends:
+                levels[-1]["front_end"] = f"front_end.{index}"
+                tensors |= {f"front_end.{index}.{k}": v for k, v in self.front_ends[mu].items()}
+        if self.prior is not None:
+            tensors |= {f"prior.{name}": getattr(self.prior, name) for name in PRIOR_TENSORS}
         task = None
         if self.task is not None:
             head_tensors, task = self.task.tensors()
             tensors.update(head_tensors)
         tensor_path = directory / "adapter.safetensors"
-        save_file(
-            {name: t.detach().contiguous().float() for name, t in tensors.items()}, tensor_path
-        )
+        save_file({name: _stored(t) for name, t in tensors.items()}, tensor_path)
         description = {
             "format": FORMAT,
             "projection_dim": self.projection_dim,
@@ -189,6 +216,7 @@ class Adapter:
             "calibration": self.calibration,
             "metadata": self.metadata,
             **({"task": task} if task is not None else {}),
+            **({"prior": {"smoothing": self.prior.smoothing}} if self.prior is not None else {}),
             "tensors_sha256": hashlib.sha256(tensor_path.read_bytes()).hexdigest(),
         }
         (directory / "adapter.json").write_text(json.dumps(description, indent=2) + "\n")
@@ -206,6 +234,15 @@ class Adapter:
         if hashlib.sha256(tensor_path.read_bytes()).hexdigest() != description["tensors_sha256"]:
             raise ValueError(f"{tensor_path}: digest differs from adapter.json (corrupt or edited)")
         tensors = load_file(tensor_path)
+        prior = None
+        if "prior" in description:
+            parts = {name: tensors[f"prior.{name}"] for name in PRIOR_TENSORS}
+            prior = BigramPrior(**parts, smoothing=description["prior"]["smoothing"])
+        front_ends = {
+            level["mu"]: {k: tensors[f"{level['front_end']}.{k}"] for k in FRONT_END_TENSORS}
+            for level in description["soft_prompts"]
+            if "front_end" in level
+        }
         return cls(
             down=tensors["down"],
             up=tensors["up"],
@@ -220,7 +257,18 @@ class Adapter:
                 if "task" in description
                 else None
             ),
+            prior=prior,
+            front_ends=front_ends,
         )
+
+
+PRIOR_TENSORS = ("log_start", "pair_keys", "pair_counts", "row_totals")
+
+
+def _stored(tensor: torch.Tensor) -> torch.Tensor:
+    """As saved: weights in float32; integer keys and float64 counts exactly as they are."""
+    keep = not tensor.is_floating_point() or tensor.dtype == torch.float64
+    return tensor.detach().contiguous() if keep else tensor.detach().contiguous().float()
 
 
 # What a calibrated level records (train.calibrate.CalibratedLevel); the manifest reads them all.

@@ -1,6 +1,6 @@
 """From decoded prompt embeddings to streamed tokens (DESIGN §4).
 
-    x̂ (T, k) ─ de-project ─ h (T, d)
+    symbols (T, k) ─ front-end (front_end.py: W_d·x̂, or the posterior mean) ─ h (T, d)
     inputs = [soft prompt for the privacy level (m, d)] + [clean BOS (1, d)] + h
     ─ frozen LLM with KV cache ─ sample ─ token events
 
@@ -25,11 +25,14 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from del_client.mechanism import PrivacySpec, decode_table
 from del_client.sampling import Sampling
 
 from .adapter import Adapter
+from .attacks.mechanisms import Binomial
 from .backends.base import Backend, DecodeBatch
 from .errors import OverloadedError, ShuttingDownError
+from .front_end import PosteriorFrontEnd
 from .sampling import FinishReason, Sampler, TextStream, sample
 
 log = logging.getLogger(__name__)
@@ -37,12 +40,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PrivatePrompt:
-    """Decoded symbols of the client's tokens and the soft prompt that goes with them."""
+    """The symbols of the client's tokens, their mechanism, and the soft prompt that goes
+    with them."""
 
-    x_hat: np.ndarray  # (T, k) float32
+    symbols: np.ndarray  # (T, k) uint8
+    spec: PrivacySpec
     # The μ of the soft prompt to prepend: a key of Adapter.soft_prompts, chosen by
     # levels.choose_level (the request's level); None, or any other value: no soft prompt.
     mu: float | None
+
+    @property
+    def x_hat(self) -> np.ndarray:
+        """(T, k) float32 decoded estimates."""
+        return decode_table(self.spec)[self.symbols]
 
 
 @dataclass(frozen=True)
@@ -76,9 +86,16 @@ Event = TokenEvent | FinishEvent | FailedEvent
 class PromptBuilder:
     """Turns what the client sent into the LLM's input embeddings."""
 
-    def __init__(self, backend: Backend, adapter: Adapter, bos_id: int | None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        adapter: Adapter,
+        bos_id: int | None,
+        front_end: PosteriorFrontEnd | None = None,
+    ) -> None:
         self._backend = backend
         self._adapter = adapter
+        self._front_end = front_end  # None: the linear front-end
         self._prefix_ids = [bos_id] if bos_id is not None else []
         self._template: torch.Tensor | None = None  # embedded once, on first use
 
@@ -91,7 +108,7 @@ class PromptBuilder:
             body = torch.from_numpy(prompt.embeddings)
             soft = None
         else:
-            body = self._adapter.deproject(torch.from_numpy(prompt.x_hat))
+            body = self._body(prompt)
             prompts = self._adapter.soft_prompts
             soft = (prompt.mu, prompts[prompt.mu]) if prompt.mu in prompts else None
         parts = [soft[1]] if soft else []
@@ -99,6 +116,16 @@ class PromptBuilder:
         parts.append(body)
         dtype = parts[-1].dtype
         return torch.cat([p.to(dtype) for p in parts]), (soft[0] if soft else None)
+
+    def _body(self, prompt: PrivatePrompt) -> torch.Tensor:
+        if self._front_end is None:
+            return self._adapter.deproject(torch.from_numpy(prompt.x_hat))
+        # The level's trained gate and temperature, else (no level) the plain posterior mean.
+        parameters = self._adapter.front_ends.get(prompt.mu)
+        mechanism = Binomial(prompt.spec)
+        with torch.no_grad():
+            body = self._front_end.inputs(prompt.symbols[None], mechanism, parameters)[0]
+        return body.to(self._adapter.up.dtype)
 
 
 @dataclass(eq=False)

@@ -501,7 +501,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         stream.mu = spec.mu()
         epsilon = await self._epsilons.get((spec, assembler.tokens))
         mu = stream.choice.soft_prompt_mu if stream.task == "generate" else stream.choice.level.mu
-        return sampling, PrivatePrompt(assembler.embeddings(), mu=mu), epsilon
+        return sampling, PrivatePrompt(assembler.symbols(), spec, mu=mu), epsilon
 
     def _check_classifiable(self, choice: LevelChoice) -> None:
         """A private prompt is classified by the head of its level, trained for its noise: a

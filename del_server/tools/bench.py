@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from del_client import Client, ClientConfig
-from del_client.mechanism import BinomialQuantizer, PrivacySpec, dequantize
+from del_client.mechanism import BinomialQuantizer, PrivacySpec
 from del_client.randomness import seeded_generator_for_tests
 from del_client.sampling import Sampling
 
@@ -68,7 +68,7 @@ async def _in_process(running: RunningServer, new_tokens: int) -> tuple[float, i
     started = time.perf_counter()
     symbols = BinomialQuantizer(spec).privatize(bundle.embed(bundle.encode(PROMPT)[1:]))
     soft_mu = choose_level(served.levels, "", spec).soft_prompt_mu  # as the service chooses
-    inputs, _ = served.prompts.build(PrivatePrompt(dequantize(symbols, spec), mu=soft_mu))
+    inputs, _ = served.prompts.build(PrivatePrompt(symbols, spec, mu=soft_mu))
     handle = served.engine.submit("bench", inputs, Sampling(new_tokens, temperature=0))
     first, tokens = None, 0
     while not isinstance(event := await handle.events.get(), FinishEvent):
@@ -176,7 +176,7 @@ def prompt_inputs(served: ServedModel) -> torch.Tensor:
     quantizer = BinomialQuantizer(spec, rng=seeded_generator_for_tests(0))
     symbols = quantizer.privatize(bundle.embed(bundle.encode(PROMPT)[1:]))
     soft_mu = choose_level(served.levels, "", spec).soft_prompt_mu  # as the service chooses
-    inputs, _ = served.prompts.build(PrivatePrompt(dequantize(symbols, spec), mu=soft_mu))
+    inputs, _ = served.prompts.build(PrivatePrompt(symbols, spec, mu=soft_mu))
     return inputs
 
 

@@ -78,6 +78,13 @@ def _soft_prompt_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length", type=int, default=8, help="soft prompt vectors m")
     parser.add_argument("--soft-prompt-steps", type=int, default=600)
     parser.add_argument("--mu", type=_floats, default=(), help="levels (default: calibrated)")
+    parser.add_argument(
+        "--front-end",
+        choices=("linear", "posterior"),
+        default="linear",
+        help="how the server reads a private prompt: W_d·x̂ (the paper's), or the posterior "
+        "mean embedding under the attacker's bigram prior, trained with each soft prompt",
+    )
 
 
 def _pipeline():
@@ -107,6 +114,7 @@ def _config(args: argparse.Namespace):
         soft_prompt_length=getattr(args, "length", 8),
         soft_prompt_steps=getattr(args, "soft_prompt_steps", 0),
         soft_prompt_mus=getattr(args, "mu", ()),
+        front_end=getattr(args, "front_end", "linear"),
         command=shlex.join(["del-server", *sys.argv[1:]]),
     )
 

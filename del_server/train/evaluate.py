@@ -18,11 +18,10 @@ import statistics
 
 import torch
 
-from del_client.mechanism import PrivacySpec
-
 from ..adapter import Adapter
 from .data import Windows
 from .objective import FrozenLM, private_prompt
+from .soft_prompt import PromptFn
 
 EVAL_BATCH = 64
 UTILITY_METRIC = "held-out continuation loss (nats/token)"
@@ -65,18 +64,18 @@ def reference_losses(
 
 def level_losses(
     lm: FrozenLM,
-    adapter: Adapter,
+    path: PromptFn,
     windows: Windows,
-    spec: PrivacySpec,
     soft: torch.Tensor | None,
     seeds: tuple[int, ...] = (0, 1, 2),
 ) -> dict:
-    """Noisy losses with and without the soft prompt, over `seeds`."""
+    """Noisy losses with and without the soft prompt, over `seeds`, for a level's prompt
+    path as served (soft_prompt.level_prompt: its noise and front-end)."""
     with_soft, without = [], []
     for seed in seeds:
         for target, prompt in ((with_soft, soft), (without, None)):
             generator = torch.Generator().manual_seed(seed)
-            noisy = lambda ids, g=generator: private_prompt(lm, adapter, ids, spec, g)  # noqa: E731
+            noisy = lambda ids, g=generator: path(ids, g)  # noqa: E731
             target.append(mean_loss(lm, windows, noisy, prompt))
     return {"noisy_soft_prompt": _spread(with_soft), "noisy": _spread(without)}
 

@@ -13,6 +13,13 @@ import torch
 from del_client.mechanism import PrivacySpec
 
 
+def symbols(z: torch.Tensor, spec: PrivacySpec, generator: torch.Generator) -> torch.Tensor:
+    """(…, k) projected embeddings -> the symbols N (counts, float) the client would send,
+    drawn on the generator's device (the CPU for the training loop's)."""
+    p = (0.5 + z.detach().clamp(-spec.clip, spec.clip) / (2 * spec.scale)).to(generator.device)
+    return torch.binomial(torch.full_like(p, float(spec.levels)), p, generator=generator)
+
+
 def noisy(z: torch.Tensor, spec: PrivacySpec, generator: torch.Generator) -> torch.Tensor:
     """(…, k) projected embeddings -> decoded x̂ of the same shape.
 
@@ -20,12 +27,6 @@ def noisy(z: torch.Tensor, spec: PrivacySpec, generator: torch.Generator) -> tor
     unbiased estimator's expectation, so noise-aware training can move the projection.
     """
     x = z.clamp(-spec.clip, spec.clip)
-    p = (0.5 + x / (2 * spec.scale)).detach()
-    # Draw on the generator's device (the CPU for the training loop's), then move the counts.
-    p_local = p.to(generator.device)
-    counts = torch.binomial(
-        torch.full_like(p_local, float(spec.levels)), p_local, generator=generator
-    )
-    counts = counts.to(p.device)
+    counts = symbols(z, spec, generator).to(z.device)
     x_hat = spec.scale * (2 * counts / spec.levels - 1)
     return x + (x_hat - x).detach()

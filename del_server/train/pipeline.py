@@ -28,6 +28,7 @@ from del_client.mechanism import PrivacySpec
 
 from ..adapter import Adapter, better_than_nothing, pca_adapter
 from ..attacks.suite import Attacker, AttackOptions
+from ..front_end import PosteriorFrontEnd, initial_parameters
 from ..levels import adapter_levels
 from ..models import LoadedModel, load_model
 from .calibrate import DEFAULT_TARGETS, calibrate
@@ -52,6 +53,7 @@ class TrainConfig:
     soft_prompt_length: int = 8
     soft_prompt_steps: int = 600
     soft_prompt_mus: tuple[float, ...] = ()  # empty: the calibrated levels
+    front_end: str = "linear"  # or "posterior" (front_end.py), trained with the soft prompts
     batch: int = 32
     targets: tuple[float, ...] = DEFAULT_TARGETS
     calibration_prompts: int = 250  # held-out prompts every attack is measured on
@@ -104,9 +106,17 @@ class Workbench:
         )
 
     def soft_prompt(
-        self, name: str, prompt_fn: PromptFn, *, desc: str, length: int, steps: int
+        self,
+        name: str,
+        prompt_fn: PromptFn,
+        *,
+        desc: str,
+        length: int,
+        steps: int,
+        path_parameters: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """A soft prompt trained for `prompt_fn`; its losses and checkpoint go under `name`."""
+        """A soft prompt trained for `prompt_fn` (and its `path_parameters`, in place); its
+        losses and checkpoint go under `name`."""
         c = self.config
         prompt, self.losses[name] = train_soft_prompt(
             prompt_fn,
@@ -120,6 +130,7 @@ class Workbench:
             seed=c.seed,
             checkpoint=self.checkpoint(name),
             resume=c.resume,
+            path_parameters=path_parameters,
         )
         return prompt
 
@@ -175,23 +186,37 @@ def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
     mus = c.soft_prompt_mus or tuple(level["mu"] for level in adapter.calibration)
     if not mus:
         raise ValueError("no privacy levels: calibrate first or pass --mu")
-    prompts = dict(adapter.soft_prompts)
+    if c.front_end == "posterior" and adapter.prior is None:
+        adapter = replace(adapter, prior=bench.attacker().prior)  # the attacker's, exactly
+    front_end = _front_end(bench, adapter)
+    prompts, front_ends = dict(adapter.soft_prompts), dict(adapter.front_ends)
     with bench.timed("soft_prompts_s"):
         for mu in mus:
             spec = bench.spec(adapter, mu)
+            parameters = initial_parameters(bench.lm.table) if front_end else None
             prompts[mu] = bench.soft_prompt(
                 f"soft_prompt_mu{mu:g}",
-                level_prompt(bench.lm, adapter, spec),
+                level_prompt(bench.lm, adapter, spec, front_end, parameters),
                 desc=f"soft prompt mu={spec.mu():.3g}",
                 length=c.soft_prompt_length,
                 steps=c.soft_prompt_steps,
+                path_parameters=parameters,
             )
+            if parameters is not None:
+                front_ends[mu] = {k: v.detach().clone() for k, v in parameters.items()}
     metadata = {
         **adapter.metadata,
         "soft_prompt_length": c.soft_prompt_length,
         "soft_prompt_steps": c.soft_prompt_steps,
     }
-    return replace(adapter, soft_prompts=prompts, metadata=metadata)
+    return replace(adapter, soft_prompts=prompts, front_ends=front_ends, metadata=metadata)
+
+
+def _front_end(bench: Workbench, adapter: Adapter) -> PosteriorFrontEnd | None:
+    """The adapter's posterior front-end on the training device, or None (W_d)."""
+    if adapter.prior is None:
+        return None
+    return PosteriorFrontEnd.of(adapter, bench.lm.table.cpu())
 
 
 def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
@@ -206,12 +231,16 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
         nothing = bench.soft_prompt(
             "nothing_sent", nothing_sent, desc="soft prompt, nothing sent", **training
         )
+    front_end = _front_end(bench, adapter)
     with bench.timed("evaluation_s"):
         references = reference_losses(bench.lm, adapter, validation, nothing)
         served, calibration = [], []
         for level in adapter_levels(adapter):
             soft = adapter.soft_prompts[level.mu] if level.soft_prompt else None
-            losses = level_losses(bench.lm, adapter, validation, level.spec, soft, c.eval_seeds)
+            path = level_prompt(
+                bench.lm, adapter, level.spec, front_end, adapter.front_ends.get(level.mu)
+            )
+            losses = level_losses(bench.lm, path, validation, soft, c.eval_seeds)
             loss = losses["noisy_soft_prompt"]["mean"]
             utility = loss_utility(
                 loss, references["nothing_sent_soft_prompt"], _measured_on(bench, validation)

@@ -1,7 +1,8 @@
 """Stage 3: one soft prompt per privacy level, the paper's central idea.
 
 m vectors of size d prepended to every request at that level, trained with the LLM and the
-projection frozen. Noise is applied exactly where it is at inference, on the user's prompt
+projection frozen; with the posterior front-end (front_end.py), that level's front-end
+parameters (temperature, gate, "unknown" vector) are trained with it. Noise is applied exactly where it is at inference, on the user's prompt
 tokens only, freshly drawn at every step; the loss is on the clean continuation. (The paper
 trains with noise on every token and tests with noise on the prompt only; not copied.)
 """
@@ -17,8 +18,11 @@ from tokenizers import Tokenizer
 from del_client.mechanism import PrivacySpec
 
 from ..adapter import Adapter
+from ..attacks.mechanisms import Binomial
+from ..front_end import PosteriorFrontEnd
 from .data import Windows
 from .loop import optimize
+from .noise import symbols
 from .objective import FrozenLM, private_prompt
 
 INIT_TEXT = "Once upon a time, there was a little girl. She liked to play with her friends."
@@ -37,9 +41,26 @@ def initial_prompt(
 PromptFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor | None]
 
 
-def level_prompt(lm: FrozenLM, adapter: Adapter, spec: PrivacySpec) -> PromptFn:
-    """The prompt path of a DEL privacy level: fresh mechanism noise on the prompt tokens."""
-    return lambda ids, generator: private_prompt(lm, adapter, ids, spec, generator)
+def level_prompt(
+    lm: FrozenLM,
+    adapter: Adapter,
+    spec: PrivacySpec,
+    front_end: PosteriorFrontEnd | None = None,
+    parameters: dict[str, torch.Tensor] | None = None,
+) -> PromptFn:
+    """The prompt path of a DEL privacy level as the server serves it: fresh mechanism noise
+    on the prompt tokens, read through W_d (`front_end` None) or the posterior front-end with
+    `parameters` (None: the plain posterior mean)."""
+    if front_end is None:
+        return lambda ids, generator: private_prompt(lm, adapter, ids, spec, generator)
+    mechanism = Binomial(spec)
+
+    def posterior(ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        sent = symbols(adapter.project(lm.embed(ids)), spec, generator)
+        inputs = front_end.inputs(sent.to(torch.uint8).cpu().numpy(), mechanism, parameters)
+        return inputs.to(lm.device)
+
+    return posterior
 
 
 def nothing_sent(ids: torch.Tensor, generator: torch.Generator) -> None:
@@ -76,15 +97,20 @@ def train_soft_prompt(
     seed: int = 0,
     checkpoint: Path | None = None,
     resume: bool = False,
+    path_parameters: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """-> ((length, d) soft prompt, per-step losses) for any prompt path: a DEL level
     (`level_prompt`), or a baseline (no prompt, other mechanisms) that the evaluation then
-    compares with exactly the same training."""
+    compares with exactly the same training. `path_parameters`, the tensors `prompt_fn` reads
+    (a posterior front-end's), are trained with the soft prompt, in place."""
+    trained = path_parameters or {}
     params = {"soft_prompt": initial_prompt(lm, tokenizer, length)}
+    params |= {f"path.{name}": tensor for name, tensor in trained.items()}
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
         prompts, continuations = train.batch(batch, generator)
-        with torch.no_grad():  # the projection is frozen: only the soft prompt learns
+        # The projection is frozen: only the soft prompt and the path's parameters learn.
+        with torch.set_grad_enabled(bool(trained)):
             prompt = prompt_fn(prompts, generator)
         return lm.continuation_loss(prompt, continuations, params["soft_prompt"])
 

@@ -169,10 +169,11 @@ def test_soft_prompt_is_prepended_at_inference_and_changes_the_output(trained, l
     backend = TransformersBackend(loaded.model)
     mu = max(adapter.soft_prompts)
     bare = Adapter(adapter.down, adapter.up, adapter.mean, adapter.clip)
-    x_hat = np.random.default_rng(0).normal(0, adapter.clip / 2, (6, 16)).astype(np.float32)
+    symbols = np.random.default_rng(0).integers(0, 16, (6, 16), dtype=np.uint8)
+    prompt = PrivatePrompt(symbols, PrivacySpec.from_mu(mu=mu, dim=16, bits=4, clip=1.0), mu=mu)
 
     def greedy(a: Adapter) -> list[int]:
-        inputs, used = PromptBuilder(backend, a, loaded.bos_id).build(PrivatePrompt(x_hat, mu=mu))
+        inputs, used = PromptBuilder(backend, a, loaded.bos_id).build(prompt)
         logits, state = backend.prefill(inputs)
         batch = backend.new_batch()
         batch.add(state)
@@ -251,3 +252,27 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
     resumed_w, resumed_losses = run(40, resume=True)
     torch.testing.assert_close(resumed_w, whole_w)
     assert resumed_losses == pytest.approx(whole_losses)
+
+
+def test_the_posterior_front_end_is_trained_with_each_soft_prompt_and_evaluated(
+    trained, tmp_path
+):
+    from dataclasses import replace
+
+    from del_server.front_end import initial_parameters
+    from del_server.train.pipeline import Workbench, evaluation, soft_prompt_stage
+
+    out, adapter, report = trained
+    config = TrainConfig(**{**report["config"], "out": tmp_path, "targets": (0.08, 0.15)})
+    config = replace(config, soft_prompt_steps=6, front_end="posterior", eval_seeds=(0,))
+    bench = Workbench.open(config)
+    posterior = soft_prompt_stage(bench, Adapter.load(out))
+    assert posterior.front_end == "posterior" and posterior.prior.vocab == 512
+    assert posterior.front_ends.keys() == posterior.soft_prompts.keys()
+    start = initial_parameters(bench.lm.table)
+    for parameters in posterior.front_ends.values():
+        assert not torch.equal(parameters["unknown"], start["unknown"])
+    evaluated, figures = evaluation(bench, posterior)
+    assert [level["utility"]["value"] for level in evaluated.calibration] == [
+        level["noisy_soft_prompt"]["mean"] for level in figures["levels"]
+    ]
