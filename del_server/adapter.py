@@ -149,14 +149,16 @@ class Adapter:
                 "gate": (2,),
                 "unknown": (d,),
             }:
-                raise ValueError(f"front-end parameters for mu={mu} have no soft prompt or {shapes}")
+                raise ValueError(
+                    f"front-end parameters for mu={mu} have no soft prompt or {shapes}"
+                )
         for head in self.task.all_heads() if self.task else []:
             if head.inputs != d + 2 * k:  # classification.features: pooled output, moments
                 raise ValueError(f"a head takes {head.inputs} inputs, not d + 2k = {d + 2 * k}")
 
     @property
     def front_end(self) -> str:
-        """"posterior" when the adapter holds a prior, else "linear" (front_end.py)."""
+        """ "posterior" when the adapter holds a prior, else "linear" (front_end.py)."""
         return "linear" if self.prior is None else "posterior"
 
     @property

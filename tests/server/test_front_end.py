@@ -88,7 +88,8 @@ def test_training_reaches_every_parameter(tiny):
     parameters = {k: v.requires_grad_() for k, v in initial_parameters(front.embeddings).items()}
     front.inputs(symbols, mechanism, parameters).square().sum().backward()
     for name, value in parameters.items():
-        assert torch.isfinite(value.grad).all() and value.grad.abs().sum() > 0, name
+        assert torch.isfinite(value.grad).all(), name
+        assert value.grad.abs().sum() > 0, name
 
 
 def posterior_adapter(embeddings: torch.Tensor, public: np.ndarray) -> Adapter:
@@ -115,7 +116,8 @@ def public(loaded, shared_dir) -> np.ndarray:
 def test_an_adapter_keeps_its_prior_and_front_ends_exactly(loaded, public, tmp_path):
     adapter = posterior_adapter(loaded.embeddings, public)
     again = Adapter.load(adapter.save(tmp_path))
-    assert again.front_end == "posterior" and Adapter.load(DEFAULT_ADAPTER).front_end == "linear"
+    assert again.front_end == "posterior"
+    assert Adapter.load(DEFAULT_ADAPTER).front_end == "linear"
     for name in ("log_start", "pair_keys", "pair_counts", "row_totals"):
         assert torch.equal(getattr(again.prior, name), getattr(adapter.prior, name)), name
     assert again.prior.pair_keys.dtype == torch.int64
@@ -158,4 +160,5 @@ def test_a_server_with_a_posterior_adapter_generates(loaded, public, serve, stor
             result = client.generate(
                 "Once upon a time", level=level.target_attack_rate, max_new_tokens=6
             ).collect()
-    assert len(result.token_ids) == 6 and result.soft_prompt_mu == pytest.approx(level.mu)
+    assert len(result.token_ids) == 6
+    assert result.soft_prompt_mu == pytest.approx(level.mu)

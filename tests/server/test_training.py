@@ -254,20 +254,19 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert resumed_losses == pytest.approx(whole_losses)
 
 
-def test_the_posterior_front_end_is_trained_with_each_soft_prompt_and_evaluated(
-    trained, tmp_path
-):
+def test_the_posterior_front_end_is_trained_with_each_soft_prompt_and_evaluated(trained, tmp_path):
     from dataclasses import replace
 
     from del_server.front_end import initial_parameters
     from del_server.train.pipeline import Workbench, evaluation, soft_prompt_stage
 
-    out, adapter, report = trained
+    out, _adapter, report = trained
     config = TrainConfig(**{**report["config"], "out": tmp_path, "targets": (0.08, 0.15)})
     config = replace(config, soft_prompt_steps=6, front_end="posterior", eval_seeds=(0,))
     bench = Workbench.open(config)
     posterior = soft_prompt_stage(bench, Adapter.load(out))
-    assert posterior.front_end == "posterior" and posterior.prior.vocab == 512
+    assert posterior.front_end == "posterior"
+    assert posterior.prior.vocab == 512
     assert posterior.front_ends.keys() == posterior.soft_prompts.keys()
     start = initial_parameters(bench.lm.table)
     for parameters in posterior.front_ends.values():
