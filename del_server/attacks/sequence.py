@@ -156,7 +156,10 @@ class Lattice:
         beta = torch.zeros_like(self.emission)
         for t in range(self.length - 2, -1, -1):
             after = self.emission[:, t + 1] + beta[:, t + 1]  # (P, M)
-            beta[:, t] = _log_matmul(self.transition(t), after[:, :, None]).squeeze(-1)
+            if not self.pruned:  # one (P, M) x (M, M) product for every prompt at once
+                beta[:, t] = _log_matmul(after, self.prior.dense.T)
+            else:
+                beta[:, t] = _log_matmul(self.transition(t), after[:, :, None]).squeeze(-1)
         return beta
 
     def forward(self) -> torch.Tensor:
@@ -164,7 +167,10 @@ class Lattice:
         alpha = torch.empty_like(self.emission)
         alpha[:, 0] = self.start + self.emission[:, 0]
         for t in range(1, self.length):
-            came = _log_matmul(alpha[:, t - 1][:, None, :], self.transition(t - 1)).squeeze(1)
+            if not self.pruned:  # one (P, M) x (M, M) product for every prompt at once
+                came = _log_matmul(alpha[:, t - 1], self.prior.dense)
+            else:
+                came = _log_matmul(alpha[:, t - 1][:, None, :], self.transition(t - 1)).squeeze(1)
             alpha[:, t] = came + self.emission[:, t]
         return alpha
 

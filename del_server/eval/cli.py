@@ -6,6 +6,8 @@
     del-server eval --render-only   redraw EVAL.md and the figures from OUT/eval.json
     del-server eval-nlu             a classification adapter's levels against baselines
                                     (`make eval-nlu`: docs/eval-nlu/)
+    del-server eval-frontier        generation: loss against attack rate over a sweep of μ,
+                                    per front-end (`make frontier`: docs/eval/frontier/)
 
 Writes OUT/eval.json, OUT/EVAL.md and the PNG figures (OUT defaults to reports/).
 """
@@ -19,7 +21,15 @@ import sys
 from pathlib import Path
 
 from ..extras import require_extra
-from .config import DEFAULT_ADAPTER, DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_OOD_DATA, preset
+from .config import (
+    DEFAULT_ADAPTER,
+    DEFAULT_DATA,
+    DEFAULT_MODEL,
+    DEFAULT_MUS,
+    DEFAULT_OOD_DATA,
+    FrontierConfig,
+    preset,
+)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -95,8 +105,72 @@ def _add_nlu(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_nlu)
 
 
+def _run_frontier(args: argparse.Namespace) -> None:
+    require_extra("eval", "del-server eval-frontier")
+    from .frontier import crossover, run
+
+    report = run(
+        FrontierConfig(
+            model=args.model,
+            data=args.data,
+            adapter=args.adapter,
+            out=args.out,
+            mus=args.mu,
+            steps=args.steps,
+            eval_windows=args.eval_windows,
+            attack_prompts=args.attack_prompts,
+            command=shlex.join(["del-server", *sys.argv[1:]]),
+        )
+    )
+    print(f"{args.out}/FRONTIER.md written in {report['seconds'] / 60:.1f} min")
+    for kind in ("linear", "posterior"):
+        point = crossover(report, kind)
+        found = f"beats nothing sent from μ = {point['mu']:g}" if point else "never beats nothing"
+        print(f"- {kind}: {found}")
+
+
+def _positive_floats(text: str) -> tuple[float, ...]:
+    values = tuple(float(part) for part in text.split(","))
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"comma-separated μ > 0, got {text!r}")
+    return values
+
+
+def _add_frontier(sub: argparse._SubParsersAction) -> None:
+    defaults = FrontierConfig(model="", data="", adapter=Path(), out=Path())
+    parser = sub.add_parser(
+        "eval-frontier",
+        help="generation: held-out loss against the strongest attack over a sweep of μ, for "
+        "each front-end, beside sending nothing, with a plot",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="path or hub id")
+    parser.add_argument("--adapter", type=Path, default=Path(DEFAULT_ADAPTER))
+    parser.add_argument("--data", default=DEFAULT_DATA, help="the text the adapter was trained on")
+    parser.add_argument("--out", type=Path, default=Path("reports/frontier"))
+    parser.add_argument(
+        "--mu",
+        type=_positive_floats,
+        default=DEFAULT_MUS,
+        help=f"comma-separated μ per token (default {','.join(map(str, DEFAULT_MUS))})",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=defaults.steps, help="training steps per soft prompt"
+    )
+    parser.add_argument(
+        "--eval-windows", type=int, default=defaults.eval_windows, help="held-out windows scored"
+    )
+    parser.add_argument(
+        "--attack-prompts",
+        type=int,
+        default=defaults.attack_prompts,
+        help="held-out prompts attacked per μ",
+    )
+    parser.set_defaults(run=_run_frontier)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_nlu(sub)
+    _add_frontier(sub)
     parser = sub.add_parser(
         "eval", help="privacy, utility, communication and speed report with plots"
     )

@@ -110,3 +110,23 @@ def preset(mode: str, **overrides) -> EvalConfig:
     if mode not in PRESETS:
         raise ValueError(f"unknown evaluation mode {mode!r}; expected one of {sorted(PRESETS)}")
     return replace(PRESETS[mode], **{k: v for k, v in overrides.items() if v is not None})
+
+
+# `del-server eval-frontier` (frontier.py): the μ swept, most private first.
+DEFAULT_MUS = (1.0, 2.5, 4.35, 7.12, 10.0, 15.0, 25.0, 50.0)
+
+
+@dataclass(frozen=True)
+class FrontierConfig:
+    model: str
+    data: str
+    adapter: Path
+    out: Path
+    mus: tuple[float, ...] = DEFAULT_MUS
+    steps: int = 300  # per soft prompt (and the nothing-sent one)
+    length: int = 16
+    eval_windows: int = 256
+    attack_prompts: int = 250
+    bits: int = 4
+    seed: int = 0
+    command: str = ""
