@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch that lies on this machine's disk; an unpinned torch pulls CUDA.
 TORCH  := torch==2.13.0
 
-.PHONY: install interop test lint format proto bench demo demo-nlu train-default train-nlu eval-nlu soak loadtest clean
+.PHONY: install interop test lint format proto bench demo demo-nlu train-default train-nlu eval-nlu frontier soak loadtest clean
 
 install: $(BIN)/del-client
 
@@ -47,11 +47,17 @@ bench: install
 	$(BIN)/python -m del_client.bench --out reports
 	$(BIN)/python -m del_server.tools.bench --out reports
 
-# The committed adapter of the default model (34 minutes on 2 cores shared with other jobs:
-# projection, calibration against every attack, three soft prompts; TRAINING.md has the times).
+# The committed adapter of the default model (projection, calibration against every attack,
+# three soft prompts with the posterior front-end; TRAINING.md in it has the times).
 DEFAULT_ADAPTER := del_server/adapters/stories260K
 train-default: install
-	$(BIN)/del-server train all --out $(DEFAULT_ADAPTER) --projection-steps 1500 --soft-prompt-steps 1500
+	$(BIN)/del-server train all --out $(DEFAULT_ADAPTER) --projection-steps 1500 \
+		--soft-prompt-steps 600 --length 16 --front-end posterior
+
+# Generation's privacy-utility frontier: loss against attack rate over a sweep of μ, per
+# front-end, beside sending nothing: docs/eval/frontier/ (FRONTIER.md has the time it took).
+frontier: install
+	$(BIN)/del-server eval-frontier --out docs/eval/frontier
 
 # The committed classification adapter: all-MiniLM-L6-v2 for SST-2 sentiment (TRAINING.md in
 # it has the time this took).
