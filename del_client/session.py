@@ -47,15 +47,20 @@ from .errors import (
     ProtocolError,
     RequestOptionError,
 )
-from .mechanism import MAX_BITS, MIN_BITS, BinomialQuantizer, PrivacySpec, _positive_finite
+from .mechanism import BinomialQuantizer, PrivacySpec
+from .parameters import (
+    DEFAULT_BITS,
+    DEFAULT_DELTA,
+    check_bits,
+    check_delta,
+    check_mechanism,
+    check_positive_finite,
+    wire_bytes,
+)
 from .proto import inference_pb2
 from .sampling import Sampling
 from .symbol_model import model_for
 
-MECHANISMS = ("binomial", "raw")
-DEFAULT_DELTA = 1e-5
-DEFAULT_BITS = 4
-GRPC_MESSAGE_PREFIX_BYTES = 5  # compressed flag + 4-byte length before every message
 NOT_PRIVATE = "NO PRIVACY: raw embeddings were sent; the server can read the prompt"
 FINISH_REASONS = {
     inference_pb2.FINISH_REASON_LENGTH: "length",
@@ -70,11 +75,6 @@ SOFT_PROMPT = {
     inference_pb2.SOFT_PROMPT_NOT_TRAINED: "not trained",
     inference_pb2.SOFT_PROMPT_RAW: "raw",
 }
-
-
-def wire_bytes(message) -> int:
-    """Bytes a message takes on a gRPC stream, counted as the server counts them."""
-    return message.ByteSize() + GRPC_MESSAGE_PREFIX_BYTES
 
 
 # ── What the server serves ──────────────────────────────────────────────────────────────
@@ -355,7 +355,7 @@ class ModelInfo:
 
     def bundle_digest(self, mechanism: str) -> str:
         """The digest of the bundle to encode with under `mechanism`."""
-        _check_mechanism(mechanism)
+        check_mechanism(mechanism)
         if mechanism == "binomial":
             return check_digest(self.client_bundle_digest)
         if not self.raw_mechanism_enabled:
@@ -421,11 +421,6 @@ def _encoding_names(values) -> tuple[str, ...]:
 # ── What the user asked for ─────────────────────────────────────────────────────────────
 
 
-def _check_mechanism(mechanism: str) -> None:
-    if mechanism not in MECHANISMS:
-        raise RequestOptionError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}")
-
-
 @dataclass(frozen=True)
 class PrivacyChoice:
     """How to privatize the prompt: one of μ, (ε, δ), a ready PrivacySpec, or one of the
@@ -448,7 +443,7 @@ class PrivacyChoice:
     level: float | None = None  # a target attack rate the manifest offers, e.g. 0.10
 
     def __post_init__(self) -> None:
-        _check_mechanism(self.mechanism)
+        check_mechanism(self.mechanism)
         chosen = ("mu", "epsilon", "spec", "level")
         given = [name for name in chosen if getattr(self, name) is not None]
         if self.mechanism == "raw" and (given or self.bits is not None):
@@ -460,22 +455,16 @@ class PrivacyChoice:
             raise PrivacyParameterError(f"give one of mu, epsilon, spec or level, got {given}")
         for name in ("mu", "epsilon"):
             if getattr(self, name) is not None:
-                _positive_finite(name, getattr(self, name))
+                check_positive_finite(name, getattr(self, name))
         if self.level is not None and not (
             isinstance(self.level, float | int) and 0 < self.level < 1
         ):
             raise PrivacyParameterError(
                 f"level is a target attack rate in (0, 1), e.g. 0.10, got {self.level!r}"
             )
-        if not (isinstance(self.delta, float | int) and 0 < self.delta < 1):
-            raise PrivacyParameterError(f"delta must lie in (0, 1), got {self.delta!r}")
+        check_delta(self.delta)
         if self.bits is not None:
-            if isinstance(self.bits, bool) or not isinstance(self.bits, int):
-                raise PrivacyParameterError(f"bits must be an integer, got {self.bits!r}")
-            if not MIN_BITS <= self.bits <= MAX_BITS:
-                raise PrivacyParameterError(
-                    f"bits must be in {MIN_BITS}..{MAX_BITS}, got {self.bits}"
-                )
+            check_bits(self.bits)
             if self.spec is not None and self.spec.bits != self.bits:
                 raise PrivacyParameterError(
                     f"bits={self.bits} contradicts the spec's bits={self.spec.bits}"

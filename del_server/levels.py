@@ -6,7 +6,8 @@ A level is a complete set of mechanism parameters (k, b, c, A) under a stable id
     soft-prompt levels  a soft prompt trained at a μ that no calibrated level has ("mu7.12")
 
 A level has a soft prompt when the adapter holds one trained at exactly its μ and bits (the
-training pipeline records the bits it trained at; 4 when it did not say).
+training pipeline records the bits it trained at; its default, DEFAULT_BITS, when it did
+not say).
 
 A request names its level (StreamHeader.level_id), and its header must then be that level's
 parameters; or it names none, and the server looks for a level with the header's k and b and
@@ -21,12 +22,12 @@ from dataclasses import dataclass
 from del_client.codec import FrameSpec, RawSpec
 from del_client.errors import FrameError
 from del_client.mechanism import PrivacySpec
+from del_client.parameters import DEFAULT_BITS
 from del_client.proto import inference_pb2
 
 from .adapter import Adapter
 
 LEVEL_TOLERANCE = 1e-9  # relative, on A and c: a few ULPs of any other way to compute them
-DEFAULT_SOFT_PROMPT_BITS = 4  # the training pipeline's default (train/pipeline.py)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def level_id(target_attack_rate: float) -> str:
 
 def adapter_levels(adapter: Adapter) -> tuple[Level, ...]:
     """Calibrated levels in calibration order (most private first), then soft-prompt levels."""
-    soft_bits = adapter.metadata.get("bits", DEFAULT_SOFT_PROMPT_BITS)
+    soft_bits = adapter.metadata.get("bits", DEFAULT_BITS)  # the training pipeline's default
 
     def spec(mu: float, bits: int) -> PrivacySpec:
         return PrivacySpec.from_mu(mu=mu, dim=adapter.projection_dim, bits=bits, clip=adapter.clip)

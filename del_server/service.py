@@ -49,6 +49,7 @@ from del_client.errors import (
     RequestOptionError,
 )
 from del_client.mechanism import PrivacySpec
+from del_client.parameters import SUPPORTED_BITS, wire_bytes
 from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_client.sampling import Sampling
 from del_client.symbol_model import SymbolModel
@@ -77,12 +78,10 @@ from .status import end_call, internal_error, status_for
 
 log = logging.getLogger(__name__)
 
-GRPC_MESSAGE_PREFIX_BYTES = 5  # compressed flag + 4-byte length before every message
 BUNDLE_CHUNK_BYTES = 1 << 20
 BUNDLE_CHUNK_OVERHEAD = 64  # a chunk's offset, total size and field tags
 DRAIN_S = 1.0  # the longest a refused stream is read before its status goes out
 MAX_REQUEST_ID_CHARS = 64  # a longer client-chosen id is replaced by the server's own
-SUPPORTED_BITS = list(range(1, 9))
 EPSILONS_KEPT = 4096  # ε of recent (mechanism, prompt length) pairs, reported without a thread
 TASK_PB = {"generate": inference_pb2.TASK_GENERATE, "classify": inference_pb2.TASK_CLASSIFY}
 MODELS_KEPT = 64  # symbol models of recent mechanisms (k·2^b frequencies each), for coded frames
@@ -91,10 +90,6 @@ FINISH_REASON_PB = {
     FinishReason.STOP: inference_pb2.FINISH_REASON_STOP,
     FinishReason.EOS: inference_pb2.FINISH_REASON_EOS,
 }
-
-
-def _wire_size(message) -> int:
-    return message.ByteSize() + GRPC_MESSAGE_PREFIX_BYTES
 
 
 class StreamSlots:
@@ -145,7 +140,7 @@ class _Stream:
         self.label: str | None = None  # Classify: the label answered
 
     def sent(self, response: inference_pb2.GenerateResponse) -> inference_pb2.GenerateResponse:
-        self.sent_bytes += _wire_size(response)
+        self.sent_bytes += wire_bytes(response)
         return response
 
 
@@ -372,7 +367,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             epsilon=epsilon or 0.0,
             delta=self._settings.report_delta,
         )
-        stream.sent_bytes += _wire_size(response)
+        stream.sent_bytes += wire_bytes(response)
         stream.label = self._labels[best]
         return response
 
@@ -423,7 +418,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             if self._draining:  # the shutdown, not the client, closed the stream early
                 raise ShuttingDownError("the server shut down before the request was read: retry")
         else:
-            stream.received_bytes += _wire_size(message)
+            stream.received_bytes += wire_bytes(message)
         return message
 
     async def _next_events(

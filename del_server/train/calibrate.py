@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
+from del_client.parameters import DEFAULT_BITS, DEFAULT_DELTA
+
 from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial, Mechanism
 from ..attacks.recovery import Recovery
@@ -35,7 +37,7 @@ ITERATIONS = 12  # halvings of the log-μ range: a bracket under 0.3 % wide
 MU_RANGE = (0.05, 5000.0)
 STEP_DOWN = 0.95
 MAX_STEPS_DOWN = 40
-REPORT_DELTA = 1e-5
+REPORT_DELTA = DEFAULT_DELTA
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def calibrate(
     *,
     measured_on: str,
     targets: tuple[float, ...] = DEFAULT_TARGETS,
-    bits: int = 4,
+    bits: int = DEFAULT_BITS,
     seed: int = 0,
     iterations: int = ITERATIONS,
     mechanism_at: Callable[[float], Mechanism] | None = None,

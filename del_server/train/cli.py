@@ -20,6 +20,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from del_client.parameters import DEFAULT_BITS
+
 from ..extras import require_extra
 from ..settings import DEFAULT_MODEL
 from .defaults import DEFAULT_DATA, DEFAULT_NLU_DATA, DEFAULT_NLU_MODEL, DEFAULT_TARGETS
@@ -34,7 +36,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=DEFAULT_DATA, help="a text file or a directory of *.txt")
     parser.add_argument("--out", type=Path, required=True, help="adapter directory")
     parser.add_argument("--dim", type=int, default=16, help="projection dim k")
-    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--bits", type=int, default=DEFAULT_BITS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--resume", action="store_true", help="continue from out/checkpoints")

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from del_client.mechanism import PrivacySpec
+from del_client.parameters import DEFAULT_BITS
 
 from ..adapter import Adapter, better_than_nothing, pca_adapter
 from ..attacks.suite import Attacker, AttackOptions
@@ -46,7 +47,7 @@ class TrainConfig:
     data: str
     out: Path
     dim: int = 16
-    bits: int = 4
+    bits: int = DEFAULT_BITS
     projection_steps: int = 800
     projection_noise_mu: float | None = None  # noise-aware projection training at this μ
     soft_prompt_length: int = 8
