@@ -93,7 +93,8 @@ def calibrate(
     levels = []
     for target in targets:
         lo, hi = math.log(MU_RANGE[0]), math.log(max_mu)
-        if level_holds(measured(max_mu, BISECTION_ATTACKS), target):
+        saturated = level_holds(measured(max_mu, BISECTION_ATTACKS), target)
+        if saturated:
             lo = hi  # the attacks saturate below the target: no bisection to do
         for _ in tqdm(
             range(iterations if lo < hi else 0), desc=f"calibrating {target:.0%}", leave=False
@@ -103,7 +104,9 @@ def calibrate(
                 lo = middle
             else:
                 hi = middle
-        mu = math.exp(lo)  # the most private end of the bracket
+        # The most private end of the bracket; max_mu itself when saturated, not
+        # exp(log(max_mu)), which is a few ULPs off it.
+        mu = max_mu if saturated else math.exp(lo)
         for _ in tqdm(range(MAX_STEPS_DOWN), desc=f"verifying {target:.0%}", leave=False):
             results = measured(mu, attacker.attacks)
             if level_holds(results, target) or mu <= MU_RANGE[0]:
