@@ -89,6 +89,11 @@ def check_bits(bits, *, error: type[Exception] = PrivacyParameterError) -> int:
     return check_count("bits", bits, MIN_BITS, MAX_BITS, error=error)
 
 
+def is_bits(value) -> bool:
+    """Whether `value` is a b the codec and server handle: an integer in MIN_BITS..MAX_BITS."""
+    return _is_integer(value) and value in SUPPORTED_BITS
+
+
 def is_delta(value) -> bool:
     """Whether `value` is a δ: a number in (0, 1)."""
     return _is_number(value) and 0 < value < 1

@@ -26,6 +26,7 @@ from del_client.parameters import DEFAULT_BITS
 from del_client.proto import inference_pb2
 
 from .adapter import Adapter
+from .calibration import CalibratedLevel
 
 LEVEL_TOLERANCE = 1e-9  # relative, on A and c: a few ULPs of any other way to compute them
 
@@ -36,7 +37,7 @@ class Level:
     mu: float
     spec: PrivacySpec  # the parameters a header carries at this level
     soft_prompt: bool  # the adapter holds a soft prompt trained at exactly (μ, bits)
-    calibration: dict | None  # train.calibrate's record; None for a soft-prompt-only level
+    calibration: CalibratedLevel | None  # what measured it; None: a soft-prompt-only level
 
     def matches(self, spec: PrivacySpec) -> bool:
         mine = self.spec
@@ -71,10 +72,10 @@ def adapter_levels(adapter: Adapter) -> tuple[Level, ...]:
 
     levels = [
         Level(
-            id=level_id(c["target_attack_rate"]),
-            mu=c["mu"],
-            spec=spec(c["mu"], c["bits"]),
-            soft_prompt=c["mu"] in adapter.soft_prompts and c["bits"] == soft_bits,
+            id=level_id(c.target_attack_rate),
+            mu=c.mu,
+            spec=spec(c.mu, c.bits),
+            soft_prompt=c.mu in adapter.soft_prompts and c.bits == soft_bits,
             calibration=c,
         )
         for c in adapter.calibration

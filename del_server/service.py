@@ -55,7 +55,8 @@ from del_client.sampling import Sampling
 from del_client.symbol_model import SymbolModel
 
 from . import __version__
-from .adapter import UTILITY_FIELDS, better_than_nothing
+from .attacks.recovery import Recovery
+from .calibration import MeasuredUtility
 from .classification import EncoderInput
 from .errors import (
     IdleStreamError,
@@ -621,10 +622,6 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         )
 
 
-# What AttackRate carries of an attacks.recovery.Recovery
-ATTACK_RATE_FIELDS = ("rate", "low", "high", "content_rate", "half_prompts", "exact_prompts")
-
-
 def _privacy_level(served: Level, delta: float) -> inference_pb2.PrivacyLevel:
     """A level as the manifest publishes it: its parameters, and what measured it (a level
     nobody calibrated, a soft prompt's, gets its exact ε at the server's report δ)."""
@@ -642,40 +639,55 @@ def _privacy_level(served: Level, delta: float) -> inference_pb2.PrivacyLevel:
     if level is None:
         parameters.delta, parameters.epsilon_token = delta, spec.epsilon(delta=delta)
         return parameters
-    attacks, strongest = level["attacks"], level["attacks"][level["strongest_attack"]]
+    attacks = level.attacks
+
+    def rate(attack: str, unmeasured: float | None = 0.0) -> float | None:
+        return attacks[attack].rate if attack in attacks else unmeasured
+
     measured = inference_pb2.PrivacyLevel(
-        epsilon_token=level["epsilon_token"],
-        delta=level["delta"],
-        target_attack_rate=level["target_attack_rate"],
-        nearest_neighbour_rate=attacks.get("nearest_neighbour", {}).get("rate", 0.0),
-        likelihood_rate=attacks.get("likelihood", {}).get("rate", 0.0),
-        learned_rate=attacks.get("learned", {}).get("rate"),
+        epsilon_token=level.epsilon_token,
+        delta=level.delta,
+        target_attack_rate=level.target_attack_rate,
+        nearest_neighbour_rate=rate("nearest_neighbour"),
+        likelihood_rate=rate("likelihood"),
+        learned_rate=rate("learned", None),
         attack="all",
-        attacks=[
-            inference_pb2.AttackRate(
-                attack=name,
-                **{key: result[key] for key in ATTACK_RATE_FIELDS},
-            )
-            for name, result in attacks.items()
-        ],
-        strongest_attack=level["strongest_attack"],
-        strongest_rate=strongest["rate"],
-        strongest_rate_high=strongest["high"],
-        prior_alone_rate=level["prior_alone_rate"],
-        measured_on=level["measured_on"],
-        measured_tokens=level["tokens"],
-        measured_prompts=level["prompts"],
-        utility=_level_utility(level["utility"]) if "utility" in level else None,
+        attacks=[_attack_rate(name, result) for name, result in attacks.items()],
+        strongest_attack=level.strongest_attack,
+        strongest_rate=level.strongest.rate,
+        strongest_rate_high=level.strongest.high,
+        prior_alone_rate=level.prior_alone_rate,
+        measured_on=level.measured_on,
+        measured_tokens=level.tokens,
+        measured_prompts=level.prompts,
+        utility=_level_utility(level.utility) if level.utility is not None else None,
     )
     parameters.MergeFrom(measured)
     return parameters
 
 
-def _level_utility(utility: dict) -> inference_pb2.LevelUtility:
+def _attack_rate(name: str, result: Recovery) -> inference_pb2.AttackRate:
+    """What AttackRate carries of an attack's recovery (not its token and prompt counts)."""
+    return inference_pb2.AttackRate(
+        attack=name,
+        rate=result.rate,
+        low=result.low,
+        high=result.high,
+        content_rate=result.content_rate,
+        half_prompts=result.half_prompts,
+        exact_prompts=result.exact_prompts,
+    )
+
+
+def _level_utility(utility: MeasuredUtility) -> inference_pb2.LevelUtility:
     """The adapter's utility record, with the verdict computed here so clients need not."""
     return inference_pb2.LevelUtility(
-        **{key: utility[key] for key in UTILITY_FIELDS},
-        better_than_nothing=better_than_nothing(utility),
+        metric=utility.metric,
+        value=utility.value,
+        nothing_sent=utility.nothing_sent,
+        higher_is_better=utility.higher_is_better,
+        measured_on=utility.measured_on,
+        better_than_nothing=utility.better_than_nothing,
     )
 
 

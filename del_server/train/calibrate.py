@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from tqdm import tqdm
@@ -30,6 +29,7 @@ from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial, Mechanism
 from ..attacks.recovery import Recovery
 from ..attacks.suite import Attacker, strongest
+from ..calibration import CalibratedLevel
 from .defaults import DEFAULT_TARGETS
 
 BISECTION_ATTACKS = ("nearest_neighbour", "likelihood", "bigram_marginal")
@@ -38,24 +38,6 @@ MU_RANGE = (0.05, 5000.0)
 STEP_DOWN = 0.95
 MAX_STEPS_DOWN = 40
 REPORT_DELTA = DEFAULT_DELTA
-
-
-@dataclass(frozen=True)
-class CalibratedLevel:
-    target_attack_rate: float
-    mu: float
-    epsilon_token: float  # exact, at REPORT_DELTA
-    delta: float
-    bits: int
-    attacks: dict[str, dict]  # attack name -> attacks.recovery.Recovery as a dict
-    strongest_attack: str
-    prior_alone_rate: float  # what the strongest blind guess recovers: the floor
-    measured_on: str  # the text the rates were measured on
-    tokens: int
-    prompts: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def level_holds(results: dict[str, Recovery], target: float) -> bool:
@@ -128,7 +110,7 @@ def calibrate(
                 epsilon_token=mechanism(mu).epsilon(delta=REPORT_DELTA),
                 delta=REPORT_DELTA,
                 bits=bits,
-                attacks={name: r.to_dict() for name, r in results.items()},
+                attacks=dict(results),
                 strongest_attack=strongest(results)[0],
                 prior_alone_rate=max(r.rate for r in blind.values()),
                 measured_on=measured_on,

@@ -132,13 +132,11 @@ def _run_stage(name: str, needs_adapter: bool):
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from ..adapter import better_than_nothing
-
     adapter = _pipeline().refresh_evaluation(_config(args))
     worse = [
-        f"{level['target_attack_rate']:g}"
+        f"{level.target_attack_rate:g}"
         for level in adapter.calibration
-        if not better_than_nothing(level["utility"])
+        if not level.utility.better_than_nothing
     ]
     print(
         f"utility written to {args.out}; levels no better than sending nothing: "

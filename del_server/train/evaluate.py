@@ -9,7 +9,7 @@ For one privacy level, on validation windows, the continuation's mean NLL (nats/
     nothing sent        the same with a soft prompt trained for that case
 Noisy figures are the mean and standard deviation over several noise seeds. A level whose
 soft-prompted loss is not below the nothing-sent loss is worse than sending nothing: its
-utility record (adapter.UTILITY_FIELDS) says so, and the manifest and the client tell users.
+utility record (calibration.MeasuredUtility) says so, and the manifest and the client tell users.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from del_client.mechanism import PrivacySpec
 
 from ..adapter import Adapter
+from ..calibration import MeasuredUtility
 from .data import Windows
 from .objective import FrozenLM, private_prompt
 
@@ -81,12 +82,12 @@ def level_losses(
     return {"noisy_soft_prompt": _spread(with_soft), "noisy": _spread(without)}
 
 
-def loss_utility(served: float, nothing_sent: float, measured_on: str) -> dict:
-    """A level's utility record (adapter.UTILITY_FIELDS) for the held-out continuation loss."""
-    return {
-        "metric": UTILITY_METRIC,
-        "value": served,
-        "nothing_sent": nothing_sent,
-        "higher_is_better": False,
-        "measured_on": measured_on,
-    }
+def loss_utility(served: float, nothing_sent: float, measured_on: str) -> MeasuredUtility:
+    """A level's utility record for the held-out continuation loss."""
+    return MeasuredUtility(
+        metric=UTILITY_METRIC,
+        value=served,
+        nothing_sent=nothing_sent,
+        higher_is_better=False,
+        measured_on=measured_on,
+    )

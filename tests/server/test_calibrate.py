@@ -65,4 +65,4 @@ def test_a_reachable_target_gets_the_largest_mu_under_it():
     (level,) = levels(Attacker(ceiling=1.0), targets=(0.10,))
     assert level.mu < 10.0  # the rate μ/100 reaches 0.10 at μ = 10
     assert level.mu == pytest.approx(10.0, rel=0.01)  # 12 halvings of log μ: within 0.3 %
-    assert level.attacks[level.strongest_attack]["high"] < 0.10
+    assert level.strongest.high < 0.10
