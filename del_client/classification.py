@@ -1,6 +1,6 @@
 """The sans-I/O side of Classify: a prepared request's one reply, read into a result.
 
-A Classify stream carries what a Generate stream carries (session.PromptPlan without
+A Classify stream carries what a Generate stream carries (request.PromptPlan without
 sampling parameters); the server answers once, with every label's probability.
 """
 
@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from .errors import ProtocolError
+from .manifest import HasUtility, LevelUtility
 from .proto import inference_pb2
-from .session import SOFT_PROMPT, HasUtility, LevelUtility, PreparedRequest, Timings, Usage
+from .request import PreparedRequest
+from .results import SOFT_PROMPT, Timings, Usage
 
 
 @dataclass(frozen=True)

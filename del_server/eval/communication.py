@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from del_client import Client, ClientConfig
 from del_client.codec import packed_size
-from del_client.session import GenerationResult
+from del_client.results import GenerationResult
 
 from .context import EvalContext
 from .methods import PRIVATE_FAMILIES, Method
