@@ -2,13 +2,15 @@
 
     replies ─ ReplyFolder.feed -> text deltas ─ ReplyFolder.result() -> GenerationResult
 
-(Classify's one reply is read into its result by classification.py.) Nothing here touches
-the network.
+Every result is a Receipt: what the request kept private and what it cost, from the prepared
+request and the server's usage and timings. (Classify's one reply is read into its
+ClassificationResult by classification.py.) Nothing here touches the network.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Self
 
 from .errors import ProtocolError
 from .manifest import HasUtility, LevelUtility
@@ -53,17 +55,15 @@ class Timings:
     total_s: float  # from the header to the Final
 
 
-@dataclass(frozen=True)
-class GenerationResult(HasUtility):
-    """A finished generation, what it cost on the wire, and what privacy it kept.
+@dataclass(frozen=True, kw_only=True)
+class Receipt(HasUtility):
+    """What a request kept private and what it cost: the part of every result (generation or
+    classification) that the prepared request and the server's reply give alike.
 
     `private` is False for the raw mechanism: ε is then None, because the server received the
     prompt's embeddings themselves, and `privacy_note` says so in words.
     """
 
-    text: str  # the continuation: every streamed delta, concatenated
-    token_ids: tuple[int, ...]
-    finish_reason: str  # "length", "stop" or "eos"
     usage: Usage
     timings: Timings
     mechanism: str  # "binomial" or "raw"
@@ -74,15 +74,52 @@ class GenerationResult(HasUtility):
     epsilon_token: float | None  # exact, one token replaced, at `delta`
     epsilon_prompt: float | None  # exact, every prompt token replaced, at `delta`
     mu_token: float | None  # the paper's central-limit μ-GDP figure per token
-    soft_prompt_mu: float | None  # the level of the soft prompt the server used, if any
     level_id: str  # the server's level the request was served at; "" when none
     soft_prompt: str  # "used", or why not: "no level", "not trained", "raw" ("unknown": old server)
     client_wire_bytes_sent: int  # counted here; equals usage.wire_bytes_received
     request_id: str
     utility: LevelUtility | None = None  # the served level's, as the manifest gave it
 
+    @classmethod
+    def from_reply(cls, request: PreparedRequest, reply, **own) -> Self:
+        """The result with its `own` fields, the rest read from `request` and from `reply`: a
+        Final or a ClassifyResponse, whose usage, timings, level_id and soft_prompt fields
+        are the same."""
+        return cls(
+            **own,
+            usage=Usage(**{f.name: getattr(reply.usage, f.name) for f in fields(Usage)}),
+            timings=Timings(**{f.name: getattr(reply.timings, f.name) for f in fields(Timings)}),
+            mechanism=request.mechanism,
+            payload_encoding=request.payload_encoding,
+            private=request.epsilon_prompt is not None,
+            privacy_note=request.privacy_note,
+            delta=request.delta,
+            epsilon_token=request.epsilon_token,
+            epsilon_prompt=request.epsilon_prompt,
+            mu_token=request.mu_token,
+            level_id=reply.level_id,
+            soft_prompt=SOFT_PROMPT.get(reply.soft_prompt, "unknown"),
+            client_wire_bytes_sent=request.wire_bytes,
+            request_id=request.request_id,
+            utility=request.utility(reply.level_id),
+        )
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, the result's own (text, label, ...) first."""
+        record = asdict(self)
+        shared = [f.name for f in fields(Receipt)]
+        own = {name: value for name, value in record.items() if name not in shared}
+        return own | {name: record[name] for name in shared}
+
+
+@dataclass(frozen=True)
+class GenerationResult(Receipt):
+    """A finished generation, what it cost on the wire, and what privacy it kept."""
+
+    text: str  # the continuation: every streamed delta, concatenated
+    token_ids: tuple[int, ...]
+    finish_reason: str  # "length", "stop" or "eos"
+    soft_prompt_mu: float | None  # the level of the soft prompt the server used, if any
 
 
 class ReplyFolder:
@@ -119,24 +156,11 @@ class ReplyFolder:
             raise ProtocolError("the stream ended without its Final message")
         if final.finish_reason not in FINISH_REASONS:
             raise ProtocolError(f"unknown finish reason {final.finish_reason}")
-        return GenerationResult(
+        return GenerationResult.from_reply(
+            request,
+            final,
             text="".join(self._deltas),
             token_ids=tuple(self._ids),
             finish_reason=FINISH_REASONS[final.finish_reason],
-            usage=Usage(**{f.name: getattr(final.usage, f.name) for f in fields(Usage)}),
-            timings=Timings(**{f.name: getattr(final.timings, f.name) for f in fields(Timings)}),
-            mechanism=request.mechanism,
-            payload_encoding=request.payload_encoding,
-            private=request.epsilon_prompt is not None,
-            privacy_note=request.privacy_note,
-            delta=request.delta,
-            epsilon_token=request.epsilon_token,
-            epsilon_prompt=request.epsilon_prompt,
-            mu_token=request.mu_token,
             soft_prompt_mu=final.soft_prompt_mu if final.HasField("soft_prompt_mu") else None,
-            level_id=final.level_id,
-            soft_prompt=SOFT_PROMPT.get(final.soft_prompt, "unknown"),
-            client_wire_bytes_sent=request.wire_bytes,
-            request_id=request.request_id,
-            utility=request.utility(final.level_id),
         )

@@ -3,7 +3,7 @@ generate() and classify() signatures, over the sans-I/O core.
 
     manifest.py      Manifest ─ ModelInfo ─ PrivacyLevel; BundleDownload
     request.py       PromptPlan (PrivacyChoice, Sampling, budget) ─ .prepare ─ PreparedRequest
-    results.py       replies ─ ReplyFolder -> text deltas, GenerationResult
+    results.py       replies ─ ReplyFolder -> text deltas, GenerationResult (a Receipt)
     classification.py  Classify's one reply -> ClassificationResult
 
 None of those touches the network. client.py and aio.py only move their messages over a sync

@@ -6,6 +6,8 @@ A tiny bundle (five words, k = 4) and a manifest written by hand stand in for th
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 from tokenizers import Tokenizer
@@ -14,6 +16,7 @@ from tokenizers.pre_tokenizers import Whitespace
 
 from del_client.budget import PrivacyBudget
 from del_client.bundle import ClientBundle
+from del_client.classification import classification_result
 from del_client.codec import FrameAssembler, spec_from_params
 from del_client.errors import (
     LimitExceededError,
@@ -26,7 +29,7 @@ from del_client.mechanism import PrivacySpec
 from del_client.parameters import DEFAULT_DELTA, SUPPORTED_BITS, wire_bytes
 from del_client.proto import inference_pb2
 from del_client.request import NOT_PRIVATE, PrivacyChoice, PromptPlan
-from del_client.results import ReplyFolder
+from del_client.results import Receipt, ReplyFolder
 from del_client.sampling import Sampling
 
 PROMPT = "once upon a time"
@@ -246,6 +249,29 @@ def test_replies_fold_into_the_streamed_text_and_a_result_of_what_was_kept_priva
     assert result.client_wire_bytes_sent == request.wire_bytes
     assert (result.usage.generated_tokens, result.timings.total_s) == (2, 0.2)
     assert result.request_id == request.request_id
+
+
+def test_a_generation_and_a_classification_state_what_was_kept_private_alike():
+    request = prepare(plan())
+    folder = ReplyFolder(request)
+    folder.feed(final(level_id="t0.10", soft_prompt=inference_pb2.SOFT_PROMPT_USED))
+    generated = folder.result()
+    answer = final(level_id="t0.10", soft_prompt=inference_pb2.SOFT_PROMPT_USED).final
+    classified = classification_result(
+        request,
+        inference_pb2.ClassifyResponse(
+            label="positive",
+            probabilities=[inference_pb2.LabelProbability(label="positive", probability=1.0)],
+            usage=answer.usage,
+            timings=answer.timings,
+            level_id=answer.level_id,
+            soft_prompt=answer.soft_prompt,
+        ),
+    )
+    shared = [f.name for f in fields(Receipt)]
+    assert [getattr(generated, n) for n in shared] == [getattr(classified, n) for n in shared]
+    assert list(generated.to_dict())[:4] == ["text", "token_ids", "finish_reason", "soft_prompt_mu"]
+    assert list(classified.to_dict()) == ["label", "probabilities", *shared]
 
 
 def test_a_raw_request_states_that_nothing_was_private():
