@@ -51,7 +51,7 @@ _LAZY = {
     "Client": "client",
     "ClientBundle": "bundle",
     "ClientConfig": "config",
-    "GenerationResult": "session",
+    "GenerationResult": "results",
     "LedgerBudget": "ledger",
     "PrivacyBudget": "budget",
     "PrivacyLedger": "ledger",

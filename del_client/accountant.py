@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from .errors import PrivacyParameterError
+from .parameters import check_delta
 
 # Below e^-10000 a δ is zero for every practical purpose; clamping keeps root finding finite.
 _LOG_DELTA_FLOOR = -1e4
@@ -51,11 +52,6 @@ def _check_draws_and_q(n: int, q: float) -> None:
 def _check_epsilon(epsilon: float) -> None:
     if not (math.isfinite(epsilon) and epsilon >= 0):
         raise PrivacyParameterError(f"epsilon must be finite and >= 0, got {epsilon!r}")
-
-
-def _check_delta(delta: float) -> None:
-    if not (math.isfinite(delta) and 0 < delta < 1):
-        raise PrivacyParameterError(f"delta must lie in (0, 1), got {delta!r}")
 
 
 def log_delta(epsilon: float, *, n: int, q: float) -> float:
@@ -98,7 +94,7 @@ def epsilon_for_delta(delta: float, *, n: int, q: float) -> float:
     """
     from scipy import optimize
 
-    _check_delta(delta)
+    check_delta(delta)
     _check_draws_and_q(n, q)
     if q == 1.0:
         return math.inf
@@ -117,7 +113,7 @@ def q_for_epsilon(epsilon: float, *, delta: float, n: int) -> float:
     """The q at which n draws are exactly (ε, δ)-DP: the inverse of epsilon_for_delta over q."""
     from scipy import optimize, special
 
-    _check_delta(delta)
+    check_delta(delta)
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise PrivacyParameterError(f"epsilon must be finite and > 0, got {epsilon!r}")
     _check_draws_and_q(n, 0.5)
@@ -153,7 +149,7 @@ def gdp_epsilon(delta: float, *, mu: float) -> float:
     """ε at δ for a μ-GDP mechanism (Dong, Roth & Su 2019), to compare with the exact ε."""
     from scipy import optimize, special
 
-    _check_delta(delta)
+    check_delta(delta)
     if not (math.isfinite(mu) and mu > 0):
         raise PrivacyParameterError(f"mu must be finite and > 0, got {mu!r}")
 

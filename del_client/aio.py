@@ -1,4 +1,4 @@
-"""The asyncio client: session.py's messages over a grpc.aio stub, nothing more.
+"""The asyncio client: the sans-I/O core (session.py) over a grpc.aio stub, nothing more.
 
 Same names as the blocking client (client.py); coroutines where bytes move, `aclose` where
 the blocking client has `close`.
@@ -15,19 +15,12 @@ import grpc
 from .bundle import ClientBundle
 from .classification import ClassificationResult, classification_result
 from .config import ClientConfig
+from .manifest import BundleDownload, Manifest, ModelInfo
 from .proto import inference_pb2, inference_pb2_grpc
+from .request import PreparedRequest, PromptPlan
+from .results import GenerationResult, ReplyFolder
 from .retry import Attempts
-from .session import (
-    BaseClient,
-    BaseGeneration,
-    BundleDownload,
-    GenerationResult,
-    Manifest,
-    ModelInfo,
-    PreparedRequest,
-    PromptPlan,
-    ReplyFolder,
-)
+from .session import BaseClient, BaseGeneration
 from .status import raising_server_errors
 from .transport import call_metadata, open_channel
 

@@ -36,7 +36,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .codec import FrameAssembler, encode_frames
-from .mechanism import BinomialQuantizer, PrivacySpec, _count
+from .mechanism import BinomialQuantizer, PrivacySpec
+from .parameters import check_count
 from .proto import frames_pb2
 from .symbol_model import SymbolModel
 
@@ -113,7 +114,7 @@ def _throughput(
 
 
 def measure_codec(*, dim: int, bits: int, tokens: int, repeats: int = 3) -> CodecBenchmark:
-    tokens = _count("tokens", tokens, 1)  # a rate over no tokens would divide by zero
+    tokens = check_count("tokens", tokens, 1)  # a rate over no tokens would divide by zero
     spec = PrivacySpec.from_mu(mu=BENCH_MU, dim=dim, bits=bits, clip=BENCH_CLIP)
     quantizer = BinomialQuantizer(spec)
     rng = np.random.default_rng(0)

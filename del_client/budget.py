@@ -19,6 +19,7 @@ from typing import Protocol
 from . import accountant
 from .errors import BudgetExceededError, PrivacyParameterError
 from .mechanism import PrivacySpec
+from .parameters import check_delta, check_positive_finite
 
 
 class Budget(Protocol):
@@ -54,12 +55,8 @@ class PrivacyBudget:
     """
 
     def __init__(self, *, epsilon: float, delta: float) -> None:
-        if not (epsilon > 0 and epsilon != float("inf")):
-            raise PrivacyParameterError(f"budget epsilon must be finite and > 0, got {epsilon!r}")
-        if not 0 < delta < 1:
-            raise PrivacyParameterError(f"budget delta must lie in (0, 1), got {delta!r}")
-        self.epsilon = float(epsilon)
-        self.delta = float(delta)
+        self.epsilon = check_positive_finite("budget epsilon", epsilon)
+        self.delta = check_delta(delta, name="budget delta")
         self._draws = 0
         self._q = 0.5
         self._lock = threading.Lock()

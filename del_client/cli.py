@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import DELError, RequestOptionError
+from .parameters import DEFAULT_BITS, DEFAULT_DELTA, MAX_BITS, MECHANISMS, MIN_BITS
 
 # SGR faint and reset: the prompt is dimmed on a terminal so the continuation stands apart.
 _DIM, _RESET = "\033[2m", "\033[0m"
@@ -61,10 +62,15 @@ def _add_privacy(cmd: argparse.ArgumentParser) -> None:
     target.add_argument("--mu", type=float, help="per-token Gaussian-DP level (paper calibration)")
     target.add_argument("--epsilon", type=float, help="per-token ε at --delta (exact)")
     cmd.add_argument("--dim", type=int, required=True, help="projection dim k")
-    cmd.add_argument("--bits", type=int, default=4, help="bits per coordinate b, 1..8")
+    cmd.add_argument(
+        "--bits",
+        type=int,
+        default=DEFAULT_BITS,
+        help=f"bits per coordinate b, {MIN_BITS}..{MAX_BITS}",
+    )
     cmd.add_argument("--clip", type=float, required=True, help="clip bound c")
     cmd.add_argument("--tokens", type=int, default=32, help="prompt length T")
-    cmd.add_argument("--delta", type=float, default=1e-5, help="δ at which ε is reported")
+    cmd.add_argument("--delta", type=float, default=DEFAULT_DELTA, help="δ at which ε is reported")
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     cmd.set_defaults(run=_run_privacy)
 
@@ -100,7 +106,7 @@ def _add_bench_codec(cmd: argparse.ArgumentParser) -> None:
         "against the symbols' entropy."
     )
     cmd.add_argument("--dim", type=int, default=128)
-    cmd.add_argument("--bits", type=int, default=4)
+    cmd.add_argument("--bits", type=int, default=DEFAULT_BITS)
     cmd.add_argument("--tokens", type=int, default=100_000)
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     cmd.set_defaults(run=_run_bench_codec)
@@ -204,7 +210,6 @@ def _add_private_prompt(cmd: argparse.ArgumentParser) -> None:
     """The prompt, the server and how the prompt is privatized and paid for: what generate and
     classify share."""
     from .ledger import DEFAULT_IDENTITY
-    from .session import DEFAULT_BITS, DEFAULT_DELTA, MECHANISMS
 
     cmd.add_argument("prompt")
     _add_server(cmd)
@@ -226,7 +231,11 @@ def _add_private_prompt(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--delta", type=float, default=DEFAULT_DELTA, help="δ for --epsilon and for the ε reported"
     )
-    cmd.add_argument("--bits", type=int, help=f"bits per coordinate, 1..8 (default {DEFAULT_BITS})")
+    cmd.add_argument(
+        "--bits",
+        type=int,
+        help=f"bits per coordinate, {MIN_BITS}..{MAX_BITS} (default {DEFAULT_BITS})",
+    )
     cmd.add_argument(
         "--mechanism",
         choices=MECHANISMS,
@@ -287,7 +296,6 @@ def _ledger_budget(args: argparse.Namespace):
     the user believe the prompt was counted.
     """
     from .ledger import DEFAULT_IDENTITY, LedgerBudget, PrivacyLedger
-    from .session import DEFAULT_DELTA
 
     if all(v is None for v in (args.budget_epsilon, args.budget_delta, args.identity, args.ledger)):
         return None
@@ -534,7 +542,7 @@ def _run_budget(args: argparse.Namespace) -> None:
 
 
 def _add_loadtest(cmd: argparse.ArgumentParser) -> None:
-    from .loadtest import MAX_CONCURRENCY, MAX_DURATION_S
+    from .loadtest import DEFAULT_MU, MAX_CONCURRENCY, MAX_DURATION_S
 
     cmd.description = (
         f"Run --concurrency streams (at most {MAX_CONCURRENCY}) back to back for "
@@ -545,7 +553,7 @@ def _add_loadtest(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--duration", type=float, default=10.0, help="seconds of new requests")
     cmd.add_argument("--max-requests", type=int, help="stop starting requests after this many")
     cmd.add_argument("--prompt", default="Once upon a time")
-    cmd.add_argument("--mu", type=float, default=10.0)
+    cmd.add_argument("--mu", type=float, default=DEFAULT_MU)
     cmd.add_argument("--bits", type=int)
     _add_payload_encoding(cmd)
     cmd.add_argument("--max-new-tokens", type=int, default=32)

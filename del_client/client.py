@@ -1,4 +1,4 @@
-"""The synchronous client: session.py's messages over a blocking gRPC stub, nothing more."""
+"""The synchronous client: the sans-I/O core (session.py) over a blocking gRPC stub."""
 
 from __future__ import annotations
 
@@ -11,19 +11,12 @@ import grpc
 from .bundle import ClientBundle
 from .classification import ClassificationResult, classification_result
 from .config import ClientConfig
+from .manifest import BundleDownload, Manifest, ModelInfo
 from .proto import inference_pb2, inference_pb2_grpc
+from .request import PreparedRequest, PromptPlan
+from .results import GenerationResult, ReplyFolder
 from .retry import Attempts
-from .session import (
-    BaseClient,
-    BaseGeneration,
-    BundleDownload,
-    GenerationResult,
-    Manifest,
-    ModelInfo,
-    PreparedRequest,
-    PromptPlan,
-    ReplyFolder,
-)
+from .session import BaseClient, BaseGeneration
 from .status import raising_server_errors
 from .transport import call_metadata, open_channel
 

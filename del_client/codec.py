@@ -22,12 +22,11 @@ import numpy as np
 
 from . import ans
 from .errors import FrameError, LimitExceededError
-from .mechanism import MAX_BITS, MIN_BITS, PrivacySpec, check_embeddings, compiled, decode_table
+from .mechanism import PrivacySpec, check_embeddings, compiled, decode_table
+from .parameters import MAX_FRAME_PAYLOAD_BYTES, check_bits
 from .proto import frames_pb2
 from .symbol_model import SymbolModel
 
-# A frame's payload stays under this size, far below gRPC's 4 MiB default message limit.
-MAX_FRAME_PAYLOAD_BYTES = 64 * 1024
 # Payload encodings by name, as MechanismParams.payload_encoding carries them.
 ENCODINGS = {
     "packed": frames_pb2.PAYLOAD_ENCODING_PACKED,
@@ -75,8 +74,7 @@ def _unpack(payload, bits, out):  # pragma: no cover - compiled
 
 def pack_symbols(symbols: np.ndarray, bits: int) -> bytes:
     """Pack uint8 symbols (any shape, read in C order) of `bits` bits each into bytes."""
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise FrameError(f"bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
+    check_bits(bits, error=FrameError)
     flat = np.ascontiguousarray(symbols, dtype=np.uint8).reshape(-1)
     if flat.size and int(flat.max()) >= 1 << bits:
         raise FrameError(f"a symbol does not fit in {bits} bits (max {int(flat.max())})")
@@ -90,8 +88,7 @@ def pack_symbols(symbols: np.ndarray, bits: int) -> bytes:
 
 def unpack_symbols(payload: bytes, bits: int, count: int) -> np.ndarray:
     """Inverse of pack_symbols: `count` uint8 symbols, or FrameError for a malformed payload."""
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise FrameError(f"bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
+    check_bits(bits, error=FrameError)
     if len(payload) != packed_size(count, bits):
         raise FrameError(
             f"payload of {len(payload)} bytes, expected {packed_size(count, bits)} "

@@ -8,13 +8,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .codec import MAX_FRAME_PAYLOAD_BYTES
 from .errors import ConfigError
+from .parameters import MAX_FRAME_PAYLOAD_BYTES, MAX_MESSAGE_BYTES
 
-# gRPC's default per-message limit, which the server keeps unless told otherwise: a frame
-# carrying more payload than this would be refused, whatever the client wants.
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-# Room for a frame's other fields and the request envelope around the payload.
+# Room for a frame's other fields and the request envelope around the payload: a frame must
+# fit one message of MAX_MESSAGE_BYTES (the server keeps gRPC's default unless told otherwise).
 _FRAME_OVERHEAD_BYTES = 64
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from .budget import compose, epsilon_spent, refusal
 from .errors import BudgetExceededError, LedgerError, PrivacyParameterError
 from .mechanism import PrivacySpec
+from .parameters import check_delta, check_positive_finite, is_delta
 
 FORMAT_VERSION = 1
 DEFAULT_IDENTITY = "default"
@@ -87,7 +88,7 @@ class LedgerEntry:
                 isinstance(limit, float | int) and math.isfinite(limit) and limit > 0,
                 "epsilon_limit",
             ),
-            (isinstance(delta, float | int) and 0 < delta < 1, "delta"),
+            (is_delta(delta), "delta"),
             (isinstance(raw["updated"], str), "updated"),
         ]
         for ok, name in checks:
@@ -243,14 +244,10 @@ class LedgerBudget:
         epsilon: float,
         delta: float,
     ) -> None:
-        if not (isinstance(epsilon, float | int) and math.isfinite(epsilon) and epsilon > 0):
-            raise PrivacyParameterError(f"budget epsilon must be finite and > 0, got {epsilon!r}")
-        if not (isinstance(delta, float | int) and 0 < delta < 1):
-            raise PrivacyParameterError(f"budget delta must lie in (0, 1), got {delta!r}")
+        self.epsilon = check_positive_finite("budget epsilon", epsilon)
+        self.delta = check_delta(delta, name="budget delta")
         self.ledger = ledger
         self.identity = _check_identity(identity)
-        self.epsilon = float(epsilon)
-        self.delta = float(delta)
 
     @property
     def spent(self) -> float:

@@ -31,11 +31,12 @@ from .codec import encode_frames
 from .config import ClientConfig
 from .errors import DELError, RequestOptionError, ServerError
 from .mechanism import BinomialQuantizer, PrivacySpec
-from .session import DEFAULT_BITS
+from .parameters import DEFAULT_BITS
 from .symbol_model import model_for
 
 MAX_CONCURRENCY = 1024
 MAX_DURATION_S = 3600.0
+DEFAULT_MU = 10.0  # the privacy of the load: what a request costs, not a recommended level
 PERCENTILES = (50, 90, 99)
 
 
@@ -103,7 +104,7 @@ async def run_load(
     concurrency: int,
     duration_s: float,
     prompt: str = "Once upon a time",
-    mu: float = 10.0,
+    mu: float = DEFAULT_MU,
     bits: int | None = None,
     max_new_tokens: int = 32,
     max_requests: int | None = None,

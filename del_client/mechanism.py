@@ -26,9 +26,8 @@ import numpy as np
 
 from . import accountant
 from .errors import EmbeddingInputError, PrivacyParameterError
+from .parameters import check_bits, check_count, check_positive_finite
 from .randomness import secure_generator
-
-MIN_BITS, MAX_BITS = 1, 8
 
 
 def compiled(kernel: Callable) -> Callable:
@@ -51,23 +50,6 @@ def compiled(kernel: Callable) -> Callable:
     return call
 
 
-def _positive_finite(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-        raise PrivacyParameterError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise PrivacyParameterError(f"{name} must be finite and > 0, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: int, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise PrivacyParameterError(f"{name} must be an integer, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        expected = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise PrivacyParameterError(f"{name} must be {expected}, got {value}")
-    return int(value)
-
-
 @dataclass(frozen=True, slots=True)
 class PrivacySpec:
     """Public parameters of the quantizer; validated on construction, immutable after.
@@ -85,10 +67,10 @@ class PrivacySpec:
     scale: float  # A
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dim", _count("dim", self.dim, 1))
-        object.__setattr__(self, "bits", _count("bits", self.bits, MIN_BITS, MAX_BITS))
-        object.__setattr__(self, "clip", _positive_finite("clip", self.clip))
-        object.__setattr__(self, "scale", _positive_finite("scale", self.scale))
+        object.__setattr__(self, "dim", check_count("dim", self.dim, 1))
+        object.__setattr__(self, "bits", check_bits(self.bits))
+        object.__setattr__(self, "clip", check_positive_finite("clip", self.clip))
+        object.__setattr__(self, "scale", check_positive_finite("scale", self.scale))
         if self.scale < self.clip:
             raise PrivacyParameterError(
                 f"scale A must be >= clip c (else p leaves [0, 1]), got A={self.scale} < c={self.clip}"
@@ -102,8 +84,8 @@ class PrivacySpec:
         largest, where from_epsilon refuses too, 1 − q has lost its digits and nothing is
         private any more, so such a μ is refused rather than reported as a guarantee.
         """
-        mu = _positive_finite("mu", mu)
-        draws = _count("dim", dim, 1) * ((1 << _count("bits", bits, MIN_BITS, MAX_BITS)) - 1)
+        mu = check_positive_finite("mu", mu)
+        draws = check_count("dim", dim, 1) * ((1 << check_bits(bits)) - 1)
         largest = 2 * math.sinh(accountant.MAX_LOG_ODDS / 2) * math.sqrt(draws)
         if mu > largest:
             raise PrivacyParameterError(
@@ -111,7 +93,7 @@ class PrivacySpec:
                 f"(no privacy left); ask for mu <= {largest:.6g} at dim={dim}, bits={bits}"
             )
         mu_draw = mu / math.sqrt(draws)
-        clip = _positive_finite("clip", clip)
+        clip = check_positive_finite("clip", clip)
         # c·√(4/μ_r² + 1) written so that a tiny μ_r cannot underflow when squared.
         return cls(dim=dim, bits=bits, clip=clip, scale=clip * math.hypot(2, mu_draw) / mu_draw)
 
@@ -120,9 +102,9 @@ class PrivacySpec:
         cls, *, epsilon: float, delta: float, dim: int, bits: int, clip: float
     ) -> PrivacySpec:
         """The A at which one token is exactly (ε, δ)-DP, solved with the exact accountant."""
-        draws = _count("dim", dim, 1) * ((1 << _count("bits", bits, MIN_BITS, MAX_BITS)) - 1)
+        draws = check_count("dim", dim, 1) * ((1 << check_bits(bits)) - 1)
         q = accountant.q_for_epsilon(epsilon, delta=delta, n=draws)
-        clip = _positive_finite("clip", clip)
+        clip = check_positive_finite("clip", clip)
         return cls(dim=dim, bits=bits, clip=clip, scale=clip / (2 * q - 1))
 
     @property
@@ -145,12 +127,12 @@ class PrivacySpec:
 
     def epsilon(self, *, delta: float, tokens: int = 1) -> float:
         """Exact ε at δ for `tokens` tokens, each replaced by any other token."""
-        tokens = _count("tokens", tokens, 1)
+        tokens = check_count("tokens", tokens, 1)
         return accountant.epsilon_for_delta(delta, n=tokens * self.draws_per_token, q=self.q)
 
     def mu(self, *, tokens: int = 1) -> float:
         """The paper's (central-limit) μ-GDP figure for `tokens` tokens."""
-        tokens = _count("tokens", tokens, 1)
+        tokens = check_count("tokens", tokens, 1)
         return accountant.gdp_mu(n=tokens * self.draws_per_token, q=self.q)
 
 

@@ -9,8 +9,9 @@
     prior              optional: a bigram prior of public text; with it the server reads
                        prompts through the posterior front-end (front_end.py), not W_d, and
     front ends         per soft prompt, that front-end's trained parameters (same μ keys)
-    calibration        privacy level → measured attack success, filled by training; and
-                       (optional) its utility as served against sending nothing
+    calibration        calibration.CalibratedLevel records, filled by training: a target
+                       attack rate's μ and what measured it, and (optional) its utility as
+                       served against sending nothing
     task               classification only: the task's labels and a head per privacy level
                        (classification.py: the encoder's pooled output and the decoded
                        coordinates' moments -> one hidden layer -> label logits), trained at
@@ -33,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .attacks.sequence import BigramPrior
+from .calibration import CalibratedLevel
 
 FORMAT = "del-adapter/1"
 DEFAULT_CLIP_QUANTILE = 0.98
@@ -122,13 +124,16 @@ class Adapter:
     clip: float
     norm_bound: float | None = None
     soft_prompts: dict[float, torch.Tensor] = field(default_factory=dict)  # μ -> (m, d)
-    calibration: list[dict] = field(default_factory=list)
+    calibration: tuple[CalibratedLevel, ...] = ()  # most private first
     metadata: dict = field(default_factory=dict)
     task: ClassificationTask | None = None  # None: generation
     prior: BigramPrior | None = None  # None: the linear front-end (W_d)
     front_ends: dict[float, dict[str, torch.Tensor]] = field(default_factory=dict)  # μ -> params
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "calibration", tuple(self.calibration))
+        if not all(isinstance(level, CalibratedLevel) for level in self.calibration):
+            raise TypeError("calibration holds CalibratedLevel records (from_dict reads a dict)")
         k, d = self.down.shape
         if self.up.shape != (d, k) or self.mean.shape != (d,):
             raise ValueError(
@@ -215,7 +220,7 @@ class Adapter:
             "clip": self.clip,
             "norm_bound": self.norm_bound,
             "soft_prompts": levels,
-            "calibration": self.calibration,
+            "calibration": [level.to_dict() for level in self.calibration],
             "metadata": self.metadata,
             **({"task": task} if task is not None else {}),
             **({"prior": {"smoothing": self.prior.smoothing}} if self.prior is not None else {}),
@@ -252,7 +257,10 @@ class Adapter:
             clip=description["clip"],
             norm_bound=description["norm_bound"],
             soft_prompts={lvl["mu"]: tensors[lvl["tensor"]] for lvl in description["soft_prompts"]},
-            calibration=_checked_levels(description["calibration"], directory),
+            calibration=tuple(
+                CalibratedLevel.from_dict(level, directory, index)
+                for index, level in enumerate(description["calibration"])
+            ),
             metadata=description["metadata"],
             task=(
                 ClassificationTask.from_tensors(description["task"], tensors)
@@ -271,70 +279,6 @@ def _stored(tensor: torch.Tensor) -> torch.Tensor:
     """As saved: weights in float32; integer keys and float64 counts exactly as they are."""
     keep = not tensor.is_floating_point() or tensor.dtype == torch.float64
     return tensor.detach().contiguous() if keep else tensor.detach().contiguous().float()
-
-
-# What a calibrated level records (train.calibrate.CalibratedLevel); the manifest reads them all.
-LEVEL_FIELDS = (
-    "target_attack_rate",
-    "mu",
-    "epsilon_token",
-    "delta",
-    "bits",
-    "attacks",
-    "strongest_attack",
-    "prior_alone_rate",
-    "measured_on",
-    "tokens",
-    "prompts",
-)
-
-
-# A level's optional "utility": what the level is worth as served (its noise and soft prompt),
-# beside the same metric with nothing sent (and a soft prompt or head trained for that case).
-UTILITY_FIELDS = {
-    "metric": str,  # e.g. "held-out continuation loss (nats/token)"
-    "value": float,  # the level as served, mean over noise seeds
-    "nothing_sent": float,
-    "higher_is_better": bool,
-    "measured_on": str,
-}
-
-
-def better_than_nothing(utility: dict) -> bool:
-    """Whether the level beats sending nothing: a level that does not costs privacy for nothing."""
-    if utility["higher_is_better"]:
-        return utility["value"] > utility["nothing_sent"]
-    return utility["value"] < utility["nothing_sent"]
-
-
-def _checked_levels(levels: list[dict], directory: Path) -> list[dict]:
-    """Refuse at load, not at the first manifest request, a level the server cannot publish."""
-    for level in levels:
-        missing = [key for key in LEVEL_FIELDS if key not in level]
-        if missing:
-            raise ValueError(
-                f"{directory}: a calibration level lacks {', '.join(missing)} (calibrated by an "
-                f"older version): recalibrate with `del-server calibrate --out {directory}`"
-            )
-        if level["strongest_attack"] not in level["attacks"]:
-            raise ValueError(f"{directory}: a level's strongest attack has no measured rate")
-        if "utility" in level:
-            _check_utility(level["utility"], directory)
-    return levels
-
-
-def _check_utility(utility: dict, directory: Path) -> None:
-    for key, kind in UTILITY_FIELDS.items():
-        value = utility.get(key) if isinstance(utility, dict) else None
-        if kind is float:  # a finite number (a hand-written 2 is an int to JSON)
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            valid = number and math.isfinite(value)
-        else:
-            valid = isinstance(value, kind)
-        if not valid:
-            raise ValueError(
-                f"{directory}: a level's utility needs {key} ({kind.__name__}), got {value!r}"
-            )
 
 
 def pca_adapter(

@@ -6,7 +6,8 @@ A level is a complete set of mechanism parameters (k, b, c, A) under a stable id
     soft-prompt levels  a soft prompt trained at a μ that no calibrated level has ("mu7.12")
 
 A level has a soft prompt when the adapter holds one trained at exactly its μ and bits (the
-training pipeline records the bits it trained at; 4 when it did not say).
+training pipeline records the bits it trained at; its default, DEFAULT_BITS, when it did
+not say).
 
 A request names its level (StreamHeader.level_id), and its header must then be that level's
 parameters; or it names none, and the server looks for a level with the header's k and b and
@@ -21,12 +22,13 @@ from dataclasses import dataclass
 from del_client.codec import FrameSpec, RawSpec
 from del_client.errors import FrameError
 from del_client.mechanism import PrivacySpec
+from del_client.parameters import DEFAULT_BITS
 from del_client.proto import inference_pb2
 
 from .adapter import Adapter
+from .calibration import CalibratedLevel
 
 LEVEL_TOLERANCE = 1e-9  # relative, on A and c: a few ULPs of any other way to compute them
-DEFAULT_SOFT_PROMPT_BITS = 4  # the training pipeline's default (train/pipeline.py)
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Level:
     mu: float
     spec: PrivacySpec  # the parameters a header carries at this level
     soft_prompt: bool  # the adapter holds a soft prompt trained at exactly (μ, bits)
-    calibration: dict | None  # train.calibrate's record; None for a soft-prompt-only level
+    calibration: CalibratedLevel | None  # what measured it; None: a soft-prompt-only level
 
     def matches(self, spec: PrivacySpec) -> bool:
         mine = self.spec
@@ -63,17 +65,17 @@ def level_id(target_attack_rate: float) -> str:
 
 def adapter_levels(adapter: Adapter) -> tuple[Level, ...]:
     """Calibrated levels in calibration order (most private first), then soft-prompt levels."""
-    soft_bits = adapter.metadata.get("bits", DEFAULT_SOFT_PROMPT_BITS)
+    soft_bits = adapter.metadata.get("bits", DEFAULT_BITS)  # the training pipeline's default
 
     def spec(mu: float, bits: int) -> PrivacySpec:
         return PrivacySpec.from_mu(mu=mu, dim=adapter.projection_dim, bits=bits, clip=adapter.clip)
 
     levels = [
         Level(
-            id=level_id(c["target_attack_rate"]),
-            mu=c["mu"],
-            spec=spec(c["mu"], c["bits"]),
-            soft_prompt=c["mu"] in adapter.soft_prompts and c["bits"] == soft_bits,
+            id=level_id(c.target_attack_rate),
+            mu=c.mu,
+            spec=spec(c.mu, c.bits),
+            soft_prompt=c.mu in adapter.soft_prompts and c.bits == soft_bits,
             calibration=c,
         )
         for c in adapter.calibration

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from del_client import ans
 from del_client.codec import pack_symbols, unpack_symbols
 from del_client.mechanism import PrivacySpec
+from del_client.parameters import DEFAULT_BITS, DEFAULT_DELTA
 from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_client.sampling import Sampling
 
@@ -134,9 +135,10 @@ async def _warm_up(served: ServedModel, servicer: SplitInferenceService) -> None
     """One tiny generation (or classification) through the model, the frame decoders compiled,
     the accountant loaded (numba and scipy load on first use) and every level's symbol model
     computed, so the first client pays no start-up cost."""
-    await asyncio.to_thread(unpack_symbols, pack_symbols(np.zeros(8, np.uint8), 4), 4, 8)
-    spec = PrivacySpec.from_mu(mu=1.0, dim=served.adapter.projection_dim, bits=4, clip=1.0)
-    await asyncio.to_thread(spec.epsilon, delta=1e-5)
+    bits = DEFAULT_BITS
+    await asyncio.to_thread(unpack_symbols, pack_symbols(np.zeros(8, np.uint8), bits), bits, 8)
+    spec = PrivacySpec.from_mu(mu=1.0, dim=served.adapter.projection_dim, bits=bits, clip=1.0)
+    await asyncio.to_thread(spec.epsilon, delta=DEFAULT_DELTA)
     for level_spec in [level.spec for level in served.levels] or [spec]:
         model = await servicer.symbol_model(level_spec)
     symbols = np.zeros((1, spec.dim), np.uint8)

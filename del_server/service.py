@@ -24,12 +24,14 @@ the other task's server answers FAILED_PRECONDITION.
 
 Every stream, whatever its end, leaves one INFO log line ("request finished") with its
 request id, status, privacy level, sizes and timings, never its text; an INTERNAL status
-carries that request id, so its traceback can be found in the log.
+carries that request id, so its traceback can be found in the log. Both RPCs run inside one
+lifecycle (`_stream`) that owns this: the status of any end, the slot, the metrics, the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -49,12 +51,14 @@ from del_client.errors import (
     RequestOptionError,
 )
 from del_client.mechanism import PrivacySpec
+from del_client.parameters import SUPPORTED_BITS, wire_bytes
 from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_client.sampling import Sampling
 from del_client.symbol_model import SymbolModel
 
 from . import __version__
-from .adapter import UTILITY_FIELDS, better_than_nothing
+from .attacks.recovery import Recovery
+from .calibration import MeasuredUtility
 from .classification import EncoderInput
 from .errors import (
     IdleStreamError,
@@ -77,24 +81,19 @@ from .status import end_call, internal_error, status_for
 
 log = logging.getLogger(__name__)
 
-GRPC_MESSAGE_PREFIX_BYTES = 5  # compressed flag + 4-byte length before every message
 BUNDLE_CHUNK_BYTES = 1 << 20
 BUNDLE_CHUNK_OVERHEAD = 64  # a chunk's offset, total size and field tags
 DRAIN_S = 1.0  # the longest a refused stream is read before its status goes out
 MAX_REQUEST_ID_CHARS = 64  # a longer client-chosen id is replaced by the server's own
-SUPPORTED_BITS = list(range(1, 9))
 EPSILONS_KEPT = 4096  # ε of recent (mechanism, prompt length) pairs, reported without a thread
 TASK_PB = {"generate": inference_pb2.TASK_GENERATE, "classify": inference_pb2.TASK_CLASSIFY}
+RPC_NAMES = {"generate": "Generate", "classify": "Classify"}  # the RPC that serves each task
 MODELS_KEPT = 64  # symbol models of recent mechanisms (k·2^b frequencies each), for coded frames
 FINISH_REASON_PB = {
     FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
     FinishReason.STOP: inference_pb2.FINISH_REASON_STOP,
     FinishReason.EOS: inference_pb2.FINISH_REASON_EOS,
 }
-
-
-def _wire_size(message) -> int:
-    return message.ByteSize() + GRPC_MESSAGE_PREFIX_BYTES
 
 
 class StreamSlots:
@@ -121,10 +120,16 @@ class StreamSlots:
 
 
 class _Stream:
-    """Counters of one Generate stream, filled as messages cross the wire."""
+    """One Generate or Classify stream: the client's messages, and the counters and outcome
+    the books record, filled as messages cross the wire."""
 
-    def __init__(self, max_request_s: float, task: str) -> None:
+    def __init__(self, requests: AsyncIterator, max_request_s: float, task: str) -> None:
+        self.requests = requests  # the client's messages, read once
         self.task = task
+        self.code = "OK"  # the status it ended with, by name
+        self.finish: FinishEvent | None = None  # Generate: how the generation finished
+        self.epsilon: float | None = None  # exact ε of the prompt, once read (None: raw)
+        self.holds_slot = False  # admitted: one of StreamSlots' slots is this stream's
         self.request_id = uuid.uuid4().hex  # the client's own once its header is read
         self.started = time.perf_counter()
         self.deadline = self.started + max_request_s
@@ -145,7 +150,7 @@ class _Stream:
         self.label: str | None = None  # Classify: the label answered
 
     def sent(self, response: inference_pb2.GenerateResponse) -> inference_pb2.GenerateResponse:
-        self.sent_bytes += _wire_size(response)
+        self.sent_bytes += wire_bytes(response)
         return response
 
 
@@ -215,21 +220,47 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
                 data=data[offset : offset + size], offset=offset, total_size=len(data)
             )
 
+    @contextlib.asynccontextmanager
+    async def _stream(self, task: str, request_iterator, context) -> AsyncIterator[_Stream]:
+        """One stream's life, whatever its RPC. Its body starts with `_admit` (a context
+        manager cannot skip its body, and admission may refuse the stream). A DELError ends
+        the stream with its status (after draining what the client still sends), a client
+        that leaves is counted, anything else is INTERNAL with the request id; then the slot
+        is freed, the metrics recorded and the one log line written."""
+        stream = _Stream(aiter(request_iterator), self._settings.max_request_s, task)
+        try:
+            yield stream
+        except DELError as exc:
+            stream.code = status_for(exc).name
+            if not stream.request_done and not isinstance(
+                exc, IdleStreamError | RequestTimeoutError
+            ):
+                await self._drain(stream.requests)
+            end_call(context, status_for(exc), str(exc))
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client left (or its deadline passed, or the drain ran out): gRPC either
+            # cancels the task while it waits, or, when the loss shows up as a failed write,
+            # closes the Generate generator at its `yield` (GeneratorExit). Both are the same
+            # event for the books.
+            stream.code = self._cut_off_code(context)
+            raise
+        except Exception:
+            stream.code = "INTERNAL"
+            log.exception("%s failed", RPC_NAMES[task], extra={"request_id": stream.request_id})
+            internal_error(context, stream.request_id)
+        finally:
+            if stream.holds_slot:
+                self._slots.release()
+            stats = self._stats(stream)
+            self._metrics.record(stats)
+            _log_finished(stream, stats)
+
     async def Generate(
         self, request_iterator, context
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
-        stream = _Stream(self._settings.max_request_s, "generate")
-        code = "OK"
-        finish: FinishEvent | None = None
-        epsilon = None
-        handle = None
-        holds_slot = False
-        requests = aiter(request_iterator)
-        try:
+        async with self._stream("generate", request_iterator, context) as stream:
             self._admit(stream)
-            self._slots.acquire()
-            holds_slot = True
-            sampling, prompt, epsilon = await self._read_prompt(requests, stream)
+            sampling, prompt = await self._read_prompt(stream)
             inputs, soft_mu = self._served.prompts.build(prompt)
             stream.level = "none" if soft_mu is None else f"{soft_mu:g}"
             handle = self._served.engine.submit(stream.request_id, inputs, sampling)
@@ -239,59 +270,29 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
                 max(0.0, stream.deadline - time.perf_counter()),
                 lambda: handle.events.put_nowait(FailedEvent(self._request_timeout())),
             )
-            while True:
-                tokens, end = await self._next_events(handle, stream)
-                if tokens:
-                    ids = [t.token_id for t in tokens if t.token_id is not None]
-                    stream.token_times += [t.at for t in tokens if t.token_id is not None]
-                    text = "".join(t.text for t in tokens)
-                    chunk = inference_pb2.TokenChunk(token_ids=ids, text=text)
-                    yield stream.sent(inference_pb2.GenerateResponse(tokens=chunk))
-                if isinstance(end, FinishEvent):
-                    finish = end
-                    yield self._final(stream, end)
-                    return
-                if isinstance(end, FailedEvent):
-                    raise end.error
-        except DELError as exc:
-            code = status_for(exc).name
-            if not stream.request_done and not isinstance(
-                exc, IdleStreamError | RequestTimeoutError
-            ):
-                await self._drain(requests)
-            end_call(context, status_for(exc), str(exc))
-        except (asyncio.CancelledError, GeneratorExit):
-            # The client left (or its deadline passed, or the drain ran out): gRPC either
-            # cancels the task while it waits, or, when the loss shows up as a failed write,
-            # closes this generator at its `yield` (GeneratorExit). Both are the same event
-            # for the books.
-            code = self._cut_off_code(context)
-            raise
-        except Exception:
-            code = "INTERNAL"
-            log.exception("Generate failed", extra={"request_id": stream.request_id})
-            internal_error(context, stream.request_id)
-        finally:
-            if handle is not None:
+            try:
+                while True:
+                    tokens, end = await self._next_events(handle, stream)
+                    if tokens:
+                        ids = [t.token_id for t in tokens if t.token_id is not None]
+                        stream.token_times += [t.at for t in tokens if t.token_id is not None]
+                        text = "".join(t.text for t in tokens)
+                        chunk = inference_pb2.TokenChunk(token_ids=ids, text=text)
+                        yield stream.sent(inference_pb2.GenerateResponse(tokens=chunk))
+                    if isinstance(end, FinishEvent):
+                        stream.finish = end
+                        yield self._final(stream, end)
+                        return
+                    if isinstance(end, FailedEvent):
+                        raise end.error
+            finally:
                 deadline.cancel()
                 handle.cancel()
-            if holds_slot:
-                self._slots.release()
-            stats = self._stats(stream, code, finish, epsilon)
-            self._metrics.record(stats)
-            _log_finished(stream, stats)
 
     async def Classify(self, request_iterator, context) -> inference_pb2.ClassifyResponse:
-        stream = _Stream(self._settings.max_request_s, "classify")
-        code = "OK"
-        epsilon = None
-        holds_slot = False
-        requests = aiter(request_iterator)
-        try:
+        async with self._stream("classify", request_iterator, context) as stream:
             self._admit(stream)
-            self._slots.acquire()
-            holds_slot = True
-            _, prompt, epsilon = await self._read_prompt(requests, stream)
+            _, prompt = await self._read_prompt(stream)
             mu = getattr(prompt, "mu", None)  # a raw prompt has no level
             stream.level = "none" if mu is None else f"{mu:g}"
             left_s = stream.deadline - time.perf_counter()
@@ -302,40 +303,23 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
                     )
             except TimeoutError:
                 raise self._request_timeout() from None
-            return self._classified(stream, probabilities, epsilon)
-        except DELError as exc:
-            code = status_for(exc).name
-            if not stream.request_done and not isinstance(
-                exc, IdleStreamError | RequestTimeoutError
-            ):
-                await self._drain(requests)
-            end_call(context, status_for(exc), str(exc))
-        except asyncio.CancelledError:
-            code = self._cut_off_code(context)
-            raise
-        except Exception:
-            code = "INTERNAL"
-            log.exception("Classify failed", extra={"request_id": stream.request_id})
-            internal_error(context, stream.request_id)
-        finally:
-            if holds_slot:
-                self._slots.release()
-            stats = self._stats(stream, code, None, epsilon)
-            self._metrics.record(stats)
-            _log_finished(stream, stats)
+            return self._classified(stream, probabilities)
 
     def _admit(self, stream: _Stream) -> None:
-        """Refuse, before anything is read, a stream the server will not serve."""
+        """A slot for the stream, before anything is read; or refuse a stream the server will
+        not serve (shutting down, the other task's RPC, every slot taken)."""
         if self._draining:
             raise ShuttingDownError("the server is shutting down: retry")
         served = self._served.task
         if stream.task != served:
-            rpc = {"generate": "Generate", "classify": "Classify"}
             what = {"generate": "generates text", "classify": "classifies"}
             raise WrongTaskError(
                 f"this server {what[served]} ({self._served.loaded.model_id}): call "
-                f"{rpc[served]}, not {rpc[stream.task]} (the manifest's task says which)"
+                f"{RPC_NAMES[served]}, not {RPC_NAMES[stream.task]} (the manifest's task "
+                "says which)"
             )
+        self._slots.acquire()
+        stream.holds_slot = True
 
     def _encoder_input(self, prompt: PrivatePrompt | RawPrompt) -> EncoderInput:
         """What the classifier reads: the body, its level's soft prompt and head."""
@@ -351,7 +335,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         )
 
     def _classified(
-        self, stream: _Stream, probabilities: list[float], epsilon: float | None
+        self, stream: _Stream, probabilities: list[float]
     ) -> inference_pb2.ClassifyResponse:
         stream.answered_at = time.perf_counter()
         best = max(range(len(probabilities)), key=probabilities.__getitem__)
@@ -369,10 +353,10 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             ),
             level_id=choice.level_id,
             soft_prompt=choice.soft_prompt,
-            epsilon=epsilon or 0.0,
+            epsilon=stream.epsilon or 0.0,
             delta=self._settings.report_delta,
         )
-        stream.sent_bytes += _wire_size(response)
+        stream.sent_bytes += wire_bytes(response)
         stream.label = self._labels[best]
         return response
 
@@ -400,13 +384,13 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         except (TimeoutError, DecodeError):
             return
 
-    async def _receive(self, requests, stream: _Stream):
+    async def _receive(self, stream: _Stream):
         """The client's next message (None once it closed its side), waited for a bounded time."""
         idle_s = self._settings.idle_timeout_s
         left_s = stream.deadline - time.perf_counter()
         try:
             async with asyncio.timeout(min(idle_s, left_s)):
-                message = await anext(requests, None)
+                message = await anext(stream.requests, None)
         except TimeoutError:
             if left_s <= idle_s:
                 raise self._request_timeout() from None
@@ -423,7 +407,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             if self._draining:  # the shutdown, not the client, closed the stream early
                 raise ShuttingDownError("the server shut down before the request was read: retry")
         else:
-            stream.received_bytes += _wire_size(message)
+            stream.received_bytes += wire_bytes(message)
         return message
 
     async def _next_events(
@@ -451,13 +435,14 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             "per request"
         )
 
-    async def _read_prompt(self, requests, stream: _Stream):
-        """Header, frames, End -> (sampling, prompt for the engine, ε or None).
+    async def _read_prompt(self, stream: _Stream):
+        """Header, frames, End -> (sampling, prompt for the engine); the prompt's ε (None for
+        raw) goes to `stream.epsilon`.
 
         The header is checked in full before any frame is read, so a request that would be
         refused anyway is refused before its prompt is decoded.
         """
-        first = await self._receive(requests, stream)
+        first = await self._receive(stream)
         if first is None or first.WhichOneof("kind") != "header":
             raise FrameError("the stream must start with a header")
         header = first.header
@@ -477,7 +462,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             max_payload_bytes=limits.max_frame_bytes,
             model=await self.symbol_model(spec) if stream.encoding == "ans" else None,
         )
-        while (message := await self._receive(requests, stream)) is not None:
+        while (message := await self._receive(stream)) is not None:
             kind = message.WhichOneof("kind")
             if kind == "frame":
                 assembler.add(message.frame)
@@ -497,11 +482,11 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         if isinstance(spec, RawSpec):
             embeddings = assembler.embeddings()
             self._refuse_bos(embeddings)
-            return sampling, RawPrompt(embeddings), None
+            return sampling, RawPrompt(embeddings)
         stream.mu = spec.mu()
-        epsilon = await self._epsilons.get((spec, assembler.tokens))
+        stream.epsilon = await self._epsilons.get((spec, assembler.tokens))
         mu = stream.choice.soft_prompt_mu if stream.task == "generate" else stream.choice.level.mu
-        return sampling, PrivatePrompt(assembler.symbols(), spec, mu=mu), epsilon
+        return sampling, PrivatePrompt(assembler.symbols(), spec, mu=mu)
 
     def _check_classifiable(self, choice: LevelChoice) -> None:
         """A private prompt is classified by the head of its level, trained for its noise: a
@@ -601,10 +586,10 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         )
         return stream.sent(inference_pb2.GenerateResponse(final=final))
 
-    def _stats(self, stream: _Stream, code: str, finish: FinishEvent | None, epsilon: float | None):
-        times = stream.token_times
+    def _stats(self, stream: _Stream) -> RequestStats:
+        times, finish = stream.token_times, stream.finish
         return RequestStats(
-            code=code,
+            code=stream.code,
             mechanism=stream.mechanism,
             encoding=stream.encoding,
             level=stream.level,
@@ -622,12 +607,8 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             e2e_latency_s=(
                 time.perf_counter() - stream.started if finish or stream.label else None
             ),
-            epsilon_prompt=epsilon,
+            epsilon_prompt=stream.epsilon,
         )
-
-
-# What AttackRate carries of an attacks.recovery.Recovery
-ATTACK_RATE_FIELDS = ("rate", "low", "high", "content_rate", "half_prompts", "exact_prompts")
 
 
 def _privacy_level(served: Level, delta: float) -> inference_pb2.PrivacyLevel:
@@ -647,40 +628,55 @@ def _privacy_level(served: Level, delta: float) -> inference_pb2.PrivacyLevel:
     if level is None:
         parameters.delta, parameters.epsilon_token = delta, spec.epsilon(delta=delta)
         return parameters
-    attacks, strongest = level["attacks"], level["attacks"][level["strongest_attack"]]
+    attacks = level.attacks
+
+    def rate(attack: str, unmeasured: float | None = 0.0) -> float | None:
+        return attacks[attack].rate if attack in attacks else unmeasured
+
     measured = inference_pb2.PrivacyLevel(
-        epsilon_token=level["epsilon_token"],
-        delta=level["delta"],
-        target_attack_rate=level["target_attack_rate"],
-        nearest_neighbour_rate=attacks.get("nearest_neighbour", {}).get("rate", 0.0),
-        likelihood_rate=attacks.get("likelihood", {}).get("rate", 0.0),
-        learned_rate=attacks.get("learned", {}).get("rate"),
+        epsilon_token=level.epsilon_token,
+        delta=level.delta,
+        target_attack_rate=level.target_attack_rate,
+        nearest_neighbour_rate=rate("nearest_neighbour"),
+        likelihood_rate=rate("likelihood"),
+        learned_rate=rate("learned", None),
         attack="all",
-        attacks=[
-            inference_pb2.AttackRate(
-                attack=name,
-                **{key: result[key] for key in ATTACK_RATE_FIELDS},
-            )
-            for name, result in attacks.items()
-        ],
-        strongest_attack=level["strongest_attack"],
-        strongest_rate=strongest["rate"],
-        strongest_rate_high=strongest["high"],
-        prior_alone_rate=level["prior_alone_rate"],
-        measured_on=level["measured_on"],
-        measured_tokens=level["tokens"],
-        measured_prompts=level["prompts"],
-        utility=_level_utility(level["utility"]) if "utility" in level else None,
+        attacks=[_attack_rate(name, result) for name, result in attacks.items()],
+        strongest_attack=level.strongest_attack,
+        strongest_rate=level.strongest.rate,
+        strongest_rate_high=level.strongest.high,
+        prior_alone_rate=level.prior_alone_rate,
+        measured_on=level.measured_on,
+        measured_tokens=level.tokens,
+        measured_prompts=level.prompts,
+        utility=_level_utility(level.utility) if level.utility is not None else None,
     )
     parameters.MergeFrom(measured)
     return parameters
 
 
-def _level_utility(utility: dict) -> inference_pb2.LevelUtility:
+def _attack_rate(name: str, result: Recovery) -> inference_pb2.AttackRate:
+    """What AttackRate carries of an attack's recovery (not its token and prompt counts)."""
+    return inference_pb2.AttackRate(
+        attack=name,
+        rate=result.rate,
+        low=result.low,
+        high=result.high,
+        content_rate=result.content_rate,
+        half_prompts=result.half_prompts,
+        exact_prompts=result.exact_prompts,
+    )
+
+
+def _level_utility(utility: MeasuredUtility) -> inference_pb2.LevelUtility:
     """The adapter's utility record, with the verdict computed here so clients need not."""
     return inference_pb2.LevelUtility(
-        **{key: utility[key] for key in UTILITY_FIELDS},
-        better_than_nothing=better_than_nothing(utility),
+        metric=utility.metric,
+        value=utility.value,
+        nothing_sent=utility.nothing_sent,
+        higher_is_better=utility.higher_is_better,
+        measured_on=utility.measured_on,
+        better_than_nothing=utility.better_than_nothing,
     )
 
 

@@ -20,6 +20,13 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
+from del_client.parameters import (
+    DEFAULT_DELTA,
+    MAX_FRAME_PAYLOAD_BYTES,
+    MAX_MESSAGE_BYTES,
+    is_delta,
+)
+
 # The reference data of the quick start: shared/ beside the repository, wherever a command
 # starts (the model, and the text the provider pipeline trains and evaluates on).
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
@@ -131,11 +138,11 @@ class Settings:
         ),
     )
     max_message_bytes: int = field(
-        default=4 * 1024 * 1024, metadata=doc("largest gRPC message received or sent")
+        default=MAX_MESSAGE_BYTES, metadata=doc("largest gRPC message received or sent")
     )
     max_frames: int = field(default=512, metadata=doc("frames in one Generate stream"))
     max_frame_bytes: int = field(
-        default=64 * 1024,
+        default=MAX_FRAME_PAYLOAD_BYTES,
         metadata=doc("payload bytes in one frame (the client's default frame size)"),
     )
     idle_timeout_s: float = field(
@@ -170,7 +177,7 @@ class Settings:
         metadata=doc("also offer the raw float32 baseline: NO privacy (labelled everywhere)"),
     )
     report_delta: float = field(
-        default=1e-5, metadata=doc("δ at which the ε-per-prompt metric is computed")
+        default=DEFAULT_DELTA, metadata=doc("δ at which the ε-per-prompt metric is computed")
     )
     grace_s: float = field(
         default=10.0, metadata=doc("on SIGTERM, how long in-flight streams may finish")
@@ -218,7 +225,7 @@ class Settings:
         ):
             if not 0 <= getattr(self, name) < math.inf:
                 raise _invalid(name, "must be >= 0 and finite", getattr(self, name))
-        if not 0 < self.report_delta < 1:
+        if not is_delta(self.report_delta):
             raise _invalid("report_delta", "must lie in (0, 1)", self.report_delta)
         if self.model_format not in ("auto", "llama2c", "hf"):
             raise _invalid("model_format", "must be auto, llama2c or hf", repr(self.model_format))

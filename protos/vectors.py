@@ -93,6 +93,7 @@ def coded(bundle, spec, symbols: np.ndarray, *, with_mixture: bool) -> dict:
 def vectors() -> dict:
     from del_client.codec import RawSpec, encode_frames, pack_symbols, tokens_per_frame
     from del_client.mechanism import BinomialQuantizer, PrivacySpec, decode_table
+    from del_client.parameters import SUPPORTED_BITS
     from del_server.levels import LEVEL_TOLERANCE
 
     bundle, raw, calibration, levels = build_bundles()
@@ -106,10 +107,10 @@ def vectors() -> dict:
 
     scale_from_mu = []
     for level in calibration:
-        for bits in sorted({level["bits"], 1, 8}):
-            spec = level_spec(level["mu"], bits)
+        for bits in sorted({level.bits, 1, 8}):
+            spec = level_spec(level.mu, bits)
             scale_from_mu.append(
-                {"mu": level["mu"], "dim": dim, "bits": bits, "clip": clip, "scale": spec.scale}
+                {"mu": level.mu, "dim": dim, "bits": bits, "clip": clip, "scale": spec.scale}
             )
     scale_from_epsilon = []
     for epsilon, delta in ((8.0, 1e-5), (26.682519997284732, 1e-5)):
@@ -127,7 +128,7 @@ def vectors() -> dict:
         )
 
     privatize = []
-    mu = calibration[1]["mu"] if len(calibration) > 1 else calibration[0]["mu"]
+    mu = calibration[1].mu if len(calibration) > 1 else calibration[0].mu
     for bits in (1, 3, 4, 8):
         spec = level_spec(mu, bits)
         symbols = BinomialQuantizer(spec, rng=FixedUniforms(uniforms)).privatize(rows)
@@ -148,7 +149,7 @@ def vectors() -> dict:
 
     packing = []
     rng = np.random.default_rng(UNIFORM_SEED + 1)
-    for bits in range(1, 9):
+    for bits in SUPPORTED_BITS:
         symbols = rng.integers(0, 1 << bits, PACKING_SYMBOLS, dtype=np.uint8)
         packing.append(
             {

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from del_client.session import ATTACKS_IN_WORDS
+from del_client.manifest import ATTACKS_IN_WORDS
 
 from ..adapter import Adapter
 from ..train.data import Windows

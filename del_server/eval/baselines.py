@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from ..adapter import DEFAULT_CLIP_QUANTILE, Adapter
 from ..attacks.mechanisms import Binomial, GaussianQuantized, Mechanism
-from ..train.calibrate import CalibratedLevel, calibrate
+from ..calibration import CalibratedLevel
+from ..train.calibrate import calibrate
 from ..train.soft_prompt import levels_training, train_soft_prompt
 from .context import EvalContext
 from .methods import Method
@@ -36,10 +37,10 @@ def del_methods(ctx: EvalContext) -> list[Method]:
     adapter, methods = ctx.adapter, []
     for level in ctx.adapter.calibration:
         mechanism = Binomial.at(
-            mu=level["mu"], dim=adapter.projection_dim, bits=level["bits"], clip=adapter.clip
+            mu=level.mu, dim=adapter.projection_dim, bits=level.bits, clip=adapter.clip
         )
-        plain = Method("del", adapter, mechanism, target_attack_rate=level["target_attack_rate"])
-        served = adapter.soft_prompt_for(level["mu"])  # the one the server would prepend
+        plain = Method("del", adapter, mechanism, target_attack_rate=level.target_attack_rate)
+        served = adapter.soft_prompt_for(level.mu)  # the one the server would prepend
         methods += [plain] + ([plain.with_soft_prompt(served[1])] if served else [])
     return methods
 
@@ -87,7 +88,7 @@ def matched_baselines(ctx: EvalContext) -> list[tuple[Method, CalibratedLevel]]:
     """Each baseline at every DEL level's target, calibrated by DEL's own rule (train.calibrate:
     the strongest attack's 95 % upper bound under the target) on the same prompts."""
     config, prompts = ctx.config, ctx.calibration_prompts()
-    targets = tuple(level["target_attack_rate"] for level in ctx.adapter.calibration)
+    targets = tuple(level.target_attack_rate for level in ctx.adapter.calibration)
     matched = []
     for family, (adapter, mechanism_at) in _baseline_mechanisms(ctx).items():
         levels = calibrate(

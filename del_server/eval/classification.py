@@ -27,6 +27,7 @@ import numpy as np
 
 from ..adapter import Adapter
 from ..attacks.mechanisms import GaussianQuantized
+from ..calibration import CalibratedLevel
 from ..train.calibrate import calibrate
 from ..train.classification.objective import binomial_noise, clip_only, mechanism_noise
 from ..train.classification.pipeline import (
@@ -88,7 +89,7 @@ def run(config: NluEvalConfig) -> dict:
         "adapter": str(config.adapter),
         "data": {"source": config.data, **bench.data.describe()},
         "raw_bits_per_token": RAW_BITS * adapter.hidden_size,
-        "prior_alone_rate": adapter.calibration[0]["prior_alone_rate"],
+        "prior_alone_rate": adapter.calibration[0].prior_alone_rate,
         "rows": rows,
         "seconds": time.perf_counter() - started,
     }
@@ -126,15 +127,14 @@ def _references(bench: ClassifyBench, adapter: Adapter) -> list[dict]:
     ]
 
 
-def _level_fields(level: dict, bits_per_token: int) -> dict:
-    strongest = level["attacks"][level["strongest_attack"]]
+def _level_fields(level: CalibratedLevel, bits_per_token: int) -> dict:
     return {
-        "target_attack_rate": level["target_attack_rate"],
-        "mu": level["mu"],
-        "epsilon_token": level["epsilon_token"],
-        "strongest_attack": level["strongest_attack"],
-        "attack_rate": strongest["rate"],
-        "attack_rate_high": strongest["high"],
+        "target_attack_rate": level.target_attack_rate,
+        "mu": level.mu,
+        "epsilon_token": level.epsilon_token,
+        "strongest_attack": level.strongest_attack,
+        "attack_rate": level.strongest.rate,
+        "attack_rate_high": level.strongest.high,
         "bits_per_token": bits_per_token,
     }
 
@@ -144,7 +144,7 @@ def _levels(bench: ClassifyBench, adapter: Adapter) -> list[dict]:
     rows = []
     bits = adapter.projection_dim * adapter.metadata["bits"]
     for level in adapter.calibration:
-        mu, fields = level["mu"], _level_fields(level, bits)
+        mu, fields = level.mu, _level_fields(level, bits)
         noise = binomial_noise(bench.spec(adapter, mu))
         plain, _ = train_level(
             bench,
@@ -176,7 +176,7 @@ def _gaussian(bench: ClassifyBench, adapter: Adapter, trained: dict) -> list[dic
         attacker(bench),
         bench.data.held_out.windows(c.calibration_prompts, c.calibration_length),
         measured_on=f"{Path(c.data).name}, held-out training sentences",
-        targets=tuple(level["target_attack_rate"] for level in adapter.calibration),
+        targets=tuple(level.target_attack_rate for level in adapter.calibration),
         bits=bits,
         seed=c.seed,
         iterations=GAUSSIAN_ITERATIONS,
@@ -186,14 +186,14 @@ def _gaussian(bench: ClassifyBench, adapter: Adapter, trained: dict) -> list[dic
     rows = []
     for level, served in zip(levels, adapter.calibration, strict=True):
         noise = mechanism_noise(mechanism_at(level.mu))
-        fields = _level_fields(level.to_dict(), adapter.projection_dim * bits)
-        for method, soft in (("gaussian", None), ("gaussian + soft prompt", served["mu"])):
+        fields = _level_fields(level, adapter.projection_dim * bits)
+        for method, soft in (("gaussian", None), ("gaussian + soft prompt", served.mu)):
             head, prompt = train_level(
                 bench,
                 adapter,
                 noise,
                 name=f"{method}_mu{level.mu:.6g}".replace(" ", "_"),
-                head=adapter.task.heads[served["mu"]],
+                head=adapter.task.heads[served.mu],
                 soft_prompt=adapter.soft_prompts[soft] if soft is not None else None,
             )
             runs = accuracies(bench, adapter, head, noise, prompt)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from del_client import Client, ClientConfig
 from del_client.codec import packed_size
-from del_client.session import GenerationResult
+from del_client.results import GenerationResult
 
 from .context import EvalContext
 from .methods import PRIVATE_FAMILIES, Method
@@ -79,8 +79,8 @@ def measure_wire(ctx: EvalContext, target: str, cache_dir: Path) -> dict:
     runs = []
     for encoding, name in (("packed", "del"), ("ans", "del-ans")):
         for lv in ctx.adapter.calibration:
-            privacy = {"mu": lv["mu"], "bits": lv["bits"]}
-            runs.append((f"{name}@{lv['target_attack_rate']:g}", encoding, privacy))
+            privacy = {"mu": lv.mu, "bits": lv.bits}
+            runs.append((f"{name}@{lv.target_attack_rate:g}", encoding, privacy))
     runs.append(("raw_fp32", "packed", {"mechanism": "raw"}))
     measured = {}
     for key, encoding, privacy in tqdm(runs, desc="communication: gRPC", unit="level"):

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from del_client.parameters import DEFAULT_BITS, DEFAULT_DELTA
+
 from ..settings import DEFAULT_ADAPTER, DEFAULT_MODEL, SHARED_DIR
 from ..train.defaults import DEFAULT_DATA
 
@@ -27,8 +29,8 @@ class EvalConfig:
     # Text of another domain: are the levels, calibrated in domain, still under their targets?
     ood_data: str = DEFAULT_OOD_DATA
     out: Path = Path("reports")
-    bits: int = 4
-    delta: float = 1e-5  # δ at which every ε is reported
+    bits: int = DEFAULT_BITS
+    delta: float = DEFAULT_DELTA  # δ at which every ε is reported
     seed: int = 0
     # torch threads. One suits the tiny default model: its per-op work is so small that a
     # second thread costs more in synchronisation than it gives, and far more on a busy

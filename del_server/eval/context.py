@@ -89,7 +89,7 @@ class EvalContext:
         """(P, T) the held-out prompts the adapter's levels were calibrated on (the pipeline's
         rule: the first ones), or the first `calibration_prompts` of them in a smaller run."""
         levels = self.adapter.calibration
-        count = self.config.calibration_prompts or max(level["prompts"] for level in levels)
+        count = self.config.calibration_prompts or max(level.prompts for level in levels)
         return self.split.validation.prompts[:count].numpy()
 
     def attack_prompts(self) -> np.ndarray:
@@ -129,7 +129,7 @@ class EvalContext:
                 "clip_rule": adapter.metadata.get("clip_rule", ""),
                 "soft_prompt_length": _soft_prompt_length(adapter),
                 "soft_prompt_steps": adapter.metadata.get("soft_prompt_steps"),
-                "levels": adapter.calibration,
+                "levels": [level.to_dict() for level in adapter.calibration],
             },
             "data": {"source": self.config.data, **self.split.describe()},
             "machine": {

@@ -89,7 +89,7 @@ def run(config: EvalConfig, *, command: str = "del-server eval") -> dict:
     ):
         communication = communication_stage(ctx, methods, target, Path(cache_dir))
         speed = speed_stage(ctx, target, Path(cache_dir))
-    targets = [level["target_attack_rate"] for level in ctx.adapter.calibration]
+    targets = [level.target_attack_rate for level in ctx.adapter.calibration]
     report = {
         "schema": SCHEMA,
         "command": command,

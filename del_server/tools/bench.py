@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from del_client import Client, ClientConfig
 from del_client.mechanism import BinomialQuantizer, PrivacySpec
+from del_client.parameters import DEFAULT_BITS
 from del_client.randomness import seeded_generator_for_tests
 from del_client.sampling import Sampling
 
@@ -55,7 +56,7 @@ from ..threaded import serve_in_thread
 
 PROMPT = "Once upon a time, there was a little dog named Max. Max liked to run in the park"
 MU = 20.0
-BITS = 4
+BITS = DEFAULT_BITS
 LEVELS = (1, 8, 32, 64)
 MEMORY_SAMPLE_S = 0.02
 

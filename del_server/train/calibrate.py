@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from tqdm import tqdm
+
+from del_client.parameters import DEFAULT_BITS, DEFAULT_DELTA
 
 from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial, Mechanism
 from ..attacks.recovery import Recovery
 from ..attacks.suite import Attacker, strongest
+from ..calibration import CalibratedLevel
 from .defaults import DEFAULT_TARGETS
 
 BISECTION_ATTACKS = ("nearest_neighbour", "likelihood", "bigram_marginal")
@@ -35,25 +37,7 @@ ITERATIONS = 12  # halvings of the log-μ range: a bracket under 0.3 % wide
 MU_RANGE = (0.05, 5000.0)
 STEP_DOWN = 0.95
 MAX_STEPS_DOWN = 40
-REPORT_DELTA = 1e-5
-
-
-@dataclass(frozen=True)
-class CalibratedLevel:
-    target_attack_rate: float
-    mu: float
-    epsilon_token: float  # exact, at REPORT_DELTA
-    delta: float
-    bits: int
-    attacks: dict[str, dict]  # attack name -> attacks.recovery.Recovery as a dict
-    strongest_attack: str
-    prior_alone_rate: float  # what the strongest blind guess recovers: the floor
-    measured_on: str  # the text the rates were measured on
-    tokens: int
-    prompts: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+REPORT_DELTA = DEFAULT_DELTA
 
 
 def level_holds(results: dict[str, Recovery], target: float) -> bool:
@@ -68,7 +52,7 @@ def calibrate(
     *,
     measured_on: str,
     targets: tuple[float, ...] = DEFAULT_TARGETS,
-    bits: int = 4,
+    bits: int = DEFAULT_BITS,
     seed: int = 0,
     iterations: int = ITERATIONS,
     mechanism_at: Callable[[float], Mechanism] | None = None,
@@ -91,7 +75,8 @@ def calibrate(
     levels = []
     for target in targets:
         lo, hi = math.log(MU_RANGE[0]), math.log(max_mu)
-        if level_holds(measured(max_mu, BISECTION_ATTACKS), target):
+        saturated = level_holds(measured(max_mu, BISECTION_ATTACKS), target)
+        if saturated:
             lo = hi  # the attacks saturate below the target: no bisection to do
         for _ in tqdm(
             range(iterations if lo < hi else 0), desc=f"calibrating {target:.0%}", leave=False
@@ -101,7 +86,9 @@ def calibrate(
                 lo = middle
             else:
                 hi = middle
-        mu = math.exp(lo)  # the most private end of the bracket
+        # The most private end of the bracket; max_mu itself when saturated, not
+        # exp(log(max_mu)), which is a few ULPs off it.
+        mu = max_mu if saturated else math.exp(lo)
         for _ in tqdm(range(MAX_STEPS_DOWN), desc=f"verifying {target:.0%}", leave=False):
             results = measured(mu, attacker.attacks)
             if level_holds(results, target) or mu <= MU_RANGE[0]:
@@ -123,7 +110,7 @@ def calibrate(
                 epsilon_token=mechanism(mu).epsilon(delta=REPORT_DELTA),
                 delta=REPORT_DELTA,
                 bits=bits,
-                attacks={name: r.to_dict() for name, r in results.items()},
+                attacks=dict(results),
                 strongest_attack=strongest(results)[0],
                 prior_alone_rate=max(r.rate for r in blind.values()),
                 measured_on=measured_on,

@@ -20,6 +20,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from del_client.parameters import DEFAULT_BITS
+
 from ..extras import require_extra
 from ..settings import DEFAULT_MODEL
 from .defaults import DEFAULT_DATA, DEFAULT_NLU_DATA, DEFAULT_NLU_MODEL, DEFAULT_TARGETS
@@ -34,7 +36,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=DEFAULT_DATA, help="a text file or a directory of *.txt")
     parser.add_argument("--out", type=Path, required=True, help="adapter directory")
     parser.add_argument("--dim", type=int, default=16, help="projection dim k")
-    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--bits", type=int, default=DEFAULT_BITS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--resume", action="store_true", help="continue from out/checkpoints")
@@ -138,13 +140,11 @@ def _run_stage(name: str, needs_adapter: bool):
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from ..adapter import better_than_nothing
-
     adapter = _pipeline().refresh_evaluation(_config(args))
     worse = [
-        f"{level['target_attack_rate']:g}"
+        f"{level.target_attack_rate:g}"
         for level in adapter.calibration
-        if not better_than_nothing(level["utility"])
+        if not level.utility.better_than_nothing
     ]
     print(
         f"utility written to {args.out}; levels no better than sending nothing: "

@@ -9,7 +9,7 @@ For one privacy level, on validation windows, the continuation's mean NLL (nats/
     nothing sent        the same with a soft prompt trained for that case
 Noisy figures are the mean and standard deviation over several noise seeds. A level whose
 soft-prompted loss is not below the nothing-sent loss is worse than sending nothing: its
-utility record (adapter.UTILITY_FIELDS) says so, and the manifest and the client tell users.
+utility record (calibration.MeasuredUtility) says so, and the manifest and the client tell users.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import statistics
 import torch
 
 from ..adapter import Adapter
+from ..calibration import MeasuredUtility
 from .data import Windows
 from .objective import FrozenLM, private_prompt
 from .soft_prompt import PromptFn
@@ -80,12 +81,12 @@ def level_losses(
     return {"noisy_soft_prompt": _spread(with_soft), "noisy": _spread(without)}
 
 
-def loss_utility(served: float, nothing_sent: float, measured_on: str) -> dict:
-    """A level's utility record (adapter.UTILITY_FIELDS) for the held-out continuation loss."""
-    return {
-        "metric": UTILITY_METRIC,
-        "value": served,
-        "nothing_sent": nothing_sent,
-        "higher_is_better": False,
-        "measured_on": measured_on,
-    }
+def loss_utility(served: float, nothing_sent: float, measured_on: str) -> MeasuredUtility:
+    """A level's utility record for the held-out continuation loss."""
+    return MeasuredUtility(
+        metric=UTILITY_METRIC,
+        value=served,
+        nothing_sent=nothing_sent,
+        higher_is_better=False,
+        measured_on=measured_on,
+    )

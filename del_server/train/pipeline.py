@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from del_client.mechanism import PrivacySpec
+from del_client.parameters import DEFAULT_BITS
 
-from ..adapter import Adapter, better_than_nothing, pca_adapter
+from ..adapter import Adapter, pca_adapter
 from ..attacks.suite import Attacker, AttackOptions
 from ..front_end import PosteriorFrontEnd, initial_parameters
 from ..levels import adapter_levels
@@ -47,7 +48,7 @@ class TrainConfig:
     data: str
     out: Path
     dim: int = 16
-    bits: int = 4
+    bits: int = DEFAULT_BITS
     projection_steps: int = 800
     projection_noise_mu: float | None = None  # noise-aware projection training at this μ
     soft_prompt_length: int = 8
@@ -178,12 +179,12 @@ def calibration_stage(bench: Workbench, adapter: Adapter) -> Adapter:
             bits=c.bits,
             seed=c.seed,
         )
-    return replace(adapter, calibration=[level.to_dict() for level in levels])
+    return replace(adapter, calibration=tuple(levels))
 
 
 def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
     c = bench.config
-    mus = c.soft_prompt_mus or tuple(level["mu"] for level in adapter.calibration)
+    mus = c.soft_prompt_mus or tuple(level.mu for level in adapter.calibration)
     if not mus:
         raise ValueError("no privacy levels: calibrate first or pass --mu")
     if c.front_end == "posterior" and adapter.prior is None:
@@ -252,11 +253,11 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
                     "soft_prompt": level.soft_prompt,
                     **losses,
                     "informative": loss < references["no_prompt"],
-                    "better_than_nothing": better_than_nothing(utility),
+                    "better_than_nothing": utility.better_than_nothing,
                 }
             )
             if level.calibration is not None:
-                calibration.append({**level.calibration, "utility": utility})
+                calibration.append(level.calibration.with_utility(utility))
     evaluated = {
         "windows": len(validation),
         "seeds": list(c.eval_seeds),
@@ -286,7 +287,7 @@ def write_report(bench: Workbench, adapter: Adapter, evaluated: dict) -> dict:
         "clip_rule": adapter.metadata["clip_rule"],
         "timings": bench.timings,
         "losses": _loss_summaries(bench),
-        "levels": adapter.calibration,
+        "levels": [level.to_dict() for level in adapter.calibration],
         "evaluation": evaluated,
     }
     (c.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -338,7 +339,7 @@ def refresh_evaluation(config: TrainConfig) -> Adapter:
     adapter, evaluated = evaluation(bench, Adapter.load(config.out))
     adapter.save(config.out)
     report.update(
-        levels=adapter.calibration,
+        levels=[level.to_dict() for level in adapter.calibration],
         evaluation=evaluated,
         timings={**report["timings"], **bench.timings},
         losses={**report["losses"], **_loss_summaries(bench)},

@@ -20,10 +20,10 @@ from del_client import ans
 from del_client.codec import FrameAssembler, RawSpec, encode_frames
 from del_client.config import ClientConfig
 from del_client.errors import ConfigError, FrameError, RequestOptionError
+from del_client.manifest import ModelInfo
 from del_client.mechanism import BinomialQuantizer, PrivacySpec
 from del_client.proto import frames_pb2, inference_pb2
 from del_client.randomness import seeded_generator_for_tests
-from del_client.session import ModelInfo
 from del_client.symbol_model import TOTAL, SymbolModel, mixture, quantize
 
 # ── docs/PROTOCOL.md §3.11, spelled out in plain Python (doubles are IEEE-754 doubles) ──────

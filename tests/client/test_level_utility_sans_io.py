@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from del_client.classification import classification_result
+from del_client.manifest import PrivacyLevel
 from del_client.proto import inference_pb2
-from del_client.session import PreparedRequest, PrivacyLevel
+from del_client.request import PreparedRequest
 
 UTILITY = inference_pb2.LevelUtility(
     metric="dev accuracy",

@@ -20,7 +20,9 @@ import yaml
 
 from del_client import Client, ClientConfig, GenerationResult
 from del_client.proto import inference_pb2_grpc
-from del_client.session import PrivacyChoice, PromptPlan, ReplyFolder, Sampling
+from del_client.request import PrivacyChoice, PromptPlan
+from del_client.results import ReplyFolder
+from del_client.sampling import Sampling
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -31,8 +31,8 @@ from del_client import (
 )
 from del_client.cli import main
 from del_client.proto import inference_pb2
+from del_client.request import PrivacyChoice, PromptPlan
 from del_client.sampling import Sampling
-from del_client.session import PrivacyChoice, PromptPlan
 
 PROMPT = "Once upon a time"
 PROMPT_TOKENS = 4  # BOS is the server's, not the client's

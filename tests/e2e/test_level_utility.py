@@ -17,7 +17,7 @@ import pytest
 
 from del_client import Client, ClientConfig
 from del_client.cli import main
-from del_server.adapter import Adapter, better_than_nothing
+from del_server.adapter import Adapter
 from del_server.settings import Settings
 
 ADAPTER = Path(__file__).resolve().parents[2] / "del_server" / "adapters" / "stories260K"
@@ -68,12 +68,12 @@ def cli(target, tmp_path, monkeypatch, capsys):
 
 def test_every_level_of_the_committed_adapter_records_its_utility(committed):
     for level in committed.calibration:
-        utility = level["utility"]
-        assert utility["metric"] == "held-out continuation loss (nats/token)"
-        assert not utility["higher_is_better"]
-        assert 0 < utility["nothing_sent"] < utility["value"]  # stories260K: none pays
-        assert not better_than_nothing(utility)
-        assert "held-out windows" in utility["measured_on"]
+        utility = level.utility
+        assert utility.metric == "held-out continuation loss (nats/token)"
+        assert not utility.higher_is_better
+        assert 0 < utility.nothing_sent < utility.value  # stories260K: none pays
+        assert not utility.better_than_nothing
+        assert "held-out windows" in utility.measured_on
 
 
 def test_the_manifest_carries_each_levels_utility_and_the_servers_verdict(target, committed):
@@ -81,23 +81,20 @@ def test_the_manifest_carries_each_levels_utility_and_the_servers_verdict(target
         levels = client.manifest().model.privacy_levels
     without, worse, better = levels
     assert (without.utility, without.better_than_nothing) == (None, None)
-    record = committed.calibration[1]["utility"]
-    assert worse.utility.metric == record["metric"]
-    assert (worse.utility.value, worse.utility.nothing_sent) == (
-        record["value"],
-        record["nothing_sent"],
-    )
-    assert worse.utility.measured_on == record["measured_on"]
+    record = committed.calibration[1].utility
+    assert worse.utility.metric == record.metric
+    assert (worse.utility.value, worse.utility.nothing_sent) == (record.value, record.nothing_sent)
+    assert worse.utility.measured_on == record.measured_on
     assert worse.better_than_nothing is False
     assert better.better_than_nothing is True
 
 
 def test_cli_manifest_shows_each_level_against_nothing_sent(cli, committed):
     out, _ = cli("manifest")
-    record = committed.calibration[1]["utility"]
+    record = committed.calibration[1].utility
     assert (
-        f"utility: held-out continuation loss (nats/token) {record['value']:.3f} against "
-        f"{record['nothing_sent']:.3f} with nothing sent (lower is better): NOT better than "
+        f"utility: held-out continuation loss (nats/token) {record.value:.3f} against "
+        f"{record.nothing_sent:.3f} with nothing sent (lower is better): NOT better than "
         "sending nothing"
     ) in out
     assert ": better than sending nothing" in out  # t0.20 as edited
@@ -109,13 +106,13 @@ def test_cli_manifest_shows_each_level_against_nothing_sent(cli, committed):
 
 
 def test_cli_generate_warns_once_at_a_level_worse_than_nothing(cli, committed):
-    record = committed.calibration[1]["utility"]
+    record = committed.calibration[1].utility
     out, err = cli("generate", PROMPT, "--level", "0.10", "--max-new-tokens", "2")
     assert out.startswith(PROMPT)
     warnings = [line for line in err.splitlines() if line.startswith(WARNING)]
     assert warnings == [
         f"{WARNING}at level t0.10 the server measured held-out continuation loss (nats/token) "
-        f"{record['value']:.3f}, worse than the {record['nothing_sent']:.3f} it gets with "
+        f"{record.value:.3f}, worse than the {record.nothing_sent:.3f} it gets with "
         "nothing sent: on this model the private prompt does not help"
     ]
     json_out, err = cli("generate", PROMPT, "--level", "0.10", "--max-new-tokens", "2", "--json")

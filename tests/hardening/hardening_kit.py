@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from del_client.bundle import ClientBundle
-from del_client.codec import MAX_FRAME_PAYLOAD_BYTES, encode_frames, mechanism_params
+from del_client.codec import encode_frames, mechanism_params
 from del_client.mechanism import BinomialQuantizer, PrivacySpec
+from del_client.parameters import MAX_FRAME_PAYLOAD_BYTES
 from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_client.randomness import seeded_generator_for_tests
 

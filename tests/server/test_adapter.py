@@ -1,13 +1,16 @@
-"""The adapter bundle: PCA default, de-projection, soft-prompt choice, safetensors round trip."""
+"""The adapter bundle: PCA default, de-projection, soft-prompt choice, safetensors round trip,
+and the calibrated levels adapter.json records (typed and checked when it loads)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from del_server.adapter import Adapter, better_than_nothing, embedding_digest, pca_adapter
+from del_server.adapter import Adapter, embedding_digest, pca_adapter
+from del_server.calibration import CalibratedLevel, MeasuredUtility
 from del_server.models import load_model
 
 
@@ -55,13 +58,15 @@ def test_soft_prompt_choice_is_exact_or_the_nearest_more_private_level(adapter):
 
 
 RATE = {"rate": 0.08, "low": 0.07, "high": 0.09, "content_rate": 0.05, "half_prompts": 0.0}
+COUNTS = {"tokens": 320, "content_tokens": 150, "prompts": 10}
+COMMITTED = Path(__file__).resolve().parents[2] / "del_server" / "adapters"
 LEVEL = {  # a level as train.calibrate records it
     "target_attack_rate": 0.1,
     "mu": 4.0,
     "epsilon_token": 25.0,
     "delta": 1e-5,
     "bits": 4,
-    "attacks": {"likelihood": {**RATE, "exact_prompts": 0.0}},
+    "attacks": {"likelihood": {**RATE, "exact_prompts": 0.0, **COUNTS}},
     "strongest_attack": "likelihood",
     "prior_alone_rate": 0.03,
     "measured_on": "held-out prompts",
@@ -78,7 +83,7 @@ def test_adapter_round_trips_through_safetensors_and_json(tmp_path, adapter, loa
         adapter.mean,
         adapter.clip,
         soft_prompts=prompts,
-        calibration=[LEVEL],
+        calibration=[CalibratedLevel.from_dict(LEVEL, "test")],
         metadata=adapter.metadata,
     )
     restored = Adapter.load(original.save(tmp_path))
@@ -88,13 +93,68 @@ def test_adapter_round_trips_through_safetensors_and_json(tmp_path, adapter, loa
     assert restored.metadata["embedding_sha256"] == embedding_digest(loaded.embeddings)
 
 
+def saved_with_levels(directory: Path, adapter: Adapter, levels: list) -> Path:
+    """`adapter` saved to `directory` with adapter.json's calibration replaced by `levels` as
+    they are, as a hand edit or an older version would have written them."""
+    adapter.save(directory)
+    description = json.loads((directory / "adapter.json").read_text())
+    (directory / "adapter.json").write_text(json.dumps({**description, "calibration": levels}))
+    return directory
+
+
+@pytest.mark.parametrize("name", ["stories260K", "minilm-sst2"])
+def test_the_committed_adapters_save_back_byte_for_byte(tmp_path, name):
+    Adapter.load(COMMITTED / name).save(tmp_path)
+    for file in ("adapter.json", "adapter.safetensors"):
+        assert (tmp_path / file).read_bytes() == (COMMITTED / name / file).read_bytes(), file
+
+
+def test_levels_load_as_typed_records(tmp_path, adapter):
+    (level,) = Adapter.load(saved_with_levels(tmp_path, adapter, [LEVEL])).calibration
+    assert isinstance(level, CalibratedLevel)
+    assert (level.target_attack_rate, level.mu, level.bits) == (0.1, 4.0, 4)
+    assert (level.strongest_attack, level.strongest.high, level.utility) == (
+        "likelihood",
+        0.09,
+        None,
+    )
+    assert level.to_dict() == LEVEL
+
+
 def test_loading_refuses_a_level_the_server_could_not_publish(tmp_path, adapter):
     stale = {k: v for k, v in LEVEL.items() if k not in ("attacks", "strongest_attack")}
-    Adapter(adapter.down, adapter.up, adapter.mean, adapter.clip, calibration=[stale]).save(
-        tmp_path
-    )
-    with pytest.raises(ValueError, match=r"lacks attacks, strongest_attack.*del-server calibrate"):
+    saved_with_levels(tmp_path, adapter, [LEVEL, stale])
+    with pytest.raises(
+        ValueError,
+        match=r"adapter\.json: calibration\[1\] lacks attacks, strongest_attack.*del-server calibrate",
+    ):
         Adapter.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"mu": -1.0}, "mu must be a finite number > 0"),
+        ({"bits": 9}, r"bits must be an integer in 1\.\.8"),
+        ({"delta": 1.0}, r"delta must be a number in \(0, 1\)"),
+        ({"target_attack_rate": "0.1"}, "target_attack_rate must be a rate"),
+        ({"prompts": 2.5}, "prompts must be an integer"),
+        ({"strongest_attack": "learned"}, "the strongest attack has no measured rate"),
+        ({"attacks": {"likelihood": RATE}}, "attacks.likelihood must have exactly the fields"),
+        ({"calibrated_by": "hand"}, "unknown fields: calibrated_by"),
+    ],
+)
+def test_loading_names_the_file_and_the_field_of_a_malformed_level(
+    tmp_path, adapter, change, field
+):
+    saved_with_levels(tmp_path, adapter, [{**LEVEL, **change}])
+    with pytest.raises(ValueError, match=rf"adapter\.json: calibration\[0\].*{field}"):
+        Adapter.load(tmp_path)
+
+
+def test_an_adapter_holds_typed_levels_only(adapter):
+    with pytest.raises(TypeError, match="CalibratedLevel"):
+        Adapter(adapter.down, adapter.up, adapter.mean, adapter.clip, calibration=[LEVEL])
 
 
 UTILITY = {  # a level's utility as train.pipeline's evaluation records it
@@ -109,10 +169,9 @@ UTILITY = {  # a level's utility as train.pipeline's evaluation records it
 @pytest.mark.parametrize("utility", [None, UTILITY], ids=["without utility", "with utility"])
 def test_a_level_loads_with_or_without_its_utility(tmp_path, adapter, utility):
     level = LEVEL if utility is None else {**LEVEL, "utility": utility}
-    Adapter(adapter.down, adapter.up, adapter.mean, adapter.clip, calibration=[level]).save(
-        tmp_path
-    )
-    assert Adapter.load(tmp_path).calibration == [level]
+    (loaded,) = Adapter.load(saved_with_levels(tmp_path, adapter, [level])).calibration
+    assert loaded.utility == (None if utility is None else MeasuredUtility(**utility))
+    assert loaded.to_dict() == level
 
 
 @pytest.mark.parametrize(
@@ -126,9 +185,7 @@ def test_a_level_loads_with_or_without_its_utility(tmp_path, adapter, utility):
 )
 def test_loading_refuses_a_malformed_utility(tmp_path, adapter, change, message):
     level = {**LEVEL, "utility": {**UTILITY, **change}}
-    Adapter(adapter.down, adapter.up, adapter.mean, adapter.clip, calibration=[level]).save(
-        tmp_path
-    )
+    saved_with_levels(tmp_path, adapter, [level])
     with pytest.raises(ValueError, match=f"utility needs {message}"):
         Adapter.load(tmp_path)
 
@@ -144,8 +201,8 @@ def test_loading_refuses_a_malformed_utility(tmp_path, adapter, change, message)
     ],
 )
 def test_better_than_nothing_follows_the_metric_and_is_strict(value, higher_is_better, better):
-    utility = {**UTILITY, "value": value, "higher_is_better": higher_is_better}
-    assert better_than_nothing(utility) is better
+    utility = MeasuredUtility(**{**UTILITY, "value": value, "higher_is_better": higher_is_better})
+    assert utility.better_than_nothing is better
 
 
 def test_loading_refuses_edited_tensors(tmp_path, adapter):

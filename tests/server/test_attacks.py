@@ -144,7 +144,7 @@ def test_a_calibrated_level_holds_on_prompts_it_was_not_calibrated_on(held_out):
         iterations=8,
     )
     level = levels[0]
-    assert level.attacks[level.strongest_attack]["high"] < 0.15
+    assert level.strongest.high < 0.15
     assert level.epsilon_token == pytest.approx(
         Binomial.at(mu=level.mu, dim=16, bits=4, clip=adapter.clip).epsilon(delta=1e-5)
     )

@@ -115,7 +115,7 @@ def test_parameters_of_no_level_are_refused_before_any_privacy_is_spent(client):
 
 def test_the_server_refuses_parameters_of_no_level_with_invalid_argument(client, classifier):
     """A client that skips the check gets INVALID_ARGUMENT, and the server stays up."""
-    from del_client.session import PrivacyChoice, PromptPlan
+    from del_client.request import PrivacyChoice, PromptPlan
 
     model, bundle = client.manifest().model, client.bundle()
     plan = PromptPlan("a gorgeous film", PrivacyChoice(mu=0.123), sampling=None)
@@ -176,7 +176,7 @@ def test_metrics_carry_the_task_and_the_labels_answered(client, classifier):
 
 
 def test_a_stale_bundle_digest_is_failed_precondition(client, classifier):
-    from del_client.session import PrivacyChoice, PromptPlan
+    from del_client.request import PrivacyChoice, PromptPlan
 
     model, bundle = client.manifest().model, client.bundle()
     request = PromptPlan("a fine film", PrivacyChoice(), sampling=None).prepare(

@@ -19,7 +19,7 @@ from del_client.codec import RawSpec, encode_frames, mechanism_params
 from del_client.mechanism import BinomialQuantizer, PrivacySpec
 from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_client.randomness import seeded_generator_for_tests
-from del_server.adapter import UTILITY_FIELDS, Adapter, better_than_nothing
+from del_server.adapter import Adapter
 from del_server.levels import LEVEL_TOLERANCE, adapter_levels, choose_level, level_id
 from del_server.settings import Settings
 
@@ -43,8 +43,8 @@ def test_every_calibrated_level_with_its_soft_prompt_and_the_parameters_to_send(
     assert [level.id for level in levels] == ["t0.05", "t0.10", "t0.20"]
     for level, calibrated in zip(levels, adapter.calibration, strict=True):
         assert level.soft_prompt
-        assert level.mu == calibrated["mu"]
-        k, K, c, mu = 16, 2 ** calibrated["bits"] - 1, adapter.clip, level.mu
+        assert level.mu == calibrated.mu
+        k, K, c, mu = 16, 2**calibrated.bits - 1, adapter.clip, level.mu
         assert level.spec.scale == pytest.approx(c * math.sqrt(4 * k * K + mu**2) / mu, rel=1e-12)
         assert (level.spec.dim, level.spec.bits, level.spec.clip) == (16, 4, adapter.clip)
 
@@ -162,9 +162,10 @@ def test_the_manifest_gives_each_level_everything_a_client_sends(model, bundle, 
 def test_the_manifest_gives_each_level_its_utility_and_the_servers_verdict(model, adapter):
     for level, calibrated in zip(model.privacy_levels, adapter.calibration, strict=True):
         assert level.HasField("utility")
-        utility = calibrated["utility"]
-        assert {key: getattr(level.utility, key) for key in UTILITY_FIELDS} == utility
-        assert level.utility.better_than_nothing == better_than_nothing(utility)
+        utility = calibrated.utility
+        published = {key: getattr(level.utility, key) for key in utility.to_dict()}
+        assert published == utility.to_dict()
+        assert level.utility.better_than_nothing == utility.better_than_nothing
 
 
 def spec_of(level) -> PrivacySpec:

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from del_server.adapter import Adapter
+from del_server.attacks.recovery import Recovery
+from del_server.calibration import CalibratedLevel
 from del_server.train.classification import pipeline
 from del_server.train.labelled import load_labelled, read_tsv
 
@@ -77,20 +79,20 @@ def test_every_stage_trains_what_the_server_serves(bench):
     assert len(bench.losses["projection"]) == 2
     adapter = pipeline.front_end_stage(bench, adapter)
     assert len(bench.losses["front_end"]) == 2
-    measured = {"rate": 0.05, "low": 0.04, "high": 0.06, "content_rate": 0.01}
-    level = {
-        "target_attack_rate": 0.1,
-        "mu": 3.0,
-        "epsilon_token": 3.5,
-        "delta": 1e-5,
-        "bits": bench.config.bits,
-        "attacks": {"likelihood": {**measured, "half_prompts": 0.0, "exact_prompts": 0.0}},
-        "strongest_attack": "likelihood",
-        "prior_alone_rate": 0.02,
-        "measured_on": "a stub: the attacks are tested elsewhere",
-        "tokens": 64,
-        "prompts": 4,
-    }
+    measured = Recovery(0.05, 0.04, 0.06, 0.01, 0.0, 0.0, tokens=64, content_tokens=20, prompts=4)
+    level = CalibratedLevel(
+        target_attack_rate=0.1,
+        mu=3.0,
+        epsilon_token=3.5,
+        delta=1e-5,
+        bits=bench.config.bits,
+        attacks={"likelihood": measured},
+        strongest_attack="likelihood",
+        prior_alone_rate=0.02,
+        measured_on="a stub: the attacks are tested elsewhere",
+        tokens=64,
+        prompts=4,
+    )
     adapter = dataclasses.replace(adapter, calibration=[level])
     adapter = pipeline.level_stage(bench, adapter)
     adapter = pipeline.clean_head_stage(bench, adapter)

@@ -16,7 +16,7 @@ import torch
 from del_client import Client, ClientConfig
 from del_client.cli import main
 from del_client.mechanism import PrivacySpec
-from del_server.adapter import Adapter, better_than_nothing
+from del_server.adapter import Adapter
 from del_server.attacks.suite import ATTACKS
 from del_server.backends.transformers import TransformersBackend
 from del_server.generation import PrivatePrompt, PromptBuilder
@@ -96,18 +96,19 @@ def test_every_level_records_its_utility_as_served_against_nothing_sent(trained)
     out, adapter, report = trained
     evaluation = report["evaluation"]
     served = {level["mu"]: level for level in evaluation["levels"]}
-    assert report["levels"] == adapter.calibration == Adapter.load(out).calibration
+    assert adapter.calibration == Adapter.load(out).calibration
+    assert report["levels"] == [level.to_dict() for level in adapter.calibration]
     for level in adapter.calibration:
-        utility = level["utility"]
-        assert utility == {
+        utility = level.utility
+        assert utility.to_dict() == {
             "metric": "held-out continuation loss (nats/token)",
-            "value": served[level["mu"]]["noisy_soft_prompt"]["mean"],
+            "value": served[level.mu]["noisy_soft_prompt"]["mean"],
             "nothing_sent": evaluation["nothing_sent_soft_prompt"],
             "higher_is_better": False,
             "measured_on": "32 held-out windows of tinystories_val_head_dev.txt (32 prompt + "
             "32 continuation tokens), mean over noise seeds 0, 1",
         }
-        assert better_than_nothing(utility) == served[level["mu"]]["better_than_nothing"]
+        assert utility.better_than_nothing == served[level.mu]["better_than_nothing"]
 
 
 def test_evaluate_refreshes_the_utility_and_the_report_and_retrains_nothing_else(
@@ -135,10 +136,12 @@ def test_evaluate_refreshes_the_utility_and_the_report_and_retrains_nothing_else
     assert refreshed.calibration == Adapter.load(tmp_path).calibration
     # Same seed, steps and windows as `train all`: the same figures again.
     for level, before in zip(refreshed.calibration, adapter.calibration, strict=True):
-        figures = {key: pytest.approx(before["utility"][key]) for key in ("value", "nothing_sent")}
-        assert level["utility"] == {**before["utility"], **figures}
+        figures = {
+            key: pytest.approx(getattr(before.utility, key)) for key in ("value", "nothing_sent")
+        }
+        assert level.utility.to_dict() == {**before.utility.to_dict(), **figures}
     again = json.loads((tmp_path / "training.json").read_text())
-    assert again["levels"] == refreshed.calibration
+    assert again["levels"] == [level.to_dict() for level in refreshed.calibration]
     assert again["config"] == report["config"]  # what trained it, still
     assert again["timings"]["total_s"] == report["timings"]["total_s"]
     assert again["evaluated_by"]["command"] == "del-server train evaluate --out DIR"
@@ -205,22 +208,22 @@ def test_trained_adapter_loads_into_a_running_server(
             default = client.generate("Once upon a time", max_new_tokens=2, seed=0).collect()
         level = adapter.calibration[0]
         cli = ["generate", "Once upon a time", "--server", loopback.target, "--json"]
-        main([*cli, "--level", str(level["target_attack_rate"]), "--max-new-tokens", "2"])
-        assert json.loads(capsys.readouterr().out)["soft_prompt_mu"] == pytest.approx(level["mu"])
+        main([*cli, "--level", str(level.target_attack_rate), "--max-new-tokens", "2"])
+        assert json.loads(capsys.readouterr().out)["soft_prompt_mu"] == pytest.approx(level.mu)
         with pytest.raises(SystemExit) as refused:
             main([*cli, "--level", "0.5"])
         assert refused.value.code == 2
         assert "no level calibrated to 0.5" in capsys.readouterr().err
     assert sorted(model.soft_prompt_mus) == sorted(adapter.soft_prompts)
-    assert [lv.mu for lv in model.privacy_levels] == [lv["mu"] for lv in adapter.calibration]
+    assert [lv.mu for lv in model.privacy_levels] == [lv.mu for lv in adapter.calibration]
     for served, level in zip(model.privacy_levels, adapter.calibration, strict=True):
         assert {a.attack for a in served.attacks} == set(ATTACKS)
-        assert served.strongest_attack == level["strongest_attack"]
+        assert served.strongest_attack == level.strongest_attack
         assert served.strongest_rate_high < served.target_attack_rate
         assert served.measured_prompts == 40
         assert "a server that tries hard recovers about" in served.summary()
-        assert served.utility.value == level["utility"]["value"]
-        assert served.better_than_nothing == better_than_nothing(level["utility"])
+        assert served.utility.value == level.utility.value
+        assert served.better_than_nothing == level.utility.better_than_nothing
     assert result.soft_prompt_mu == pytest.approx(mu)
     # No privacy option: the server's most private level, never a constant from elsewhere.
     assert default.soft_prompt_mu == pytest.approx(min(adapter.soft_prompts))
@@ -272,6 +275,6 @@ def test_the_posterior_front_end_is_trained_with_each_soft_prompt_and_evaluated(
     for parameters in posterior.front_ends.values():
         assert not torch.equal(parameters["unknown"], start["unknown"])
     evaluated, figures = evaluation(bench, posterior)
-    assert [level["utility"]["value"] for level in evaluated.calibration] == [
+    assert [level.utility.value for level in evaluated.calibration] == [
         level["noisy_soft_prompt"]["mean"] for level in figures["levels"]
     ]

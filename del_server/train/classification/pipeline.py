@@ -38,6 +38,7 @@ from del_client.mechanism import PrivacySpec
 
 from ...adapter import HEAD_TENSORS, Adapter, ClassificationTask, Head, pca_adapter
 from ...attacks.suite import Attacker, AttackOptions
+from ...calibration import MeasuredUtility
 from ...models import LoadedModel, load_model
 from ..calibrate import calibrate
 from ..labelled import LabelledData, load_labelled
@@ -269,7 +270,7 @@ def calibration_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
             seed=c.seed,
             max_mu=c.max_mu,
         )
-    return replace(adapter, calibration=[level.to_dict() for level in levels])
+    return replace(adapter, calibration=tuple(levels))
 
 
 def train_level(
@@ -300,7 +301,7 @@ def level_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
     heads, prompts = {}, {}
     with bench.timed("levels_s"):
         for level in adapter.calibration:
-            mu = level["mu"]
+            mu = level.mu
             heads[mu], prompts[mu] = train_level(
                 bench,
                 adapter,
@@ -378,15 +379,15 @@ def evaluation(bench: ClassifyBench, adapter: Adapter) -> dict:
     with bench.timed("evaluation_s"):
         levels = []
         for level in adapter.calibration:
-            runs = level_accuracy(bench, adapter, level["mu"])
+            runs = level_accuracy(bench, adapter, level.mu)
             levels.append(
                 {
-                    "target_attack_rate": level["target_attack_rate"],
-                    "mu": level["mu"],
+                    "target_attack_rate": level.target_attack_rate,
+                    "mu": level.mu,
                     "accuracy": float(np.mean(runs)),
                     "accuracy_runs": runs,
-                    "strongest_attack": level["strongest_attack"],
-                    "strongest_rate_high": level["attacks"][level["strongest_attack"]]["high"],
+                    "strongest_attack": level.strongest_attack,
+                    "strongest_rate_high": level.strongest.high,
                 }
             )
         majority = float(torch.bincount(dev.labels).max()) / len(dev)
@@ -399,19 +400,18 @@ def with_utility(bench: ClassifyBench, adapter: Adapter, evaluated: dict) -> Ada
     label): the manifest tells a user whether the level is worth sending the prompt at."""
     accuracy_of = {level["mu"]: level["accuracy"] for level in evaluated["levels"]}
     measured_on = f"{Path(bench.config.data).name} dev, {evaluated['dev_sentences']} sentences"
-    levels = [
-        {
-            **level,
-            "utility": {
-                "metric": "dev accuracy",
-                "value": accuracy_of[level["mu"]],
-                "nothing_sent": evaluated["majority"],
-                "higher_is_better": True,
-                "measured_on": measured_on,
-            },
-        }
+    levels = tuple(
+        level.with_utility(
+            MeasuredUtility(
+                metric="dev accuracy",
+                value=accuracy_of[level.mu],
+                nothing_sent=evaluated["majority"],
+                higher_is_better=True,
+                measured_on=measured_on,
+            )
+        )
         for level in adapter.calibration
-    ]
+    )
     return replace(adapter, calibration=levels)
 
 
@@ -430,7 +430,7 @@ def write_report(bench: ClassifyBench, adapter: Adapter, evaluated: dict) -> dic
         },
         "timings": bench.timings,
         "losses": {name: loss_summary(values) for name, values in bench.losses.items()},
-        "levels": adapter.calibration,
+        "levels": [level.to_dict() for level in adapter.calibration],
         "evaluation": evaluated,
     }
     (c.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
