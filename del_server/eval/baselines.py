@@ -14,6 +14,7 @@ soft prompt" is compared with baselines that had the same chance to recover util
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from ..adapter import DEFAULT_CLIP_QUANTILE, Adapter
 from ..attacks.mechanisms import Binomial, GaussianQuantized, Mechanism
 from ..calibration import CalibratedLevel
+from ..front_end import initial_parameters
 from ..train.calibrate import calibrate
 from ..train.soft_prompt import levels_training, train_soft_prompt
 from .context import EvalContext
@@ -39,7 +41,14 @@ def del_methods(ctx: EvalContext) -> list[Method]:
         mechanism = Binomial.at(
             mu=level.mu, dim=adapter.projection_dim, bits=level.bits, clip=adapter.clip
         )
-        plain = Method("del", adapter, mechanism, target_attack_rate=level.target_attack_rate)
+        plain = Method(
+            "del",
+            adapter,
+            mechanism,
+            target_attack_rate=level.target_attack_rate,
+            front_end=ctx.front_end,
+            front_end_parameters=adapter.front_ends.get(level.mu),
+        )
         served = adapter.soft_prompt_for(level.mu)  # the one the server would prepend
         methods += [plain] + ([plain.with_soft_prompt(served[1])] if served else [])
     return methods
@@ -102,9 +111,18 @@ def matched_baselines(ctx: EvalContext) -> list[tuple[Method, CalibratedLevel]]:
             iterations=config.calibration_iterations,
             mechanism_at=mechanism_at,
         )
+        # The Gaussian mechanism shares DEL's projection, so it is read through the same
+        # front-end (its likelihood is exact too); DEL without projection through W_d.
+        front_end = ctx.front_end if adapter is ctx.adapter else None
         for level in levels:
             mechanism = mechanism_at(level.mu)
-            method = Method(family, adapter, mechanism, target_attack_rate=level.target_attack_rate)
+            method = Method(
+                family,
+                adapter,
+                mechanism,
+                target_attack_rate=level.target_attack_rate,
+                front_end=front_end,
+            )
             matched.append((method, level))
     return matched
 
@@ -115,12 +133,15 @@ def soft_prompt_steps(ctx: EvalContext) -> int:
 
 
 def with_trained_soft_prompt(ctx: EvalContext, method: Method) -> Method:
-    """`method` plus a soft prompt trained for it exactly as the pipeline trains DEL's."""
+    """`method` plus a soft prompt trained for it exactly as the pipeline trains DEL's (and,
+    read through a posterior front-end, that front-end's parameters with it)."""
+    parameters = initial_parameters(ctx.embeddings) if method.front_end is not None else None
+    training = replace(method, front_end_parameters=parameters)
 
     def prompt_fn(ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         # Fresh noise every step, drawn from the loop's seeded generator.
         seed = int(torch.randint(2**62, (1,), generator=generator))
-        return method.prompt(ctx.lm, ids, np.random.default_rng(seed))
+        return training.prompt(ctx.lm, ids, np.random.default_rng(seed))
 
     soft, _ = train_soft_prompt(
         prompt_fn,
@@ -131,8 +152,9 @@ def with_trained_soft_prompt(ctx: EvalContext, method: Method) -> Method:
         **levels_training(ctx.adapter, ctx.config.soft_prompt_steps),
         batch=SOFT_PROMPT_BATCH,
         seed=ctx.config.seed,
+        path_parameters=parameters,
     )
-    return method.with_soft_prompt(soft)
+    return replace(training, soft_prompt=soft)
 
 
 def all_methods(ctx: EvalContext, baselines: list[Method]) -> list[Method]:

@@ -25,6 +25,7 @@ import torch
 from ..adapter import Adapter
 from ..attacks.suite import Attacker, AttackOptions
 from ..attacks.tokenwise import client_table
+from ..front_end import PosteriorFrontEnd
 from ..models import LoadedModel, load_model
 from ..train.data import Split, load_split, read_documents
 from ..train.objective import FrozenLM
@@ -73,6 +74,13 @@ class EvalContext:
     def table(self, adapter: Adapter) -> np.ndarray:
         """(V, k) the client's table for `adapter`, as the client bundle holds it."""
         return client_table(adapter, self.embeddings)
+
+    @cached_property
+    def front_end(self) -> PosteriorFrontEnd | None:
+        """The adapter's posterior front-end (None: it reads prompts through W_d)."""
+        if self.adapter.prior is None:
+            return None
+        return PosteriorFrontEnd.of(self.adapter, self.embeddings)
 
     @cached_property
     def attacker(self) -> Attacker:

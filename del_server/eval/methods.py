@@ -10,7 +10,9 @@
     gaussian    Gaussian noise on the projected embedding, then quantized
 
 The prompt path is the client's code (table lookup, del_client's quantizer) followed by the
-server's (decode, de-project); only the noise generator is a seeded one, for measurement.
+server's front-end (decode and de-project, or the posterior front-end of an adapter that has
+one, with the parameters trained for that method); only the noise generator is a seeded one,
+for measurement.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from ..adapter import Adapter
 from ..attacks.mechanisms import Mechanism
+from ..front_end import PosteriorFrontEnd
 from ..train.objective import FrozenLM
 
 FAMILY_LABELS = {
@@ -42,6 +45,8 @@ class Method:
     mechanism: Mechanism | None = None  # None: no noise
     soft_prompt: torch.Tensor | None = None  # (m, d)
     target_attack_rate: float | None = None  # the calibrated level it is matched to
+    front_end: PosteriorFrontEnd | None = None  # None: W_d·x̂
+    front_end_parameters: dict[str, torch.Tensor] | None = None  # None: the plain posterior mean
 
     @property
     def key(self) -> str:
@@ -84,7 +89,12 @@ class Method:
             x_hat = z.clamp(-self.adapter.clip, self.adapter.clip)
         else:
             flat = np.ascontiguousarray(z.reshape(-1, z.shape[-1]).cpu().numpy(), np.float32)
-            decoded = self.mechanism.decode(self.mechanism.privatize(flat, rng))  # (B·Tp, k)
-            x_hat = torch.from_numpy(decoded).view(z.shape)
+            symbols = self.mechanism.privatize(flat, rng)  # (B·Tp, k)
+            if self.front_end is not None:
+                symbols = symbols.reshape(*z.shape)
+                return self.front_end.inputs(
+                    symbols, self.mechanism, self.front_end_parameters
+                ).to(lm.device)
+            x_hat = torch.from_numpy(self.mechanism.decode(symbols)).view(z.shape)
         with torch.no_grad():
             return self.adapter.deproject(x_hat.to(lm.device))
