@@ -84,6 +84,12 @@ class BigramPrior:
         table[rows, columns] = seen.log().float()
         return table
 
+    @cached_property
+    def dense_factors(self) -> tuple[_Factor, _Factor]:
+        """The dense table and its transpose, each exponentiated once for _log_matmul
+        (forward and backward steps over the whole vocabulary)."""
+        return _Factor.of(self.dense), _Factor.of(self.dense.T)
+
     def block(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """(M, M) log P(after[j] | before[i]) for two candidate lists, kept for their next use.
 
@@ -157,7 +163,7 @@ class Lattice:
         for t in range(self.length - 2, -1, -1):
             after = self.emission[:, t + 1] + beta[:, t + 1]  # (P, M)
             if not self.pruned:  # one (P, M) x (M, M) product for every prompt at once
-                beta[:, t] = _log_matmul(after, self.prior.dense.T)
+                beta[:, t] = self.prior.dense_factors[1].times(after)
             else:
                 beta[:, t] = _log_matmul(self.transition(t), after[:, :, None]).squeeze(-1)
         return beta
@@ -168,11 +174,31 @@ class Lattice:
         alpha[:, 0] = self.start + self.emission[:, 0]
         for t in range(1, self.length):
             if not self.pruned:  # one (P, M) x (M, M) product for every prompt at once
-                came = _log_matmul(alpha[:, t - 1], self.prior.dense)
+                came = self.prior.dense_factors[0].times(alpha[:, t - 1])
             else:
                 came = _log_matmul(alpha[:, t - 1][:, None, :], self.transition(t - 1)).squeeze(1)
             alpha[:, t] = came + self.emission[:, t]
         return alpha
+
+
+@dataclass(frozen=True)
+class _Factor:
+    """A fixed right factor b of log(exp(a) @ exp(b)), exponentiated once: exp(b − b_max)
+    in float64 and the column maxima b_max."""
+
+    scaled: torch.Tensor  # (M, N) float64
+    column_max: torch.Tensor  # (1, N) float64
+
+    @classmethod
+    def of(cls, b: torch.Tensor) -> _Factor:
+        column_max = b.amax(dim=-2, keepdim=True).clamp_min(-1e30)
+        return cls((b - column_max).double().exp(), column_max.double())
+
+    def times(self, a: torch.Tensor) -> torch.Tensor:
+        """(P, M) log values -> (P, N) log(exp(a) @ exp(b)), as _log_matmul computes it."""
+        a_max = a.amax(dim=-1, keepdim=True).clamp_min(-1e30)
+        product = (a - a_max).double().exp() @ self.scaled
+        return (product.log() + a_max.double() + self.column_max).float()
 
 
 def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -92,9 +92,9 @@ class Method:
             symbols = self.mechanism.privatize(flat, rng)  # (B·Tp, k)
             if self.front_end is not None:
                 symbols = symbols.reshape(*z.shape)
-                return self.front_end.inputs(
-                    symbols, self.mechanism, self.front_end_parameters
-                ).to(lm.device)
+                return self.front_end.inputs(symbols, self.mechanism, self.front_end_parameters).to(
+                    lm.device
+                )
             x_hat = torch.from_numpy(self.mechanism.decode(symbols)).view(z.shape)
         with torch.no_grad():
             return self.adapter.deproject(x_hat.to(lm.device))
