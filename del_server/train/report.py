@@ -12,6 +12,12 @@ import numpy as np
 
 from ..attacks.suite import ATTACKS, ATTACKS_IN_WORDS
 
+FRONT_ENDS = {  # what the LLM sees of a private prompt (front_end.py), in words
+    "linear": "W_d·x̂, the paper's de-projection",
+    "posterior": "the posterior mean embedding under the attacker's bigram prior, gated by "
+    "its confidence (parameters trained with each soft prompt)",
+}
+
 
 def _smooth(values: list[float], window: int = 25) -> np.ndarray:
     if len(values) < window:
@@ -56,8 +62,10 @@ def write_markdown(path: Path, report: dict) -> None:
         f"clip c = {report['clip']:.4g} ({report['clip_rule']})",
         f"- quantizer: b = {cfg['bits']} bits; soft prompts of {cfg['soft_prompt_length']} vectors, "
         f"{cfg['soft_prompt_steps']} steps each, batch {cfg['batch']}, seed {cfg['seed']}",
+        f"- front-end: {FRONT_ENDS[cfg.get('front_end', 'linear')]}",
         f"- wall time: {report['timings']['total_s']:.0f} s on {report['machine']['platform']} "
         f"({report['machine']['device']}, {report['machine']['threads']} threads)",
+        *([f"- note: {report['note']}"] if "note" in report else []),
         "",
         "## Levels",
         "",
