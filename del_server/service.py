@@ -261,7 +261,8 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         async with self._stream("generate", request_iterator, context) as stream:
             self._admit(stream)
             sampling, prompt = await self._read_prompt(stream)
-            inputs, soft_mu = self._served.prompts.build(prompt)
+            # Off the event loop: the posterior front-end spends milliseconds per prompt.
+            inputs, soft_mu = await asyncio.to_thread(self._served.prompts.build, prompt)
             stream.level = "none" if soft_mu is None else f"{soft_mu:g}"
             handle = self._served.engine.submit(stream.request_id, inputs, sampling)
             # One timer for the stream's whole life, not one per message: when the stream's
