@@ -35,17 +35,14 @@ from ..train.soft_prompt import level_prompt, nothing_sent
 from .config import FrontierConfig
 
 FRONT_ENDS = ("linear", "posterior")
-STYLE = {
+STYLE = {  # front-end -> (label, colour, marker)
     "linear": ("W_d·x̂ + soft prompt (the paper's)", "C0", "o"),
-    "posterior": (
-        "posterior front-end + soft prompt",
-        "C2",
-        "^",
-    ),
+    "posterior": ("posterior front-end + soft prompt", "C2", "^"),
 }
 
 
 def run(config: FrontierConfig) -> dict:
+    """Measure every point of the sweep; writes frontier.json, FRONTIER.md, frontier.png."""
     started = time.perf_counter()
     bench = Workbench.open(
         TrainConfig(
