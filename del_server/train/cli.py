@@ -83,9 +83,9 @@ def _soft_prompt_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--front-end",
         choices=("linear", "posterior"),
-        default="linear",
         help="how the server reads a private prompt: W_d·x̂ (the paper's), or the posterior "
-        "mean embedding under the attacker's bigram prior, trained with each soft prompt",
+        "mean embedding under the attacker's bigram prior, trained with each soft prompt "
+        "(default: as the adapter in --out has it; linear for a new one)",
     )
 
 
@@ -116,7 +116,7 @@ def _config(args: argparse.Namespace):
         soft_prompt_length=getattr(args, "length", 8),
         soft_prompt_steps=getattr(args, "soft_prompt_steps", 0),
         soft_prompt_mus=getattr(args, "mu", ()),
-        front_end=getattr(args, "front_end", "linear"),
+        front_end=getattr(args, "front_end", None),
         command=shlex.join(["del-server", *sys.argv[1:]]),
     )
 

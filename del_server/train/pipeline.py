@@ -54,7 +54,9 @@ class TrainConfig:
     soft_prompt_length: int = 8
     soft_prompt_steps: int = 600
     soft_prompt_mus: tuple[float, ...] = ()  # empty: the calibrated levels
-    front_end: str = "linear"  # or "posterior" (front_end.py), trained with the soft prompts
+    # "linear" or "posterior" (front_end.py), trained with the soft prompts; None: as the
+    # adapter has it (linear for a new one)
+    front_end: str | None = None
     batch: int = 32
     targets: tuple[float, ...] = DEFAULT_TARGETS
     calibration_prompts: int = 250  # held-out prompts every attack is measured on
@@ -187,8 +189,12 @@ def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
     mus = c.soft_prompt_mus or tuple(level.mu for level in adapter.calibration)
     if not mus:
         raise ValueError("no privacy levels: calibrate first or pass --mu")
+    # Switching front-ends drops the soft prompts trained for the other one.
     if c.front_end == "posterior" and adapter.prior is None:
-        adapter = replace(adapter, prior=bench.attacker().prior)  # the attacker's, exactly
+        prior = bench.attacker().prior  # the attacker's, exactly
+        adapter = replace(adapter, prior=prior, soft_prompts={}, front_ends={})
+    elif c.front_end == "linear" and adapter.prior is not None:
+        adapter = replace(adapter, prior=None, soft_prompts={}, front_ends={})
     front_end = _front_end(bench, adapter)
     prompts, front_ends = dict(adapter.soft_prompts), dict(adapter.front_ends)
     with bench.timed("soft_prompts_s"):

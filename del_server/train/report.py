@@ -62,7 +62,7 @@ def write_markdown(path: Path, report: dict) -> None:
         f"clip c = {report['clip']:.4g} ({report['clip_rule']})",
         f"- quantizer: b = {cfg['bits']} bits; soft prompts of {cfg['soft_prompt_length']} vectors, "
         f"{cfg['soft_prompt_steps']} steps each, batch {cfg['batch']}, seed {cfg['seed']}",
-        f"- front-end: {FRONT_ENDS[cfg.get('front_end', 'linear')]}",
+        f"- front-end: {FRONT_ENDS[cfg.get('front_end') or 'linear']}",
         f"- wall time: {report['timings']['total_s']:.0f} s on {report['machine']['platform']} "
         f"({report['machine']['device']}, {report['machine']['threads']} threads)",
         *([f"- note: {report['note']}"] if "note" in report else []),

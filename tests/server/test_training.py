@@ -278,3 +278,10 @@ def test_the_posterior_front_end_is_trained_with_each_soft_prompt_and_evaluated(
     assert [level.utility.value for level in evaluated.calibration] == [
         level["noisy_soft_prompt"]["mean"] for level in figures["levels"]
     ]
+    back = soft_prompt_stage(
+        Workbench(replace(config, front_end="linear"), bench.loaded, bench.lm, bench.split),
+        posterior,
+    )
+    assert back.front_end == "linear"
+    assert not back.front_ends
+    assert back.soft_prompts.keys() == posterior.soft_prompts.keys()
