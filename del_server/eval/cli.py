@@ -129,6 +129,16 @@ def _run_frontier(args: argparse.Namespace) -> None:
         print(f"- {kind}: {found}")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _positive_floats(text: str) -> tuple[float, ...]:
     values = tuple(float(part) for part in text.split(","))
     if not values or min(values) <= 0:
@@ -154,14 +164,17 @@ def _add_frontier(sub: argparse._SubParsersAction) -> None:
         help=f"comma-separated μ per token (default {','.join(map(str, DEFAULT_MUS))})",
     )
     parser.add_argument(
-        "--steps", type=int, default=defaults.steps, help="training steps per soft prompt"
+        "--steps", type=_positive_int, default=defaults.steps, help="training steps per soft prompt"
     )
     parser.add_argument(
-        "--eval-windows", type=int, default=defaults.eval_windows, help="held-out windows scored"
+        "--eval-windows",
+        type=_positive_int,
+        default=defaults.eval_windows,
+        help="held-out windows scored",
     )
     parser.add_argument(
         "--attack-prompts",
-        type=int,
+        type=_positive_int,
         default=defaults.attack_prompts,
         help="held-out prompts attacked per μ",
     )
