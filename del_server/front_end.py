@@ -45,6 +45,11 @@ def initial_parameters(embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+def front_end_of(adapter: Adapter, embeddings: torch.Tensor) -> PosteriorFrontEnd | None:
+    """The adapter's posterior front-end when it holds a prior; None: it reads W_d·x̂."""
+    return None if adapter.prior is None else PosteriorFrontEnd.of(adapter, embeddings)
+
+
 @dataclass(frozen=True, eq=False)
 class PosteriorFrontEnd:
     """Symbols of whole prompts -> the LLM's input embeddings, through the posterior."""
@@ -65,7 +70,7 @@ class PosteriorFrontEnd:
                 f"the adapter's prior covers {adapter.prior.vocab} tokens, the model has "
                 f"{embeddings.shape[0]}: it was trained for another model"
             )
-        table = embeddings.detach().float()
+        table = embeddings.detach().float().cpu()
         return cls(table, client_table(adapter, table), adapter.prior)
 
     def log_posterior(self, symbols: np.ndarray, mechanism: Mechanism) -> torch.Tensor:
@@ -85,14 +90,14 @@ class PosteriorFrontEnd:
         """(P, T, d): gated posterior means; `parameters` None: the plain posterior mean.
         Differentiable in `parameters` (training), never in the posterior."""
         log_q = self.log_posterior(symbols, mechanism)
-        table = self.embeddings.float()
+        q = log_q.exp()
         if parameters is None:
-            return log_q.exp() @ table
+            return q @ self.embeddings
         weights = (log_q * parameters["log_sharpness"].exp()).softmax(dim=-1)
-        confidence = log_q.exp().amax(dim=-1, keepdim=True)
+        confidence = q.amax(dim=-1, keepdim=True)
         bias, slope = parameters["gate"]
         gate = torch.sigmoid(bias + slope * (confidence - 0.5))
-        return gate * (weights @ table) + (1 - gate) * parameters["unknown"]
+        return gate * (weights @ self.embeddings) + (1 - gate) * parameters["unknown"]
 
     def _log_table(self, mechanism: Mechanism) -> np.ndarray:
         """(V, k, alphabet) per mechanism, kept: a server sees the same few levels again."""

@@ -19,7 +19,7 @@ from .bundles import client_bundle, raw_bundle
 from .classification import EncoderClassifier
 from .classify_batcher import ClassifyBatcher
 from .engine_process import EngineSpec, ProcessEngine
-from .front_end import PosteriorFrontEnd
+from .front_end import front_end_of
 from .generation import Engine, PromptBuilder
 from .levels import Level, adapter_levels
 from .models import LoadedModel, load_model
@@ -115,19 +115,13 @@ def build_served_model(settings: Settings) -> ServedModel:
         bundle=bundle,
         raw_bundle=raw,
         engine=engine,
-        prompts=PromptBuilder(backend, adapter, loaded.bos_id, _front_end(adapter, loaded)),
+        prompts=PromptBuilder(
+            backend, adapter, loaded.bos_id, front_end_of(adapter, loaded.embeddings)
+        ),
         levels=levels,
     )
     _log_ready(served)
     return served
-
-
-def _front_end(adapter: Adapter, loaded: LoadedModel) -> PosteriorFrontEnd | None:
-    """The adapter's posterior front-end when it has a prior; None: W_d (front_end.py)."""
-    if adapter.prior is None:
-        return None
-    with torch.no_grad():
-        return PosteriorFrontEnd.of(adapter, loaded.embeddings.float().cpu())
 
 
 def _classification(loaded, adapter, bundle, raw, levels, settings: Settings) -> ServedModel:

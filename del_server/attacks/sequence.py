@@ -195,7 +195,7 @@ class _Factor:
         return cls((b - column_max).double().exp(), column_max.double())
 
     def times(self, a: torch.Tensor) -> torch.Tensor:
-        """(P, M) log values -> (P, N) log(exp(a) @ exp(b)), as _log_matmul computes it."""
+        """(…, P, M) log values -> (…, P, N) log(exp(a) @ exp(b))."""
         a_max = a.amax(dim=-1, keepdim=True).clamp_min(-1e30)
         product = (a - a_max).double().exp() @ self.scaled
         return (product.log() + a_max.double() + self.column_max).float()
@@ -204,10 +204,7 @@ class _Factor:
 def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """log(exp(a) @ exp(b)) for a batch of matrices, as a matrix product in float64 with each
     factor scaled by its largest entry (exact up to rounding, no (P, M, M, M) intermediate)."""
-    a_max = a.amax(dim=-1, keepdim=True).clamp_min(-1e30)
-    b_max = b.amax(dim=-2, keepdim=True).clamp_min(-1e30)
-    product = (a - a_max).double().exp() @ (b - b_max).double().exp()
-    return (product.log() + a_max.double() + b_max.double()).float()
+    return _Factor.of(b).times(a)
 
 
 @torch.no_grad()

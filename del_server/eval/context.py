@@ -25,7 +25,7 @@ import torch
 from ..adapter import Adapter
 from ..attacks.suite import Attacker, AttackOptions
 from ..attacks.tokenwise import client_table
-from ..front_end import PosteriorFrontEnd
+from ..front_end import PosteriorFrontEnd, front_end_of
 from ..models import LoadedModel, load_model
 from ..train.data import Split, load_split, read_documents
 from ..train.objective import FrozenLM
@@ -78,9 +78,7 @@ class EvalContext:
     @cached_property
     def front_end(self) -> PosteriorFrontEnd | None:
         """The adapter's posterior front-end (None: it reads prompts through W_d)."""
-        if self.adapter.prior is None:
-            return None
-        return PosteriorFrontEnd.of(self.adapter, self.embeddings)
+        return front_end_of(self.adapter, self.embeddings)
 
     @cached_property
     def attacker(self) -> Attacker:

@@ -29,7 +29,7 @@ from del_client.parameters import DEFAULT_BITS
 
 from ..adapter import Adapter, pca_adapter
 from ..attacks.suite import Attacker, AttackOptions
-from ..front_end import PosteriorFrontEnd, initial_parameters
+from ..front_end import front_end_of, initial_parameters
 from ..levels import adapter_levels
 from ..models import LoadedModel, load_model
 from .calibrate import DEFAULT_TARGETS, calibrate
@@ -195,7 +195,7 @@ def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
         adapter = replace(adapter, prior=prior, soft_prompts={}, front_ends={})
     elif c.front_end == "linear" and adapter.prior is not None:
         adapter = replace(adapter, prior=None, soft_prompts={}, front_ends={})
-    front_end = _front_end(bench, adapter)
+    front_end = front_end_of(adapter, bench.lm.table)
     prompts, front_ends = dict(adapter.soft_prompts), dict(adapter.front_ends)
     with bench.timed("soft_prompts_s"):
         for mu in mus:
@@ -219,13 +219,6 @@ def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
     return replace(adapter, soft_prompts=prompts, front_ends=front_ends, metadata=metadata)
 
 
-def _front_end(bench: Workbench, adapter: Adapter) -> PosteriorFrontEnd | None:
-    """The adapter's posterior front-end on the training device, or None (W_d)."""
-    if adapter.prior is None:
-        return None
-    return PosteriorFrontEnd.of(adapter, bench.lm.table.cpu())
-
-
 def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
     """Held-out losses of every level as the server serves it (its noise, its soft prompt if
     it has one), beside sending nothing with a soft prompt trained for that case exactly as
@@ -238,7 +231,7 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
         nothing = bench.soft_prompt(
             "nothing_sent", nothing_sent, desc="soft prompt, nothing sent", **training
         )
-    front_end = _front_end(bench, adapter)
+    front_end = front_end_of(adapter, bench.lm.table)
     with bench.timed("evaluation_s"):
         references = reference_losses(bench.lm, adapter, validation, nothing)
         served, calibration = [], []
