@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch that lies on this machine's disk; an unpinned torch pulls CUDA.
 TORCH  := torch==2.13.0
 
-.PHONY: install interop test lint format proto bench demo demo-nlu train-default train-nlu eval-nlu frontier soak loadtest clean
+.PHONY: install interop test lint format proto bench demo demo-nlu train-default train-nlu eval-nlu frontier frontier-nlu soak loadtest clean
 
 install: $(BIN)/del-client
 
@@ -68,6 +68,11 @@ train-nlu: install
 # Its dev accuracy per level against the strongest attack, beside baselines: docs/eval-nlu/.
 eval-nlu: install
 	$(BIN)/del-server eval-nlu --out docs/eval-nlu
+
+# Classification's frontier: dev accuracy against attack rate over a grid of coordinates,
+# bits and μ, a projection trained per point: docs/eval-nlu/frontier/.
+frontier-nlu: install
+	$(BIN)/del-server eval-frontier-nlu --out docs/eval-nlu/frontier
 
 # Privacy, utility, communication and speed report with plots: reports/EVAL.md, eval.json,
 # *.png (about 60 minutes on 2 cores; docs/eval/ holds the committed full run).

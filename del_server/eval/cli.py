@@ -8,6 +8,8 @@
                                     (`make eval-nlu`: docs/eval-nlu/)
     del-server eval-frontier        generation: loss against attack rate over a sweep of μ,
                                     per front-end (`make frontier`: docs/eval/frontier/)
+    del-server eval-frontier-nlu    classification: dev accuracy against attack rate over a
+                                    grid of (k, b, μ) (`make frontier-nlu`)
 
 Writes OUT/eval.json, OUT/EVAL.md and the PNG figures (OUT defaults to reports/).
 """
@@ -19,6 +21,8 @@ import json
 import shlex
 import sys
 from pathlib import Path
+
+from del_client.parameters import MAX_BITS, MIN_BITS
 
 from ..extras import require_extra
 from .config import (
@@ -129,6 +133,92 @@ def _run_frontier(args: argparse.Namespace) -> None:
         print(f"- {kind}: {found}")
 
 
+def _run_frontier_nlu(args: argparse.Namespace) -> None:
+    require_extra("eval", "del-server eval-frontier-nlu")
+    from .classification_frontier import TARGETS, NluFrontierConfig, best_under, run
+
+    report = run(
+        NluFrontierConfig(
+            model=args.model,
+            data=args.data,
+            adapter=args.adapter,
+            out=args.out,
+            points=args.point,
+            projection_steps=args.projection_steps,
+            attack_prompts=args.attack_prompts,
+            command=shlex.join(["del-server", *sys.argv[1:]]),
+        )
+    )
+    print(f"{args.out}/FRONTIER.md written in {report['seconds'] / 60:.1f} min")
+    for target in TARGETS:
+        best = best_under(report, target)
+        found = (
+            f"k={best['k']} b={best['bits']} μ={best['mu']:g}: {best['accuracy']:.1%}"
+            if best
+            else "no point"
+        )
+        print(f"- best under {target:.0%}: {found}")
+
+
+def _points(text: str) -> tuple[tuple[int, int, float], ...]:
+    """'k,b,mu;k,b,mu;…' -> the grid's points."""
+    points = []
+    for part in text.split(";"):
+        try:
+            k, b, mu = part.split(",")
+            point = (int(k), int(b), float(mu))
+        except ValueError:
+            point = None
+        if (
+            point is None
+            or point[0] < 1
+            or point[1] < MIN_BITS
+            or point[1] > MAX_BITS
+            or not (point[2] > 0)
+        ):
+            raise argparse.ArgumentTypeError(
+                f"expected k,b,mu;… with k >= 1, {MIN_BITS} <= b <= {MAX_BITS}, mu > 0; "
+                f"got {part!r}"
+            )
+        points.append(point)
+    return tuple(points)
+
+
+def _add_frontier_nlu(sub: argparse._SubParsersAction) -> None:
+    from ..settings import DEFAULT_NLU_ADAPTER
+    from ..train.defaults import DEFAULT_NLU_DATA, DEFAULT_NLU_MODEL
+    from .classification_frontier import DEFAULT_POINTS
+
+    parser = sub.add_parser(
+        "eval-frontier-nlu",
+        help="classification: dev accuracy against the strongest attack over a grid of "
+        "coordinates, bits and μ (a projection trained per point), with a plot",
+    )
+    parser.add_argument("--model", default=DEFAULT_NLU_MODEL, help="the encoder: path or name")
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        default=Path(DEFAULT_NLU_ADAPTER),
+        help="whose served levels are plotted beside the grid",
+    )
+    parser.add_argument("--data", default=DEFAULT_NLU_DATA, help="directory with the task's TSVs")
+    parser.add_argument("--out", type=Path, default=Path("reports/frontier-nlu"))
+    parser.add_argument(
+        "--point",
+        type=_points,
+        default=DEFAULT_POINTS,
+        help="semicolon-separated k,b,mu (default: 17 points, 1-6 coordinates, 1-5 bits)",
+    )
+    parser.add_argument("--projection-steps", type=_positive_int, default=300)
+    parser.add_argument(
+        "--attack-prompts",
+        type=_positive_int,
+        default=250,
+        help="held-out windows attacked per point",
+    )
+    parser.set_defaults(run=_run_frontier_nlu)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -184,6 +274,7 @@ def _add_frontier(sub: argparse._SubParsersAction) -> None:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_nlu(sub)
     _add_frontier(sub)
+    _add_frontier_nlu(sub)
     parser = sub.add_parser(
         "eval", help="privacy, utility, communication and speed report with plots"
     )

@@ -337,8 +337,10 @@ def accuracy(
     *,
     soft_prompt: torch.Tensor | None = None,
     seed: int = 0,
+    encoder: bool = True,
 ) -> float:
-    """Dev accuracy with `noise` (one draw from `seed`), or on raw embeddings (None)."""
+    """Dev accuracy with `noise` (one draw from `seed`), or on raw embeddings (None); without
+    `encoder`, from the symbols' moments alone (the projection stage's head)."""
     dev, generator = bench.data.dev, torch.Generator().manual_seed(seed)
     correct = 0
     with torch.inference_mode():
@@ -348,7 +350,13 @@ def accuracy(
                 logits = bench.path.raw_logits(adapter, ids, head)
             else:
                 logits = bench.path.logits(
-                    adapter, ids, head, noise=noise, generator=generator, soft_prompt=soft_prompt
+                    adapter,
+                    ids,
+                    head,
+                    noise=noise,
+                    generator=generator,
+                    soft_prompt=soft_prompt,
+                    encoder=encoder,
                 )
             correct += int((logits.argmax(-1) == dev.labels[start : start + EVAL_BATCH]).sum())
     return correct / len(dev)
@@ -360,10 +368,12 @@ def accuracies(
     head: Head,
     noise: Noise,
     soft_prompt: torch.Tensor | None = None,
+    *,
+    encoder: bool = True,
 ) -> list[float]:
     """Dev accuracy once per evaluation seed (a fresh draw of the noise each)."""
     return [
-        accuracy(bench, adapter, head, noise, soft_prompt=soft_prompt, seed=seed)
+        accuracy(bench, adapter, head, noise, soft_prompt=soft_prompt, seed=seed, encoder=encoder)
         for seed in bench.config.eval_seeds
     ]
 
