@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import matplotlib
@@ -39,45 +39,9 @@ from ..train.classification.pipeline import (
     attacker,
     projection_stage,
 )
+from .config import NluFrontierConfig
 
-Point = tuple[int, int, float]  # (k, b, μ)
-
-# The shapes worth comparing at the rates the levels target: 1 to 6 coordinates, 1 to 5 bits,
-# μ from the cap (64: the symbols all but deterministic) down to where the noise bites.
-DEFAULT_POINTS: tuple[Point, ...] = (
-    (6, 1, 64.0),
-    (4, 1, 64.0),
-    (4, 2, 16.0),
-    (4, 2, 64.0),
-    (3, 2, 32.0),
-    (3, 2, 64.0),
-    (2, 2, 64.0),
-    (1, 2, 64.0),
-    (4, 3, 16.0),
-    (3, 3, 16.0),
-    (2, 3, 16.0),
-    (2, 3, 32.0),
-    (2, 3, 64.0),
-    (1, 3, 64.0),
-    (1, 4, 64.0),
-    (2, 4, 64.0),
-    (1, 5, 64.0),
-)
 TARGETS = (0.05, 0.10)
-
-
-@dataclass(frozen=True)
-class NluFrontierConfig:
-    model: str
-    data: str
-    adapter: Path  # whose served levels the plot sets beside the grid
-    out: Path
-    points: tuple[Point, ...] = DEFAULT_POINTS
-    projection_steps: int = 300
-    attack_prompts: int = 250
-    eval_seeds: tuple[int, ...] = (0, 1, 2)
-    seed: int = 0
-    command: str = ""
 
 
 def run(config: NluFrontierConfig) -> dict:

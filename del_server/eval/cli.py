@@ -31,7 +31,10 @@ from .config import (
     DEFAULT_MODEL,
     DEFAULT_MUS,
     DEFAULT_OOD_DATA,
+    DEFAULT_POINTS,
     FrontierConfig,
+    NluFrontierConfig,
+    Point,
     preset,
 )
 
@@ -135,7 +138,7 @@ def _run_frontier(args: argparse.Namespace) -> None:
 
 def _run_frontier_nlu(args: argparse.Namespace) -> None:
     require_extra("eval", "del-server eval-frontier-nlu")
-    from .classification_frontier import TARGETS, NluFrontierConfig, best_under, run
+    from .classification_frontier import TARGETS, best_under, run
 
     report = run(
         NluFrontierConfig(
@@ -160,7 +163,7 @@ def _run_frontier_nlu(args: argparse.Namespace) -> None:
         print(f"- best under {target:.0%}: {found}")
 
 
-def _points(text: str) -> tuple[tuple[int, int, float], ...]:
+def _points(text: str) -> tuple[Point, ...]:
     """'k,b,mu;k,b,mu;…' -> the grid's points."""
     points = []
     for part in text.split(";"):
@@ -187,8 +190,8 @@ def _points(text: str) -> tuple[tuple[int, int, float], ...]:
 def _add_frontier_nlu(sub: argparse._SubParsersAction) -> None:
     from ..settings import DEFAULT_NLU_ADAPTER
     from ..train.defaults import DEFAULT_NLU_DATA, DEFAULT_NLU_MODEL
-    from .classification_frontier import DEFAULT_POINTS
 
+    defaults = NluFrontierConfig(model="", data="", adapter=Path(), out=Path())
     parser = sub.add_parser(
         "eval-frontier-nlu",
         help="classification: dev accuracy against the strongest attack over a grid of "
@@ -209,11 +212,11 @@ def _add_frontier_nlu(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_POINTS,
         help="semicolon-separated k,b,mu (default: 17 points, 1-6 coordinates, 1-5 bits)",
     )
-    parser.add_argument("--projection-steps", type=_positive_int, default=300)
+    parser.add_argument("--projection-steps", type=_positive_int, default=defaults.projection_steps)
     parser.add_argument(
         "--attack-prompts",
         type=_positive_int,
-        default=250,
+        default=defaults.attack_prompts,
         help="held-out windows attacked per point",
     )
     parser.set_defaults(run=_run_frontier_nlu)

@@ -132,3 +132,43 @@ class FrontierConfig:
     bits: int = 4
     seed: int = 0
     command: str = ""
+
+
+Point = tuple[int, int, float]  # (k, b, μ)
+
+# `del-server eval-frontier-nlu` (classification_frontier.py): the (k, b, μ) grid. The shapes
+# worth comparing at the rates the levels target: 1 to 6 coordinates, 1 to 5 bits,
+# μ from the cap (64: the symbols all but deterministic) down to where the noise bites.
+DEFAULT_POINTS: tuple[Point, ...] = (
+    (6, 1, 64.0),
+    (4, 1, 64.0),
+    (4, 2, 16.0),
+    (4, 2, 64.0),
+    (3, 2, 32.0),
+    (3, 2, 64.0),
+    (2, 2, 64.0),
+    (1, 2, 64.0),
+    (4, 3, 16.0),
+    (3, 3, 16.0),
+    (2, 3, 16.0),
+    (2, 3, 32.0),
+    (2, 3, 64.0),
+    (1, 3, 64.0),
+    (1, 4, 64.0),
+    (2, 4, 64.0),
+    (1, 5, 64.0),
+)
+
+
+@dataclass(frozen=True)
+class NluFrontierConfig:
+    model: str
+    data: str
+    adapter: Path  # whose served levels the plot sets beside the grid
+    out: Path
+    points: tuple[Point, ...] = DEFAULT_POINTS
+    projection_steps: int = 300
+    attack_prompts: int = 250
+    eval_seeds: tuple[int, ...] = (0, 1, 2)
+    seed: int = 0
+    command: str = ""

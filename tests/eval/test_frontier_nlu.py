@@ -9,8 +9,9 @@ import json
 
 import pytest
 
-from del_server.eval.classification_frontier import NluFrontierConfig, best_under, run
+from del_server.eval.classification_frontier import best_under, run
 from del_server.eval.cli import _points
+from del_server.eval.config import NluFrontierConfig
 from del_server.settings import DEFAULT_NLU_ADAPTER
 from del_server.train.defaults import DEFAULT_NLU_MODEL
 
