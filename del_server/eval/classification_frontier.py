@@ -61,7 +61,11 @@ def run(config: NluFrontierConfig) -> dict:
     points = []
     for k, b, mu in tqdm(config.points, desc="frontier"):
         point_config = replace(
-            base, dim=k, bits=b, projection_mu=mu, out=config.out / "checkpoints" / f"k{k}b{b}"
+            base,
+            dim=k,
+            bits=b,
+            projection_mu=mu,
+            out=config.out / "checkpoints" / f"k{k}b{b}mu{mu:g}",
         )
         (point_config.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         at_point = replace(bench, config=point_config, timings={}, losses={})
