@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -177,10 +178,10 @@ def _points(text: str) -> tuple[Point, ...]:
             or point[0] < 1
             or point[1] < MIN_BITS
             or point[1] > MAX_BITS
-            or not (point[2] > 0)
+            or not 0 < point[2] < math.inf
         ):
             raise argparse.ArgumentTypeError(
-                f"expected k,b,mu;… with k >= 1, {MIN_BITS} <= b <= {MAX_BITS}, mu > 0; "
+                f"expected k,b,mu;… with k >= 1, {MIN_BITS} <= b <= {MAX_BITS}, finite mu > 0; "
                 f"got {part!r}"
             )
         points.append(point)

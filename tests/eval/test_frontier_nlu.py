@@ -44,7 +44,9 @@ def test_a_tiny_grid_writes_points_served_levels_and_figure(shared_dir, tmp_path
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("text", ["3,9,4", "0,2,8", "2,2,-1", "2,2", "a,b,c", "2,2,8;"])
+@pytest.mark.parametrize(
+    "text", ["3,9,4", "0,2,8", "2,2,-1", "2,2", "a,b,c", "2,2,8;", "2,2,inf", "2,2,nan"]
+)
 def test_a_grid_point_out_of_range_is_refused_with_its_reason(text):
     with pytest.raises(argparse.ArgumentTypeError, match="k,b,mu"):
         _points(text)
