@@ -107,7 +107,7 @@ def _row(method: str, runs: list[float], **fields) -> dict:
 
 def _references(bench: ClassifyBench, adapter: Adapter) -> list[dict]:
     dev = bench.data.dev
-    majority = float(np.bincount(dev.labels.numpy()).max()) / len(dev)
+    majority = dev.majority
     head = adapter.task.heads[min(adapter.task.heads)]
     projected, _ = train_level(
         bench, adapter, clip_only(adapter.clip), name="projected", head=head, soft_prompt=None

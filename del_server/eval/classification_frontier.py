@@ -98,7 +98,7 @@ def run(config: NluFrontierConfig) -> dict:
     report = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "dev_sentences": len(dev),
-        "majority": float(np.bincount(dev.labels.numpy()).max()) / len(dev),
+        "majority": dev.majority,
         "served": served_levels(config.adapter),
         "points": points,
         "seconds": time.perf_counter() - started,

@@ -33,6 +33,11 @@ class Labelled:
         index = torch.randint(len(self), (size,), generator=generator)
         return [self.ids[i] for i in index.tolist()], self.labels[index]
 
+    @property
+    def majority(self) -> float:
+        """The most frequent label's share: the accuracy of sending nothing."""
+        return float(torch.bincount(self.labels).max()) / len(self)
+
     def head(self, count: int) -> Labelled:
         return Labelled(self.ids[:count], self.labels[:count])
 

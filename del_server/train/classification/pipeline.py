@@ -400,7 +400,7 @@ def evaluation(bench: ClassifyBench, adapter: Adapter) -> dict:
                     "strongest_rate_high": level.strongest.high,
                 }
             )
-        majority = float(torch.bincount(dev.labels).max()) / len(dev)
+        majority = dev.majority
         clean = accuracy(bench, adapter, adapter.task.clean_head, None)
     return {"dev_sentences": len(dev), "majority": majority, "clean": clean, "levels": levels}
 
