@@ -3,7 +3,7 @@
 Which shape of the symbols buys the most accuracy for an attack rate? Over a grid of
 (k coordinates, b bits per coordinate, μ), each point trains its own projection for the task
 at that noise (train classify's projection stage: W_p and a head over the decoded symbols'
-moments, no encoder pass: about a minute a point), then measures its dev accuracy (mean over
+moments, no encoder pass: a few minutes a point), then measures its dev accuracy (mean over
 noise draws) and the strongest of calibration's bisection attacks on held-out sentences.
 
 The served levels add the frozen encoder, a soft prompt and per-level fine-tuning on top of

@@ -167,7 +167,7 @@ class NluFrontierConfig:
     adapter: Path  # whose served levels the plot sets beside the grid
     out: Path
     points: tuple[Point, ...] = DEFAULT_POINTS
-    projection_steps: int = 300
+    projection_steps: int = 3000  # train classify's default
     attack_prompts: int = 250
     eval_seeds: tuple[int, ...] = (0, 1, 2)
     seed: int = 0
