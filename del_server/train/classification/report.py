@@ -19,11 +19,13 @@ def write_markdown(path: Path, report: dict) -> None:
         f"{data['held_out_sentences']} rows of train.tsv held out (calibration text), "
         f"{data['dev_sentences']} dev sentences (evaluation only); labels "
         f"{', '.join(data['labels'])}",
-        f"- projection: k = {cfg['dim']}, b = {cfg['bits']} bits, clip 1; "
-        f"{losses.get('projection', {}).get('steps', 0)} steps from PCA with a soft prompt of "
-        f"{cfg['soft_prompt_length']} vectors and a linear head, at the noise of "
-        f"μ = {cfg['projection_mu']:g}; batch {cfg['batch']}, learning rate {cfg['lr']:g}, "
-        f"seed {cfg['seed']}",
+        f"- projection: k = {cfg['dim']}, b = {cfg['bits']} bits, clip 1; W_p trained "
+        f"{losses.get('projection', {}).get('steps', 0)} steps from PCA with a head over the "
+        f"symbols' moments (batch {cfg['projection_batch']}, learning rate "
+        f"{cfg['projection_lr']:g}), at the noise of μ = {cfg['projection_mu']:g}; then W_d, a "
+        f"soft prompt of {cfg['soft_prompt_length']} vectors and the head through the encoder, "
+        f"{losses.get('front_end', {}).get('steps', 0)} steps (batch {cfg['batch']}, learning "
+        f"rate {cfg['lr']:g}); seed {cfg['seed']}",
         f"- levels: each level's soft prompt and head fine-tuned {cfg['level_steps']} steps at "
         "its own noise; a clean head for raw embeddings",
         f"- wall time: {report['timings']['total_s']:.0f} s on {report['machine']['platform']} "
