@@ -134,7 +134,7 @@ class PrivacyLevel(HasUtility):
         strongest = ATTACKS_IN_WORDS.get(self.strongest_attack, self.strongest_attack)
         return (
             f"a server that tries hard recovers about {self.strongest_rate * 100:.0f} of every "
-            f"100 prompt tokens (95 % interval up to {self.strongest_rate_high:.1%}; strongest "
+            f"100 prompt tokens (95 % interval up to {self.strongest_rate_high:.2%}; strongest "
             f"attack: {strongest}); with nothing sent it would guess "
             f"{self.prior_alone_rate * 100:.0f} of 100 from the language alone"
         )
