@@ -3,6 +3,7 @@ a privacy setting, measure the codec.
 
     del-client generate "Once upon a time" --server localhost:50051 --mu 10 --max-new-tokens 64
     del-client classify "a charming and often affecting journey" --server localhost:50052
+    del-client evaluate dev.tsv --server localhost:50052 --level 0.10 --concurrency 8
     del-client manifest --server localhost:50051 --json
     del-client budget --identity alice --json
     del-client loadtest --server localhost:50051 --concurrency 8 --duration 30 --json
@@ -286,6 +287,70 @@ def _add_classify(cmd: argparse.ArgumentParser) -> None:
     _add_private_prompt(cmd)
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     cmd.set_defaults(run=_run_classify)
+
+
+def _add_evaluate(cmd: argparse.ArgumentParser) -> None:
+    from .evaluation import MAX_CONCURRENCY
+
+    cmd.description = (
+        "Classify every row of a labelled file (text<TAB>label, the label a name the server "
+        "lists or its index; a header line is skipped) through the server, each privatized "
+        "afresh, and report the accuracy with its 95 % interval, the confusion and the level's "
+        "exact ε. No privacy budget is charged: the rows are evaluation data."
+    )
+    cmd.add_argument("file", type=Path)
+    _add_server(cmd)
+    cmd.add_argument(
+        "--level",
+        type=float,
+        metavar="RATE",
+        help="the server's calibrated level for this target attack rate (default its most private)",
+    )
+    cmd.add_argument(
+        "--concurrency", type=int, default=8, help=f"requests in flight (at most {MAX_CONCURRENCY})"
+    )
+    _add_payload_encoding(cmd)
+    cmd.add_argument("--limit", type=int, help="the first N rows only")
+    cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    cmd.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from .evaluation import evaluate_file
+
+    report = asyncio.run(
+        evaluate_file(
+            _config(args),
+            args.file,
+            level=args.level,
+            concurrency=args.concurrency,
+            limit=args.limit,
+            progress=not args.json,
+        )
+    )
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return
+    low, high = report.interval_95
+    errors = ", ".join(f"{code} {n}" for code, n in report.errors.items()) or "none"
+    reported = report.level_utility
+    claim = "not reported" if reported is None else f"{reported.value:.1%} ({reported.measured_on})"
+    labels = list(report.confusion)
+    confusion = "\n".join(
+        f"  {truth:<12}" + "  ".join(f"{report.confusion[truth][label]:>6}" for label in labels)
+        for truth in labels
+    )
+    print(
+        f"accuracy      {report.accuracy:.1%} of {report.rows} rows ({report.correct} right), "
+        f"95 % interval {low:.1%}..{high:.1%}; most frequent label {report.majority:.1%}\n"
+        f"server says   {claim}\n"
+        f"level         {report.level_id}: μ {report.mu_token:.3g}, ε {report.epsilon_token:.3g} "
+        f"per token at δ {report.delta:g}; {report.bits_per_token:.3g} payload bits per token\n"
+        f"errors        {errors}; {report.elapsed_s:.1f} s\n"
+        f"confusion     true label, then answered: {'  '.join(labels)}\n{confusion}"
+    )
 
 
 def _ledger_budget(args: argparse.Namespace):
@@ -615,6 +680,10 @@ COMMANDS = {
     "classify": (
         "label a prompt through a server whose model classifies; the prompt leaves privatized",
         _add_classify,
+    ),
+    "evaluate": (
+        "accuracy of a server's classification level on a labelled file of your own",
+        _add_evaluate,
     ),
     "manifest": ("what a server serves: model, limits, bundle digests", _add_manifest),
     "privacy": (

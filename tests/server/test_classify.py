@@ -4,6 +4,7 @@ SST-2 adapter, through a real gRPC server on loopback."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ import grpc
 import pytest
 
 from del_client import AsyncClient, Client, ClientConfig
+from del_client.cli import main
 from del_client.errors import InvalidRequestError, RequestOptionError
+from del_client.evaluation import evaluate_file
 from del_client.proto import inference_pb2, inference_pb2_grpc
 from del_server.settings import DEFAULT_NLU_ADAPTER, Settings
 from del_server.train.labelled import read_tsv
@@ -77,19 +80,50 @@ def test_a_private_classification_answers_every_label_with_its_exact_epsilon(cli
     assert result.client_wire_bytes_sent == result.usage.wire_bytes_received
 
 
-def test_the_committed_adapter_classifies_held_out_sentences_above_chance(client, dev):
-    """Dev sentences at the least private level: a binomial test against a coin toss."""
+def test_the_committed_adapter_classifies_held_out_sentences_above_chance(
+    classifier, client, shared_dir, tmp_path
+):
+    """Dev sentences through `del-client evaluate` at the least private level: a binomial test
+    against a coin toss, and a report whose counts add up."""
     from scipy.stats import binomtest
 
-    levels = client.manifest().model.privacy_levels
-    least_private = max(levels, key=lambda level: level.mu)
-    sample = dev[:ACCURACY_SENTENCES]
-    labels = client.manifest().model.labels
-    correct = sum(
-        client.classify(text, level=least_private.target_attack_rate).label == labels[label]
-        for text, label in sample
+    least_private = max(client.manifest().model.privacy_levels, key=lambda level: level.mu)
+    dev_file = shared_dir / "data" / "sst2" / "dev.tsv"
+    report = asyncio.run(
+        evaluate_file(
+            ClientConfig(classifier.target),
+            dev_file,
+            level=least_private.target_attack_rate,
+            limit=ACCURACY_SENTENCES,
+            progress=False,
+        )
     )
-    assert binomtest(correct, len(sample), 0.5, alternative="greater").pvalue < 0.01
+    assert (report.rows, report.errors, report.level_id) == (
+        ACCURACY_SENTENCES,
+        {},
+        least_private.id,
+    )
+    assert sum(sum(answered.values()) for answered in report.confusion.values()) == report.rows
+    assert report.correct == sum(report.confusion[label][label] for label in report.confusion)
+    assert report.interval_95[0] < report.accuracy < report.interval_95[1]
+    assert report.level_utility == least_private.utility
+    assert report.epsilon_token == pytest.approx(least_private.epsilon_token)
+    assert binomtest(report.correct, report.rows, 0.5, alternative="greater").pvalue < 0.01
+
+
+def test_evaluate_prints_one_json_report_and_refuses_a_level_the_server_lacks(
+    classifier, shared_dir, capsys
+):
+    dev_file = str(shared_dir / "data" / "sst2" / "dev.tsv")
+    cli = ["evaluate", dev_file, "--server", classifier.target, "--limit", str(RPC_SENTENCES)]
+    main([*cli, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == RPC_SENTENCES
+    assert report["level_id"]
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "--level", "0.5"])
+    assert exited.value.code == 2
+    assert "no level calibrated to 0.5" in capsys.readouterr().err
 
 
 def test_concurrent_requests_share_forward_passes_and_each_gets_its_own_answer(classifier, dev):
