@@ -309,6 +309,12 @@ def _add_evaluate(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--concurrency", type=int, default=8, help=f"requests in flight (at most {MAX_CONCURRENCY})"
     )
+    cmd.add_argument(
+        "--mechanism",
+        choices=MECHANISMS,
+        default="binomial",
+        help="raw sends plain embeddings: the server's accuracy with NO privacy (a baseline)",
+    )
     _add_payload_encoding(cmd)
     cmd.add_argument("--limit", type=int, help="the first N rows only")
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
@@ -320,11 +326,13 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     from .evaluation import evaluate_file
 
+    _warn_if_raw(args)
     report = asyncio.run(
         evaluate_file(
             _config(args),
             args.file,
             level=args.level,
+            mechanism=args.mechanism,
             concurrency=args.concurrency,
             limit=args.limit,
             progress=not args.json,
@@ -333,6 +341,12 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(report.to_dict()))
         return
+    privacy = (
+        f"{report.level_id}: μ {report.mu_token:.3g}, ε {report.epsilon_token:.3g} per token "
+        f"at δ {report.delta:g}"
+        if report.private
+        else "NO PRIVACY (raw embeddings)"
+    )
     low, high = report.interval_95
     errors = ", ".join(f"{code} {n}" for code, n in report.errors.items()) or "none"
     reported = report.level_utility
@@ -346,8 +360,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         f"accuracy      {report.accuracy:.1%} of {report.rows} rows ({report.correct} right), "
         f"95 % interval {low:.1%}..{high:.1%}; most frequent label {report.majority:.1%}\n"
         f"server says   {claim}\n"
-        f"level         {report.level_id}: μ {report.mu_token:.3g}, ε {report.epsilon_token:.3g} "
-        f"per token at δ {report.delta:g}; {report.bits_per_token:.3g} payload bits per token\n"
+        f"level         {privacy}; {round(report.bits_per_token, 2):g} payload bits per token\n"
         f"errors        {errors}; {report.elapsed_s:.1f} s\n"
         f"confusion     true label, then answered: {'  '.join(labels)}\n{confusion}"
     )

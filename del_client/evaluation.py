@@ -92,7 +92,8 @@ def resolve(rows: list[LabelledRow], labels: Sequence[str], path: Path) -> list[
 class EvaluationReport:
     target: str
     file: str
-    level_id: str  # the level every answer was served at
+    level_id: str  # the level every answer was served at ("" for raw)
+    private: bool  # False: the raw mechanism, no privacy (ε and μ None)
     mu_token: float | None
     epsilon_token: float | None  # exact, per token, at `delta`
     delta: float | None
@@ -126,12 +127,14 @@ async def evaluate_file(
     path: Path,
     *,
     level: float | None = None,
+    mechanism: str = "binomial",
     concurrency: int = 8,
     limit: int | None = None,
     progress: bool = True,
 ) -> EvaluationReport:
     """Classify the first `limit` rows of `path` (all by default) at the server's level for
-    target attack rate `level` (None: its most private), `concurrency` requests in flight."""
+    target attack rate `level` (None: its most private), `concurrency` requests in flight;
+    mechanism "raw" measures the server without privacy (a server started with raw enabled)."""
     _check(concurrency, limit)
     rows = read_labelled(path)
     async with AsyncClient(config) as client:
@@ -148,7 +151,9 @@ async def evaluate_file(
         async def classify(text: str, truth: str) -> None:
             async with gate:
                 try:
-                    answers.append((truth, await client.classify(text, level=level)))
+                    answers.append(
+                        (truth, await client.classify(text, level=level, mechanism=mechanism))
+                    )
                 except ServerError as exc:
                     errors[exc.code] += 1
                 except DELError as exc:  # refused on this side: this row only (too long, ...)
@@ -158,14 +163,17 @@ async def evaluate_file(
         try:
             # The first row alone: a refusal of the options (no such level) ends the run with
             # its own message instead of once per row; it also fetches the bundle once.
-            answers.append((examples[0][1], await client.classify(examples[0][0], level=level)))
+            answers.append(
+                (
+                    examples[0][1],
+                    await client.classify(examples[0][0], level=level, mechanism=mechanism),
+                )
+            )
             bar.update()
             await asyncio.gather(*(classify(text, truth) for text, truth in examples[1:]))
         finally:
             bar.close()
         elapsed = time.perf_counter() - begin
-    if not answers:
-        raise RequestOptionError(f"no row was answered: {dict(errors)}")
     return _report(config, path, model.labels, answers, examples, errors, elapsed)
 
 
@@ -192,6 +200,7 @@ def _report(
         target=config.target,
         file=str(path),
         level_id=first.level_id,
+        private=first.private,
         mu_token=first.mu_token,
         epsilon_token=first.epsilon_token,
         delta=first.delta,

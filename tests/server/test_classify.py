@@ -111,15 +111,18 @@ def test_the_committed_adapter_classifies_held_out_sentences_above_chance(
     assert binomtest(report.correct, report.rows, 0.5, alternative="greater").pvalue < 0.01
 
 
-def test_evaluate_prints_one_json_report_and_refuses_a_level_the_server_lacks(
+def test_evaluate_prints_one_json_report_with_or_without_privacy_and_refuses_a_missing_level(
     classifier, shared_dir, capsys
 ):
     dev_file = str(shared_dir / "data" / "sst2" / "dev.tsv")
     cli = ["evaluate", dev_file, "--server", classifier.target, "--limit", str(RPC_SENTENCES)]
     main([*cli, "--json"])
     report = json.loads(capsys.readouterr().out)
-    assert report["rows"] == RPC_SENTENCES
+    assert (report["rows"], report["private"]) == (RPC_SENTENCES, True)
     assert report["level_id"]
+    main([*cli, "--json", "--mechanism", "raw"])  # the server allows raw: no privacy, no ε
+    raw = json.loads(capsys.readouterr().out)
+    assert (raw["rows"], raw["private"], raw["epsilon_token"]) == (RPC_SENTENCES, False, None)
     with pytest.raises(SystemExit) as exited:
         main([*cli, "--level", "0.5"])
     assert exited.value.code == 2
