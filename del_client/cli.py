@@ -298,7 +298,7 @@ def _add_evaluate(cmd: argparse.ArgumentParser) -> None:
         "afresh, and report the accuracy with its 95 % interval, the confusion and the level's "
         "exact ε. No privacy budget is charged: the rows are evaluation data."
     )
-    cmd.add_argument("file", type=Path)
+    cmd.add_argument("file", type=Path, help="text<TAB>label per line, e.g. SST-2's dev.tsv")
     _add_server(cmd)
     cmd.add_argument(
         "--level",
@@ -340,29 +340,58 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     )
     if args.json:
         print(json.dumps(report.to_dict()))
-        return
+    else:
+        print(_evaluation_in_words(report))
+    if report.failed:
+        errors = ", ".join(f"{code} {n}" for code, n in report.errors.items())
+        print(
+            f"del-client: warning: {report.failed} of {report.attempted} rows were not answered "
+            f"({errors}): the accuracy leaves them out",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+
+
+def _evaluation_in_words(report) -> str:
+    low, high = report.interval_95
+    reported = report.level_utility
+    claim = (
+        "nothing for this level"
+        if reported is None
+        else f"{reported.metric} {reported.value:.1%} ({reported.measured_on})"
+    )
     privacy = (
         f"{report.level_id}: μ {report.mu_token:.3g}, ε {report.epsilon_token:.3g} per token "
         f"at δ {report.delta:g}"
         if report.private
         else "NO PRIVACY (raw embeddings)"
     )
-    low, high = report.interval_95
-    errors = ", ".join(f"{code} {n}" for code, n in report.errors.items()) or "none"
-    reported = report.level_utility
-    claim = "not reported" if reported is None else f"{reported.value:.1%} ({reported.measured_on})"
     labels = list(report.confusion)
-    confusion = "\n".join(
-        f"  {truth:<12}" + "  ".join(f"{report.confusion[truth][label]:>6}" for label in labels)
-        for truth in labels
-    )
-    print(
-        f"accuracy      {report.accuracy:.1%} of {report.rows} rows ({report.correct} right), "
-        f"95 % interval {low:.1%}..{high:.1%}; most frequent label {report.majority:.1%}\n"
+    corner = "true / answered"
+    width = max(len(corner), *(len(label) for label in labels))
+    cells = [max(6, len(label)) for label in labels]
+    table = [
+        f"  {corner:<{width}}  "
+        + "  ".join(f"{label:>{w}}" for label, w in zip(labels, cells, strict=True)),
+        *(
+            f"  {truth:<{width}}  "
+            + "  ".join(
+                f"{report.confusion[truth][label]:>{w}}"
+                for label, w in zip(labels, cells, strict=True)
+            )
+            for truth in labels
+        ),
+    ]
+    skipped = "" if report.header is None else f"; header line skipped: {report.header!r}"
+    return (
+        f"accuracy      {report.accuracy:.1%} of {report.answered} rows answered "
+        f"({report.correct} right), 95 % interval {low:.1%}..{high:.1%}; "
+        f"most frequent label {report.majority:.1%}\n"
         f"server says   {claim}\n"
         f"level         {privacy}; {round(report.bits_per_token, 2):g} payload bits per token\n"
-        f"errors        {errors}; {report.elapsed_s:.1f} s\n"
-        f"confusion     true label, then answered: {'  '.join(labels)}\n{confusion}"
+        f"rows          {report.attempted} tried, {report.failed} not answered, "
+        f"{report.elapsed_s:.1f} s{skipped}\n"
+        f"confusion\n" + "\n".join(table)
     )
 
 

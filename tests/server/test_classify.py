@@ -81,10 +81,10 @@ def test_a_private_classification_answers_every_label_with_its_exact_epsilon(cli
 
 
 def test_the_committed_adapter_classifies_held_out_sentences_above_chance(
-    classifier, client, shared_dir, tmp_path
+    classifier, client, shared_dir
 ):
     """Dev sentences through `del-client evaluate` at the least private level: a binomial test
-    against a coin toss, and a report whose counts add up."""
+    against a coin toss."""
     from scipy.stats import binomtest
 
     least_private = max(client.manifest().model.privacy_levels, key=lambda level: level.mu)
@@ -98,35 +98,48 @@ def test_the_committed_adapter_classifies_held_out_sentences_above_chance(
             progress=False,
         )
     )
-    assert (report.rows, report.errors, report.level_id) == (
-        ACCURACY_SENTENCES,
-        {},
-        least_private.id,
-    )
-    assert sum(sum(answered.values()) for answered in report.confusion.values()) == report.rows
-    assert report.correct == sum(report.confusion[label][label] for label in report.confusion)
-    assert report.interval_95[0] < report.accuracy < report.interval_95[1]
+    assert (report.answered, report.errors) == (ACCURACY_SENTENCES, {})
+    assert report.level_id == least_private.id
+    assert report.header == "text\tlabel"
     assert report.level_utility == least_private.utility
     assert report.epsilon_token == pytest.approx(least_private.epsilon_token)
-    assert binomtest(report.correct, report.rows, 0.5, alternative="greater").pvalue < 0.01
+    assert binomtest(report.correct, report.answered, 0.5, alternative="greater").pvalue < 0.01
 
 
 def test_evaluate_prints_one_json_report_with_or_without_privacy_and_refuses_a_missing_level(
-    classifier, shared_dir, capsys
+    classifier, client, shared_dir, capsys
 ):
     dev_file = str(shared_dir / "data" / "sst2" / "dev.tsv")
     cli = ["evaluate", dev_file, "--server", classifier.target, "--limit", str(RPC_SENTENCES)]
     main([*cli, "--json"])
     report = json.loads(capsys.readouterr().out)
-    assert (report["rows"], report["private"]) == (RPC_SENTENCES, True)
-    assert report["level_id"]
+    most_private = min(client.manifest().model.privacy_levels, key=lambda level: level.mu)
+    assert (report["answered"], report["private"]) == (RPC_SENTENCES, True)
+    assert report["level_id"] == most_private.id
     main([*cli, "--json", "--mechanism", "raw"])  # the server allows raw: no privacy, no ε
     raw = json.loads(capsys.readouterr().out)
-    assert (raw["rows"], raw["private"], raw["epsilon_token"]) == (RPC_SENTENCES, False, None)
+    assert (raw["answered"], raw["private"], raw["epsilon_token"]) == (RPC_SENTENCES, False, None)
     with pytest.raises(SystemExit) as exited:
         main([*cli, "--level", "0.5"])
     assert exited.value.code == 2
     assert "no level calibrated to 0.5" in capsys.readouterr().err
+
+
+def test_evaluate_counts_a_row_it_cannot_send_and_goes_on(classifier, client, tmp_path, capsys):
+    """A row over the server's token limit is refused before sending: it is counted, left out
+    of the accuracy, and the command says so and exits 1."""
+    too_long = " ".join(["good"] * (client.manifest().model.max_prompt_tokens + 1))
+    rows = tmp_path / "rows.tsv"
+    rows.write_text(f"a gorgeous , witty , seductive movie\t1\n{too_long}\t1\nbleak\t0\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", str(rows), "--server", classifier.target, "--json"])
+    assert exited.value.code == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert (report["attempted"], report["answered"]) == (3, 2)
+    assert report["errors"] == {"LimitExceededError": 1}
+    assert sum(sum(row.values()) for row in report["confusion"].values()) == 2
+    assert "1 of 3 rows were not answered" in captured.err
 
 
 def test_concurrent_requests_share_forward_passes_and_each_gets_its_own_answer(classifier, dev):
