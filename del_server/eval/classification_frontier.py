@@ -182,12 +182,12 @@ def markdown(report: dict) -> str:
     c = report["config"]
     rows = [
         f"| {p['k']} | {p['bits']} | {p['mu']:g} | {p['bits_per_token']} | "
-        f"{p['rate']:.1%} ({p['high']:.1%}) | {p['accuracy']:.1%} |"
+        f"{p['rate']:.1%} ({p['high']:.2%}) | {p['accuracy']:.1%} |"
         for p in sorted(report["points"], key=lambda p: p["high"])
     ]
     served = [
         f"| {s['target']:.0%} | {s['k']} | {s['bits']} | {s['mu']:.3g} | "
-        f"{s['rate']:.1%} ({s['high']:.1%}) | {s['accuracy']:.1%} |"
+        f"{s['rate']:.1%} ({s['high']:.2%}) | {s['accuracy']:.1%} |"
         for s in report["served"]
     ]
     lines = [
@@ -215,7 +215,7 @@ def markdown(report: dict) -> str:
             f"- best under {target:.0%}: "
             + (
                 f"k = {best['k']}, b = {best['bits']}, μ = {best['mu']:g}: "
-                f"{best['accuracy']:.1%} at {best['high']:.1%}"
+                f"{best['accuracy']:.1%} at {best['high']:.2%}"
                 if best
                 else "no point of the grid"
             )

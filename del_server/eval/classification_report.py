@@ -75,7 +75,7 @@ def _markdown(report: dict) -> str:
             privacy = (
                 f"| {row['target_attack_rate']:.0%} | {row['mu']:.3g} | {row['epsilon_token']:.3g} "
                 f"| {ATTACKS_IN_WORDS[row['strongest_attack']]} "
-                f"| {row['attack_rate']:.1%} ({row['attack_rate_high']:.1%}) "
+                f"| {row['attack_rate']:.1%} ({row['attack_rate_high']:.2%}) "
             )
         else:
             privacy = "| — | — | — | — | — "

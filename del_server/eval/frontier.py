@@ -145,7 +145,7 @@ def markdown(report: dict) -> str:
     refs, c = report["references"], report["config"]
     nothing = refs["nothing_sent_soft_prompt"]
     rows = [
-        f"| {p['mu']:g} | {p['rate']:.1%} ({p['high']:.1%}) | {p['posterior']:.3f} | "
+        f"| {p['mu']:g} | {p['rate']:.1%} ({p['high']:.2%}) | {p['posterior']:.3f} | "
         f"{p['linear']:.3f} | {p['posterior'] - nothing:+.3f} |"
         for p in sorted(report["points"], key=lambda p: p["mu"])
     ]

@@ -128,7 +128,7 @@ def levels_table(levels: list[dict]) -> list[str]:
         top = attacks[name]
         lines.append(
             f"| {level['target_attack_rate']:.0%} | {level['mu']:.3f} | {level['epsilon_token']:.2f} "
-            f"| {ATTACKS_IN_WORDS[name]} | {top['rate']:.1%} ({top['low']:.1%}–{top['high']:.1%}) "
+            f"| {ATTACKS_IN_WORDS[name]} | {top['rate']:.1%} ({top['low']:.1%}–{top['high']:.2%}) "
             + "".join(f"| {attacks[a]['rate']:.1%} " for a in names)
             + "|"
         )

@@ -45,7 +45,7 @@ def write_markdown(path: Path, report: dict) -> None:
         "|---:|---:|---:|---:|",
         *(
             f"| {level['target_attack_rate']:.0%} | {level['mu']:.3f} | {level['accuracy']:.1%} "
-            f"| {level['strongest_rate_high']:.1%} |"
+            f"| {level['strongest_rate_high']:.2%} |"
             for level in e["levels"]
         ),
         "",
