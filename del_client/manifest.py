@@ -30,6 +30,8 @@ ATTACKS_IN_WORDS = {
     "bigram_marginal": "likelihood + bigram prior (forward-backward)",
     "bigram_viterbi": "likelihood + bigram prior (Viterbi)",
     "lm_beam": "likelihood + the model as prior (beam search)",
+    "lm_filter": "likelihood + the model as prior (particle filter)",
+    "lm_smoother": "likelihood + the model as prior (particle smoother)",
 }
 
 

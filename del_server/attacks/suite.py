@@ -9,7 +9,9 @@ table, the model and the language (public in-domain text). Attacks, weakest know
     learned            an inversion network trained on public text: likelihood + token frequency
     bigram_marginal    forward-backward with a bigram prior: each token's posterior argmax
     bigram_viterbi     the most likely whole prompt under the same model
-    lm_beam            beam search with the provider's own LLM as the prior (the strongest)
+    lm_beam            beam search with the provider's own LLM as the prior
+    lm_filter          the same prior, each token's marginal from a particle filter
+    lm_smoother        the same particles' weighted final paths (lm_filter's twin: one run)
 
 Calibration (train.calibrate) bisects over the fast ones and verifies with all of them.
 """
@@ -30,21 +32,26 @@ from del_client.manifest import ATTACKS_IN_WORDS
 
 from ..adapter import Adapter
 from ..train.data import Windows
+from ..train.defaults import DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS
 from .beam import DEFAULT_WIDTH, beam_guesses
 from .learned import learned_guesses, train_learned_attacker
 from .mechanisms import Mechanism
+from .particle import particle_guesses, text_prefix
 from .recovery import Recovery, content_mask, recovery
 from .sequence import DEFAULT_KEEP, BigramPrior, Lattice, marginal_guesses, viterbi_guesses
 from .tokenwise import client_table, log_likelihood_matrix, nearest_neighbour_guesses
 
 ATTACKS = tuple(ATTACKS_IN_WORDS)  # the names the manifest's AttackRate carries
-PRIOR_ONLY = ("bigram_marginal", "bigram_viterbi", "lm_beam")  # those that can guess blind
+LM_ATTACKS = ("lm_beam", "lm_filter", "lm_smoother")  # those that need a causal LM
+PRIOR_ONLY = ("bigram_marginal", "bigram_viterbi", *LM_ATTACKS)  # those that can guess blind
 PROMPTS_PER_CHUNK = 32  # bounds the (prompts, M, M) transition tensors and the beam's batch
 
 
 @dataclass(frozen=True)
 class AttackOptions:
     beam_width: int = DEFAULT_WIDTH
+    particles: int = DEFAULT_PARTICLES
+    prefix_steps: int = DEFAULT_PREFIX_STEPS  # training of the LM attacks' mid-text prefix
     keep: int = DEFAULT_KEEP  # candidates per position for the sequence attacks
     learned_steps: int = 400
     learned_batch: int = 512
@@ -55,7 +62,7 @@ class Attacker:
     """What the server knows besides the symbols: the model and public text of the domain."""
 
     embeddings: torch.Tensor  # (V, d) the model's input embeddings
-    model: PreTrainedModel | None  # a causal LM, the lm_beam attack's prior; None: no such attack
+    model: PreTrainedModel | None  # a causal LM, the LM attacks' prior; None: no such attack
     bos_id: int | None
     public_ids: np.ndarray  # a stream of public in-domain token ids
     options: AttackOptions = field(default_factory=AttackOptions)
@@ -72,8 +79,11 @@ class Attacker:
 
     @property
     def attacks(self) -> tuple[str, ...]:
-        """Every attack this attacker can run: lm_beam needs a causal LM (an encoder has none)."""
-        return ATTACKS if self.model is not None else tuple(a for a in ATTACKS if a != "lm_beam")
+        """Every attack this attacker can run: the LM attacks need a causal LM (an encoder has
+        none)."""
+        return (
+            ATTACKS if self.model is not None else tuple(a for a in ATTACKS if a not in LM_ATTACKS)
+        )
 
     @property
     def vocab(self) -> int:
@@ -82,6 +92,13 @@ class Attacker:
     @cached_property
     def prior(self) -> BigramPrior:
         return BigramPrior.fit(self.public_ids, self.vocab)
+
+    @cached_property
+    def prefix(self) -> torch.Tensor:
+        """The particle attacks' mid-text prefix, trained once on the public text."""
+        return text_prefix(
+            self.model, self.bos_id, self.public_ids, steps=self.options.prefix_steps
+        )
 
     def attack(
         self,
@@ -168,6 +185,18 @@ class Attacker:
                 parts["lm_beam"].append(
                     beam_guesses(self.model, self.bos_id, lattice, width=self.options.beam_width)
                 )
+            if {"lm_filter", "lm_smoother"} & set(attacks):
+                found = particle_guesses(
+                    self.model,
+                    self.bos_id,
+                    self.prefix,
+                    lattice,
+                    particles=self.options.particles,
+                    seed=start,  # reproducible, chunk by chunk
+                )
+                for name, guessed in (("lm_filter", found.filter), ("lm_smoother", found.smoother)):
+                    if name in attacks:
+                        parts[name].append(guessed)
         return {name: np.concatenate(chunks_of) for name, chunks_of in parts.items()}
 
     def _checked(self, attacks: Iterable[str]) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from del_client.parameters import DEFAULT_BITS, DEFAULT_DELTA
 
 from ..settings import DEFAULT_ADAPTER, DEFAULT_MODEL, SHARED_DIR
-from ..train.defaults import DEFAULT_DATA
+from ..train.defaults import DEFAULT_DATA, DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS
 
 DEFAULT_OOD_DATA = str(SHARED_DIR / "data" / "wikitext-2" / "valid.txt")
 
@@ -45,6 +45,8 @@ class EvalConfig:
     inversion_steps: int = 400  # training steps of the learned inversion network
     inversion_batch: int = 512
     beam_width: int = 64  # the LLM beam-search attack
+    particles: int = DEFAULT_PARTICLES  # the LLM particle filter and smoother
+    prefix_steps: int = DEFAULT_PREFIX_STEPS  # their mid-text prefix's training
     # Utility: held-out windows (32 prompt + 32 continuation tokens) and noise seeds.
     loss_windows: int = 256
     coherence_windows: int = 128
@@ -74,6 +76,8 @@ PRESETS = {
         calibration_iterations=8,
         inversion_steps=100,
         beam_width=16,
+        particles=32,
+        prefix_steps=100,
         loss_windows=32,
         coherence_windows=24,
         seeds=(0, 1, 2),
@@ -93,6 +97,8 @@ PRESETS = {
         inversion_steps=20,
         inversion_batch=128,
         beam_width=4,
+        particles=8,
+        prefix_steps=10,
         loss_windows=8,
         coherence_windows=8,
         seeds=(0, 1),

@@ -88,6 +88,8 @@ class EvalContext:
             beam_width=config.beam_width,
             learned_steps=config.inversion_steps,
             learned_batch=config.inversion_batch,
+            particles=config.particles,
+            prefix_steps=config.prefix_steps,
         )
         return Attacker.of_model(self.loaded.model, self.loaded.bos_id, self.split.train, options)
 

@@ -24,7 +24,13 @@ from del_client.parameters import DEFAULT_BITS
 
 from ..extras import require_extra
 from ..settings import DEFAULT_MODEL
-from .defaults import DEFAULT_DATA, DEFAULT_NLU_DATA, DEFAULT_NLU_MODEL, DEFAULT_TARGETS
+from .defaults import (
+    DEFAULT_DATA,
+    DEFAULT_NLU_DATA,
+    DEFAULT_NLU_MODEL,
+    DEFAULT_PARTICLES,
+    DEFAULT_TARGETS,
+)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -74,6 +80,12 @@ def _calibration_args(
         parser.add_argument(
             "--beam-width", type=int, default=64, help="the LLM beam attack's width"
         )
+        parser.add_argument(
+            "--particles",
+            type=int,
+            default=DEFAULT_PARTICLES,
+            help="the LLM particle attacks' particles per prompt",
+        )
 
 
 def _soft_prompt_args(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +125,7 @@ def _config(args: argparse.Namespace):
         calibration_prompts=getattr(args, "calibration_prompts", 250),
         inversion_steps=getattr(args, "inversion_steps", 400),
         beam_width=getattr(args, "beam_width", 64),
+        particles=getattr(args, "particles", DEFAULT_PARTICLES),
         soft_prompt_length=getattr(args, "length", 8),
         soft_prompt_steps=getattr(args, "soft_prompt_steps", 0),
         soft_prompt_mus=getattr(args, "mu", ()),

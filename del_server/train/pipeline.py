@@ -34,6 +34,7 @@ from ..levels import adapter_levels
 from ..models import LoadedModel, load_model
 from .calibrate import DEFAULT_TARGETS, calibrate
 from .data import Split, Windows, load_split
+from .defaults import DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS
 from .evaluate import level_losses, loss_utility, reference_losses
 from .loop import loss_summary
 from .objective import FrozenLM
@@ -62,6 +63,8 @@ class TrainConfig:
     calibration_prompts: int = 250  # held-out prompts every attack is measured on
     inversion_steps: int = 400  # training of the learned attack, per verification
     beam_width: int = 64  # the LLM beam attack
+    particles: int = DEFAULT_PARTICLES  # the LLM particle attacks
+    prefix_steps: int = DEFAULT_PREFIX_STEPS  # their mid-text prefix's training
     eval_windows: int = 256
     eval_seeds: tuple[int, ...] = (0, 1, 2)
     seed: int = 0
@@ -95,8 +98,12 @@ class Workbench:
         )
 
     def attacker(self) -> Attacker:
+        c = self.config
         options = AttackOptions(
-            beam_width=self.config.beam_width, learned_steps=self.config.inversion_steps
+            beam_width=c.beam_width,
+            learned_steps=c.inversion_steps,
+            particles=c.particles,
+            prefix_steps=c.prefix_steps,
         )
         return Attacker.of_model(self.loaded.model, self.loaded.bos_id, self.split.train, options)
 

@@ -32,6 +32,8 @@ def small_adapter(tmp_path_factory, tinystories, stories260k) -> Path:
         calibration_prompts=8,
         inversion_steps=20,
         beam_width=4,
+        particles=8,
+        prefix_steps=10,
         eval_windows=4,
         eval_seeds=(0,),
     )

@@ -11,6 +11,7 @@ import torch
 
 from del_server.adapter import pca_adapter
 from del_server.attacks.mechanisms import Binomial
+from del_server.attacks.particle import particle_guesses
 from del_server.attacks.recovery import clustered_interval, content_mask, recovery
 from del_server.attacks.sequence import (
     BigramPrior,
@@ -109,7 +110,9 @@ def held_out(shared_dir, stories260k):
         loaded.model,
         loaded.bos_id,
         public,
-        AttackOptions(beam_width=16, learned_steps=60, learned_batch=256),
+        AttackOptions(
+            beam_width=16, learned_steps=60, learned_batch=256, particles=32, prefix_steps=60
+        ),
     )
     adapter = pca_adapter(embeddings, dim=16)
     return attacker, adapter, split.validation
@@ -122,8 +125,22 @@ def test_context_beats_per_token_likelihood_beyond_sampling_noise(held_out):
     results = attacker.attack(adapter, mechanism, prompts, seed=0)
     assert set(results) == set(ATTACKS)
     likelihood = results["likelihood"]
-    for name in ("bigram_marginal", "lm_beam"):
+    for name in ("bigram_marginal", "lm_beam", "lm_filter", "lm_smoother"):
         assert results[name].low > likelihood.high, (name, results[name], likelihood)
+
+
+@torch.no_grad()
+def test_the_particle_filter_of_one_token_is_the_exact_posterior_under_the_model(held_out):
+    attacker, _, _ = held_out
+    generator = torch.Generator().manual_seed(0)
+    log_likelihood = 3 * torch.randn(6, 1, attacker.vocab, generator=generator)
+    lattice = Lattice.build(log_likelihood, attacker.prior)
+    prefix = attacker.prefix
+    found = particle_guesses(attacker.model, attacker.bos_id, prefix, lattice, particles=4)
+    bos = attacker.embeddings[[attacker.bos_id]]
+    logits = attacker.model(inputs_embeds=torch.cat([prefix, bos])[None]).logits[0, -1]
+    exact = (logits.log_softmax(-1) + log_likelihood[:, 0]).argmax(-1)
+    assert found.filter[:, 0].tolist() == exact.tolist()  # the smoother's 4 particles sample it
 
 
 def test_blind_guessing_recovers_only_the_most_predictable_tokens(held_out):

@@ -47,6 +47,8 @@ def trained(tmp_path_factory, shared_dir, stories260k):
         targets=(0.08, 0.15),
         calibration_prompts=40,
         beam_width=8,
+        particles=16,
+        prefix_steps=30,
         inversion_steps=40,
         eval_windows=32,
         eval_seeds=(0, 1),

@@ -1,0 +1,158 @@
+"""The provider's own LLM as the prior over prompts, decoded by a particle smoother: the
+strongest attack we know, and the Bayes posterior a server could use for the user.
+
+The beam search (beam.py) keeps the single best hypotheses; token recovery is maximised by
+each token's posterior marginal instead, and with an LLM prior no lattice gives it exactly.
+A twisted sequential Monte Carlo sampler approximates it:
+
+    target at step t   P_LM(v_1..v_t | prefix) · Π_s P(symbols_s | v_s) · β_t(v_t)
+
+where β_t is the bigram lattice's backward message (what the symbols still to come say about
+v_t), so particles are proposed and resampled with the future in view. Each step proposes
+v_t from the locally optimal distribution ∝ P_LM(v | v_<t) · P(symbols_t | v) · β_t(v) and
+weights the particle by its normaliser over β_{t-1}(v_{t-1}); the weights are exact
+importance weights, resampling (systematic) happens when the effective sample size falls
+under half. Two guesses come out of one run:
+
+    filter    at each step, Σ_i w_i · proposal_i(v_t): every candidate scored, no sampling
+              noise (Rao-Blackwellised), with the bigram standing in for the future
+    smoother  the weighted final paths: the LLM's own view of the future, but earlier
+              positions rest on fewer distinct ancestors (path degeneracy)
+
+The filter is the stronger where the symbols say little (low μ), the smoother where they say
+more. The LLM reads the prompt after a prefix trained on public text (`text_prefix`): a
+prompt starts mid-story, where the LLM after BOS alone expects a beginning (without the
+prefix it is a weaker prior than the bigram).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from ..train.defaults import DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS
+from ..train.loop import optimize
+from ..train.objective import FrozenLM
+from .sequence import Lattice
+
+PREFIX_LENGTH = 16
+PREFIX_WINDOW = 32  # tokens of public text per training example of the prefix
+PREFIX_BATCH = 32
+PREFIX_LR = 1e-2
+
+
+@dataclass(frozen=True)
+class ParticleGuesses:
+    filter: np.ndarray  # (P, T) each position's argmax of the filtering marginal
+    smoother: np.ndarray  # (P, T) each position's argmax over the weighted final paths
+
+
+def text_prefix(
+    model: PreTrainedModel,
+    bos_id: int | None,
+    public_ids: np.ndarray,
+    *,
+    length: int = PREFIX_LENGTH,
+    steps: int = DEFAULT_PREFIX_STEPS,
+    seed: int = 0,
+) -> torch.Tensor:
+    """(length, d) vectors after which the frozen LLM predicts public text cut at random
+    offsets: its prior for a prompt that starts anywhere in a document. Trained from the
+    embeddings of the public text's first tokens."""
+    lm = FrozenLM(model, bos_id)
+    stream = torch.from_numpy(np.asarray(public_ids, dtype=np.int64))
+    if len(stream) <= PREFIX_WINDOW + length:
+        raise ValueError("too little public text to train the attacker's prefix")
+    params = {"prefix": lm.embed(stream[:length]).detach().float().clone()}
+
+    def loss_fn(generator: torch.Generator) -> torch.Tensor:
+        starts = torch.randint(len(stream) - PREFIX_WINDOW, (PREFIX_BATCH,), generator=generator)
+        windows = stream[starts[:, None] + torch.arange(PREFIX_WINDOW)]
+        return lm.continuation_loss(None, windows, params["prefix"])
+
+    optimize(params, loss_fn, steps=steps, lr=PREFIX_LR, seed=seed, desc="attacker's prefix")
+    return params["prefix"].detach()
+
+
+@torch.no_grad()
+def particle_guesses(
+    model: PreTrainedModel,
+    bos_id: int | None,
+    prefix: torch.Tensor,  # (m, d) from text_prefix
+    lattice: Lattice,
+    *,
+    particles: int = DEFAULT_PARTICLES,
+    seed: int = 0,
+) -> ParticleGuesses:
+    """Both guesses for every prompt of the lattice, all particles in one batched pass per
+    position with a shared KV cache reordered at resampling."""
+    prompts, length, keep = lattice.candidates.shape
+    n = particles
+    lookahead = lattice.backward()  # (P, T, M)
+    generator = torch.Generator().manual_seed(seed)
+    lm = FrozenLM(model, bos_id)
+    device = lm.device
+    inputs = lm.prefix(None, prompts * n, prefix.to(device))
+    step = model(inputs_embeds=inputs, cache=DynamicCache(), use_cache=True)
+    cache = step.cache
+    next_log_p = step.logits[:, -1].float().log_softmax(dim=-1).cpu()  # (P·n, V)
+    log_w = torch.zeros(prompts, n)
+    previous = torch.zeros(prompts, n)  # β_{t-1} of each particle's last token
+    paths = torch.zeros(prompts, n, 0, dtype=torch.long)
+    filtered = torch.zeros(prompts, length, dtype=torch.long)
+    rows = torch.arange(prompts)[:, None]
+    for t in range(length):
+        candidates = lattice.candidates[:, t]  # (P, M)
+        prior = next_log_p.view(prompts, n, -1).gather(
+            -1, candidates[:, None, :].expand(prompts, n, keep)
+        )
+        proposal = prior + (lattice.emission[:, t] + lookahead[:, t])[:, None, :]  # (P, n, M)
+        log_w = log_w + proposal.logsumexp(dim=-1) - previous
+        weights = (log_w - log_w.logsumexp(dim=-1, keepdim=True)).exp()
+        marginal = torch.einsum("pn,pnm->pm", weights, proposal.softmax(dim=-1))
+        filtered[:, t] = candidates.gather(-1, marginal.argmax(dim=-1, keepdim=True)).squeeze(-1)
+        ancestors, resampled = _resampled(weights, generator)
+        log_w = torch.where(resampled, 0.0, log_w)  # resampled particles weigh the same
+        proposal, paths = proposal[rows, ancestors], paths[rows, ancestors]
+        cache.reorder_cache((ancestors + rows * n).reshape(-1).to(device))
+        pick = torch.multinomial(
+            proposal.view(prompts * n, keep).softmax(-1), 1, generator=generator
+        )
+        pick = pick.view(prompts, n)
+        chosen = candidates.gather(-1, pick)  # (P, n) token ids
+        paths = torch.cat([paths, chosen[..., None]], dim=-1)
+        previous = lookahead[:, t].gather(-1, pick)
+        if t + 1 < length:
+            step = model(input_ids=chosen.view(-1, 1).to(device), cache=cache, use_cache=True)
+            cache = step.cache
+            next_log_p = step.logits[:, -1].float().log_softmax(dim=-1).cpu()
+    weights = (log_w - log_w.logsumexp(dim=-1, keepdim=True)).exp()
+    return ParticleGuesses(filtered.numpy(), _weighted_mode(paths, weights).numpy())
+
+
+def _resampled(
+    weights: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, n) ancestor of each new particle, (P, 1) whether the prompt was resampled:
+    systematic resampling where the effective sample size is under n / 2, else the identity."""
+    prompts, n = weights.shape
+    offsets = (torch.rand(prompts, 1, generator=generator) + torch.arange(n)) / n
+    drawn = torch.searchsorted(weights.cumsum(dim=-1), offsets).clamp(max=n - 1)
+    degenerate = 1 / weights.square().sum(dim=-1, keepdim=True) < n / 2
+    return torch.where(degenerate, drawn, torch.arange(n).expand(prompts, n)), degenerate
+
+
+def _weighted_mode(paths: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(P, n, T) paths, (P, n) weights -> (P, T) each position's token of most weight."""
+    prompts, n, length = paths.shape
+    best = torch.empty(prompts, length, dtype=torch.long)
+    for p in range(prompts):
+        tokens, index = paths[p].T.unique(return_inverse=True)  # index (T, n)
+        mass = torch.zeros(length, len(tokens)).scatter_add_(
+            -1, index, weights[p].expand(length, n).contiguous()
+        )
+        best[p] = tokens[mass.argmax(dim=-1)]
+    return best
