@@ -19,8 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from ..attacks.suite import ATTACKS
-from .privacy import in_words
+from .privacy import attacks_run, in_words
 
 CURVES = {  # (family, soft prompt) -> style
     ("del", True): ("DEL + soft prompt", "C0", "-", "o"),
@@ -35,7 +34,7 @@ REFERENCES = {  # key -> style of its horizontal line
     "no_prompt+soft": ("no prompt + soft prompt", "C3", "-."),
     "no_prompt": ("no prompt", "C3", ":"),
 }
-ATTACK_MARKERS = ("o", "s", "^", "v", "D", "*")  # one per attacks.suite.ATTACKS
+ATTACK_MARKERS = ("o", "s", "^", "v", "D", "*", "P", "X")  # one per attack the suite runs
 DPI = 110
 
 
@@ -107,7 +106,8 @@ def _attacks_figure(report: dict, path: Path) -> None:
             (r for r in privacy["rows"] if r["family"] == family), key=lambda r: r["epsilon_token"]
         )
         eps = [r["epsilon_token"] for r in rows]
-        for attack, marker in zip(ATTACKS, ATTACK_MARKERS, strict=True):
+        attacks = attacks_run(privacy)
+        for attack, marker in zip(attacks, ATTACK_MARKERS[: len(attacks)], strict=True):
             values = [r["attacks"][attack]["rate"] for r in rows]
             axis.plot(eps, values, marker=marker, label=in_words(attack))
         axis.axhline(

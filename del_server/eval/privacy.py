@@ -37,6 +37,13 @@ def in_words(attack: str) -> str:
     return {**ATTACKS_IN_WORDS, **REFERENCE_ATTACKS_IN_WORDS}[attack]
 
 
+def attacks_run(section: dict) -> tuple[str, ...]:
+    """The attacks a report's privacy section measured, in the suite's order: a report keeps
+    the attacks of its run when the suite has grown since."""
+    seen = {name for row in section["rows"] for name in row["attacks"]}
+    return tuple(a for a in ATTACKS_IN_WORDS if a in seen)
+
+
 @dataclass(frozen=True)
 class AttackRow:
     method: str  # Method.key

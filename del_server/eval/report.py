@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..attacks.recovery import CONTENT_EXCLUDES
-from ..attacks.suite import ATTACKS
 from ..tools.bench import concurrency_table, path_table
 from .findings import VERDICT_WORDS, label_verdict
-from .privacy import in_words
+from .privacy import attacks_run, in_words
 
 SCHEMA = "del-eval/2"
 
@@ -97,7 +96,7 @@ def headline_markdown(report: dict) -> str:
         + f". Bits per prompt token: DEL {here['del']} vs {here['raw_fp16']} for a raw fp16 "
         f"embedding (d = {here['hidden_size']}); at 7B dimensions {big['del']} vs "
         f"{big['raw_fp16']:,}. Attack rates: share of prompt tokens the strongest of "
-        f"{len(ATTACKS)} attacks recovers, 95 % interval clustered by prompt; out of domain: "
+        f"{len(attacks_run(report['privacy']))} attacks recovers, 95 % interval clustered by prompt; out of domain: "
         f"`{report['out_of_domain']['text']}`. Loss in nats/token; ± is a 95 % interval over "
         "noise seeds.",
     ]
@@ -120,7 +119,7 @@ def _setup(report: dict) -> list[str]:
         f"- utility: {u['loss_windows']} held-out windows for the loss, {u['coherence_windows']} "
         f"for coherence (greedy continuations of 32 tokens, encoder: {u['encoder']}); noise "
         f"seeds {u['seeds']}; baseline soft prompts: {u['baseline_soft_prompt_steps']} steps, seed {cfg['seed']}",
-        f"- privacy: {len(ATTACKS)} attacks on {p['prompts']} prompts of {p['prompt_tokens']} "
+        f"- privacy: {len(attacks_run(p))} attacks on {p['prompts']} prompts of {p['prompt_tokens']} "
         f"tokens ({p['tokens']} tokens; {p['text']}), noise seed {p['noise_seed']}; "
         f"ε exact at δ = {p['delta']:g}; the attacker knows {at['public_tokens']:,} tokens of "
         f"public text ({at['public_text']}), beam width {at['beam_width']}, "
@@ -138,16 +137,17 @@ def _setup(report: dict) -> list[str]:
 
 def _attack_table(section: dict) -> list[str]:
     """Per method: each attack's token recovery, then the strongest one's in detail."""
+    attacks = attacks_run(section)
     lines = [
         "| method | target | μ per token | ε per token | ε per prompt | "
-        + " | ".join(_short(a) for a in ATTACKS)
+        + " | ".join(_short(a) for a in attacks)
         + " | strongest [95 %] | content-token rate | prompts ≥ half | prompts exact "
         "| prompts / tokens |",
-        "|---|" + "---:|" * (len(ATTACKS) + 9),
+        "|---|" + "---:|" * (len(attacks) + 9),
     ]
     for r in section["rows"]:
         best = r["attacks"][r["strongest_attack"]]
-        rates = " | ".join(_pct(r["attacks"].get(a, {}).get("rate")) for a in ATTACKS)
+        rates = " | ".join(_pct(r["attacks"].get(a, {}).get("rate")) for a in attacks)
         lines.append(
             f"| {r['method']} | {_pct(r['target_attack_rate'])} | {_num(r['mu_token'], 2)} "
             f"| {_num(r['epsilon_token'], 1)} | {_num(r['epsilon_prompt'], 0)} | {rates} "
@@ -179,7 +179,7 @@ def _labels_table(report: dict) -> list[str]:
 def _privacy(report: dict) -> list[str]:
     p, o = report["privacy"], report["out_of_domain"]
     content = next(iter(p["rows"][0]["attacks"].values()))["content_tokens"]
-    attacks = "; ".join(f"`{_short(a)}`: {in_words(a)}" for a in ATTACKS)
+    attacks = "; ".join(f"`{_short(a)}`: {in_words(a)}" for a in attacks_run(p))
     return [
         "## Privacy: token inversion against exact ε",
         "",
