@@ -77,8 +77,20 @@ def text_prefix(
     return params["prefix"].detach()
 
 
+@dataclass
+class Particles:
+    """A particle approximation of each prompt's posterior under the LLM, and the LLM's state
+    after every particle: what both the attack and a server's predictive read."""
+
+    paths: torch.Tensor  # (P, n, T) token ids
+    log_weights: torch.Tensor  # (P, n) normalised
+    filtered: torch.Tensor  # (P, T) each position's argmax of the filtering marginal
+    cache: DynamicCache  # the LLM after prefix, BOS and each path
+    next_log_p: torch.Tensor  # (P·n, V) the LLM's next-token log-probabilities after each
+
+
 @torch.no_grad()
-def particle_guesses(
+def sample_posterior(
     model: PreTrainedModel,
     bos_id: int | None,
     prefix: torch.Tensor,  # (m, d) from text_prefix
@@ -86,9 +98,9 @@ def particle_guesses(
     *,
     particles: int = DEFAULT_PARTICLES,
     seed: int = 0,
-) -> ParticleGuesses:
-    """Both guesses for every prompt of the lattice, all particles in one batched pass per
-    position with a shared KV cache reordered at resampling."""
+) -> Particles:
+    """Every prompt of the lattice at once, all particles in one batched pass per position
+    with a shared KV cache reordered at resampling."""
     prompts, length, keep = lattice.candidates.shape
     n = particles
     lookahead = lattice.backward()  # (P, T, M)
@@ -97,14 +109,13 @@ def particle_guesses(
     device = lm.device
     inputs = lm.prefix(None, prompts * n, prefix.to(device))
     step = model(inputs_embeds=inputs, cache=DynamicCache(), use_cache=True)
-    cache = step.cache
-    next_log_p = step.logits[:, -1].float().log_softmax(dim=-1).cpu()  # (P·n, V)
     log_w = torch.zeros(prompts, n)
     previous = torch.zeros(prompts, n)  # β_{t-1} of each particle's last token
     paths = torch.zeros(prompts, n, 0, dtype=torch.long)
     filtered = torch.zeros(prompts, length, dtype=torch.long)
     rows = torch.arange(prompts)[:, None]
     for t in range(length):
+        next_log_p = step.logits[:, -1].float().log_softmax(dim=-1).cpu()  # (P·n, V)
         candidates = lattice.candidates[:, t]  # (P, M)
         prior = next_log_p.view(prompts, n, -1).gather(
             -1, candidates[:, None, :].expand(prompts, n, keep)
@@ -117,20 +128,55 @@ def particle_guesses(
         ancestors, resampled = _resampled(weights, generator)
         log_w = torch.where(resampled, 0.0, log_w)  # resampled particles weigh the same
         proposal, paths = proposal[rows, ancestors], paths[rows, ancestors]
-        cache.reorder_cache((ancestors + rows * n).reshape(-1).to(device))
+        step.cache.reorder_cache((ancestors + rows * n).reshape(-1).to(device))
         pick = torch.multinomial(
             proposal.view(prompts * n, keep).softmax(-1), 1, generator=generator
         )
         pick = pick.view(prompts, n)
         chosen = candidates.gather(-1, pick)  # (P, n) token ids
         paths = torch.cat([paths, chosen[..., None]], dim=-1)
-        previous = lookahead[:, t].gather(-1, pick)
-        if t + 1 < length:
-            step = model(input_ids=chosen.view(-1, 1).to(device), cache=cache, use_cache=True)
-            cache = step.cache
-            next_log_p = step.logits[:, -1].float().log_softmax(dim=-1).cpu()
-    weights = (log_w - log_w.logsumexp(dim=-1, keepdim=True)).exp()
-    return ParticleGuesses(filtered.numpy(), _weighted_mode(paths, weights).numpy())
+        previous = lookahead[:, t].gather(-1, pick)  # zero at the last position: no twist left
+        step = model(input_ids=chosen.view(-1, 1).to(device), cache=step.cache, use_cache=True)
+    return Particles(
+        paths=paths,
+        log_weights=log_w - log_w.logsumexp(dim=-1, keepdim=True),
+        filtered=filtered,
+        cache=step.cache,
+        next_log_p=step.logits[:, -1].float().log_softmax(dim=-1).cpu(),
+    )
+
+
+def particle_guesses(
+    model: PreTrainedModel,
+    bos_id: int | None,
+    prefix: torch.Tensor,
+    lattice: Lattice,
+    *,
+    particles: int = DEFAULT_PARTICLES,
+    seed: int = 0,
+) -> ParticleGuesses:
+    """Both guesses of the attack for every prompt of the lattice."""
+    found = sample_posterior(model, bos_id, prefix, lattice, particles=particles, seed=seed)
+    smoothed = _weighted_mode(found.paths, found.log_weights.exp())
+    return ParticleGuesses(found.filtered.numpy(), smoothed.numpy())
+
+
+@torch.no_grad()
+def mixture_nll(
+    model: PreTrainedModel, particles: Particles, continuations: torch.Tensor
+) -> torch.Tensor:
+    """(P,) −log Σ_i w_i · P_LM(continuation | prefix, BOS, path_i) in nats: a continuation's
+    loss under the posterior predictive, what a server that decodes the prompt as the attacker
+    does (for the user) would predict. Consumes the particles' cache."""
+    prompts, n = particles.log_weights.shape
+    targets = continuations.repeat_interleave(n, dim=0)  # (P·n, Tc)
+    device = next(model.parameters()).device
+    step = model(input_ids=targets.to(device), cache=particles.cache, use_cache=True)
+    log_p = torch.cat(
+        [particles.next_log_p[:, None], step.logits[:, :-1].float().log_softmax(dim=-1).cpu()], 1
+    )
+    per_path = log_p.gather(-1, targets[..., None]).squeeze(-1).sum(-1).view(prompts, n)
+    return -(particles.log_weights + per_path).logsumexp(dim=-1)
 
 
 def _resampled(

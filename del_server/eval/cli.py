@@ -115,7 +115,7 @@ def _add_nlu(sub: argparse._SubParsersAction) -> None:
 
 def _run_frontier(args: argparse.Namespace) -> None:
     require_extra("eval", "del-server eval-frontier")
-    from .frontier import crossover, run
+    from .frontier import KINDS, crossover, run
 
     report = run(
         FrontierConfig(
@@ -127,11 +127,12 @@ def _run_frontier(args: argparse.Namespace) -> None:
             steps=args.steps,
             eval_windows=args.eval_windows,
             attack_prompts=args.attack_prompts,
+            particles=args.particles,
             command=shlex.join(["del-server", *sys.argv[1:]]),
         )
     )
     print(f"{args.out}/FRONTIER.md written in {report['seconds'] / 60:.1f} min")
-    for kind in ("linear", "posterior"):
+    for kind in KINDS:
         point = crossover(report, kind)
         found = f"beats nothing sent from μ = {point['mu']:g}" if point else "never beats nothing"
         print(f"- {kind}: {found}")
@@ -271,6 +272,12 @@ def _add_frontier(sub: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=defaults.attack_prompts,
         help="held-out prompts attacked per μ",
+    )
+    parser.add_argument(
+        "--particles",
+        type=_positive_int,
+        default=defaults.particles,
+        help="particles per prompt: the LLM attacks' and the posterior mixture's",
     )
     parser.set_defaults(run=_run_frontier)
 

@@ -137,6 +137,8 @@ class FrontierConfig:
     attack_prompts: int = 250
     bits: int = 4
     seed: int = 0
+    particles: int = DEFAULT_PARTICLES  # the LLM particle attacks and the posterior mixture
+    prefix_steps: int = DEFAULT_PREFIX_STEPS  # the particle attacks' mid-text prefix
     command: str = ""
 
 

@@ -3,12 +3,17 @@
 Over a sweep of μ with the adapter's projection: the strongest attack's token recovery on
 held-out prompts, and the held-out continuation loss of a soft prompt trained at that μ with
 each front-end (front_end.py: W_d·x̂, the posterior), beside sending nothing (a soft prompt
-trained the same way for that case) and the clean prompt. Where a curve drops below nothing
-sent is where a private prompt starts to pay, and the attack rate there is its price.
+trained the same way for that case) and the clean prompt; and the posterior mixture: the
+continuation's loss under the LLM's posterior predictive given the symbols (particle.py: the
+prompt decoded by the particle sampler, the LLM continuing each particle after the
+nothing-sent soft prompt, weighted), what a server that decodes as the strongest attacker
+does, for the user, would reach. Where a curve drops below nothing sent is where a private
+prompt starts to pay, and the attack rate there is its price.
 
 The attacks are calibration's bisection set (nearest neighbour, per-token likelihood, the
-bigram forward-backward marginals: the strongest at every level the adapters record); the
-slow LLM beam and learned attacks are left to the levels' own calibration.
+bigram forward-backward marginals) and the LLM particle filter and smoother, the strongest
+at the levels the adapters record; the slow beam and learned attacks are left to the levels'
+own calibration.
 """
 
 from __future__ import annotations
@@ -19,25 +24,36 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from tqdm import tqdm
 
 from ..adapter import Adapter
-from ..attacks.mechanisms import Binomial
+from ..attacks.mechanisms import Binomial, Mechanism
+from ..attacks.particle import mixture_nll, sample_posterior
+from ..attacks.sequence import BigramPrior, Lattice
 from ..attacks.suite import strongest
+from ..attacks.tokenwise import client_table, log_likelihood_matrix
 from ..front_end import PosteriorFrontEnd, initial_parameters
 from ..train.calibrate import BISECTION_ATTACKS
+from ..train.data import Windows
 from ..train.evaluate import level_losses, reference_losses
+from ..train.objective import FrozenLM
 from ..train.pipeline import TrainConfig, Workbench
 from ..train.soft_prompt import level_prompt, nothing_sent
 from .config import FrontierConfig
 
-FRONT_ENDS = ("linear", "posterior")
-STYLE = {  # front-end -> (label, colour, marker)
+FRONT_ENDS = ("linear", "posterior")  # each with a soft prompt trained per μ
+KINDS = (*FRONT_ENDS, "mixture")
+ATTACKS = (*BISECTION_ATTACKS, "lm_filter", "lm_smoother")
+MIXTURE_CHUNK = 16  # windows whose particles go through the LLM at once
+STYLE = {  # kind -> (label, colour, marker)
     "linear": ("W_d·x̂ + soft prompt (the paper's)", "C0", "o"),
     "posterior": ("posterior front-end + soft prompt", "C2", "^"),
+    "mixture": ("posterior mixture (LLM particles)", "C4", "s"),
 }
 
 
@@ -54,6 +70,8 @@ def run(config: FrontierConfig) -> dict:
             soft_prompt_steps=config.steps,
             eval_windows=config.eval_windows,
             seed=config.seed,
+            particles=config.particles,
+            prefix_steps=config.prefix_steps,
         )
     )
     attacker = bench.attacker()
@@ -68,9 +86,8 @@ def run(config: FrontierConfig) -> dict:
     points = []
     for mu in tqdm(config.mus, desc="frontier"):
         spec = bench.spec(adapter, mu)
-        rates = attacker.attack(
-            adapter, Binomial(spec), prompts, seed=config.seed, attacks=BISECTION_ATTACKS
-        )
+        mechanism = Binomial(spec)
+        rates = attacker.attack(adapter, mechanism, prompts, seed=config.seed, attacks=ATTACKS)
         name, worst = strongest(rates)
         point = {"mu": mu, "strongest_attack": name, **worst.to_dict()}
         for kind in FRONT_ENDS:
@@ -86,10 +103,14 @@ def run(config: FrontierConfig) -> dict:
             )
             losses = level_losses(bench.lm, path, validation, soft, (config.seed,))
             point[kind] = losses["noisy_soft_prompt"]["mean"]
+        point["mixture"] = mixture_loss(
+            bench.lm, adapter, attacker.prior, mechanism, validation, nothing, config
+        )
         points.append(point)
     report = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "references": references,
+        "attacks": ATTACKS,
         "points": points,
         "seconds": time.perf_counter() - started,
     }
@@ -98,6 +119,41 @@ def run(config: FrontierConfig) -> dict:
     plot(report, config.out / "frontier.png")
     (config.out / "FRONTIER.md").write_text(markdown(report))
     return report
+
+
+def mixture_loss(
+    lm: FrozenLM,
+    adapter: Adapter,
+    prior: BigramPrior,
+    mechanism: Mechanism,
+    windows: Windows,
+    prefix: torch.Tensor,
+    config: FrontierConfig,
+) -> float:
+    """Mean continuation loss (nats/token) under the posterior predictive, one noise draw per
+    window (seeded)."""
+    table = client_table(adapter, lm.table)
+    log_table = mechanism.log_likelihood(table)
+    rng = np.random.default_rng(config.seed)
+    total = 0.0
+    for start in tqdm(range(0, len(windows), MIXTURE_CHUNK), desc="mixture", leave=False):
+        prompts = windows.prompts[start : start + MIXTURE_CHUNK]
+        symbols = mechanism.privatize(table[prompts.reshape(-1).numpy()], rng)
+        likelihood = log_likelihood_matrix(log_table, symbols.reshape(*prompts.shape, -1))
+        particles = sample_posterior(
+            lm.model,
+            lm.bos_id,
+            prefix,
+            Lattice.build(likelihood, prior),
+            particles=config.particles,
+            seed=start,
+        )
+        total += (
+            mixture_nll(lm.model, particles, windows.continuations[start : start + MIXTURE_CHUNK])
+            .sum()
+            .item()
+        )
+    return total / windows.continuations.numel()
 
 
 def crossover(report: dict, kind: str) -> dict | None:
@@ -111,13 +167,13 @@ def plot(report: dict, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     points = sorted(report["points"], key=lambda p: p["rate"])
     rates = [100 * p["rate"] for p in points]
-    for kind in FRONT_ENDS:
+    for kind in KINDS:
         label, colour, marker = STYLE[kind]
         axes.plot(rates, [p[kind] for p in points], marker=marker, color=colour, label=label)
     for p in points:
         axes.annotate(
             f"μ={p['mu']:g}",
-            (100 * p["rate"], p["posterior"]),
+            (100 * p["rate"], p["mixture"]),
             fontsize=7,
             textcoords="offset points",
             xytext=(3, -10),
@@ -145,8 +201,9 @@ def markdown(report: dict) -> str:
     refs, c = report["references"], report["config"]
     nothing = refs["nothing_sent_soft_prompt"]
     rows = [
-        f"| {p['mu']:g} | {p['rate']:.1%} ({p['high']:.2%}) | {p['posterior']:.3f} | "
-        f"{p['linear']:.3f} | {p['posterior'] - nothing:+.3f} |"
+        f"| {p['mu']:g} | {p['rate']:.1%} ({p['high']:.2%}) {p['strongest_attack']} | "
+        f"{p['mixture']:.3f} | {p['posterior']:.3f} | {p['linear']:.3f} | "
+        f"{p['mixture'] - nothing:+.3f} |"
         for p in sorted(report["points"], key=lambda p: p["mu"])
     ]
     lines = [
@@ -155,19 +212,20 @@ def markdown(report: dict) -> str:
         f"Reproduce with: `{c['command'] or 'make frontier'}` ({report['seconds'] / 60:.0f} min).",
         "",
         f"Projection of `{c['adapter']}` (k fixed), b = {c['bits']}; per μ, a soft prompt of "
-        f"{c['length']} vectors trained {c['steps']} steps with each front-end; held-out "
+        f"{c['length']} vectors trained {c['steps']} steps with each front-end; the posterior "
+        f"mixture with {c['particles']} particles after the nothing-sent soft prompt; held-out "
         f"continuation loss on {c['eval_windows']} windows (one noise seed); the strongest of "
-        f"{', '.join(BISECTION_ATTACKS)} on {c['attack_prompts']} held-out prompts.",
+        f"{', '.join(report['attacks'])} on {c['attack_prompts']} held-out prompts.",
         "",
         f"- clean prompt: **{refs['clean']:.3f}** nats/token",
         f"- nothing sent, with a soft prompt trained the same way: **{nothing:.3f}**",
         "",
-        "| μ per token | strongest attack (95 % high) | posterior front-end | W_d·x̂ | posterior − nothing sent |",
-        "|---:|---:|---:|---:|---:|",
+        "| μ per token | strongest attack (95 % high) | posterior mixture | posterior front-end | W_d·x̂ | mixture − nothing sent |",
+        "|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
     ]
-    for kind in FRONT_ENDS:
+    for kind in KINDS:
         point = crossover(report, kind)
         lines.append(
             f"- {STYLE[kind][0]}: "

@@ -1,12 +1,13 @@
-"""`del-server eval-frontier` on a tiny sweep: every point carries its attack rate and both
-front-ends' held-out loss, the report names the crossover, and the figure is drawn."""
+"""`del-server eval-frontier` on a tiny sweep: every point carries its attack rate and each
+kind's held-out loss (two front-ends, the posterior mixture), the report names the crossovers,
+and the figure is drawn."""
 
 from __future__ import annotations
 
 import json
 
 from del_server.eval.config import FrontierConfig
-from del_server.eval.frontier import crossover, run
+from del_server.eval.frontier import ATTACKS, KINDS, crossover, run
 from del_server.settings import DEFAULT_ADAPTER
 
 
@@ -20,16 +21,19 @@ def test_a_small_sweep_writes_points_crossover_and_figure(shared_dir, stories260
         steps=3,
         eval_windows=16,
         attack_prompts=8,
+        particles=8,
+        prefix_steps=10,
     )
     report = run(config)
     assert json.loads((tmp_path / "frontier.json").read_text())["points"] == report["points"]
     low, high = report["points"]
     assert low["rate"] < high["rate"]  # less noise, more recovered
     for point in report["points"]:
-        assert point["strongest_attack"] in ("nearest_neighbour", "likelihood", "bigram_marginal")
-        assert point["linear"] > 0
-        assert point["posterior"] > 0
+        assert point["strongest_attack"] in ATTACKS
+        for kind in KINDS:
+            assert 0 < point[kind] < 10, (kind, point)
     text = (tmp_path / "FRONTIER.md").read_text()
     assert "| 200 |" in text
-    assert ("first beats nothing sent" in text) == (crossover(report, "posterior") is not None)
+    crossing = [crossover(report, kind) for kind in KINDS]
+    assert text.count("first beats nothing sent") == sum(c is not None for c in crossing)
     assert (tmp_path / "frontier.png").stat().st_size > 10_000

@@ -11,7 +11,7 @@ import torch
 
 from del_server.adapter import pca_adapter
 from del_server.attacks.mechanisms import Binomial
-from del_server.attacks.particle import particle_guesses
+from del_server.attacks.particle import mixture_nll, particle_guesses, sample_posterior
 from del_server.attacks.recovery import clustered_interval, content_mask, recovery
 from del_server.attacks.sequence import (
     BigramPrior,
@@ -23,6 +23,7 @@ from del_server.attacks.sequence import (
 from del_server.attacks.suite import ATTACKS, Attacker, AttackOptions
 from del_server.train.calibrate import calibrate
 from del_server.train.data import load_split
+from del_server.train.objective import FrozenLM
 
 TINYSTORIES = "data/tinystories/tinystories_val_head_dev.txt"
 
@@ -184,3 +185,26 @@ def test_a_target_below_what_blind_guessing_gets_is_refused(held_out):
             targets=(0.005,),
             iterations=4,
         )
+
+
+@torch.no_grad()
+def test_the_mixture_of_a_prompt_the_symbols_pin_down_is_the_clean_prompts_loss(held_out):
+    attacker, _, validation = held_out
+    prompts, continuations = validation.prompts[:3, :6], validation.continuations[:3, :5]
+    certain = torch.full((*prompts.shape, attacker.vocab), -1e4).scatter_(
+        -1, prompts[..., None], 0.0
+    )
+    lattice = Lattice.build(certain, attacker.prior)
+    particles = sample_posterior(
+        attacker.model, attacker.bos_id, attacker.prefix, lattice, particles=4
+    )
+    assert (particles.paths == prompts[:, None, :]).all()
+    lm = FrozenLM(attacker.model, attacker.bos_id)
+    clean = [
+        lm.continuation_loss(lm.embed(prompts[[p]]), continuations[[p]], attacker.prefix)
+        for p in range(3)
+    ]
+    expected = torch.stack(clean) * continuations.shape[1]
+    torch.testing.assert_close(
+        mixture_nll(attacker.model, particles, continuations), expected, rtol=1e-4, atol=1e-4
+    )
