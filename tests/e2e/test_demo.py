@@ -3,9 +3,15 @@ with the committed adapter and a real client process."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from del_server.adapter import Adapter
+from del_server.settings import DEFAULT_ADAPTER
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +45,12 @@ def test_the_demo_states_every_level_and_generates_privately_at_the_10_percent_o
     assert "del-client: warning: at level t0.10 the server measured" in demo.stderr
     assert "--level 0.1" in demo.stdout
     assert "finish        length: 64 tokens" in demo.stderr
-    assert "soft prompt   level t0.10's, trained for μ = 4.35" in demo.stderr
+    trained_for = re.search(r"soft prompt   level t0\.10's, trained for μ = ([0-9.]+)", demo.stderr)
+    assert trained_for, demo.stderr
+    level = next(
+        lv for lv in Adapter.load(DEFAULT_ADAPTER).calibration if lv.target_attack_rate == 0.1
+    )
+    assert float(trained_for.group(1)) == pytest.approx(level.mu, rel=1e-5)
 
 
 def test_the_nlu_demo_states_every_level_and_classifies_each_sentence(tmp_path):
