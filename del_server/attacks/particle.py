@@ -101,6 +101,8 @@ def sample_posterior(
 ) -> Particles:
     """Every prompt of the lattice at once, all particles in one batched pass per position
     with a shared KV cache reordered at resampling."""
+    if particles < 1:
+        raise ValueError(f"the particle sampler needs at least one particle, got {particles}")
     prompts, length, keep = lattice.candidates.shape
     n = particles
     lookahead = lattice.backward()  # (P, T, M)
