@@ -6,6 +6,8 @@ tokenwise   the exact per-token log-likelihood matrix; nearest-neighbour and lik
 learned     the attacker's inversion network, trained on public text
 sequence    a bigram prior: forward-backward marginals and Viterbi over the pruned lattice
 beam        the provider's own LLM as the prior: batched beam search with bigram look-ahead
+particle    the same prior, sampled: a twisted particle filter and smoother (each token's
+            posterior marginal), whose particles also give a server the posterior mixture
 recovery    token, content-token and whole-prompt recovery with prompt-clustered intervals
 suite       the attacker: runs any of them on the same symbols of the same prompts
 """
