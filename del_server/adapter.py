@@ -9,6 +9,10 @@
     prior              optional: a bigram prior of public text; with it the server reads
                        prompts through the posterior front-end (front_end.py), not W_d, and
     front ends         per soft prompt, that front-end's trained parameters (same μ keys)
+    reader             optional, with a prior: the particle reader's prefix (m, d), the soft
+                       prompt trained with nothing sent, and its particle count; with it the
+                       server decodes every private prompt by the LLM's posterior and continues
+                       one particle drawn by weight (particle_reader.py)
     calibration        calibration.CalibratedLevel records, filled by training: a target
                        attack rate's μ and what measured it, and (optional) its utility as
                        served against sending nothing
@@ -19,7 +23,10 @@
 
 Stored as `adapter.safetensors` (tensors) + `adapter.json` (everything else, with the
 SHA-256 of the tensor file and of the embedding table it was built from), so loading never
-unpickles and a mismatched model is caught before serving.
+unpickles and a mismatched model is caught before serving. The reader's prefix has a file of
+its own, `reader.safetensors` (digest in adapter.json too): it is trained without the
+mechanism and can be added or retrained without touching the levels' tensors, which
+reports (docs/eval) pin by digest.
 """
 
 from __future__ import annotations
@@ -129,6 +136,7 @@ class Adapter:
     task: ClassificationTask | None = None  # None: generation
     prior: BigramPrior | None = None  # None: the linear front-end (W_d)
     front_ends: dict[float, dict[str, torch.Tensor]] = field(default_factory=dict)  # μ -> params
+    reader: ParticleReading | None = None  # None: the level's front-end and soft prompt
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "calibration", tuple(self.calibration))
@@ -157,6 +165,14 @@ class Adapter:
                 raise ValueError(
                     f"front-end parameters for mu={mu} have no soft prompt or {shapes}"
                 )
+        if self.reader is not None and (
+            self.prior is None or self.reader.prefix.shape[1:] != (d,) or self.reader.particles < 1
+        ):
+            raise ValueError(
+                f"the particle reader needs a prior, a (m, {d}) prefix and at least one "
+                f"particle, got prefix {tuple(self.reader.prefix.shape)}, "
+                f"{self.reader.particles} particles"
+            )
         for head in self.task.all_heads() if self.task else []:
             if head.inputs != d + 2 * k:  # classification.features: pooled output, moments
                 raise ValueError(f"a head takes {head.inputs} inputs, not d + 2k = {d + 2 * k}")
@@ -224,6 +240,7 @@ class Adapter:
             "metadata": self.metadata,
             **({"task": task} if task is not None else {}),
             **({"prior": {"smoothing": self.prior.smoothing}} if self.prior is not None else {}),
+            **({"reader": self.reader.save(directory)} if self.reader is not None else {}),
             "tensors_sha256": hashlib.sha256(tensor_path.read_bytes()).hexdigest(),
         }
         (directory / "adapter.json").write_text(json.dumps(description, indent=2) + "\n")
@@ -269,10 +286,42 @@ class Adapter:
             ),
             prior=prior,
             front_ends=front_ends,
+            reader=(
+                ParticleReading.load(directory, description["reader"])
+                if "reader" in description
+                else None
+            ),
         )
 
 
 PRIOR_TENSORS = ("log_start", "pair_keys", "pair_counts", "row_totals")
+READER_FILE = "reader.safetensors"
+
+
+@dataclass(frozen=True, eq=False)
+class ParticleReading:
+    """What the particle reader needs beyond the model and the prior."""
+
+    prefix: torch.Tensor  # (m, d): the LLM reads the decoded prompt after it
+    particles: int  # per prompt: the served posterior predictive's resolution
+
+    def save(self, directory: Path) -> dict:
+        """Writes reader.safetensors; -> its entry in adapter.json."""
+        path = directory / READER_FILE
+        save_file({"prefix": _stored(self.prefix)}, path)
+        return {
+            "file": READER_FILE,
+            "particles": self.particles,
+            "length": self.prefix.shape[0],
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        }
+
+    @classmethod
+    def load(cls, directory: Path, entry: dict) -> ParticleReading:
+        path = directory / entry["file"]
+        if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+            raise ValueError(f"{path}: digest differs from adapter.json (corrupt or edited)")
+        return cls(load_file(path)["prefix"], entry["particles"])
 
 
 def _stored(tensor: torch.Tensor) -> torch.Tensor:

@@ -76,10 +76,15 @@ class PosteriorFrontEnd:
     def log_posterior(self, symbols: np.ndarray, mechanism: Mechanism) -> torch.Tensor:
         """(P, T, k) symbols -> (P, T, V) log P(token at t | every symbol of its prompt);
         PRUNED for tokens pruned from a position's candidates."""
-        likelihood = log_likelihood_matrix(self._log_table(mechanism), symbols)
-        lattice = Lattice.build(likelihood, self.prior, keep=self.keep)
-        dense = torch.full_like(likelihood, PRUNED)
+        lattice = self.lattice(symbols, mechanism)
+        dense = torch.full((*lattice.candidates.shape[:2], self.prior.vocab), PRUNED)
         return dense.scatter_(-1, lattice.candidates, posterior_marginals(lattice))
+
+    def lattice(self, symbols: np.ndarray, mechanism: Mechanism) -> Lattice:
+        """(P, T, k) symbols -> the prompts' HMM under the prior: what forward-backward and
+        the particle reader (particle_reader.py) decode."""
+        likelihood = log_likelihood_matrix(self._log_table(mechanism), symbols)
+        return Lattice.build(likelihood, self.prior, keep=self.keep)
 
     def inputs(
         self,

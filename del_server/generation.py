@@ -2,6 +2,9 @@
 
     symbols (T, k) ─ front-end (front_end.py: W_d·x̂, or the posterior mean) ─ h (T, d)
     inputs = [soft prompt for the privacy level (m, d)] + [clean BOS (1, d)] + h
+or, when the adapter has a particle reader (particle_reader.py):
+    symbols ─ one prompt drawn from the LLM's posterior ─ ids (T,)
+    inputs = [reader prefix (m, d)] + [clean BOS (1, d)] + embed(ids)
     ─ frozen LLM with KV cache ─ sample ─ token events
 
 One scheduler thread owns the model. Each round it prefills the requests that just joined
@@ -33,6 +36,7 @@ from .attacks.mechanisms import Binomial
 from .backends.base import Backend, DecodeBatch
 from .errors import OverloadedError, ShuttingDownError
 from .front_end import PosteriorFrontEnd
+from .particle_reader import ParticleReader
 from .sampling import FinishReason, Sampler, TextStream, sample
 
 log = logging.getLogger(__name__)
@@ -92,30 +96,34 @@ class PromptBuilder:
         adapter: Adapter,
         bos_id: int | None,
         front_end: PosteriorFrontEnd | None = None,
+        reader: ParticleReader | None = None,
     ) -> None:
         self._backend = backend
         self._adapter = adapter
         self._front_end = front_end  # None: the linear front-end
+        self._reader = reader  # reads every private prompt when set
         self._prefix_ids = [bos_id] if bos_id is not None else []
         self._template: torch.Tensor | None = None  # embedded once, on first use
 
     def build(self, prompt: PrivatePrompt | RawPrompt) -> tuple[torch.Tensor, float | None]:
-        """-> (inputs (m + 1 + T, d), μ of the soft prompt used or None)."""
+        """-> (inputs (m + 1 + T, d), the request's level μ, None when it has none)."""
         if self._template is None and self._prefix_ids:
             self._template = self._backend.embed(self._prefix_ids)
         template = self._template
+        level = getattr(prompt, "mu", None)
+        level = level if level in self._adapter.soft_prompts else None
         if isinstance(prompt, RawPrompt):
-            body = torch.from_numpy(prompt.embeddings)
-            soft = None
+            prefix, body = None, torch.from_numpy(prompt.embeddings)
+        elif self._reader is not None:
+            ids = self._reader.read(prompt.symbols, Binomial(prompt.spec))
+            prefix, body = self._reader.prefix, self._backend.embed(ids.tolist())
         else:
-            body = self._body(prompt)
-            prompts = self._adapter.soft_prompts
-            soft = (prompt.mu, prompts[prompt.mu]) if prompt.mu in prompts else None
-        parts = [soft[1]] if soft else []
+            prefix, body = self._adapter.soft_prompts.get(level), self._body(prompt)
+        parts = [prefix] if prefix is not None else []
         parts += [template] if template is not None else []
         parts.append(body)
         dtype = parts[-1].dtype
-        return torch.cat([p.to(dtype) for p in parts]), (soft[0] if soft else None)
+        return torch.cat([p.to(dtype) for p in parts]), level
 
     def _body(self, prompt: PrivatePrompt) -> torch.Tensor:
         if self._front_end is None:

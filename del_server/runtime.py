@@ -23,6 +23,7 @@ from .front_end import front_end_of
 from .generation import Engine, PromptBuilder
 from .levels import Level, adapter_levels
 from .models import LoadedModel, load_model
+from .particle_reader import ParticleReader
 from .settings import SettingError, Settings
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,11 @@ def build_served_model(settings: Settings) -> ServedModel:
         raw_bundle=raw,
         engine=engine,
         prompts=PromptBuilder(
-            backend, adapter, loaded.bos_id, front_end_of(adapter, loaded.embeddings)
+            backend,
+            adapter,
+            loaded.bos_id,
+            front_end_of(adapter, loaded.embeddings),
+            ParticleReader.of(adapter, loaded.model, loaded.bos_id),
         ),
         levels=levels,
     )

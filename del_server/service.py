@@ -8,8 +8,9 @@ from a client's side.
 Frames are packed, or entropy-coded when the header says so (the manifest offers it); the
 symbol model they are coded with is computed from the bundle once per mechanism, in a thread.
 
-The header's level (named, or matched by its parameters: levels.py) decides the soft prompt,
-and the Final says which level, if any, the request was served at. The server prepends a
+The header's level (named, or matched by its parameters: levels.py) decides the soft prompt
+(an adapter with a particle reader reads every level's prompts through it instead), and the
+Final says which level, if any, the request was served at. The server prepends a
 clean BOS to every prompt, so frames must not carry it: a raw stream that starts with BOS's
 embedding is refused (a private one cannot be checked: the server cannot read its tokens).
 
@@ -261,9 +262,10 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         async with self._stream("generate", request_iterator, context) as stream:
             self._admit(stream)
             sampling, prompt = await self._read_prompt(stream)
-            # Off the event loop: the posterior front-end spends milliseconds per prompt.
-            inputs, soft_mu = await asyncio.to_thread(self._served.prompts.build, prompt)
-            stream.level = "none" if soft_mu is None else f"{soft_mu:g}"
+            # Off the event loop: the posterior front-end and the particle reader spend
+            # milliseconds per prompt.
+            inputs, level_mu = await asyncio.to_thread(self._served.prompts.build, prompt)
+            stream.level = "none" if level_mu is None else f"{level_mu:g}"
             handle = self._served.engine.submit(stream.request_id, inputs, sampling)
             # One timer for the stream's whole life, not one per message: when the stream's
             # time is up it queues the failure behind whatever the engine has sent.

@@ -24,24 +24,17 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import matplotlib
-import numpy as np
-import torch
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from tqdm import tqdm
 
 from ..adapter import Adapter
-from ..attacks.mechanisms import Binomial, Mechanism
-from ..attacks.particle import mixture_nll, sample_posterior
-from ..attacks.sequence import BigramPrior, Lattice
+from ..attacks.mechanisms import Binomial
 from ..attacks.suite import strongest
-from ..attacks.tokenwise import client_table, log_likelihood_matrix
 from ..front_end import PosteriorFrontEnd, initial_parameters
 from ..train.calibrate import BISECTION_ATTACKS
-from ..train.data import Windows
-from ..train.evaluate import level_losses, reference_losses
-from ..train.objective import FrozenLM
+from ..train.evaluate import level_losses, mixture_loss, reference_losses
 from ..train.pipeline import TrainConfig, Workbench
 from ..train.soft_prompt import level_prompt, nothing_sent
 from .config import FrontierConfig
@@ -49,7 +42,6 @@ from .config import FrontierConfig
 FRONT_ENDS = ("linear", "posterior")  # each with a soft prompt trained per μ
 KINDS = (*FRONT_ENDS, "mixture")
 ATTACKS = (*BISECTION_ATTACKS, "lm_filter", "lm_smoother")
-MIXTURE_CHUNK = 16  # windows whose particles go through the LLM at once
 STYLE = {  # kind -> (label, colour, marker)
     "linear": ("W_d·x̂ + soft prompt (the paper's)", "C0", "o"),
     "posterior": ("posterior front-end + soft prompt", "C2", "^"),
@@ -104,7 +96,13 @@ def run(config: FrontierConfig) -> dict:
             losses = level_losses(bench.lm, path, validation, soft, (config.seed,))
             point[kind] = losses["noisy_soft_prompt"]["mean"]
         point["mixture"] = mixture_loss(
-            bench.lm, adapter, attacker.prior, mechanism, validation, nothing, config
+            bench.lm,
+            front_end,
+            mechanism,
+            validation,
+            nothing,
+            particles=config.particles,
+            seed=config.seed,
         )
         points.append(point)
     report = {
@@ -119,41 +117,6 @@ def run(config: FrontierConfig) -> dict:
     plot(report, config.out / "frontier.png")
     (config.out / "FRONTIER.md").write_text(markdown(report))
     return report
-
-
-def mixture_loss(
-    lm: FrozenLM,
-    adapter: Adapter,
-    prior: BigramPrior,
-    mechanism: Mechanism,
-    windows: Windows,
-    prefix: torch.Tensor,
-    config: FrontierConfig,
-) -> float:
-    """Mean continuation loss (nats/token) under the posterior predictive, one noise draw per
-    window (seeded)."""
-    table = client_table(adapter, lm.table)
-    log_table = mechanism.log_likelihood(table)
-    rng = np.random.default_rng(config.seed)
-    total = 0.0
-    for start in tqdm(range(0, len(windows), MIXTURE_CHUNK), desc="mixture", leave=False):
-        prompts = windows.prompts[start : start + MIXTURE_CHUNK]
-        symbols = mechanism.privatize(table[prompts.reshape(-1).numpy()], rng)
-        likelihood = log_likelihood_matrix(log_table, symbols.reshape(*prompts.shape, -1))
-        particles = sample_posterior(
-            lm.model,
-            lm.bos_id,
-            prefix,
-            Lattice.build(likelihood, prior),
-            particles=config.particles,
-            seed=start,
-        )
-        total += (
-            mixture_nll(lm.model, particles, windows.continuations[start : start + MIXTURE_CHUNK])
-            .sum()
-            .item()
-        )
-    return total / windows.continuations.numel()
 
 
 def crossover(report: dict, kind: str) -> dict | None:

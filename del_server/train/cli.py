@@ -5,7 +5,9 @@
     del-server calibrate --model M --data TEXT --out DIR         levels for DIR's adapter
     del-server train soft-prompt --model M --data TEXT --out DIR soft prompts for DIR's levels
     del-server train evaluate --model M --data TEXT --out DIR    each level's utility against
-                                                        sending nothing, DIR's report refreshed
+                                                        sending nothing (and a posterior
+                                                        adapter's particle reader), DIR's
+                                                        report refreshed
     del-server train classify --model all-MiniLM-L6-v2 --data DIR --out DIR
                                                         an encoder's adapter for a labelled task
 
@@ -29,6 +31,7 @@ from .defaults import (
     DEFAULT_NLU_DATA,
     DEFAULT_NLU_MODEL,
     DEFAULT_PARTICLES,
+    DEFAULT_READER_PARTICLES,
     DEFAULT_TARGETS,
 )
 
@@ -88,6 +91,24 @@ def _calibration_args(
         )
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _reader_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reader-particles",
+        type=_count,
+        default=DEFAULT_READER_PARTICLES,
+        help="particles of the particle reader a posterior adapter gains (the server decodes "
+        "each private prompt by the LLM's posterior and continues one particle); 0: none, "
+        "the levels' soft prompts read the prompts",
+    )
+
+
 def _soft_prompt_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length", type=int, default=8, help="soft prompt vectors m")
     parser.add_argument("--soft-prompt-steps", type=int, default=600)
@@ -126,6 +147,7 @@ def _config(args: argparse.Namespace):
         inversion_steps=getattr(args, "inversion_steps", 400),
         beam_width=getattr(args, "beam_width", 64),
         particles=getattr(args, "particles", DEFAULT_PARTICLES),
+        reader_particles=getattr(args, "reader_particles", DEFAULT_READER_PARTICLES),
         soft_prompt_length=getattr(args, "length", 8),
         soft_prompt_steps=getattr(args, "soft_prompt_steps", 0),
         soft_prompt_mus=getattr(args, "mu", ()),
@@ -250,7 +272,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train the projection and soft prompts (offline)")
     stages = train.add_subparsers(dest="stage", required=True)
     everything = stages.add_parser("all", help="projection, calibration, soft prompts, report")
-    for add in (_common, _projection_args, _calibration_args, _soft_prompt_args):
+    for add in (_common, _projection_args, _calibration_args, _soft_prompt_args, _reader_args):
         add(everything)
     everything.set_defaults(run=_run_all)
     projection = stages.add_parser("projection", help="W_p, W_d from PCA, fine-tuned")
@@ -267,6 +289,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "trained for that case): the levels' utility and the report, nothing else retrained",
     )
     _common(evaluate)
+    _reader_args(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
     _add_classify(stages)
     calibrate = sub.add_parser("calibrate", help="privacy level per target attack success rate")

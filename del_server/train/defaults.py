@@ -14,3 +14,6 @@ DEFAULT_TARGETS = (0.05, 0.10, 0.20)
 # the prefix that makes the LLM a prior for text starting mid-document.
 DEFAULT_PARTICLES = 256
 DEFAULT_PREFIX_STEPS = 600
+# The particle reader (particle_reader.py) the evaluation stage adds to a posterior adapter:
+# particles per served prompt (0: none). Its utility grows with them, and so does its cost.
+DEFAULT_READER_PARTICLES = 128

@@ -4,7 +4,8 @@
     calibrate    -> adds the calibration table   (μ per target attack rate)
     soft prompts -> adds one soft prompt a level
     evaluation   -> adds each level's utility    (held-out loss as served, against a soft
-                                                  prompt trained with nothing sent)
+                                                  prompt trained with nothing sent) and, to a
+                                                  posterior adapter, the particle reader
     report       -> out/training.json, out/TRAINING.md, out/training_losses.png
 
 `run_all` writes an adapter that `del-server serve --adapter out` loads; `refresh_evaluation`
@@ -27,15 +28,16 @@ import torch
 from del_client.mechanism import PrivacySpec
 from del_client.parameters import DEFAULT_BITS
 
-from ..adapter import Adapter, pca_adapter
+from ..adapter import Adapter, ParticleReading, pca_adapter
+from ..attacks.mechanisms import Binomial
 from ..attacks.suite import Attacker, AttackOptions
 from ..front_end import front_end_of, initial_parameters
 from ..levels import adapter_levels
 from ..models import LoadedModel, load_model
 from .calibrate import DEFAULT_TARGETS, calibrate
 from .data import Split, Windows, load_split
-from .defaults import DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS
-from .evaluate import level_losses, loss_utility, reference_losses
+from .defaults import DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS, DEFAULT_READER_PARTICLES
+from .evaluate import level_losses, loss_utility, mixture_loss, reference_losses
 from .loop import loss_summary
 from .objective import FrozenLM
 from .projection import train_projection
@@ -64,6 +66,7 @@ class TrainConfig:
     inversion_steps: int = 400  # training of the learned attack, per verification
     beam_width: int = 64  # the LLM beam attack
     particles: int = DEFAULT_PARTICLES  # the LLM particle attacks
+    reader_particles: int = DEFAULT_READER_PARTICLES  # the served particle reader; 0: none
     prefix_steps: int = DEFAULT_PREFIX_STEPS  # their mid-text prefix's training
     eval_windows: int = 256
     eval_seeds: tuple[int, ...] = (0, 1, 2)
@@ -227,10 +230,14 @@ def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
 
 
 def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
-    """Held-out losses of every level as the server serves it (its noise, its soft prompt if
-    it has one), beside sending nothing with a soft prompt trained for that case exactly as
-    the levels' were; -> the adapter whose calibrated levels carry their utility record, and
-    the figures for the report."""
+    """Held-out losses of every level as the server serves it, beside sending nothing with a
+    soft prompt trained for that case exactly as the levels' were; -> the adapter whose
+    calibrated levels carry their utility record, and the figures for the report.
+
+    A posterior adapter (and reader_particles > 0) gains the particle reader, with the
+    nothing-sent soft prompt as its prefix, and is then served through it: its levels' utility
+    is the mixture's loss. Otherwise a level is served with its noise, front-end and soft
+    prompt."""
     c = bench.config
     validation = bench.split.validation.head(c.eval_windows)
     training = levels_training(adapter)
@@ -239,6 +246,9 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
             "nothing_sent", nothing_sent, desc="soft prompt, nothing sent", **training
         )
     front_end = front_end_of(adapter, bench.lm.table)
+    reader = None
+    if front_end is not None and c.reader_particles > 0:
+        reader = ParticleReading(nothing.detach().clone(), c.reader_particles)
     with bench.timed("evaluation_s"):
         references = reference_losses(bench.lm, adapter, validation, nothing)
         served, calibration = [], []
@@ -249,15 +259,26 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
             )
             losses = level_losses(bench.lm, path, validation, soft, c.eval_seeds)
             loss = losses["noisy_soft_prompt"]["mean"]
-            utility = loss_utility(
-                loss, references["nothing_sent_soft_prompt"], _measured_on(bench, validation)
-            )
+            measured_on = _measured_on(bench, validation)
+            if reader is not None:
+                loss = losses["mixture"] = mixture_loss(
+                    bench.lm,
+                    front_end,
+                    Binomial(level.spec),
+                    validation,
+                    reader.prefix,
+                    particles=reader.particles,
+                    seed=c.seed,
+                )
+                measured_on = _measured_on(bench, validation, reader)
+            utility = loss_utility(loss, references["nothing_sent_soft_prompt"], measured_on)
             served.append(
                 {
                     "id": level.id,
                     "mu": level.mu,
                     "soft_prompt": level.soft_prompt,
                     **losses,
+                    "served": loss,
                     "informative": loss < references["no_prompt"],
                     "better_than_nothing": utility.better_than_nothing,
                 }
@@ -269,16 +290,23 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
         "seeds": list(c.eval_seeds),
         **references,
         "nothing_sent_training": {**training, "batch": c.batch, "seed": c.seed},
+        "reader": {"particles": reader.particles, "seed": c.seed} if reader else None,
         "levels": served,
     }
-    return replace(adapter, calibration=calibration), evaluated
+    return replace(adapter, calibration=calibration, reader=reader), evaluated
 
 
-def _measured_on(bench: Workbench, windows: Windows) -> str:
+def _measured_on(bench: Workbench, windows: Windows, reader: ParticleReading | None = None) -> str:
+    noise = (
+        f"one noise draw per window (seed {bench.config.seed}), through the particle reader "
+        f"({reader.particles} particles)"
+        if reader
+        else f"mean over noise seeds {', '.join(map(str, bench.config.eval_seeds))}"
+    )
     return (
         f"{len(windows)} held-out windows of {Path(bench.config.data).name} "
         f"({windows.prompts.shape[1]} prompt + {windows.continuations.shape[1]} continuation "
-        f"tokens), mean over noise seeds {', '.join(map(str, bench.config.eval_seeds))}"
+        f"tokens), {noise}"
     )
 
 

@@ -83,15 +83,18 @@ def write_markdown(path: Path, report: dict) -> None:
         f"- nothing sent, with a soft prompt trained for that case ({trained['length']} vectors, "
         f"{trained['steps']} steps, as the levels'): **{e['nothing_sent_soft_prompt']:.3f}**",
         "",
-        "| level | μ per token | noisy + soft prompt | noisy, no soft prompt | beats no prompt "
-        "| beats nothing sent |",
-        "|---|---:|---:|---:|---|---|",
+        *_reader_lines(e.get("reader")),
+        "| level | μ per token | noisy + soft prompt | noisy, no soft prompt "
+        + ("| particle reader (served) " if e.get("reader") else "")
+        + "| beats no prompt | beats nothing sent |",
+        "|---|---:|---:|---:|" + ("---:|" if e.get("reader") else "") + "---|---|",
     ]
     for level in e["levels"]:
         soft, plain = level["noisy_soft_prompt"], level["noisy"]
+        mixture = f"| **{level['mixture']:.3f}** " if "mixture" in level else ""
         lines.append(
             f"| {level['id']} | {level['mu']:.3f} | {soft['mean']:.3f} ± {soft['std']:.2g} "
-            f"| {plain['mean']:.3f} ± {plain['std']:.2g} | {_yes(level['informative'])} "
+            f"| {plain['mean']:.3f} ± {plain['std']:.2g} {mixture}| {_yes(level['informative'])} "
             f"| {_yes(level['better_than_nothing'])} |"
         )
     lines += [
@@ -104,6 +107,19 @@ def write_markdown(path: Path, report: dict) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _reader_lines(reader: dict | None) -> list[str]:
+    if reader is None:
+        return []
+    return [
+        f"The server reads private prompts through the particle reader: {reader['particles']} "
+        "particles from each prompt's posterior under the LLM (after the nothing-sent soft "
+        "prompt), one continued, drawn by weight; its column is the loss of that posterior "
+        f"predictive, one noise draw per window (seed {reader['seed']}), and is what the "
+        "verdicts judge.",
+        "",
+    ]
 
 
 def _yes(verdict: bool) -> str:

@@ -267,7 +267,9 @@ def test_the_posterior_front_end_is_trained_with_each_soft_prompt_and_evaluated(
 
     out, _adapter, report = trained
     config = TrainConfig(**{**report["config"], "out": tmp_path, "targets": (0.08, 0.15)})
-    config = replace(config, soft_prompt_steps=6, front_end="posterior", eval_seeds=(0,))
+    config = replace(
+        config, soft_prompt_steps=6, front_end="posterior", eval_seeds=(0,), reader_particles=8
+    )
     bench = Workbench.open(config)
     posterior = soft_prompt_stage(bench, Adapter.load(out))
     assert posterior.front_end == "posterior"
@@ -277,9 +279,15 @@ def test_the_posterior_front_end_is_trained_with_each_soft_prompt_and_evaluated(
     for parameters in posterior.front_ends.values():
         assert not torch.equal(parameters["unknown"], start["unknown"])
     evaluated, figures = evaluation(bench, posterior)
+    # Served through the particle reader: the levels' utility is its mixture's loss.
+    assert evaluated.reader.particles == figures["reader"]["particles"] == 8
+    assert evaluated.reader.prefix.shape == (config.soft_prompt_length, 64)
     assert [level.utility.value for level in evaluated.calibration] == [
-        level["noisy_soft_prompt"]["mean"] for level in figures["levels"]
+        level["mixture"] for level in figures["levels"]
     ]
+    assert "particle reader (8 particles)" in evaluated.calibration[0].utility.measured_on
+    unread, _ = evaluation(replace(bench, config=replace(config, reader_particles=0)), posterior)
+    assert unread.reader is None
     back = soft_prompt_stage(
         Workbench(replace(config, front_end="linear"), bench.loaded, bench.lm, bench.split),
         posterior,
