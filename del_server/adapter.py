@@ -10,9 +10,10 @@
                        prompts through the posterior front-end (front_end.py), not W_d, and
     front ends         per soft prompt, that front-end's trained parameters (same μ keys)
     reader             optional, with a prior: the particle reader's prefix (m, d), the soft
-                       prompt trained with nothing sent, and its particle count; with it the
-                       server decodes every private prompt by the LLM's posterior and continues
-                       one particle drawn by weight (particle_reader.py)
+                       prompt trained with nothing sent, its particle count and, per level,
+                       how often it ignores the prompt; with it the server decodes every
+                       private prompt by the LLM's posterior and continues one particle drawn
+                       by weight (particle_reader.py)
     calibration        calibration.CalibratedLevel records, filled by training: a target
                        attack rate's μ and what measured it, and (optional) its utility as
                        served against sending nothing
@@ -166,12 +167,15 @@ class Adapter:
                     f"front-end parameters for mu={mu} have no soft prompt or {shapes}"
                 )
         if self.reader is not None and (
-            self.prior is None or self.reader.prefix.shape[1:] != (d,) or self.reader.particles < 1
+            self.prior is None
+            or self.reader.prefix.shape[1:] != (d,)
+            or self.reader.particles < 1
+            or not set(self.reader.ignore_prompt) <= set(self.soft_prompts)
         ):
             raise ValueError(
-                f"the particle reader needs a prior, a (m, {d}) prefix and at least one "
-                f"particle, got prefix {tuple(self.reader.prefix.shape)}, "
-                f"{self.reader.particles} particles"
+                f"the particle reader needs a prior, a (m, {d}) prefix, at least one particle "
+                f"and levels of this adapter, got prefix {tuple(self.reader.prefix.shape)}, "
+                f"{self.reader.particles} particles, levels {sorted(self.reader.ignore_prompt)}"
             )
         for head in self.task.all_heads() if self.task else []:
             if head.inputs != d + 2 * k:  # classification.features: pooled output, moments
@@ -304,6 +308,13 @@ class ParticleReading:
 
     prefix: torch.Tensor  # (m, d): the LLM reads the decoded prompt after it
     particles: int  # per prompt: the served posterior predictive's resolution
+    # level μ -> probability of continuing after the prefix alone (train/reader.py); a μ that
+    # is no level: 0
+    ignore_prompt: dict[float, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not all(0 <= p <= 1 for p in self.ignore_prompt.values()):
+            raise ValueError(f"ignore_prompt holds probabilities, got {self.ignore_prompt}")
 
     def save(self, directory: Path) -> dict:
         """Writes reader.safetensors; -> its entry in adapter.json."""
@@ -313,6 +324,9 @@ class ParticleReading:
             "file": READER_FILE,
             "particles": self.particles,
             "length": self.prefix.shape[0],
+            "ignore_prompt": [
+                {"mu": mu, "probability": p} for mu, p in sorted(self.ignore_prompt.items())
+            ],
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         }
 
@@ -321,7 +335,8 @@ class ParticleReading:
         path = directory / entry["file"]
         if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
             raise ValueError(f"{path}: digest differs from adapter.json (corrupt or edited)")
-        return cls(load_file(path)["prefix"], entry["particles"])
+        ignore = {level["mu"]: level["probability"] for level in entry["ignore_prompt"]}
+        return cls(load_file(path)["prefix"], entry["particles"], ignore)
 
 
 def _stored(tensor: torch.Tensor) -> torch.Tensor:

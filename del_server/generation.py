@@ -3,7 +3,7 @@
     symbols (T, k) ─ front-end (front_end.py: W_d·x̂, or the posterior mean) ─ h (T, d)
     inputs = [soft prompt for the privacy level (m, d)] + [clean BOS (1, d)] + h
 or, when the adapter has a particle reader (particle_reader.py):
-    symbols ─ one prompt drawn from the LLM's posterior ─ ids (T,)
+    symbols ─ one prompt drawn from the LLM's posterior ─ ids (T,), or none at all
     inputs = [reader prefix (m, d)] + [clean BOS (1, d)] + embed(ids)
     ─ frozen LLM with KV cache ─ sample ─ token events
 
@@ -115,7 +115,7 @@ class PromptBuilder:
         if isinstance(prompt, RawPrompt):
             prefix, body = None, torch.from_numpy(prompt.embeddings)
         elif self._reader is not None:
-            ids = self._reader.read(prompt.symbols, Binomial(prompt.spec))
+            ids = self._reader.read(prompt.symbols, Binomial(prompt.spec), level)
             prefix, body = self._reader.prefix, self._backend.embed(ids.tolist())
         else:
             prefix, body = self._adapter.soft_prompts.get(level), self._body(prompt)

@@ -4,12 +4,15 @@ user, and let the LLM continue what was decoded.
 The server runs the particle sampler of attacks/particle.py on the request's symbols:
 particles drawn from the prompt's posterior under the LLM itself (after the adapter's reader
 prefix, the soft prompt trained with nothing sent), twisted by the bigram prior's look-ahead.
-The engine then gets one particle, drawn by weight, as clean tokens after the same prefix.
-Generating after a particle drawn by its weight is an exact draw from the posterior
-predictive Σ_i w_i · P_LM(continuation | prefix, path_i): the mixture whose held-out loss
-training records for each level (train/evaluate.py) and docs/eval/frontier/mixture plots.
-Sampling settings apply to the chosen particle's continuation (at temperature 1 the served
-distribution is that mixture exactly).
+The engine then gets one particle, drawn by weight, as clean tokens after the same prefix;
+or, with the level's probability λ, the prefix alone (the prompt ignored, and no particles
+run). Generating so is an exact draw from
+
+    λ · P_LM(continuation | prefix) + (1 − λ) · Σ_i w_i · P_LM(continuation | prefix, path_i)
+
+whose held-out loss training records for each level, λ fitted there (train/reader.py).
+Sampling settings apply to the chosen continuation (at temperature 1 the served distribution
+is that blend exactly).
 
 Everything here is post-processing of the symbols: no privacy cost. The cost is compute: one
 batched forward pass of `particles` rows per prompt token, before the engine's prefill.
@@ -37,6 +40,7 @@ class ParticleReader:
     prefix: torch.Tensor  # (m, d) from the adapter's reader
     posterior: PosteriorFrontEnd  # its lattice: the mechanism's likelihood and the prior
     particles: int
+    ignore_prompt: dict[float, float]  # level μ -> probability of the prefix alone
 
     @classmethod
     def of(
@@ -48,10 +52,15 @@ class ParticleReader:
         embeddings = model.get_input_embeddings().weight
         posterior = PosteriorFrontEnd.of(adapter, embeddings)
         prefix = adapter.reader.prefix.to(embeddings.device, embeddings.dtype)
-        return cls(model, bos_id, prefix, posterior, adapter.reader.particles)
+        reading = adapter.reader
+        return cls(model, bos_id, prefix, posterior, reading.particles, reading.ignore_prompt)
 
-    def read(self, symbols: np.ndarray, mechanism: Mechanism) -> torch.Tensor:
-        """(T, k) symbols -> (T,) token ids: one prompt drawn from its posterior."""
+    def read(self, symbols: np.ndarray, mechanism: Mechanism, level: float | None) -> torch.Tensor:
+        """(T, k) symbols at `level` (its μ, None: no level) -> (T,) token ids, one prompt
+        drawn from its posterior, or (0,): the prompt ignored."""
+        rng = np.random.default_rng(secrets.randbits(128))
+        if rng.random() < self.ignore_prompt.get(level, 0.0):
+            return torch.zeros(0, dtype=torch.long)
         lattice = self.posterior.lattice(symbols[None], mechanism)
         found = sample_posterior(
             self.model,
@@ -62,7 +71,4 @@ class ParticleReader:
             seed=secrets.randbits(63),
         )
         weights = found.log_weights[0].double().exp().numpy()
-        chosen = np.random.default_rng(secrets.randbits(128)).choice(
-            self.particles, p=weights / weights.sum()
-        )
-        return found.paths[0, chosen]
+        return found.paths[0, rng.choice(self.particles, p=weights / weights.sum())]

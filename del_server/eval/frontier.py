@@ -34,8 +34,9 @@ from ..attacks.mechanisms import Binomial
 from ..attacks.suite import strongest
 from ..front_end import PosteriorFrontEnd, initial_parameters
 from ..train.calibrate import BISECTION_ATTACKS
-from ..train.evaluate import level_losses, mixture_loss, reference_losses
+from ..train.evaluate import level_losses, reference_losses
 from ..train.pipeline import TrainConfig, Workbench
+from ..train.reader import mixture_nlls, per_token
 from ..train.soft_prompt import level_prompt, nothing_sent
 from .config import FrontierConfig
 
@@ -95,7 +96,7 @@ def run(config: FrontierConfig) -> dict:
             )
             losses = level_losses(bench.lm, path, validation, soft, (config.seed,))
             point[kind] = losses["noisy_soft_prompt"]["mean"]
-        point["mixture"] = mixture_loss(
+        mixture = mixture_nlls(
             bench.lm,
             front_end,
             mechanism,
@@ -104,6 +105,7 @@ def run(config: FrontierConfig) -> dict:
             particles=config.particles,
             seed=config.seed,
         )
+        point["mixture"] = per_token(mixture, validation)
         points.append(point)
     report = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},

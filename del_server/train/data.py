@@ -42,7 +42,12 @@ class Windows:
         return self.prompts[index], self.continuations[index]
 
     def head(self, count: int) -> Windows:
-        return Windows(self.prompts[:count], self.continuations[:count])
+        return self.part(0, count)
+
+    def part(self, start: int, count: int) -> Windows:
+        """Up to `count` windows from `start` on."""
+        stop = start + count
+        return Windows(self.prompts[start:stop], self.continuations[start:stop])
 
 
 @dataclass(frozen=True)

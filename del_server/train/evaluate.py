@@ -7,8 +7,7 @@ For one privacy level, on validation windows, the continuation's mean NLL (nats/
     noisy               the same noise, no soft prompt
     no prompt           the continuation from BOS alone: perfect privacy, zero communication
     nothing sent        the same with a soft prompt trained for that case
-    mixture             under the particle reader's posterior predictive (particle_reader.py):
-                        what a server with a reader serves at this level
+    particle reader     what a server with a reader serves at this level (train/reader.py)
 Noisy figures are the mean and standard deviation over several noise seeds. A level whose
 soft-prompted loss is not below the nothing-sent loss is worse than sending nothing: its
 utility record (calibration.MeasuredUtility) says so, and the manifest and the client tell users.
@@ -18,21 +17,15 @@ from __future__ import annotations
 
 import statistics
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..adapter import Adapter
-from ..attacks.mechanisms import Mechanism
-from ..attacks.particle import mixture_nll, sample_posterior
 from ..calibration import MeasuredUtility
-from ..front_end import PosteriorFrontEnd
 from .data import Windows
 from .objective import FrozenLM, private_prompt
 from .soft_prompt import PromptFn
 
 EVAL_BATCH = 64
-MIXTURE_CHUNK = 16  # windows whose particles go through the LLM at once
 UTILITY_METRIC = "held-out continuation loss (nats/token)"
 
 
@@ -87,39 +80,6 @@ def level_losses(
             noisy = lambda ids, g=generator: path(ids, g)  # noqa: E731
             target.append(mean_loss(lm, windows, noisy, prompt))
     return {"noisy_soft_prompt": _spread(with_soft), "noisy": _spread(without)}
-
-
-@torch.no_grad()
-def mixture_loss(
-    lm: FrozenLM,
-    reader: PosteriorFrontEnd,
-    mechanism: Mechanism,
-    windows: Windows,
-    prefix: torch.Tensor,
-    *,
-    particles: int,
-    seed: int,
-) -> float:
-    """Mean continuation loss (nats/token) under the posterior predictive of `particles`
-    particles after `prefix`, one noise draw per window (seeded): the particle reader's
-    served distribution."""
-    table = reader.client_table
-    rng = np.random.default_rng(seed)
-    total = 0.0
-    for start in tqdm(range(0, len(windows), MIXTURE_CHUNK), desc="mixture", leave=False):
-        prompts = windows.prompts[start : start + MIXTURE_CHUNK]
-        symbols = mechanism.privatize(table[prompts.reshape(-1).numpy()], rng)
-        found = sample_posterior(
-            lm.model,
-            lm.bos_id,
-            prefix,
-            reader.lattice(symbols.reshape(*prompts.shape, -1), mechanism),
-            particles=particles,
-            seed=seed + start,
-        )
-        continuations = windows.continuations[start : start + MIXTURE_CHUNK]
-        total += mixture_nll(lm.model, found, continuations).sum().item()
-    return total / windows.continuations.numel()
 
 
 def loss_utility(served: float, nothing_sent: float, measured_on: str) -> MeasuredUtility:

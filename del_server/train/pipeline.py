@@ -37,10 +37,11 @@ from ..models import LoadedModel, load_model
 from .calibrate import DEFAULT_TARGETS, calibrate
 from .data import Split, Windows, load_split
 from .defaults import DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS, DEFAULT_READER_PARTICLES
-from .evaluate import level_losses, loss_utility, mixture_loss, reference_losses
+from .evaluate import level_losses, loss_utility, reference_losses
 from .loop import loss_summary
 from .objective import FrozenLM
 from .projection import train_projection
+from .reader import SELECTION_WINDOWS, ReaderBench
 from .report import plot_losses, write_markdown
 from .soft_prompt import PromptFn, level_prompt, levels_training, nothing_sent, train_soft_prompt
 
@@ -235,9 +236,10 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
     calibrated levels carry their utility record, and the figures for the report.
 
     A posterior adapter (and reader_particles > 0) gains the particle reader, with the
-    nothing-sent soft prompt as its prefix, and is then served through it: its levels' utility
-    is the mixture's loss. Otherwise a level is served with its noise, front-end and soft
-    prompt."""
+    nothing-sent soft prompt as its prefix and each level's λ fitted (train/reader.py), and
+    is then served through it: its levels' utility is the reader's loss, and the nothing-sent
+    reference the better of the soft prompt alone and the reader with no symbols. Otherwise
+    a level is served with its noise, front-end and soft prompt."""
     c = bench.config
     validation = bench.split.validation.head(c.eval_windows)
     training = levels_training(adapter)
@@ -248,9 +250,21 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
     front_end = front_end_of(adapter, bench.lm.table)
     reader = None
     if front_end is not None and c.reader_particles > 0:
-        reader = ParticleReading(nothing.detach().clone(), c.reader_particles)
+        reader = ReaderBench(
+            bench.lm,
+            front_end,
+            nothing,
+            c.reader_particles,
+            c.seed,
+            selection=bench.split.validation.part(len(validation), SELECTION_WINDOWS),
+            reported=validation,
+        )
     with bench.timed("evaluation_s"):
         references = reference_losses(bench.lm, adapter, validation, nothing)
+        baseline = references["nothing_sent_soft_prompt"]
+        if reader is not None:
+            references["nothing_sent_reader"] = reader.measure(None)
+            baseline = min(baseline, references["nothing_sent_reader"]["loss"])
         served, calibration = [], []
         for level in adapter_levels(adapter):
             soft = adapter.soft_prompts[level.mu] if level.soft_prompt else None
@@ -261,17 +275,10 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
             loss = losses["noisy_soft_prompt"]["mean"]
             measured_on = _measured_on(bench, validation)
             if reader is not None:
-                loss = losses["mixture"] = mixture_loss(
-                    bench.lm,
-                    front_end,
-                    Binomial(level.spec),
-                    validation,
-                    reader.prefix,
-                    particles=reader.particles,
-                    seed=c.seed,
-                )
+                losses["reader"] = reader.measure(Binomial(level.spec))
+                loss = losses["reader"]["loss"]
                 measured_on = _measured_on(bench, validation, reader)
-            utility = loss_utility(loss, references["nothing_sent_soft_prompt"], measured_on)
+            utility = loss_utility(loss, baseline, measured_on)
             served.append(
                 {
                     "id": level.id,
@@ -289,17 +296,33 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
         "windows": len(validation),
         "seeds": list(c.eval_seeds),
         **references,
+        "nothing_sent": baseline,
         "nothing_sent_training": {**training, "batch": c.batch, "seed": c.seed},
-        "reader": {"particles": reader.particles, "seed": c.seed} if reader else None,
+        "reader": _reader_setup(reader),
         "levels": served,
     }
-    return replace(adapter, calibration=calibration, reader=reader), evaluated
+    reading = None
+    if reader is not None:
+        ignore = {level["mu"]: level["reader"]["ignore_prompt"] for level in served}
+        reading = ParticleReading(nothing.detach().clone(), reader.particles, ignore)
+    return replace(adapter, calibration=calibration, reader=reading), evaluated
 
 
-def _measured_on(bench: Workbench, windows: Windows, reader: ParticleReading | None = None) -> str:
+def _reader_setup(reader: ReaderBench | None) -> dict | None:
+    if reader is None:
+        return None
+    return {
+        "particles": reader.particles,
+        "seed": reader.seed,
+        "selection_windows": len(reader.selection),
+    }
+
+
+def _measured_on(bench: Workbench, windows: Windows, reader: ReaderBench | None = None) -> str:
     noise = (
-        f"one noise draw per window (seed {bench.config.seed}), through the particle reader "
-        f"({reader.particles} particles)"
+        f"one noise draw per window (seed {bench.config.seed + 1}), through the particle "
+        f"reader ({reader.particles} particles, its λ fitted on {len(reader.selection)} other "
+        "held-out windows)"
         if reader
         else f"mean over noise seeds {', '.join(map(str, bench.config.eval_seeds))}"
     )

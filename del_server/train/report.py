@@ -83,18 +83,23 @@ def write_markdown(path: Path, report: dict) -> None:
         f"- nothing sent, with a soft prompt trained for that case ({trained['length']} vectors, "
         f"{trained['steps']} steps, as the levels'): **{e['nothing_sent_soft_prompt']:.3f}**",
         "",
-        *_reader_lines(e.get("reader")),
+        *_reader_lines(e),
         "| level | μ per token | noisy + soft prompt | noisy, no soft prompt "
-        + ("| particle reader (served) " if e.get("reader") else "")
+        + ("| particles alone | λ | particle reader (served) " if e.get("reader") else "")
         + "| beats no prompt | beats nothing sent |",
-        "|---|---:|---:|---:|" + ("---:|" if e.get("reader") else "") + "---|---|",
+        "|---|---:|---:|---:|" + ("---:|---:|---:|" if e.get("reader") else "") + "---|---|",
     ]
     for level in e["levels"]:
         soft, plain = level["noisy_soft_prompt"], level["noisy"]
-        mixture = f"| **{level['mixture']:.3f}** " if "mixture" in level else ""
+        reader = level.get("reader")
+        read = (
+            f"| {reader['mixture']:.3f} | {reader['ignore_prompt']:g} | **{reader['loss']:.3f}** "
+            if reader
+            else ""
+        )
         lines.append(
             f"| {level['id']} | {level['mu']:.3f} | {soft['mean']:.3f} ± {soft['std']:.2g} "
-            f"| {plain['mean']:.3f} ± {plain['std']:.2g} {mixture}| {_yes(level['informative'])} "
+            f"| {plain['mean']:.3f} ± {plain['std']:.2g} {read}| {_yes(level['informative'])} "
             f"| {_yes(level['better_than_nothing'])} |"
         )
     lines += [
@@ -109,15 +114,22 @@ def write_markdown(path: Path, report: dict) -> None:
     path.write_text("\n".join(lines))
 
 
-def _reader_lines(reader: dict | None) -> list[str]:
+def _reader_lines(e: dict) -> list[str]:
+    reader = e.get("reader")
     if reader is None:
         return []
+    blind = e["nothing_sent_reader"]
     return [
+        f"- nothing sent, through the particle reader (particles from the LLM's prior, "
+        f"λ = {blind['ignore_prompt']:g}): **{blind['loss']:.3f}**; the better of the two is "
+        f"the reference the levels must beat: **{e['nothing_sent']:.3f}**",
+        "",
         f"The server reads private prompts through the particle reader: {reader['particles']} "
         "particles from each prompt's posterior under the LLM (after the nothing-sent soft "
-        "prompt), one continued, drawn by weight; its column is the loss of that posterior "
-        f"predictive, one noise draw per window (seed {reader['seed']}), and is what the "
-        "verdicts judge.",
+        "prompt), one continued, drawn by weight, or with probability λ the prompt ignored; λ "
+        f"fitted per level on {reader['selection_windows']} other held-out windows. Its "
+        "columns are losses of the served predictive (one noise draw per window) and of the "
+        "particles alone (λ = 0); the verdicts judge the served one.",
         "",
     ]
 

@@ -66,13 +66,25 @@ def test_the_reader_draws_two_token_prompts_from_the_exact_posterior(loaded, ada
     exact = joint.logsumexp(dim=1).softmax(dim=0).numpy()  # the first token's marginal
 
     draws = 400
-    firsts = np.array([int(reader.read(symbols, mechanism)[0]) for _ in range(draws)])
+    firsts = np.array([int(reader.read(symbols, mechanism, None)[0]) for _ in range(draws)])
     expected = draws * exact
     common = expected >= 5  # chi-square bins: each common token, the rest pooled
     observed = [*np.bincount(firsts, minlength=vocab)[common], (~common[firsts]).sum()]
     pooled = [*expected[common], expected[~common].sum()]
     assert common.sum() >= 2, "a posterior this sure tests nothing: use a more private level"
     assert stats.chisquare(observed, pooled).pvalue > 1e-6, (observed, pooled)
+
+
+def test_at_a_level_the_reader_ignores_the_prompt_with_its_probability(loaded, adapter):
+    mu = adapter.calibration[0].mu
+    reading = replace(adapter.reader, particles=4, ignore_prompt={mu: 0.3})
+    reader = ParticleReader.of(replace(adapter, reader=reading), loaded.model, loaded.bos_id)
+    mechanism = Binomial(_spec(adapter, 0))
+    symbols = np.zeros((2, adapter.projection_dim), np.uint8)
+    draws = 300
+    ignored = sum(len(reader.read(symbols, mechanism, mu)) == 0 for _ in range(draws))
+    assert stats.binomtest(ignored, draws, 0.3).pvalue > 1e-6, ignored
+    assert all(len(reader.read(symbols, mechanism, None)) == 2 for _ in range(20))
 
 
 def test_the_engine_sees_the_prefix_bos_and_the_decoded_tokens(loaded, adapter):
@@ -94,9 +106,11 @@ def test_the_engine_sees_the_prefix_bos_and_the_decoded_tokens(loaded, adapter):
 
 
 def test_an_adapter_keeps_its_reader_in_a_file_of_its_own(adapter, tmp_path):
-    adapter.save(tmp_path)
+    ignore = {level.mu: 0.25 for level in adapter.calibration}
+    replace(adapter, reader=replace(adapter.reader, ignore_prompt=ignore)).save(tmp_path)
     again = Adapter.load(tmp_path)
     assert again.reader.particles == 64
+    assert again.reader.ignore_prompt == ignore
     torch.testing.assert_close(again.reader.prefix, adapter.reader.prefix)
     # The levels' tensors are the committed adapter's, byte for byte: reports pin them.
     committed = (Path(DEFAULT_ADAPTER) / "adapter.safetensors").read_bytes()
@@ -116,9 +130,12 @@ def test_a_reader_needs_a_prior_a_prefix_of_the_models_width_and_particles(adapt
     for wrong in (
         ParticleReading(torch.zeros(4, 3), 8),
         ParticleReading(adapter.reader.prefix, 0),
+        ParticleReading(adapter.reader.prefix, 8, {123.0: 0.5}),  # no such level
     ):
         with pytest.raises(ValueError, match="the particle reader needs"):
             replace(adapter, reader=wrong)
+    with pytest.raises(ValueError, match="probabilities"):
+        ParticleReading(adapter.reader.prefix, 8, {adapter.calibration[0].mu: 1.5})
 
 
 def test_a_server_with_a_reader_generates_at_every_level(

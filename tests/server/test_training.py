@@ -86,7 +86,7 @@ def test_report_orders_clean_below_projected_and_states_informativeness(trained)
         served = level["noisy_soft_prompt"]["mean"]
         assert served < level["noisy"]["mean"]
         assert level["informative"] == (served < evaluation["no_prompt"])
-        assert level["better_than_nothing"] == (served < evaluation["nothing_sent_soft_prompt"])
+        assert level["better_than_nothing"] == (served < evaluation["nothing_sent"])
     markdown = (out / "TRAINING.md").read_text()
     assert "no prompt at all" in markdown
     assert "nothing sent, with a soft prompt trained for that case (8 vectors, 40 steps" in markdown
@@ -105,7 +105,7 @@ def test_every_level_records_its_utility_as_served_against_nothing_sent(trained)
         assert utility.to_dict() == {
             "metric": "held-out continuation loss (nats/token)",
             "value": served[level.mu]["noisy_soft_prompt"]["mean"],
-            "nothing_sent": evaluation["nothing_sent_soft_prompt"],
+            "nothing_sent": evaluation["nothing_sent"],
             "higher_is_better": False,
             "measured_on": "32 held-out windows of tinystories_val_head_dev.txt (32 prompt + "
             "32 continuation tokens), mean over noise seeds 0, 1",
@@ -279,13 +279,23 @@ def test_the_posterior_front_end_is_trained_with_each_soft_prompt_and_evaluated(
     for parameters in posterior.front_ends.values():
         assert not torch.equal(parameters["unknown"], start["unknown"])
     evaluated, figures = evaluation(bench, posterior)
-    # Served through the particle reader: the levels' utility is its mixture's loss.
+    # Served through the particle reader: the levels' utility is its loss, against the better
+    # of the two ways of sending nothing.
     assert evaluated.reader.particles == figures["reader"]["particles"] == 8
     assert evaluated.reader.prefix.shape == (config.soft_prompt_length, 64)
+    assert evaluated.reader.ignore_prompt == {
+        level["mu"]: level["reader"]["ignore_prompt"] for level in figures["levels"]
+    }
     assert [level.utility.value for level in evaluated.calibration] == [
-        level["mixture"] for level in figures["levels"]
+        level["reader"]["loss"] for level in figures["levels"]
     ]
-    assert "particle reader (8 particles)" in evaluated.calibration[0].utility.measured_on
+    assert figures["nothing_sent"] == min(
+        figures["nothing_sent_soft_prompt"], figures["nothing_sent_reader"]["loss"]
+    )
+    assert {level.utility.nothing_sent for level in evaluated.calibration} == {
+        figures["nothing_sent"]
+    }
+    assert "particle reader (8 particles" in evaluated.calibration[0].utility.measured_on
     unread, _ = evaluation(replace(bench, config=replace(config, reader_particles=0)), posterior)
     assert unread.reader is None
     back = soft_prompt_stage(
