@@ -65,22 +65,36 @@ class LevelUtility:
     better_than_nothing: bool  # computed by the server from the figures above
     measured_on: str
 
+    @property
+    def _nominally_better(self) -> bool:
+        """The figures alone, without the server's margin for their sampling error."""
+        if self.higher_is_better:
+            return self.value > self.nothing_sent
+        return self.value < self.nothing_sent
+
     def summary(self) -> str:
         """The comparison in one line, e.g. for `del-client manifest`."""
         verdict = "better than" if self.better_than_nothing else "NOT better than"
+        within = " (within its sampling error)" if self._nominally_better else ""
         direction = "higher" if self.higher_is_better else "lower"
         return (
             f"{self.metric} {self.value:.3f} against {self.nothing_sent:.3f} with nothing sent "
             f"({direction} is better): {verdict} sending nothing"
+            + ("" if self.better_than_nothing else within)
         )
 
     def warning(self, level_id: str) -> str:
         """What a user of a level that is not better than nothing must be told."""
-        worse = self.value != self.nothing_sent
+        if self._nominally_better:
+            relation = "within its sampling error of"
+        elif self.value != self.nothing_sent:
+            relation = "worse than"
+        else:
+            relation = "no better than"
         return (
             f"at level {level_id} the server measured {self.metric} {self.value:.3f}, "
-            f"{'worse than' if worse else 'no better than'} the {self.nothing_sent:.3f} it gets "
-            "with nothing sent: on this model the private prompt does not help"
+            f"{relation} the {self.nothing_sent:.3f} it gets with nothing sent: on this model "
+            "the private prompt does not help"
         )
 
 

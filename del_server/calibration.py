@@ -36,30 +36,38 @@ class MeasuredUtility:
     nothing_sent: float
     higher_is_better: bool
     measured_on: str
+    # Half-width of the 95 % interval of value − nothing_sent, paired over the windows both
+    # were measured on; 0: not measured (the verdict is then the figures' plain comparison).
+    margin: float = 0.0
 
     @property
     def better_than_nothing(self) -> bool:
-        """Whether the level beats sending nothing (strictly): a level that does not costs
-        privacy for nothing."""
+        """Whether the level beats sending nothing by more than its margin: a level that
+        does not costs privacy for nothing (as far as its measurement can tell)."""
         if self.higher_is_better:
-            return self.value > self.nothing_sent
-        return self.value < self.nothing_sent
+            return self.value - self.margin > self.nothing_sent
+        return self.value + self.margin < self.nothing_sent
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> MeasuredUtility:
         kinds = {"metric": str, "value": float, "nothing_sent": float}
         kinds |= {"higher_is_better": bool, "measured_on": str}
-        for key, kind in kinds.items():
+        optional = {"margin"} if isinstance(data, dict) and "margin" in data else set()
+        for key, kind in {**kinds, **dict.fromkeys(optional, float)}.items():
             value = data.get(key) if isinstance(data, dict) else None
             valid = _is_finite(value) if kind is float else isinstance(value, kind)
-            if not valid:
+            if not valid or (key == "margin" and value < 0):
                 raise ValueError(
                     f"{where}: a level's utility needs {key} ({kind.__name__}), got {value!r}"
                 )
-        return cls(**{key: data[key] for key in kinds})
+        return cls(**{key: data[key] for key in (*kinds, *optional)})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As stored; without a margin where none was measured."""
+        stored = asdict(self)
+        if not self.margin:
+            del stored["margin"]
+        return stored
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,8 @@ class CalibratedLevel:
         record = asdict(self)
         if self.utility is None:
             del record["utility"]
+        else:
+            record["utility"] = self.utility.to_dict()
         return record
 
 

@@ -58,6 +58,7 @@ PROMPT = "Once upon a time, there was a little dog named Max. Max liked to run i
 MU = 20.0
 BITS = DEFAULT_BITS
 LEVELS = (1, 8, 32, 64)
+READING_LENGTHS = (4, 16, 32)  # prompt tokens the cost of reading them is measured at
 MEMORY_SAMPLE_S = 0.02
 
 
@@ -179,6 +180,50 @@ def prompt_inputs(served: ServedModel) -> torch.Tensor:
     soft_mu = choose_level(served.levels, "", spec).soft_prompt_mu  # as the service chooses
     inputs, _ = served.prompts.build(PrivatePrompt(symbols, spec, mu=soft_mu))
     return inputs
+
+
+@torch.inference_mode()
+def reading_cost(served: ServedModel, lengths: tuple[int, ...], repeats: int) -> list[dict]:
+    """Per prompt length: the server turning the symbols into the LLM's inputs (the particle
+    reader, when the adapter has one) against the model's own prefill of those inputs, the
+    median of `repeats` each, on this process's threads."""
+    bundle = served.bundle
+    spec = PrivacySpec.from_mu(mu=MU, dim=bundle.projection_dim, bits=BITS, clip=bundle.clip)
+    quantizer = BinomialQuantizer(spec, rng=seeded_generator_for_tests(0))
+    ids = bundle.encode(" ".join([PROMPT] * 4))[1:]
+    rows = []
+    for length in lengths:
+        prompt = PrivatePrompt(quantizer.privatize(bundle.embed(ids[:length])), spec, mu=None)
+        builds, prefills = [], []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            inputs, _ = served.prompts.build(prompt)
+            builds.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            served.loaded.model(inputs_embeds=inputs[None], logits_to_keep=1)
+            prefills.append(time.perf_counter() - started)
+        build_s, prefill_s = statistics.median(builds), statistics.median(prefills)
+        rows.append(
+            {
+                "prompt_tokens": length,
+                "build_ms": 1000 * build_s,
+                "prefill_ms": 1000 * prefill_s,
+                "ratio_to_prefill": build_s / prefill_s,
+            }
+        )
+    return rows
+
+
+def reading_table(result: dict) -> list[str]:
+    return [
+        "| prompt tokens | reading the symbols (ms) | the model's prefill (ms) | ratio |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {row['prompt_tokens']} | {row['build_ms']:.1f} | {row['prefill_ms']:.2f} "
+            f"| {row['ratio_to_prefill']:.1f} |"
+            for row in result["reading"]
+        ),
+    ]
 
 
 @torch.inference_mode()
@@ -394,6 +439,7 @@ def compare(
         )
         steps.update()
         inputs = prompt_inputs(served)
+        reading = reading_cost(served, READING_LENGTHS, 2 * repeats + 1)
         rows = []
         for streams in levels:  # interleaved: a change in the machine's load hits all alike
             samples = model_alone(served.loaded.model, inputs, streams, new_tokens, repeats)
@@ -449,6 +495,8 @@ def compare(
         "in_process": in_process,
         "grpc": grpc_single,
         "grpc_tokens_per_s_cost": 1 - grpc_single["tokens_per_s"] / in_process["tokens_per_s"],
+        "reader": served.adapter.reader is not None,
+        "reading": reading,
         "streams": rows,
         "targets": {name: _targets([r for r in rows if r["engine"] == name]) for name in engines},
     }
@@ -542,6 +590,19 @@ def _markdown(result: dict) -> str:
         *path_table(result),
         "",
         f"gRPC costs {100 * result['grpc_tokens_per_s_cost']:.1f} % of single-stream tokens/s.",
+        "",
+        "## Reading a private prompt",
+        "",
+        "What the server does with a prompt's symbols before its prefill: "
+        + (
+            "the particle reader (the LLM's particle sampler over the prompt; μ is no level's, "
+            "so it never skips)"
+            if result["reader"]
+            else "the adapter's front-end"
+        )
+        + ", against the model's own prefill of the inputs it builds; medians.",
+        "",
+        *reading_table(result),
         "",
         "## DEL against the model alone",
         "",

@@ -82,7 +82,9 @@ def level_losses(
     return {"noisy_soft_prompt": _spread(with_soft), "noisy": _spread(without)}
 
 
-def loss_utility(served: float, nothing_sent: float, measured_on: str) -> MeasuredUtility:
+def loss_utility(
+    served: float, nothing_sent: float, measured_on: str, margin: float = 0.0
+) -> MeasuredUtility:
     """A level's utility record for the held-out continuation loss."""
     return MeasuredUtility(
         metric=UTILITY_METRIC,
@@ -90,4 +92,5 @@ def loss_utility(served: float, nothing_sent: float, measured_on: str) -> Measur
         nothing_sent=nothing_sent,
         higher_is_better=False,
         measured_on=measured_on,
+        margin=margin,
     )

@@ -41,7 +41,7 @@ from .evaluate import level_losses, loss_utility, reference_losses
 from .loop import loss_summary
 from .objective import FrozenLM
 from .projection import train_projection
-from .reader import SELECTION_WINDOWS, ReaderBench
+from .reader import SELECTION_WINDOWS, ReaderBench, paired_margin
 from .report import plot_losses, write_markdown
 from .soft_prompt import PromptFn, level_prompt, levels_training, nothing_sent, train_soft_prompt
 
@@ -263,8 +263,12 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
         references = reference_losses(bench.lm, adapter, validation, nothing)
         baseline = references["nothing_sent_soft_prompt"]
         if reader is not None:
-            references["nothing_sent_reader"] = reader.measure(None)
-            baseline = min(baseline, references["nothing_sent_reader"]["loss"])
+            blind = reader.measure(None)
+            references["nothing_sent_reader"] = blind.to_dict()
+            baseline = min(baseline, blind.loss)
+            # Per window, the better way of sending nothing: what a level's margin pairs with.
+            better_blind = blind.loss <= references["nothing_sent_soft_prompt"]
+            unsent = blind.served if better_blind else reader.prefix_alone
         served, calibration = [], []
         for level in adapter_levels(adapter):
             soft = adapter.soft_prompts[level.mu] if level.soft_prompt else None
@@ -273,12 +277,13 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
             )
             losses = level_losses(bench.lm, path, validation, soft, c.eval_seeds)
             loss = losses["noisy_soft_prompt"]["mean"]
-            measured_on = _measured_on(bench, validation)
+            measured_on, margin = _measured_on(bench, validation), 0.0
             if reader is not None:
-                losses["reader"] = reader.measure(Binomial(level.spec))
-                loss = losses["reader"]["loss"]
-                measured_on = _measured_on(bench, validation, reader)
-            utility = loss_utility(loss, baseline, measured_on)
+                read = reader.measure(Binomial(level.spec))
+                losses["reader"] = read.to_dict()
+                loss, measured_on = read.loss, _measured_on(bench, validation, reader)
+                margin = losses["reader"]["margin"] = paired_margin(read.served, unsent, validation)
+            utility = loss_utility(loss, baseline, measured_on, margin)
             served.append(
                 {
                     "id": level.id,

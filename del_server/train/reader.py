@@ -91,6 +91,13 @@ def mixture_nlls(
     return torch.cat(found)
 
 
+def paired_margin(served: torch.Tensor, reference: torch.Tensor, windows: Windows) -> float:
+    """Half-width (nats/token) of the 95 % normal interval of the mean per-token difference
+    between two per-window NLLs of the same windows."""
+    per_token_difference = (served - reference) / windows.continuations.shape[1]
+    return 1.96 * per_token_difference.std().item() / math.sqrt(len(per_token_difference))
+
+
 def blend(alone: torch.Tensor, mixture: torch.Tensor, weight: float) -> torch.Tensor:
     """(N,) NLLs of λ·P(c | prefix) + (1 − λ)·mixture, from the two components' NLLs."""
     parts = [(math.log(weight), alone)] if weight > 0 else []
@@ -101,6 +108,18 @@ def blend(alone: torch.Tensor, mixture: torch.Tensor, weight: float) -> torch.Te
 def fit_weight(alone: torch.Tensor, mixture: torch.Tensor) -> float:
     """The λ of the grid with the least total NLL."""
     return min(WEIGHTS, key=lambda weight: blend(alone, mixture, weight).sum().item())
+
+
+@dataclass(frozen=True)
+class ReaderMeasurement:
+    ignore_prompt: float  # λ, fitted on the selection windows
+    loss: float  # the served blend's, on the reported windows
+    mixture: float  # the particles' alone (λ = 0)
+    prefix_alone: float  # the prefix's alone (λ = 1)
+    served: torch.Tensor  # (N,) the served blend's NLL of each reported window
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("ignore_prompt", "loss", "mixture", "prefix_alone")}
 
 
 @dataclass
@@ -128,9 +147,13 @@ class ReaderBench:
     def windows(self) -> tuple[Windows, Windows]:
         return self.selection, self.reported
 
-    def measure(self, mechanism: Mechanism | None) -> dict:
-        """{"ignore_prompt": λ, "loss": the served blend's, "mixture": the particles' alone,
-        "prefix_alone": the prefix's alone}, losses on the reported windows."""
+    @property
+    def prefix_alone(self) -> torch.Tensor:
+        """(N,) each reported window's NLL after the prefix alone."""
+        return self._alone[1]
+
+    def measure(self, mechanism: Mechanism | None) -> ReaderMeasurement:
+        """λ fitted on the selection windows, losses on the reported ones."""
         mixtures = [
             mixture_nlls(
                 self.lm,
@@ -144,9 +167,11 @@ class ReaderBench:
             for offset, windows in enumerate(self.windows)
         ]
         weight = fit_weight(self._alone[0], mixtures[0])
-        return {
-            "ignore_prompt": weight,
-            "loss": per_token(blend(self._alone[1], mixtures[1], weight), self.reported),
-            "mixture": per_token(mixtures[1], self.reported),
-            "prefix_alone": per_token(self._alone[1], self.reported),
-        }
+        served = blend(self._alone[1], mixtures[1], weight)
+        return ReaderMeasurement(
+            ignore_prompt=weight,
+            loss=per_token(served, self.reported),
+            mixture=per_token(mixtures[1], self.reported),
+            prefix_alone=per_token(self._alone[1], self.reported),
+            served=served,
+        )

@@ -93,7 +93,8 @@ def write_markdown(path: Path, report: dict) -> None:
         soft, plain = level["noisy_soft_prompt"], level["noisy"]
         reader = level.get("reader")
         read = (
-            f"| {reader['mixture']:.3f} | {reader['ignore_prompt']:g} | **{reader['loss']:.3f}** "
+            f"| {reader['mixture']:.3f} | {reader['ignore_prompt']:g} "
+            f"| **{reader['loss']:.3f}** (± {reader['margin']:.3f}) "
             if reader
             else ""
         )
@@ -129,7 +130,8 @@ def _reader_lines(e: dict) -> list[str]:
         "prompt), one continued, drawn by weight, or with probability λ the prompt ignored; λ "
         f"fitted per level on {reader['selection_windows']} other held-out windows. Its "
         "columns are losses of the served predictive (one noise draw per window) and of the "
-        "particles alone (λ = 0); the verdicts judge the served one.",
+        "particles alone (λ = 0); the verdicts judge the served one: it beats nothing sent only "
+        "by more than ± the 95 % interval of its difference from it, paired over windows.",
         "",
     ]
 

@@ -46,3 +46,17 @@ def test_a_classification_carries_the_utility_of_the_level_it_was_served_at(serv
         level_id=served,
     )
     assert classification_result(request, response).better_than_nothing is expected
+
+
+def test_a_level_within_its_sampling_error_of_nothing_is_not_called_better():
+    within = inference_pb2.LevelUtility(
+        metric="held-out continuation loss (nats/token)",
+        value=1.678,
+        nothing_sent=1.680,
+        higher_is_better=False,
+        better_than_nothing=False,  # the server's verdict, with the margin it measured
+        measured_on="256 held-out windows",
+    )
+    utility = level(utility=within).utility
+    assert utility.summary().endswith("NOT better than sending nothing (within its sampling error)")
+    assert "1.678, within its sampling error of the 1.680" in utility.warning("t0.05")

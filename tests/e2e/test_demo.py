@@ -40,16 +40,17 @@ def test_the_demo_states_every_level_and_generates_privately_at_the_10_percent_o
     levels = [line for line in demo.stdout.splitlines() if "a server that tries hard" in line]
     assert len(levels) == 3
     assert any(line.lstrip().startswith("→ ≤ 10%") for line in levels)
-    # stories260K: no level beats sending nothing, and the demo and the client say so.
-    assert demo.stdout.count("NOT better than sending nothing") == 3
-    assert "del-client: warning: at level t0.10 the server measured" in demo.stderr
+    # Every level no better than sending nothing says so, in the demo and in the client.
+    calibration = Adapter.load(DEFAULT_ADAPTER).calibration
+    worse = [lv for lv in calibration if not lv.utility.better_than_nothing]
+    assert demo.stdout.count("NOT better than sending nothing") == len(worse)
+    level = next(lv for lv in calibration if lv.target_attack_rate == 0.1)
+    warned = "del-client: warning: at level t0.10 the server measured" in demo.stderr
+    assert warned == (level in worse)
     assert "--level 0.1" in demo.stdout
     assert "finish        length: 64 tokens" in demo.stderr
     trained_for = re.search(r"soft prompt   level t0\.10's, trained for μ = ([0-9.]+)", demo.stderr)
     assert trained_for, demo.stderr
-    level = next(
-        lv for lv in Adapter.load(DEFAULT_ADAPTER).calibration if lv.target_attack_rate == 0.1
-    )
     assert float(trained_for.group(1)) == pytest.approx(level.mu, rel=1e-5)
 
 

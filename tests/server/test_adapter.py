@@ -206,6 +206,36 @@ def test_better_than_nothing_follows_the_metric_and_is_strict(value, higher_is_b
     assert utility.better_than_nothing is better
 
 
+@pytest.mark.parametrize(
+    ("value", "higher_is_better", "better"),
+    [(1.6, False, True), (1.68, False, False), (1.8, True, False), (1.85, True, True)],
+)
+def test_a_measured_margin_must_be_cleared_to_beat_nothing(value, higher_is_better, better):
+    nothing = 1.7 if not higher_is_better else 1.75
+    utility = MeasuredUtility(
+        **{
+            **UTILITY,
+            "value": value,
+            "nothing_sent": nothing,
+            "higher_is_better": higher_is_better,
+        },
+        margin=0.05,
+    )
+    assert utility.better_than_nothing is better
+
+
+def test_a_margin_round_trips_and_is_never_negative(tmp_path, adapter):
+    measured = {**UTILITY, "value": 1.6, "margin": 0.01}
+    (loaded,) = Adapter.load(
+        saved_with_levels(tmp_path, adapter, [{**LEVEL, "utility": measured}])
+    ).calibration
+    assert loaded.utility.margin == 0.01
+    assert loaded.utility.to_dict() == measured
+    saved_with_levels(tmp_path, adapter, [{**LEVEL, "utility": {**measured, "margin": -0.01}}])
+    with pytest.raises(ValueError, match="utility needs margin"):
+        Adapter.load(tmp_path)
+
+
 def test_loading_refuses_edited_tensors(tmp_path, adapter):
     adapter.save(tmp_path)
     description = json.loads((tmp_path / "adapter.json").read_text())

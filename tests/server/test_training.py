@@ -296,6 +296,9 @@ def test_the_posterior_front_end_is_trained_with_each_soft_prompt_and_evaluated(
         figures["nothing_sent"]
     }
     assert "particle reader (8 particles" in evaluated.calibration[0].utility.measured_on
+    for level, figures_level in zip(evaluated.calibration, figures["levels"], strict=True):
+        # Paired over the windows against sending nothing: a verdict beyond sampling error.
+        assert level.utility.margin == figures_level["reader"]["margin"] > 0
     unread, _ = evaluation(replace(bench, config=replace(config, reader_particles=0)), posterior)
     assert unread.reader is None
     back = soft_prompt_stage(
