@@ -62,8 +62,9 @@ class LevelUtility:
     value: float  # the level as served, mean over noise seeds
     nothing_sent: float  # the same metric with nothing sent
     higher_is_better: bool
-    better_than_nothing: bool  # computed by the server from the figures above
+    better_than_nothing: bool  # computed by the server from the figures above and the margin
     measured_on: str
+    margin: float = 0.0  # 95 % half-width of value − nothing_sent; 0: not measured
 
     @property
     def _nominally_better(self) -> bool:
@@ -75,12 +76,15 @@ class LevelUtility:
     def summary(self) -> str:
         """The comparison in one line, e.g. for `del-client manifest`."""
         verdict = "better than" if self.better_than_nothing else "NOT better than"
-        within = " (within its sampling error)" if self._nominally_better else ""
         direction = "higher" if self.higher_is_better else "lower"
+        margin = f", ± {self.margin:.3f}" if self.margin else ""
+        if self.better_than_nothing:
+            error = f" (beyond its sampling error{margin})" if self.margin else ""
+        else:
+            error = f" (within its sampling error{margin})" if self._nominally_better else ""
         return (
             f"{self.metric} {self.value:.3f} against {self.nothing_sent:.3f} with nothing sent "
-            f"({direction} is better): {verdict} sending nothing"
-            + ("" if self.better_than_nothing else within)
+            f"({direction} is better): {verdict} sending nothing{error}"
         )
 
     def warning(self, level_id: str) -> str:

@@ -680,6 +680,7 @@ def _level_utility(utility: MeasuredUtility) -> inference_pb2.LevelUtility:
         higher_is_better=utility.higher_is_better,
         measured_on=utility.measured_on,
         better_than_nothing=utility.better_than_nothing,
+        margin=utility.margin,
     )
 
 

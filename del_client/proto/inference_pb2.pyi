@@ -281,20 +281,22 @@ class PrivacyLevel(_message.Message):
     def __init__(self, id: _Optional[str] = ..., scale: _Optional[float] = ..., clip: _Optional[float] = ..., dim: _Optional[int] = ..., mu: _Optional[float] = ..., epsilon_token: _Optional[float] = ..., delta: _Optional[float] = ..., bits: _Optional[int] = ..., target_attack_rate: _Optional[float] = ..., nearest_neighbour_rate: _Optional[float] = ..., likelihood_rate: _Optional[float] = ..., soft_prompt: _Optional[bool] = ..., learned_rate: _Optional[float] = ..., attack: _Optional[str] = ..., attacks: _Optional[_Iterable[_Union[AttackRate, _Mapping]]] = ..., strongest_attack: _Optional[str] = ..., strongest_rate: _Optional[float] = ..., strongest_rate_high: _Optional[float] = ..., prior_alone_rate: _Optional[float] = ..., measured_on: _Optional[str] = ..., measured_tokens: _Optional[int] = ..., measured_prompts: _Optional[int] = ..., utility: _Optional[_Union[LevelUtility, _Mapping]] = ...) -> None: ...
 
 class LevelUtility(_message.Message):
-    __slots__ = ("metric", "value", "nothing_sent", "higher_is_better", "better_than_nothing", "measured_on")
+    __slots__ = ("metric", "value", "nothing_sent", "higher_is_better", "better_than_nothing", "measured_on", "margin")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     NOTHING_SENT_FIELD_NUMBER: _ClassVar[int]
     HIGHER_IS_BETTER_FIELD_NUMBER: _ClassVar[int]
     BETTER_THAN_NOTHING_FIELD_NUMBER: _ClassVar[int]
     MEASURED_ON_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
     metric: str
     value: float
     nothing_sent: float
     higher_is_better: bool
     better_than_nothing: bool
     measured_on: str
-    def __init__(self, metric: _Optional[str] = ..., value: _Optional[float] = ..., nothing_sent: _Optional[float] = ..., higher_is_better: _Optional[bool] = ..., better_than_nothing: _Optional[bool] = ..., measured_on: _Optional[str] = ...) -> None: ...
+    margin: float
+    def __init__(self, metric: _Optional[str] = ..., value: _Optional[float] = ..., nothing_sent: _Optional[float] = ..., higher_is_better: _Optional[bool] = ..., better_than_nothing: _Optional[bool] = ..., measured_on: _Optional[str] = ..., margin: _Optional[float] = ...) -> None: ...
 
 class AttackRate(_message.Message):
     __slots__ = ("attack", "rate", "low", "high", "content_rate", "half_prompts", "exact_prompts")

@@ -192,7 +192,8 @@ def calibration_stage(bench: Workbench, adapter: Adapter) -> Adapter:
             bits=c.bits,
             seed=c.seed,
         )
-    return replace(adapter, calibration=tuple(levels))
+    # The reader's λ were fitted for the old levels: the evaluation stage fits them anew.
+    return replace(adapter, calibration=tuple(levels), reader=None)
 
 
 def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
@@ -200,12 +201,12 @@ def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
     mus = c.soft_prompt_mus or tuple(level.mu for level in adapter.calibration)
     if not mus:
         raise ValueError("no privacy levels: calibrate first or pass --mu")
-    # Switching front-ends drops the soft prompts trained for the other one.
+    # Switching front-ends drops the soft prompts trained for the other one (and the reader).
     if c.front_end == "posterior" and adapter.prior is None:
         prior = bench.attacker().prior  # the attacker's, exactly
-        adapter = replace(adapter, prior=prior, soft_prompts={}, front_ends={})
+        adapter = replace(adapter, prior=prior, soft_prompts={}, front_ends={}, reader=None)
     elif c.front_end == "linear" and adapter.prior is not None:
-        adapter = replace(adapter, prior=None, soft_prompts={}, front_ends={})
+        adapter = replace(adapter, prior=None, soft_prompts={}, front_ends={}, reader=None)
     front_end = front_end_of(adapter, bench.lm.table)
     prompts, front_ends = dict(adapter.soft_prompts), dict(adapter.front_ends)
     with bench.timed("soft_prompts_s"):

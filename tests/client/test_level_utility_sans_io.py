@@ -60,3 +60,9 @@ def test_a_level_within_its_sampling_error_of_nothing_is_not_called_better():
     utility = level(utility=within).utility
     assert utility.summary().endswith("NOT better than sending nothing (within its sampling error)")
     assert "1.678, within its sampling error of the 1.680" in utility.warning("t0.05")
+    measured = level(utility=inference_pb2.LevelUtility(margin=0.006, **fields(within))).utility
+    assert measured.summary().endswith("(within its sampling error, ± 0.006)")
+
+
+def fields(message) -> dict:
+    return {f.name: getattr(message, f.name) for f, _ in message.ListFields()}

@@ -165,6 +165,7 @@ def test_the_manifest_gives_each_level_its_utility_and_the_servers_verdict(model
         utility = calibrated.utility
         published = {key: getattr(level.utility, key) for key in utility.to_dict()}
         assert published == utility.to_dict()
+        assert level.utility.margin == utility.margin > 0
         assert level.utility.better_than_nothing == utility.better_than_nothing
 
 

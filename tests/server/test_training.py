@@ -303,8 +303,9 @@ def test_the_posterior_front_end_is_trained_with_each_soft_prompt_and_evaluated(
     assert unread.reader is None
     back = soft_prompt_stage(
         Workbench(replace(config, front_end="linear"), bench.loaded, bench.lm, bench.split),
-        posterior,
+        evaluated,  # with its reader, which the linear front-end cannot have
     )
+    assert back.reader is None
     assert back.front_end == "linear"
     assert not back.front_ends
     assert back.soft_prompts.keys() == posterior.soft_prompts.keys()
