@@ -44,13 +44,18 @@ class ParticleReader:
 
     @classmethod
     def of(
-        cls, adapter: Adapter, model: PreTrainedModel, bos_id: int | None
+        cls,
+        adapter: Adapter,
+        model: PreTrainedModel,
+        bos_id: int | None,
+        posterior: PosteriorFrontEnd | None = None,
     ) -> ParticleReader | None:
-        """The adapter's reader for `model`; None when the adapter has none."""
+        """The adapter's reader for `model`, sharing `posterior` (the server's front-end, with
+        its tables) when given; None when the adapter has none."""
         if adapter.reader is None:
             return None
         embeddings = model.get_input_embeddings().weight
-        posterior = PosteriorFrontEnd.of(adapter, embeddings)
+        posterior = posterior or PosteriorFrontEnd.of(adapter, embeddings)
         prefix = adapter.reader.prefix.to(embeddings.device, embeddings.dtype)
         reading = adapter.reader
         return cls(model, bos_id, prefix, posterior, reading.particles, reading.ignore_prompt)

@@ -110,6 +110,7 @@ def build_served_model(settings: Settings) -> ServedModel:
             stream_interval_s=settings.stream_interval_ms / 1000,
             join_wait_s=settings.join_wait_ms / 1000,
         )
+    front_end = front_end_of(adapter, loaded.embeddings)
     served = ServedModel(
         loaded=loaded,
         adapter=adapter,
@@ -120,8 +121,8 @@ def build_served_model(settings: Settings) -> ServedModel:
             backend,
             adapter,
             loaded.bos_id,
-            front_end_of(adapter, loaded.embeddings),
-            ParticleReader.of(adapter, loaded.model, loaded.bos_id),
+            front_end,
+            ParticleReader.of(adapter, loaded.model, loaded.bos_id, front_end),
         ),
         levels=levels,
     )

@@ -60,14 +60,32 @@ class FrozenLM:
         soft_prompt: torch.Tensor | None = None,  # (m, d)
     ) -> torch.Tensor:
         """Mean NLL (nats/token) of `continuation` after the prefix."""
+        logits, targets = self._continuation_logits(prompt, continuation, soft_prompt)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    def continuation_nlls(
+        self,
+        prompt: torch.Tensor | None,
+        continuation: torch.Tensor,
+        soft_prompt: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B,) each continuation's NLL (nats, summed over its tokens) after the prefix."""
+        logits, targets = self._continuation_logits(prompt, continuation, soft_prompt)
+        return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").sum(dim=-1)
+
+    def _continuation_logits(
+        self,
+        prompt: torch.Tensor | None,
+        continuation: torch.Tensor,
+        soft_prompt: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Tc, V) float32 logits predicting each continuation token, (B, Tc) its ids."""
         targets = continuation.to(self.device)
         prefix = self.prefix(prompt, continuation.shape[0], soft_prompt)
         inputs = torch.cat([prefix, self.embed(targets).to(prefix.dtype)], dim=1)
         # Logits for the last Tc + 1 positions; the final one predicts past the window.
-        logits = self.model(inputs_embeds=inputs, logits_to_keep=targets.shape[1] + 1).logits[
-            :, :-1
-        ]
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        logits = self.model(inputs_embeds=inputs, logits_to_keep=targets.shape[1] + 1).logits
+        return logits[:, :-1].float(), targets
 
 
 def private_prompt(

@@ -266,10 +266,10 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
         if reader is not None:
             blind = reader.measure(None)
             references["nothing_sent_reader"] = blind.to_dict()
-            baseline = min(baseline, blind.loss)
             # Per window, the better way of sending nothing: what a level's margin pairs with.
-            better_blind = blind.loss <= references["nothing_sent_soft_prompt"]
-            unsent = blind.served if better_blind else reader.prefix_alone
+            unsent = reader.prefix_alone
+            if blind.loss <= baseline:
+                baseline, unsent = blind.loss, blind.served
         served, calibration = [], []
         for level in adapter_levels(adapter):
             soft = adapter.soft_prompts[level.mu] if level.soft_prompt else None

@@ -47,15 +47,13 @@ def per_token(nlls: torch.Tensor, windows: Windows) -> float:
 @torch.no_grad()
 def prefix_nlls(lm: FrozenLM, windows: Windows, prefix: torch.Tensor) -> torch.Tensor:
     """(N,) each continuation's NLL (nats) after [prefix, BOS] and nothing else."""
-    found = []
-    for start in range(0, len(windows), EVAL_BATCH):
-        targets = windows.continuations[start : start + EVAL_BATCH].to(lm.device)
-        context = lm.prefix(None, len(targets), prefix)
-        inputs = torch.cat([context, lm.embed(targets).to(context.dtype)], dim=1)
-        logits = lm.model(inputs_embeds=inputs, logits_to_keep=targets.shape[1] + 1).logits
-        log_p = logits[:, :-1].float().log_softmax(dim=-1)
-        found.append(-log_p.gather(-1, targets[..., None]).squeeze(-1).sum(-1).cpu())
-    return torch.cat(found)
+    batches = range(0, len(windows), EVAL_BATCH)
+    return torch.cat(
+        [
+            lm.continuation_nlls(None, windows.continuations[i : i + EVAL_BATCH], prefix).cpu()
+            for i in batches
+        ]
+    )
 
 
 @torch.no_grad()
