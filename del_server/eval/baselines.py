@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from .methods import Method
 
 MechanismAt = Callable[[float], Mechanism]
 SOFT_PROMPT_BATCH = 32  # the training pipeline's default batch
+SOFT_PROMPT, PATH = "soft_prompt", "path."  # a trained soft prompt's tensors, as checkpointed
 
 
 def del_methods(ctx: EvalContext) -> list[Method]:
@@ -93,33 +95,44 @@ def _baseline_mechanisms(ctx: EvalContext) -> dict[str, tuple[Adapter, Mechanism
     }
 
 
+def _calibrated(
+    ctx: EvalContext, adapter: Adapter, mechanism_at: MechanismAt, target: float
+) -> dict:
+    """The baseline's level for `target`, as a record (checkpointed: the slowest unit)."""
+    config = ctx.config
+    (level,) = calibrate(
+        adapter,
+        ctx.attacker,
+        ctx.calibration_prompts(),
+        measured_on=f"{Path(config.data).name}, the adapter's calibration prompts",
+        targets=(target,),
+        bits=config.bits,
+        seed=config.seed,
+        iterations=config.calibration_iterations,
+        mechanism_at=mechanism_at,
+    )
+    return level.to_dict()
+
+
 def matched_baselines(ctx: EvalContext) -> list[tuple[Method, CalibratedLevel]]:
     """Each baseline at every DEL level's target, calibrated by DEL's own rule (train.calibrate:
     the strongest attack's 95 % upper bound under the target) on the same prompts."""
-    config, prompts = ctx.config, ctx.calibration_prompts()
     targets = tuple(level.target_attack_rate for level in ctx.adapter.calibration)
     matched = []
     for family, (adapter, mechanism_at) in _baseline_mechanisms(ctx).items():
-        levels = calibrate(
-            adapter,
-            ctx.attacker,
-            prompts,
-            measured_on=f"{Path(config.data).name}, the adapter's calibration prompts",
-            targets=targets,
-            bits=config.bits,
-            seed=config.seed,
-            iterations=config.calibration_iterations,
-            mechanism_at=mechanism_at,
-        )
         # The Gaussian mechanism shares DEL's projection, so it is read through the same
         # front-end (its likelihood is exact too); DEL without projection through W_d.
         front_end = ctx.front_end if adapter is ctx.adapter else None
-        for level in levels:
-            mechanism = mechanism_at(level.mu)
+        for target in targets:
+            key = f"baseline-levels/{family}@{target:g}"
+            record = ctx.checkpoints.record(
+                key, partial(_calibrated, ctx, adapter, mechanism_at, target)
+            )
+            level = CalibratedLevel.from_dict(record, ctx.checkpoints.directory / key)
             method = Method(
                 family,
                 adapter,
-                mechanism,
+                mechanism_at(level.mu),
                 target_attack_rate=level.target_attack_rate,
                 front_end=front_end,
             )
@@ -135,26 +148,34 @@ def soft_prompt_steps(ctx: EvalContext) -> int:
 def with_trained_soft_prompt(ctx: EvalContext, method: Method) -> Method:
     """`method` plus a soft prompt trained for it exactly as the pipeline trains DEL's (and,
     read through a posterior front-end, that front-end's parameters with it)."""
-    parameters = initial_parameters(ctx.embeddings) if method.front_end is not None else None
-    training = replace(method, front_end_parameters=parameters)
 
-    def prompt_fn(ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
-        # Fresh noise every step, drawn from the loop's seeded generator.
-        seed = int(torch.randint(2**62, (1,), generator=generator))
-        return training.prompt(ctx.lm, ids, np.random.default_rng(seed))
+    def trained() -> dict[str, torch.Tensor]:
+        parameters = initial_parameters(ctx.embeddings) if method.front_end is not None else None
+        training = replace(method, front_end_parameters=parameters)
 
-    soft, _ = train_soft_prompt(
-        prompt_fn,
-        ctx.lm,
-        ctx.split.train,
-        ctx.loaded.tokenizer,
-        desc=f"soft prompt for {method.key}",
-        **levels_training(ctx.adapter, ctx.config.soft_prompt_steps),
-        batch=SOFT_PROMPT_BATCH,
-        seed=ctx.config.seed,
-        path_parameters=parameters,
+        def prompt_fn(ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+            # Fresh noise every step, drawn from the loop's seeded generator.
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            return training.prompt(ctx.lm, ids, np.random.default_rng(seed))
+
+        soft, _ = train_soft_prompt(
+            prompt_fn,
+            ctx.lm,
+            ctx.split.train,
+            ctx.loaded.tokenizer,
+            desc=f"soft prompt for {method.key}",
+            **levels_training(ctx.adapter, ctx.config.soft_prompt_steps),
+            batch=SOFT_PROMPT_BATCH,
+            seed=ctx.config.seed,
+            path_parameters=parameters,
+        )
+        return {SOFT_PROMPT: soft, **{PATH + name: t for name, t in (parameters or {}).items()}}
+
+    tensors = ctx.checkpoints.tensors(f"soft-prompts/{method.key}", trained)
+    parameters = {name[len(PATH) :]: t for name, t in tensors.items() if name.startswith(PATH)}
+    return replace(
+        method, soft_prompt=tensors[SOFT_PROMPT], front_end_parameters=parameters or None
     )
-    return replace(training, soft_prompt=soft)
 
 
 def all_methods(ctx: EvalContext, baselines: list[Method]) -> list[Method]:

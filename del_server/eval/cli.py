@@ -4,6 +4,7 @@
     del-server eval --quick         small samples, under 5 minutes (`make eval-quick`)
     del-server eval --smoke         seconds: what the test suite runs to check the report's shape
     del-server eval --render-only   redraw EVAL.md and the figures from OUT/eval.json
+    del-server eval --resume        continue a stopped run from OUT/checkpoints
     del-server eval-nlu             a classification adapter's levels against baselines
                                     (`make eval-nlu`: docs/eval-nlu/)
     del-server eval-frontier        generation: loss against attack rate over a sweep of μ,
@@ -67,7 +68,7 @@ def _run(args: argparse.Namespace) -> None:
         threads=args.threads,
         soft_prompt_steps=args.soft_prompt_steps,
     )
-    report = run(config, command=shlex.join(["del-server", *sys.argv[1:]]))
+    report = run(config, command=shlex.join(["del-server", *sys.argv[1:]]), resume=args.resume)
     print(f"{args.out}/EVAL.md written in {report['timings']['total_s'] / 60:.1f} min")
     for line in report["findings"]["utility"]:
         print(f"- {line}")
@@ -296,6 +297,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--render-only",
         action="store_true",
         help="measure nothing: redraw EVAL.md, findings and figures from OUT/eval.json",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse what a stopped run with the same options finished (OUT/checkpoints)",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="path or hub id")
     parser.add_argument("--adapter", default=DEFAULT_ADAPTER, help="trained adapter directory")

@@ -29,6 +29,7 @@ from ..front_end import PosteriorFrontEnd, front_end_of
 from ..models import LoadedModel, load_model
 from ..train.data import Split, load_split, read_documents
 from ..train.objective import FrozenLM
+from .checkpoint import Checkpoints
 from .config import EvalConfig
 
 
@@ -39,9 +40,12 @@ class EvalContext:
     lm: FrozenLM
     adapter: Adapter
     split: Split
+    checkpoints: Checkpoints
 
     @classmethod
-    def open(cls, config: EvalConfig) -> EvalContext:
+    def open(cls, config: EvalConfig, *, resume: bool = False) -> EvalContext:
+        """Everything loaded; `resume`: reuse the units a stopped run of the same
+        configuration on the same adapter finished (eval.checkpoint)."""
         adapter_dir = Path(config.adapter)
         if not (adapter_dir / "adapter.json").exists():
             raise FileNotFoundError(
@@ -56,6 +60,13 @@ class EvalContext:
             lm=FrozenLM(loaded.model, loaded.bos_id),
             adapter=Adapter.load(adapter_dir),
             split=load_split(config.data, loaded.tokenizer),
+            checkpoints=Checkpoints.for_run(
+                config.to_dict(),
+                # adapter.json pins the digests of every tensor file, the reader's included.
+                _sha256(adapter_dir / "adapter.json"),
+                config.out,
+                resume=resume,
+            ),
         )
 
     @property

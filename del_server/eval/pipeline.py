@@ -7,6 +7,9 @@ utility        loss and coherence per method over noise seeds
 communication  real gRPC requests at each level and raw; computed sizes; symbol entropy
 speed          codec and end-to-end benchmarks; latency samples through gRPC
 report         findings, eval.json, plots, EVAL.md
+
+Every unit of the first four stages is checkpointed as it finishes (eval.checkpoint), so
+`del-server eval --resume` continues a stopped run.
 """
 
 from __future__ import annotations
@@ -67,11 +70,13 @@ class _Timer:
         return {**self.timings, "total_s": time.perf_counter() - self._started}
 
 
-def run(config: EvalConfig, *, command: str = "del-server eval") -> dict:
+def run(config: EvalConfig, *, command: str = "del-server eval", resume: bool = False) -> dict:
+    """The whole evaluation; `resume`: reuse what a stopped run of the same configuration
+    finished (OUT/checkpoints, see eval.checkpoint). Stage timings then count only this run."""
     timer = _Timer()
     torch.set_num_threads(config.threads)
     config.out.mkdir(parents=True, exist_ok=True)
-    ctx = EvalContext.open(config)
+    ctx = EvalContext.open(config, resume=resume)
     with timer.stage("methods"):
         matched = matched_baselines(ctx)
         methods = all_methods(ctx, [method for method, _ in matched])

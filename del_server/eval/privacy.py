@@ -116,16 +116,17 @@ def reference_rows(ctx: EvalContext, prompts: np.ndarray) -> list[AttackRow]:
     ]
 
 
-def _attacked(ctx: EvalContext, methods: list[Method], prompts: np.ndarray, text: str) -> dict:
-    rows = reference_rows(ctx, prompts)
+def _attacked(
+    ctx: EvalContext, methods: list[Method], prompts: np.ndarray, text: str, stage: str
+) -> dict:
+    rows = [row.to_dict() for row in reference_rows(ctx, prompts)]
     for method in tqdm(methods, desc=f"attacks on {text}", unit="method"):
-        rows.append(attack_method(ctx, method, prompts))
-    return {
-        "text": text,
-        "prompts": len(prompts),
-        "tokens": int(prompts.size),
-        "rows": [row.to_dict() for row in rows],
-    }
+        rows.append(
+            ctx.checkpoints.record(
+                f"{stage}/{method.key}", lambda m=method: attack_method(ctx, m, prompts).to_dict()
+            )
+        )
+    return {"text": text, "prompts": len(prompts), "tokens": int(prompts.size), "rows": rows}
 
 
 def seen_by_attacker(methods: list[Method]) -> list[Method]:
@@ -139,7 +140,7 @@ def privacy_stage(ctx: EvalContext, methods: list[Method]) -> dict:
     options = attacker.options
     text = "held-out continuations, disjoint from the calibration prompts"
     return {
-        **_attacked(ctx, seen_by_attacker(methods), ctx.attack_prompts(), text),
+        **_attacked(ctx, seen_by_attacker(methods), ctx.attack_prompts(), text, "privacy"),
         "noise_seed": noise_seed(ctx),
         "delta": config.delta,
         "prompt_tokens": ctx.prompt_tokens,
@@ -158,4 +159,4 @@ def privacy_stage(ctx: EvalContext, methods: list[Method]) -> dict:
 def out_of_domain_stage(ctx: EvalContext, methods: list[Method]) -> dict:
     """DEL's levels attacked on windows of the out-of-domain text by the in-domain attacker."""
     levels = [m for m in seen_by_attacker(methods) if m.family == "del"]
-    return _attacked(ctx, levels, ctx.ood_prompts(), ctx.config.ood_data)
+    return _attacked(ctx, levels, ctx.ood_prompts(), ctx.config.ood_data, "out-of-domain")

@@ -64,6 +64,27 @@ class Measured:
             "coherence": self.coherence,
         }
 
+    def record(self) -> dict:
+        """Everything measured, as JSON (for eval.checkpoint)."""
+        return {
+            "loss": self.loss,
+            "perplexity": self.perplexity,
+            "coherence": self.coherence,
+            "coherence_windows": self.coherence_windows.tolist(),
+            "sample": list(self.sample),
+        }
+
+    @classmethod
+    def from_record(cls, method: Method, record: dict) -> Measured:
+        return cls(
+            method=method,
+            loss=record["loss"],
+            perplexity=record["perplexity"],
+            coherence=record["coherence"],
+            coherence_windows=np.asarray(record["coherence_windows"]),
+            sample=tuple(record["sample"]),
+        )
+
 
 class UtilityBench:
     """The held-out windows, their reference embeddings and the encoder, prepared once."""
@@ -113,4 +134,10 @@ class UtilityBench:
 
 
 def utility_stage(bench: UtilityBench, methods: list[Method]) -> list[Measured]:
-    return [bench.measure(m) for m in tqdm(methods, desc="utility", unit="method")]
+    checkpoints, measured = bench.ctx.checkpoints, []
+    for method in tqdm(methods, desc="utility", unit="method"):
+        record = checkpoints.record(
+            f"utility/{method.key}", lambda m=method: bench.measure(m).record()
+        )
+        measured.append(Measured.from_record(method, record))
+    return measured

@@ -42,11 +42,15 @@ def small_adapter(tmp_path_factory, tinystories, stories260k) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_context(small_adapter, tinystories, stories260k):
+def smoke_context(tmp_path_factory, small_adapter, tinystories, stories260k):
     from del_server.eval.config import preset
     from del_server.eval.context import EvalContext
 
     config = preset(
-        "smoke", model=str(stories260k), adapter=str(small_adapter), data=str(tinystories)
+        "smoke",
+        model=str(stories260k),
+        adapter=str(small_adapter),
+        data=str(tinystories),
+        out=tmp_path_factory.mktemp("eval-context"),
     )
     return EvalContext.open(config)
