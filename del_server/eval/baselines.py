@@ -30,6 +30,7 @@ from ..train.calibrate import calibrate
 from ..train.soft_prompt import levels_training, train_soft_prompt
 from .context import EvalContext
 from .methods import Method
+from .reading import reader_methods
 
 MechanismAt = Callable[[float], Mechanism]
 SOFT_PROMPT_BATCH = 32  # the training pipeline's default batch
@@ -40,13 +41,10 @@ def del_methods(ctx: EvalContext) -> list[Method]:
     """DEL as served at each calibrated level, without and with the level's soft prompt."""
     adapter, methods = ctx.adapter, []
     for level in ctx.adapter.calibration:
-        mechanism = Binomial.at(
-            mu=level.mu, dim=adapter.projection_dim, bits=level.bits, clip=adapter.clip
-        )
         plain = Method(
             "del",
             adapter,
-            mechanism,
+            ctx.level_mechanism(level),
             target_attack_rate=level.target_attack_rate,
             front_end=ctx.front_end,
             front_end_parameters=adapter.front_ends.get(level.mu),
@@ -180,7 +178,7 @@ def with_trained_soft_prompt(ctx: EvalContext, method: Method) -> Method:
 
 def all_methods(ctx: EvalContext, baselines: list[Method]) -> list[Method]:
     """References, DEL and the matched `baselines`, each without and (where it can) with a
-    soft prompt."""
+    soft prompt; nothing sent and DEL read by the adapter's particle reader, if it has one."""
     no_prompt = Method("no_prompt")
     trainable = [no_prompt, *baselines]
     trained = [
@@ -193,5 +191,6 @@ def all_methods(ctx: EvalContext, baselines: list[Method]) -> list[Method]:
         no_prompt,
         trained[0],
         *del_methods(ctx),
+        *reader_methods(ctx),
         *[m for pair in zip(baselines, trained[1:], strict=True) for m in pair],
     ]

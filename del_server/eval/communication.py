@@ -105,7 +105,7 @@ def communication_stage(
     rng = np.random.default_rng(config.seed + 2)
     entropy = {}
     for method in methods:
-        if method.family in PRIVATE_FAMILIES and method.soft_prompt is None:
+        if method.family in PRIVATE_FAMILIES and not method.server_side:
             mechanism = method.mechanism
             symbols = mechanism.privatize(ctx.table(method.adapter)[tokens], rng)
             entropy[method.key] = {

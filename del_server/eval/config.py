@@ -51,6 +51,9 @@ class EvalConfig:
     loss_windows: int = 256
     coherence_windows: int = 128
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    # The particle reader (an adapter that has one) is measured over the first `reader_seeds`
+    # of them: each costs a particle run per window (about 1 s on the default model).
+    reader_seeds: int = 2
     # Soft prompts the evaluation trains for the baselines; None: as many steps as the
     # adapter's own soft prompts had, so that every method gets the same training.
     soft_prompt_steps: int | None = None
@@ -81,6 +84,7 @@ PRESETS = {
         loss_windows=32,
         coherence_windows=24,
         seeds=(0, 1, 2),
+        reader_seeds=1,
         soft_prompt_steps=30,
         wire_requests=4,
         codec_tokens=20_000,
@@ -102,6 +106,7 @@ PRESETS = {
         loss_windows=8,
         coherence_windows=8,
         seeds=(0, 1),
+        reader_seeds=1,
         soft_prompt_steps=4,
         wire_requests=2,
         codec_tokens=2000,

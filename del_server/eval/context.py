@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 from ..adapter import Adapter
+from ..attacks.mechanisms import Binomial
 from ..attacks.suite import Attacker, AttackOptions
 from ..attacks.tokenwise import client_table
+from ..calibration import CalibratedLevel
 from ..front_end import PosteriorFrontEnd, front_end_of
 from ..models import LoadedModel, load_model
 from ..train.data import Split, load_split, read_documents
@@ -81,6 +83,13 @@ class EvalContext:
     @property
     def prompt_tokens(self) -> int:
         return self.split.validation.prompts.shape[1]
+
+    def level_mechanism(self, level: CalibratedLevel) -> Binomial:
+        """DEL's quantizer at one of the adapter's levels, as the client applies it."""
+        adapter = self.adapter
+        return Binomial.at(
+            mu=level.mu, dim=adapter.projection_dim, bits=level.bits, clip=adapter.clip
+        )
 
     def table(self, adapter: Adapter) -> np.ndarray:
         """(V, k) the client's table for `adapter`, as the client bundle holds it."""

@@ -1,66 +1,69 @@
 """What the numbers say, in sentences the report prints as they come out, good or bad.
 
-Comparisons are DEL with its soft prompt against each alternative at the same calibrated
-level (same target attack success rate): coherence paired over the held-out windows, loss
-with the seeds' intervals. Attacks: the interval of each attack's token recovery, clustered
+Comparisons are DEL with its soft prompt, and DEL as read by the particle reader where the
+adapter has one, against each alternative at the same calibrated level (same target attack
+success rate): coherence and loss paired over the held-out windows. Attacks: the interval of each attack's token recovery, clustered
 by prompt. The verdicts are mechanical ("higher", "lower", "indistinguishable"; "under" or
 "over" a target, at 95 %), so the report cannot round a loss into a win.
 """
 
 from __future__ import annotations
 
-import math
-
 from .privacy import in_words
 from .utility import Measured, paired_difference
 
 RIVALS = ("del", "gaussian+soft", "gaussian", "del_full+soft", "del_full")
 REFERENCES = ("no_prompt+soft", "no_prompt")
+# DEL as an adapter with a particle reader serves it: against the soft prompt the reader
+# replaces, and against both ways of sending nothing (the reader alone is one of them).
+SERVED, SERVED_RIVALS, SERVED_REFERENCES = "del+reader", ("del+soft",), ("no_prompt+reader",)
+OURS = (
+    ("del+soft", RIVALS, REFERENCES),
+    (SERVED, SERVED_RIVALS, SERVED_REFERENCES + REFERENCES[:1]),
+)
 
 
 def _level_key(family: str, target: float) -> str:
     return f"{family}@{target:g}"
 
 
-def _loss_difference(a: dict, b: dict) -> dict:
-    """a − b of mean losses; lower is better, so "lower" is the good verdict here."""
-    diff = a["mean"] - b["mean"]
-    half = math.hypot(a["ci95"], b["ci95"])
-    verdict = "lower" if diff + half < 0 else "higher" if diff - half > 0 else "indistinguishable"
-    return {"mean": diff, "ci95": half, "verdict": verdict}
-
-
 def comparisons(measured: list[Measured], targets: list[float]) -> list[dict]:
+    """Each of ours at each level against its alternatives, both metrics paired over windows."""
     by_key = {m.method.key: m for m in measured}
     rows = []
     for target in targets:
-        ours = by_key.get(_level_key("del+soft", target))
-        if ours is None:
-            continue
-        others = [_level_key(f, target) for f in RIVALS] + list(REFERENCES)
-        for key in others:
-            if key not in by_key:
+        for family, rivals, references in OURS:
+            ours = by_key.get(_level_key(family, target))
+            if ours is None:
                 continue
-            other = by_key[key]
-            rows.append(
-                {
-                    "target_attack_rate": target,
-                    "method": ours.method.key,
-                    "against": key,
-                    "against_label": other.method.label,
-                    "coherence_difference": paired_difference(
-                        ours.coherence_windows, other.coherence_windows
-                    ),
-                    "loss_difference": _loss_difference(ours.loss, other.loss),
-                }
-            )
+            others = [_level_key(f, target) for f in rivals] + list(references)
+            for other in (by_key[key] for key in others if key in by_key):
+                rows.append(
+                    {
+                        "target_attack_rate": target,
+                        "method": ours.method.key,
+                        "against": other.method.key,
+                        "against_label": other.method.label,
+                        "coherence_difference": paired_difference(
+                            ours.coherence_windows, other.coherence_windows
+                        ),
+                        "loss_difference": paired_difference(ours.loss_windows, other.loss_windows),
+                    }
+                )
     return rows
 
 
-def _find(rows: list[dict], target: float, against: str) -> dict | None:
-    key = against if against in REFERENCES else _level_key(against, target)
+def _find(rows: list[dict], target: float, against: str, ours: str = "del+soft") -> dict | None:
+    references = REFERENCES + SERVED_REFERENCES
+    key = against if against in references else _level_key(against, target)
+    method = _level_key(ours, target)
     return next(
-        (r for r in rows if r["target_attack_rate"] == target and r["against"] == key), None
+        (
+            r
+            for r in rows
+            if r["target_attack_rate"] == target and r["against"] == key and r["method"] == method
+        ),
+        None,
     )
 
 
@@ -128,6 +131,9 @@ def summary_findings(report: dict) -> list[str]:
             f"DEL with its soft prompt beats sending no prompt at all at {len(informative)} of {n} "
             f"levels ({_levels(informative)})."
         )
+    served = served_summary(rows, targets)
+    if served:
+        lines.append(served)
     lower = _count(rows, targets, "del", "loss_difference", "lower")
     higher = _count(rows, targets, "del", "coherence_difference", "higher")
     lines.append(
@@ -152,6 +158,26 @@ def summary_findings(report: dict) -> list[str]:
     return lines
 
 
+def _served_beats_nothing(rows: list[dict], target: float, metric: str, verdict: str) -> bool:
+    """DEL as served beats both ways of sending nothing in `metric` at `target`."""
+    nothing = [_find(rows, target, key, SERVED) for key in ("no_prompt+reader", "no_prompt+soft")]
+    return all(r is not None and r[metric]["verdict"] == verdict for r in nothing)
+
+
+def served_summary(rows: list[dict], targets: list[float]) -> str | None:
+    served = [t for t in targets if _find(rows, t, "no_prompt+reader", SERVED)]
+    if not served:
+        return None
+    lower = [t for t in served if _served_beats_nothing(rows, t, "loss_difference", "lower")]
+    higher = [t for t in served if _served_beats_nothing(rows, t, "coherence_difference", "higher")]
+    return (
+        f"As served, read by the particle reader, DEL beats sending nothing (both the soft "
+        f"prompt alone and the same reader with no symbols) in loss at {len(lower)} of "
+        f"{len(served)} levels ({_levels(lower)}) and in coherence at {len(higher)} "
+        f"({_levels(higher)})."
+    )
+
+
 def utility_findings(rows: list[dict], levels: list[dict]) -> list[str]:
     """Per level: the issue's criterion (DEL + soft prompt above the same noise without it and
     above the Gaussian baseline, in coherence), then the test against sending nothing."""
@@ -161,6 +187,9 @@ def utility_findings(rows: list[dict], levels: list[dict]) -> list[str]:
         plain, gaussian = _find(rows, target, "del"), _find(rows, target, "gaussian")
         gaussian_soft = _find(rows, target, "gaussian+soft")
         nothing = _find(rows, target, "no_prompt+soft")
+        blind = _find(rows, target, "no_prompt+reader", SERVED)
+        if blind is not None:
+            lines.append(_served_line(rows, target, blind))
         if plain is None:
             continue
         head = (
@@ -185,6 +214,34 @@ def utility_findings(rows: list[dict], levels: list[dict]) -> list[str]:
                 f"{_phrase(nothing)}: {_information_verdict(nothing)}"
             )
     return lines
+
+
+def _served_line(rows: list[dict], target: float, blind: dict) -> str:
+    """DEL as served against both ways of sending nothing (and the soft prompt it replaces);
+    it carries information only in what it wins against both."""
+    text = (
+        f"{target:.0%} level as served (read by the particle reader) vs nothing sent through "
+        f"the same reader: {_phrase(blind)}"
+    )
+    nothing = [blind]
+    for against, words in (
+        ("no_prompt+soft", "the soft prompt alone"),
+        ("del+soft", "DEL + soft prompt"),
+    ):
+        row = _find(rows, target, against, SERVED)
+        if row is not None:
+            text += f"; vs {words}: {_phrase(row)}"
+            nothing += [row] if against == "no_prompt+soft" else []
+    verdicts = [_better_worse(row) for row in nothing]
+    better = [m for m in ("coherence", "loss") if all(m in b for b, _ in verdicts)]
+    worse = [m for m in ("coherence", "loss") if any(m in w for _, w in verdicts)]
+    if not better:
+        verdict = "it carries NO useful information beyond what sending nothing gives"
+    elif worse:
+        verdict = f"mixed: better in {' and '.join(better)}, WORSE in {' and '.join(worse)}"
+    else:
+        verdict = f"the private prompt carries useful information ({' and '.join(better)} better)"
+    return f"{text}. Against both ways of sending nothing: {verdict}."
 
 
 def _by_method(rows: list[dict]) -> dict[str, dict]:

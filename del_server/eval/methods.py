@@ -5,11 +5,14 @@
     projected   projection and clip without noise: what the projection alone costs
     no_prompt   nothing is sent: perfect privacy, zero communication; the continuation
                 comes from BOS alone (with or without a soft prompt trained for that case)
-    del         DEL as served: projection to k, binomial quantizer, the level's soft prompt
+    del         DEL: projection to k, binomial quantizer, the level's soft prompt; or, as an
+                adapter with a particle reader serves it, the prompt read by the reader
     del_full    the same quantizer without projection (k = d)
     gaussian    Gaussian noise on the projected embedding, then quantized
 
-The prompt path is the client's code (table lookup, del_client's quantizer) followed by the
+A soft prompt and the reader are the server's post-processing: they change nothing that is
+sent or that an attacker sees, so a method with either shares its plain twin's attack rows
+and bits. The prompt path is the client's code (table lookup, del_client's quantizer) followed by the
 server's front-end (decode and de-project, or the posterior front-end of an adapter that has
 one, with the parameters trained for that method); only the noise generator is a seeded one,
 for measurement.
@@ -22,7 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..adapter import Adapter
+from ..adapter import Adapter, ParticleReading
 from ..attacks.mechanisms import Mechanism
 from ..front_end import PosteriorFrontEnd
 from ..train.objective import FrozenLM
@@ -47,16 +50,31 @@ class Method:
     target_attack_rate: float | None = None  # the calibrated level it is matched to
     front_end: PosteriorFrontEnd | None = None  # None: W_d·x̂
     front_end_parameters: dict[str, torch.Tensor] | None = None  # None: the plain posterior mean
+    reader: ParticleReading | None = None  # the prompt read by the particle reader (reading.py)
 
     @property
     def key(self) -> str:
         level = "" if self.target_attack_rate is None else f"@{self.target_attack_rate:g}"
-        return f"{self.family}{'+soft' if self.soft_prompt is not None else ''}{level}"
+        return f"{self.family}{self._variant[0]}{level}"
 
     @property
     def label(self) -> str:
-        soft = " + soft prompt" if self.soft_prompt is not None else ""
-        return FAMILY_LABELS[self.family] + soft
+        return FAMILY_LABELS[self.family] + self._variant[1]
+
+    @property
+    def _variant(self) -> tuple[str, str]:
+        """(key suffix, label suffix) of what the server adds."""
+        if self.reader is not None:
+            return "+reader", " + particle reader"
+        if self.soft_prompt is not None:
+            return "+soft", " + soft prompt"
+        return "", ""
+
+    @property
+    def server_side(self) -> bool:
+        """Post-processed by the server (a soft prompt, the reader): sent and seen as its twin
+        without them."""
+        return self.soft_prompt is not None or self.reader is not None
 
     def with_soft_prompt(self, soft_prompt: torch.Tensor | None) -> Method:
         return replace(self, soft_prompt=soft_prompt)
@@ -68,6 +86,7 @@ class Method:
             "family": self.family,
             "label": self.label,
             "soft_prompt": self.soft_prompt is not None,
+            "reader": self.reader is not None,
             "target_attack_rate": self.target_attack_rate,
             "projection_dim": self.adapter.projection_dim if self.adapter else None,
             "mechanism": mechanism.name if mechanism else None,

@@ -108,6 +108,7 @@ def run(config: EvalConfig, *, command: str = "del-server eval", resume: bool = 
             "loss_windows": config.loss_windows,
             "coherence_windows": config.coherence_windows,
             "seeds": list(config.seeds),
+            "reader_seeds": config.reader_seeds,
             "encoder": ENCODER,
             "baseline_soft_prompt_steps": soft_prompt_steps(ctx),
             "rows": [m.to_dict() for m in measured],

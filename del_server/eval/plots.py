@@ -21,16 +21,18 @@ import matplotlib.pyplot as plt
 
 from .privacy import attacks_run, in_words
 
-CURVES = {  # (family, soft prompt) -> style
-    ("del", True): ("DEL + soft prompt", "C0", "-", "o"),
-    ("del", False): ("DEL, no soft prompt", "C0", "--", "o"),
-    ("gaussian", True): ("Gaussian + soft prompt", "C1", "-", "s"),
-    ("gaussian", False): ("Gaussian, no soft prompt", "C1", "--", "s"),
-    ("del_full", True): ("DEL k = d + soft prompt", "C2", "-", "^"),
-    ("del_full", False): ("DEL k = d, no soft prompt", "C2", "--", "^"),
+CURVES = {  # (family, what the server adds) -> style
+    ("del", "reader"): ("DEL as served (particle reader)", "C4", "-", "D"),
+    ("del", "soft"): ("DEL + soft prompt", "C0", "-", "o"),
+    ("del", ""): ("DEL, no soft prompt", "C0", "--", "o"),
+    ("gaussian", "soft"): ("Gaussian + soft prompt", "C1", "-", "s"),
+    ("gaussian", ""): ("Gaussian, no soft prompt", "C1", "--", "s"),
+    ("del_full", "soft"): ("DEL k = d + soft prompt", "C2", "-", "^"),
+    ("del_full", ""): ("DEL k = d, no soft prompt", "C2", "--", "^"),
 }
 REFERENCES = {  # key -> style of its horizontal line
     "clean": ("clean (no privacy)", "k", ":"),
+    "no_prompt+reader": ("no prompt, particle reader", "C4", "-."),
     "no_prompt+soft": ("no prompt + soft prompt", "C3", "-."),
     "no_prompt": ("no prompt", "C3", ":"),
 }
@@ -42,15 +44,22 @@ def _attack_by_method(report: dict) -> dict[str, dict]:
     return {row["method"]: row for row in report["privacy"]["rows"]}
 
 
-def _curves(report: dict, x_of) -> dict[tuple[str, bool], list[tuple[float, dict]]]:
-    """(family, soft) -> [(x, utility row)] sorted by x, for the private methods."""
+def _variant(row: dict) -> str:
+    return "reader" if row.get("reader") else "soft" if row["soft_prompt"] else ""
+
+
+def _curves(report: dict, x_of) -> dict[tuple[str, str], list[tuple[float, dict]]]:
+    """(family, variant) -> [(x, utility row)] sorted by x, for the private methods; x from
+    the attack row of the method as sent (what the server adds changes nothing seen)."""
     attacks = _attack_by_method(report)
-    curves: dict[tuple[str, bool], list] = {}
+    curves: dict[tuple[str, str], list] = {}
     for row in report["utility"]["rows"]:
-        if (row["family"], row["soft_prompt"]) not in CURVES:
+        curve = (row["family"], _variant(row))
+        if curve not in CURVES:
             continue
-        attack = attacks[row["key"].replace("+soft", "")]
-        curves.setdefault((row["family"], row["soft_prompt"]), []).append((x_of(attack), row))
+        variant = f"+{curve[1]}" if curve[1] else ""
+        attack = attacks[row["key"].replace(variant, "")]
+        curves.setdefault(curve, []).append((x_of(attack), row))
     return {k: sorted(v, key=lambda p: p[0]) for k, v in curves.items()}
 
 
@@ -62,8 +71,8 @@ def _utility_figure(report: dict, path: Path, x_of, xlabel: str, logx: bool) -> 
         (axes[0], "coherence", "coherence (cosine of sentence embeddings)"),
         (axes[1], "loss", "continuation loss (nats/token)"),
     ):
-        for (family, soft), points in _curves(report, x_of).items():
-            label, color, style, marker = CURVES[(family, soft)]
+        for curve, points in _curves(report, x_of).items():
+            label, color, style, marker = CURVES[curve]
             axis.errorbar(
                 [x for x, _ in points],
                 [r[metric]["mean"] for _, r in points],

@@ -7,8 +7,8 @@ bound them:
     clean      the server receives the embeddings themselves: exact lookup reads them
     no_prompt  it receives nothing: the best blind guess, from the attacker's language prior
                alone (Attacker.prior_alone) or the most frequent token of public text
-A soft prompt is server-side post-processing: it changes nothing the attacker sees, so only
-the methods without one are attacked.
+A soft prompt or the particle reader is server-side post-processing: it changes nothing the
+attacker sees, so only the methods without either are attacked.
 
 The out-of-domain stage attacks DEL's levels on text of another domain with the same
 (in-domain) attacker: the levels were calibrated in domain, does each label still hold?
@@ -130,8 +130,8 @@ def _attacked(
 
 
 def seen_by_attacker(methods: list[Method]) -> list[Method]:
-    """The private methods without a soft prompt: what the attacker sees, once per level."""
-    return [m for m in methods if m.mechanism is not None and m.soft_prompt is None]
+    """The private methods as sent: what the attacker sees, once per level."""
+    return [m for m in methods if m.mechanism is not None and not m.server_side]
 
 
 def privacy_stage(ctx: EvalContext, methods: list[Method]) -> dict:

@@ -13,7 +13,7 @@ from ..tools.bench import concurrency_table, path_table
 from .findings import VERDICT_WORDS, label_verdict
 from .privacy import attacks_run, in_words
 
-SCHEMA = "del-eval/2"
+SCHEMA = "del-eval/3"
 
 
 def _pct(value: float | None) -> str:
@@ -60,18 +60,19 @@ def headline_markdown(report: dict) -> str:
     here = comm["computed_bits_per_token"]["this_model"]
     big = comm["computed_bits_per_token"]["7b_class"]
     prompt_tokens = report["privacy"]["prompt_tokens"]
+    served = any(key.startswith("del+reader@") for key in rows)
     lines = [
         f"| target attack rate | ε per token ({prompt_tokens}-token prompt) | strongest attack, "
         "held-out tokens [95 %] | out of domain | coherence: DEL + soft prompt | DEL, no soft "
         "prompt | Gaussian + soft prompt (matched) | loss: DEL + soft prompt | DEL, no soft "
-        "prompt |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "prompt |" + (" DEL as served (particle reader): coherence | loss |" if served else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if served else ""),
     ]
     for level in report["setup"]["adapter"]["levels"]:
         t = level["target_attack_rate"]
         attack, outside = attacks.get(f"del@{t:g}"), ood.get(f"del@{t:g}")
         ours, plain = rows.get(f"del+soft@{t:g}"), rows.get(f"del@{t:g}")
-        gaussian = rows.get(f"gaussian+soft@{t:g}")
+        gaussian, read = rows.get(f"gaussian+soft@{t:g}"), rows.get(f"del+reader@{t:g}")
         if attack is None or outside is None or ours is None or plain is None:
             continue
         lines.append(
@@ -80,6 +81,7 @@ def headline_markdown(report: dict) -> str:
             f"| {_ci(ours['coherence'])} | {_ci(plain['coherence'])} "
             f"| {_ci(gaussian['coherence']) if gaussian else '–'} | {_ci(ours['loss'])} "
             f"| {_ci(plain['loss'])} |"
+            + (f" {_ci(read['coherence'])} | {_ci(read['loss'])} |" if read else "")
         )
     clean, nothing, soft = rows["clean"], rows["no_prompt"], rows.get("no_prompt+soft")
     lines += [
@@ -91,6 +93,12 @@ def headline_markdown(report: dict) -> str:
             f", and with a soft prompt trained for it coherence {_ci(soft['coherence'])}, loss "
             f"{_ci(soft['loss'])}"
             if soft
+            else ""
+        )
+        + (
+            f"; nothing sent through the particle reader (particles of the language model's "
+            f"prior) coherence {_ci(blind['coherence'])}, loss {_ci(blind['loss'])}"
+            if (blind := rows.get("no_prompt+reader"))
             else ""
         )
         + f". Bits per prompt token: DEL {here['del']} vs {here['raw_fp16']} for a raw fp16 "
@@ -225,7 +233,14 @@ def _utility(report: dict) -> list[str]:
         "## Utility, and the baselines at matched attack success rate",
         "",
         f"Loss on {u['loss_windows']} and coherence on {u['coherence_windows']} held-out windows; "
-        f"noisy methods: mean ± 95 % interval over noise seeds {u['seeds']}. Baselines are "
+        f"noisy methods: mean ± 95 % interval over noise seeds {u['seeds']}"
+        + (
+            f" (the particle reader's over the first {u['reader_seeds']}: each reads every "
+            "window once, so its comparisons below, paired over windows, are the ones to read)"
+            if any(r.get("reader") for r in u["rows"])
+            else ""
+        )
+        + ". Baselines are "
         "matched to each DEL level by the same attack criterion (see Setup). Coherence has a "
         "high floor on this data: the generic story that the model writes from BOS alone "
         f"scores {_rows(report)['no_prompt']['coherence']['mean']:.3f}, so read its "
@@ -241,16 +256,17 @@ def _utility(report: dict) -> list[str]:
         )
     lines += [
         "",
-        "DEL with its soft prompt against each alternative at the same level (coherence: paired "
-        "over windows; loss: over seeds; 95 %):",
+        "DEL with its soft prompt, and as served by the particle reader where the adapter has "
+        "one, against each alternative at the same level (both metrics paired over windows, each "
+        "window's mean over seeds; 95 %):",
         "",
-        "| target | against | coherence difference | loss difference |",
-        "|---:|---|---:|---:|",
+        "| target | method | against | coherence difference | loss difference |",
+        "|---:|---|---|---:|---:|",
     ]
     for c in report["comparisons"]:
         coh, loss = c["coherence_difference"], c["loss_difference"]
         lines.append(
-            f"| {c['target_attack_rate']:.0%} | {c['against_label']} "
+            f"| {c['target_attack_rate']:.0%} | `{c['method']}` | {c['against_label']} "
             f"| {coh['mean']:+.3f} ± {coh['ci95']:.3f} ({coh['verdict']}) "
             f"| {loss['mean']:+.3f} ± {loss['ci95']:.3f} ({loss['verdict']}) |"
         )

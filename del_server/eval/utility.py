@@ -1,14 +1,16 @@
 """Utility of each method on held-out text, over several noise seeds.
 
     loss        mean next-token NLL (nats/token) of the real continuation after the prompt
-                (train.evaluate.mean_loss: the same scoring as the training report)
+                (FrozenLM.continuation_nlls: the same scoring as the training report); read
+                by the particle reader, the served blend's exact NLL (reading.py)
     perplexity  e^loss
     coherence   cosine of sentence embeddings, generated continuation vs the real one
 
 A seed fixes the noise of every prompt token; the same seed gives the same noise to a method
 with and without its soft prompt, so those two are paired draw for draw. Methods without
-noise are measured once. Intervals are 95 % Student-t intervals over the seeds' means;
-comparisons between methods are paired over windows (same held-out text for all).
+noise are measured once; the particle reader over the first `reader_seeds` seeds. Intervals
+are 95 % Student-t intervals over the seeds' means; comparisons between methods are paired
+over windows (same held-out text for all), on each window's mean over seeds.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import torch
 from scipy import stats
 from tqdm import tqdm
 
-from ..train.evaluate import mean_loss
+from ..train.evaluate import EVAL_BATCH
 from .coherence import SentenceEncoder, cosine_per_window, decode, greedy_continuations
 from .context import EvalContext
 from .methods import Method
+from .reading import ignore_prompt, read
 
 
 def spread(values: list[float]) -> dict:
@@ -45,16 +48,27 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
     return {"mean": mean, "ci95": half, "windows": len(diff), "verdict": verdict}
 
 
+@dataclass(frozen=True)
+class SeedRun:
+    """One noise seed's measurement of a method."""
+
+    nlls: torch.Tensor  # (N,) per loss window: nats, summed over its continuation
+    cosines: np.ndarray  # (n,) per coherence window
+    texts: list[str]  # the generated continuations
+
+
 @dataclass
 class Measured:
-    """One method's utility: summaries for the report, per-window coherence for comparisons."""
+    """One method's utility: summaries for the report, per-window values for comparisons."""
 
     method: Method
     loss: dict
     perplexity: dict
     coherence: dict
+    loss_windows: np.ndarray  # (n,) nats/token, mean over seeds, per window
     coherence_windows: np.ndarray  # (n,) mean over seeds, per window
     sample: tuple[str, str]  # (generated, reference) of the first window and seed, to read
+    reader: dict | None = None  # the particle reader's λ, particles and seeds, if read so
 
     def to_dict(self) -> dict:
         return {
@@ -62,6 +76,7 @@ class Measured:
             "loss": self.loss,
             "perplexity": self.perplexity,
             "coherence": self.coherence,
+            **({"read_by": self.reader} if self.reader else {}),
         }
 
     def record(self) -> dict:
@@ -70,8 +85,10 @@ class Measured:
             "loss": self.loss,
             "perplexity": self.perplexity,
             "coherence": self.coherence,
+            "loss_windows": self.loss_windows.tolist(),
             "coherence_windows": self.coherence_windows.tolist(),
             "sample": list(self.sample),
+            "reader": self.reader,
         }
 
     @classmethod
@@ -81,8 +98,10 @@ class Measured:
             loss=record["loss"],
             perplexity=record["perplexity"],
             coherence=record["coherence"],
+            loss_windows=np.asarray(record["loss_windows"]),
             coherence_windows=np.asarray(record["coherence_windows"]),
             sample=tuple(record["sample"]),
+            reader=record["reader"],
         )
 
 
@@ -91,6 +110,8 @@ class UtilityBench:
 
     def __init__(self, ctx: EvalContext, encoder: SentenceEncoder) -> None:
         config, validation = ctx.config, ctx.split.validation
+        if config.coherence_windows > config.loss_windows:
+            raise ValueError("coherence is measured on the first of the loss windows")
         self.ctx = ctx
         self.encoder = encoder
         self.loss_windows = validation.head(config.loss_windows)
@@ -101,36 +122,68 @@ class UtilityBench:
         self.reference_embeddings = encoder.embed(self.references)
 
     def measure(self, method: Method) -> Measured:
-        ctx = self.ctx
-        lm, seeds = ctx.lm, ctx.config.seeds if method.mechanism is not None else (ctx.config.seed,)
-        losses, coherences, per_window, first_texts = [], [], [], None
-        for seed in seeds:
-            rng = np.random.default_rng([seed, 0])
-            prompt_fn = lambda ids, rng=rng: method.prompt(lm, ids, rng)  # noqa: E731
-            losses.append(mean_loss(lm, self.loss_windows, prompt_fn, method.soft_prompt))
-            cosines, texts = self._coherence(method, np.random.default_rng([seed, 1]))
-            coherences.append(float(np.mean(cosines)))
-            per_window.append(cosines)
-            first_texts = first_texts or texts
+        config, reader = self.ctx.config, None
+        if method.reader is not None:
+            seeds = config.seeds[: config.reader_seeds]
+        elif method.mechanism is None:
+            seeds = (config.seed,)  # nothing random: once
+        else:
+            seeds = config.seeds
+        if method.reader is not None:
+            weight = ignore_prompt(self.ctx, method)
+            reader = {"ignore_prompt": weight, "particles": method.reader.particles}
+            runs = [self._read(method, weight, seed) for seed in seeds]
+        else:
+            runs = [self._run(method, seed) for seed in seeds]
+        tokens = self.loss_windows.continuations.shape[1]
+        per_window = [run.nlls.numpy() / tokens for run in runs]
+        losses = [float(np.mean(nlls)) for nlls in per_window]
         return Measured(
             method=method,
             loss=spread(losses),
             perplexity=spread([math.exp(x) for x in losses]),
-            coherence=spread(coherences),
-            coherence_windows=np.mean(per_window, axis=0),
-            sample=(first_texts[0], self.references[0]),
+            coherence=spread([float(np.mean(run.cosines)) for run in runs]),
+            loss_windows=np.mean(per_window, axis=0),
+            coherence_windows=np.mean([run.cosines for run in runs], axis=0),
+            sample=(runs[0].texts[0], self.references[0]),
+            reader=reader and {**reader, "seeds": len(seeds)},
         )
 
-    def _coherence(self, method: Method, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    def _run(self, method: Method, seed: int) -> SeedRun:
+        """One seed through the method's prompt path."""
+        lm, windows = self.ctx.lm, self.loss_windows
+        rng = np.random.default_rng([seed, 0])
+        with torch.no_grad():
+            nlls = torch.cat(
+                [
+                    lm.continuation_nlls(
+                        method.prompt(lm, windows.prompts[i : i + EVAL_BATCH], rng),
+                        windows.continuations[i : i + EVAL_BATCH],
+                        method.soft_prompt,
+                    ).cpu()
+                    for i in range(0, len(windows), EVAL_BATCH)
+                ]
+            )
+        return self._scored(nlls, self._continued(method, np.random.default_rng([seed, 1])))
+
+    def _continued(self, method: Method, rng: np.random.Generator) -> list[list[int]]:
         ctx, windows = self.ctx, self.coherence_windows
         with torch.no_grad():
             prompt = method.prompt(ctx.lm, windows.prompts, rng)
             prefix = ctx.lm.prefix(prompt, len(windows), method.soft_prompt)
-        rows = greedy_continuations(
+        return greedy_continuations(
             ctx.lm, prefix, windows.continuations.shape[1], ctx.loaded.eos_id
         )
-        texts = decode(ctx.loaded.tokenizer, rows)
-        return cosine_per_window(self.encoder.embed(texts), self.reference_embeddings), texts
+
+    def _read(self, method: Method, weight: float, seed: int) -> SeedRun:
+        """One seed through the particle reader."""
+        found = read(self.ctx, method, weight, self.loss_windows, len(self.coherence_windows), seed)
+        return self._scored(found.nlls, found.continuations)
+
+    def _scored(self, nlls: torch.Tensor, rows: list[list[int]]) -> SeedRun:
+        texts = decode(self.ctx.loaded.tokenizer, rows)
+        cosines = cosine_per_window(self.encoder.embed(texts), self.reference_embeddings)
+        return SeedRun(nlls, cosines, texts)
 
 
 def utility_stage(bench: UtilityBench, methods: list[Method]) -> list[Measured]:

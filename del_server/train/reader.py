@@ -20,6 +20,7 @@ it belongs to the nothing-sent reference a level must beat: on stories260K it is
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from ..attacks.mechanisms import Mechanism
-from ..attacks.particle import mixture_nll, sample_posterior
+from ..attacks.particle import Particles, mixture_nll, sample_posterior
 from ..attacks.sequence import Lattice
 from ..front_end import PosteriorFrontEnd
 from .data import Windows
@@ -57,6 +58,37 @@ def prefix_nlls(lm: FrozenLM, windows: Windows, prefix: torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
+def posterior_samples(
+    lm: FrozenLM,
+    posterior: PosteriorFrontEnd,
+    mechanism: Mechanism | None,
+    windows: Windows,
+    prefix: torch.Tensor,
+    *,
+    particles: int,
+    seed: int,
+) -> Iterator[tuple[int, Particles]]:
+    """(first window, its chunk's particles) of each chunk of windows: the reader's particles
+    after `prefix` for one noise draw per window (seeded); `mechanism` None: no symbols, the
+    particles come from the LLM's prior alone."""
+    rng = np.random.default_rng(seed)
+    for start in tqdm(range(0, len(windows), MIXTURE_CHUNK), desc="particles", leave=False):
+        prompts = windows.prompts[start : start + MIXTURE_CHUNK]
+        if mechanism is None:
+            blind = torch.zeros(*prompts.shape, posterior.prior.vocab)
+            lattice = Lattice.build(blind, posterior.prior, keep=posterior.keep)
+        else:
+            table = posterior.client_table
+            symbols = mechanism.privatize(table[prompts.reshape(-1).numpy()], rng)
+            lattice = posterior.lattice(symbols.reshape(*prompts.shape, -1), mechanism)
+        yield (
+            start,
+            sample_posterior(
+                lm.model, lm.bos_id, prefix, lattice, particles=particles, seed=seed + start
+            ),
+        )
+
+
 def mixture_nlls(
     lm: FrozenLM,
     posterior: PosteriorFrontEnd,
@@ -68,25 +100,16 @@ def mixture_nlls(
     seed: int,
 ) -> torch.Tensor:
     """(N,) each continuation's NLL under the posterior predictive of `particles` particles
-    after `prefix`, one noise draw per window (seeded); `mechanism` None: no symbols, the
-    particles come from the LLM's prior alone."""
-    rng = np.random.default_rng(seed)
-    found = []
-    for start in tqdm(range(0, len(windows), MIXTURE_CHUNK), desc="mixture", leave=False):
-        prompts = windows.prompts[start : start + MIXTURE_CHUNK]
-        if mechanism is None:
-            blind = torch.zeros(*prompts.shape, posterior.prior.vocab)
-            lattice = Lattice.build(blind, posterior.prior, keep=posterior.keep)
-        else:
-            table = posterior.client_table
-            symbols = mechanism.privatize(table[prompts.reshape(-1).numpy()], rng)
-            lattice = posterior.lattice(symbols.reshape(*prompts.shape, -1), mechanism)
-        sampled = sample_posterior(
-            lm.model, lm.bos_id, prefix, lattice, particles=particles, seed=seed + start
-        )
-        continuations = windows.continuations[start : start + MIXTURE_CHUNK]
-        found.append(mixture_nll(lm.model, sampled, continuations))
-    return torch.cat(found)
+    after `prefix` (posterior_samples)."""
+    samples = posterior_samples(
+        lm, posterior, mechanism, windows, prefix, particles=particles, seed=seed
+    )
+    return torch.cat(
+        [
+            mixture_nll(lm.model, found, windows.continuations[start : start + MIXTURE_CHUNK])
+            for start, found in samples
+        ]
+    )
 
 
 def paired_margin(served: torch.Tensor, reference: torch.Tensor, windows: Windows) -> float:

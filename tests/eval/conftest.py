@@ -1,5 +1,5 @@
 """A small adapter trained here by the real pipeline (stories260K on TinyStories, every attack
-in its calibration), so the evaluation's tests neither wait for nor depend on the committed
+in its calibration, a posterior front-end and a particle reader of 8 particles), so the evaluation's tests neither wait for nor depend on the committed
 adapter, and an evaluation context over it with the smoke preset."""
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ def small_adapter(tmp_path_factory, tinystories, stories260k) -> Path:
         prefix_steps=10,
         eval_windows=4,
         eval_seeds=(0,),
+        # Served as the committed adapter is: through the posterior front-end and the reader.
+        front_end="posterior",
+        reader_particles=8,
     )
     run_all(config)
     return out

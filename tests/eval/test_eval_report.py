@@ -122,18 +122,23 @@ def test_dels_levels_are_attacked_out_of_domain_too(smoke):
 def test_utility_covers_references_and_each_method_with_and_without_soft_prompt(smoke):
     _, report = smoke
     keys = {row["key"] for row in report["utility"]["rows"]}
-    assert {"clean", "projected", "no_prompt", "no_prompt+soft"} <= keys
+    assert {"clean", "projected", "no_prompt", "no_prompt+soft", "no_prompt+reader"} <= keys
     for level in report["setup"]["adapter"]["levels"]:
         t = level["target_attack_rate"]
         for family in ("del", "del_full", "gaussian"):
             assert {f"{family}@{t:g}", f"{family}+soft@{t:g}"} <= keys
-    seeds = len(report["config"]["seeds"])
+        assert f"del+reader@{t:g}" in keys  # as the small adapter's reader serves it
+    seeds, reader_seeds = len(report["config"]["seeds"]), report["config"]["reader_seeds"]
     for row in report["utility"]["rows"]:
         assert row["loss"]["mean"] > 0
         assert -1 <= row["coherence"]["mean"] <= 1
-        assert row["coherence"]["seeds"] == (seeds if row["mechanism"] else 1)
-    assert report["comparisons"]
-    assert report["findings"]["utility"]
+        expected = reader_seeds if row["reader"] else seeds if row["mechanism"] else 1
+        assert row["coherence"]["seeds"] == expected
+        if row["reader"]:
+            assert 0 <= row["read_by"]["ignore_prompt"] <= 1
+    served = [c for c in report["comparisons"] if c["method"].startswith("del+reader@")]
+    assert {c["against"] for c in served} >= {"no_prompt+reader", "no_prompt+soft"}
+    assert any("as served" in line for line in report["findings"]["utility"])
 
 
 def test_communication_is_measured_through_grpc_and_against_raw(smoke):
