@@ -522,9 +522,20 @@ def _run_generate(args: argparse.Namespace) -> None:
         f"{result.payload_encoding}); "
         f"{result.client_wire_bytes_sent:,} bytes sent for {usage.prompt_tokens} tokens\n"
         f"privacy       {result.privacy_note}\n"
-        f"soft prompt   {soft}",
+        f"soft prompt   {soft}"
+        + (f"\nreading       {READINGS[result.reading]}" if result.reading in READINGS else ""),
         file=sys.stderr,
     )
+
+
+# Final.reading, where the particle reader read the prompt (the summary's last line).
+READINGS = {
+    "particle": "one draw of the prompt's posterior, decoded as tokens by the server's "
+    "particle reader, continued after its prefix",
+    "ignored": "NOT USED this time: the server's particle reader continued from its prefix "
+    "alone (it does so with a probability fitted for this level, which the level's published "
+    "utility includes)",
+}
 
 
 def _soft_prompt_in_words(result) -> str:
@@ -536,6 +547,7 @@ def _soft_prompt_in_words(result) -> str:
         "were trained for the levels' noise only)",
         "not trained": f"none: level {result.level_id} has no trained soft prompt",
         "raw": "none (raw mechanism)",
+        "reader": "the particle reader's own prefix (no level soft prompt)",
     }.get(result.soft_prompt, "none" if result.soft_prompt_mu is None else "used")
 
 

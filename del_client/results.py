@@ -29,6 +29,15 @@ SOFT_PROMPT = {
     inference_pb2.SOFT_PROMPT_NO_LEVEL: "no level",
     inference_pb2.SOFT_PROMPT_NOT_TRAINED: "not trained",
     inference_pb2.SOFT_PROMPT_RAW: "raw",
+    inference_pb2.SOFT_PROMPT_READER: "reader",
+}
+# Final.reading: how the server read the private prompt
+READING = {
+    inference_pb2.PROMPT_READING_UNSPECIFIED: "unknown",  # a server older than the field
+    inference_pb2.PROMPT_READING_FRONT_END: "front end",
+    inference_pb2.PROMPT_READING_PARTICLE: "particle",
+    inference_pb2.PROMPT_READING_IGNORED: "ignored",
+    inference_pb2.PROMPT_READING_RAW: "raw",
 }
 
 
@@ -75,7 +84,9 @@ class Receipt(HasUtility):
     epsilon_prompt: float | None  # exact, every prompt token replaced, at `delta`
     mu_token: float | None  # the paper's central-limit μ-GDP figure per token
     level_id: str  # the server's level the request was served at; "" when none
-    soft_prompt: str  # "used", or why not: "no level", "not trained", "raw" ("unknown": old server)
+    # "used", or why not: "no level", "not trained", "raw", "reader" (the particle reader's
+    # prefix instead); "unknown": an older server
+    soft_prompt: str
     client_wire_bytes_sent: int  # counted here; equals usage.wire_bytes_received
     request_id: str
     utility: LevelUtility | None = None  # the served level's, as the manifest gave it
@@ -120,6 +131,9 @@ class GenerationResult(Receipt):
     token_ids: tuple[int, ...]
     finish_reason: str  # "length", "stop" or "eos"
     soft_prompt_mu: float | None  # the level of the soft prompt the server used, if any
+    # How the server read the prompt: "front end", "particle" (one draw of its posterior, as
+    # tokens), "ignored" (the particle reader continued without it), "raw"; "unknown": older
+    reading: str
 
 
 class ReplyFolder:
@@ -163,4 +177,5 @@ class ReplyFolder:
             token_ids=tuple(self._ids),
             finish_reason=FINISH_REASONS[final.finish_reason],
             soft_prompt_mu=final.soft_prompt_mu if final.HasField("soft_prompt_mu") else None,
+            reading=READING.get(final.reading, "unknown"),
         )

@@ -23,12 +23,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 
 from del_client.mechanism import PrivacySpec, decode_table
+from del_client.proto import inference_pb2
 from del_client.sampling import Sampling
 
 from .adapter import Adapter
@@ -87,6 +89,12 @@ class FailedEvent:
 Event = TokenEvent | FinishEvent | FailedEvent
 
 
+class BuiltPrompt(NamedTuple):
+    inputs: torch.Tensor  # (m + 1 + T, d)
+    level: float | None  # the request's level μ; None when it has none
+    reading: int  # inference_pb2.PromptReading: how the prompt was read
+
+
 class PromptBuilder:
     """Turns what the client sent into the LLM's input embeddings."""
 
@@ -105,8 +113,8 @@ class PromptBuilder:
         self._prefix_ids = [bos_id] if bos_id is not None else []
         self._template: torch.Tensor | None = None  # embedded once, on first use
 
-    def build(self, prompt: PrivatePrompt | RawPrompt) -> tuple[torch.Tensor, float | None]:
-        """-> (inputs (m + 1 + T, d), the request's level μ, None when it has none)."""
+    def build(self, prompt: PrivatePrompt | RawPrompt) -> BuiltPrompt:
+        """The LLM's input for `prompt`, its level and how it was read."""
         if self._template is None and self._prefix_ids:
             self._template = self._backend.embed(self._prefix_ids)
         template = self._template
@@ -114,16 +122,23 @@ class PromptBuilder:
         level = level if level in self._adapter.soft_prompts else None
         if isinstance(prompt, RawPrompt):
             prefix, body = None, torch.from_numpy(prompt.embeddings)
+            reading = inference_pb2.PROMPT_READING_RAW
         elif self._reader is not None:
             ids = self._reader.read(prompt.symbols, Binomial(prompt.spec), level)
             prefix, body = self._reader.prefix, self._backend.embed(ids.tolist())
+            reading = (
+                inference_pb2.PROMPT_READING_PARTICLE
+                if len(ids)
+                else inference_pb2.PROMPT_READING_IGNORED
+            )
         else:
             prefix, body = self._adapter.soft_prompts.get(level), self._body(prompt)
+            reading = inference_pb2.PROMPT_READING_FRONT_END
         parts = [prefix] if prefix is not None else []
         parts += [template] if template is not None else []
         parts.append(body)
         dtype = parts[-1].dtype
-        return torch.cat([p.to(dtype) for p in parts]), level
+        return BuiltPrompt(torch.cat([p.to(dtype) for p in parts]), level, reading)
 
     def _body(self, prompt: PrivatePrompt) -> torch.Tensor:
         if self._front_end is None:

@@ -154,7 +154,7 @@ async def _warm_up(served: ServedModel, servicer: SplitInferenceService) -> None
         return
     level_spec = served.levels[0].spec if served.levels else spec
     symbols = np.zeros((1, level_spec.dim), np.uint8)
-    inputs, _ = served.prompts.build(PrivatePrompt(symbols, level_spec, mu=None))
+    inputs = served.prompts.build(PrivatePrompt(symbols, level_spec, mu=None)).inputs
     handle = served.engine.submit("warm-up", inputs, Sampling(max_new_tokens=2, temperature=0))
     while not isinstance(event := await handle.events.get(), FinishEvent):
         if isinstance(event, FailedEvent):

@@ -144,6 +144,7 @@ class _Stream:
         self.level = "none"
         self.mu: float | None = None
         self.choice: LevelChoice | None = None  # known once the header is read
+        self.reading = inference_pb2.PROMPT_READING_UNSPECIFIED  # Generate: once built
         self.prompt_tokens = 0
         self.end_at: float | None = None
         self.token_times: list[float] = []
@@ -264,9 +265,10 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             sampling, prompt = await self._read_prompt(stream)
             # Off the event loop: the posterior front-end and the particle reader spend
             # milliseconds per prompt.
-            inputs, level_mu = await asyncio.to_thread(self._served.prompts.build, prompt)
-            stream.level = "none" if level_mu is None else f"{level_mu:g}"
-            handle = self._served.engine.submit(stream.request_id, inputs, sampling)
+            built = await asyncio.to_thread(self._served.prompts.build, prompt)
+            stream.level = "none" if built.level is None else f"{built.level:g}"
+            stream.reading = built.reading
+            handle = self._served.engine.submit(stream.request_id, built.inputs, sampling)
             # One timer for the stream's whole life, not one per message: when the stream's
             # time is up it queues the failure behind whatever the engine has sent.
             deadline = asyncio.get_running_loop().call_later(
@@ -579,13 +581,19 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             time_to_first_token_s=first, total_s=time.perf_counter() - stream.started
         )
         choice = stream.choice
+        # The particle reader prepends its own prefix, never the level's soft prompt.
+        read = stream.reading in (
+            inference_pb2.PROMPT_READING_PARTICLE,
+            inference_pb2.PROMPT_READING_IGNORED,
+        )
         final = inference_pb2.Final(
             finish_reason=FINISH_REASON_PB[event.reason],
             usage=usage,
             timings=timings,
-            soft_prompt_mu=choice.soft_prompt_mu,
+            soft_prompt_mu=None if read else choice.soft_prompt_mu,
             level_id=choice.level_id,
-            soft_prompt=choice.soft_prompt,
+            soft_prompt=inference_pb2.SOFT_PROMPT_READER if read else choice.soft_prompt,
+            reading=stream.reading,
         )
         return stream.sent(inference_pb2.GenerateResponse(final=final))
 

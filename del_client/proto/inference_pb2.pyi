@@ -23,6 +23,15 @@ class SoftPrompt(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SOFT_PROMPT_NO_LEVEL: _ClassVar[SoftPrompt]
     SOFT_PROMPT_NOT_TRAINED: _ClassVar[SoftPrompt]
     SOFT_PROMPT_RAW: _ClassVar[SoftPrompt]
+    SOFT_PROMPT_READER: _ClassVar[SoftPrompt]
+
+class PromptReading(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROMPT_READING_UNSPECIFIED: _ClassVar[PromptReading]
+    PROMPT_READING_FRONT_END: _ClassVar[PromptReading]
+    PROMPT_READING_PARTICLE: _ClassVar[PromptReading]
+    PROMPT_READING_IGNORED: _ClassVar[PromptReading]
+    PROMPT_READING_RAW: _ClassVar[PromptReading]
 
 class Task(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -38,6 +47,12 @@ SOFT_PROMPT_USED: SoftPrompt
 SOFT_PROMPT_NO_LEVEL: SoftPrompt
 SOFT_PROMPT_NOT_TRAINED: SoftPrompt
 SOFT_PROMPT_RAW: SoftPrompt
+SOFT_PROMPT_READER: SoftPrompt
+PROMPT_READING_UNSPECIFIED: PromptReading
+PROMPT_READING_FRONT_END: PromptReading
+PROMPT_READING_PARTICLE: PromptReading
+PROMPT_READING_IGNORED: PromptReading
+PROMPT_READING_RAW: PromptReading
 TASK_UNSPECIFIED: Task
 TASK_GENERATE: Task
 TASK_CLASSIFY: Task
@@ -121,20 +136,22 @@ class Timings(_message.Message):
     def __init__(self, time_to_first_token_s: _Optional[float] = ..., total_s: _Optional[float] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("finish_reason", "usage", "timings", "soft_prompt_mu", "level_id", "soft_prompt")
+    __slots__ = ("finish_reason", "usage", "timings", "soft_prompt_mu", "level_id", "soft_prompt", "reading")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     SOFT_PROMPT_MU_FIELD_NUMBER: _ClassVar[int]
     LEVEL_ID_FIELD_NUMBER: _ClassVar[int]
     SOFT_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    READING_FIELD_NUMBER: _ClassVar[int]
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
     soft_prompt_mu: float
     level_id: str
     soft_prompt: SoftPrompt
-    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., soft_prompt_mu: _Optional[float] = ..., level_id: _Optional[str] = ..., soft_prompt: _Optional[_Union[SoftPrompt, str]] = ...) -> None: ...
+    reading: PromptReading
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., soft_prompt_mu: _Optional[float] = ..., level_id: _Optional[str] = ..., soft_prompt: _Optional[_Union[SoftPrompt, str]] = ..., reading: _Optional[_Union[PromptReading, str]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("tokens", "final")

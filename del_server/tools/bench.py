@@ -70,7 +70,7 @@ async def _in_process(running: RunningServer, new_tokens: int) -> tuple[float, i
     started = time.perf_counter()
     symbols = BinomialQuantizer(spec).privatize(bundle.embed(bundle.encode(PROMPT)[1:]))
     soft_mu = choose_level(served.levels, "", spec).soft_prompt_mu  # as the service chooses
-    inputs, _ = served.prompts.build(PrivatePrompt(symbols, spec, mu=soft_mu))
+    inputs = served.prompts.build(PrivatePrompt(symbols, spec, mu=soft_mu)).inputs
     handle = served.engine.submit("bench", inputs, Sampling(new_tokens, temperature=0))
     first, tokens = None, 0
     while not isinstance(event := await handle.events.get(), FinishEvent):
@@ -178,7 +178,7 @@ def prompt_inputs(served: ServedModel) -> torch.Tensor:
     quantizer = BinomialQuantizer(spec, rng=seeded_generator_for_tests(0))
     symbols = quantizer.privatize(bundle.embed(bundle.encode(PROMPT)[1:]))
     soft_mu = choose_level(served.levels, "", spec).soft_prompt_mu  # as the service chooses
-    inputs, _ = served.prompts.build(PrivatePrompt(symbols, spec, mu=soft_mu))
+    inputs = served.prompts.build(PrivatePrompt(symbols, spec, mu=soft_mu)).inputs
     return inputs
 
 
@@ -197,7 +197,7 @@ def reading_cost(served: ServedModel, lengths: tuple[int, ...], repeats: int) ->
         builds, prefills = [], []
         for _ in range(repeats):
             started = time.perf_counter()
-            inputs, _ = served.prompts.build(prompt)
+            inputs = served.prompts.build(prompt).inputs
             builds.append(time.perf_counter() - started)
             started = time.perf_counter()
             served.loaded.model(inputs_embeds=inputs[None], logits_to_keep=1)

@@ -15,6 +15,7 @@ from scipy import stats
 
 from del_client import Client, ClientConfig
 from del_client.mechanism import PrivacySpec
+from del_client.proto import inference_pb2
 from del_server.adapter import Adapter
 from del_server.attacks.mechanisms import Binomial
 from del_server.attacks.sequence import BigramPrior
@@ -93,11 +94,12 @@ def test_training_reaches_every_parameter(tiny):
 
 
 def posterior_adapter(embeddings: torch.Tensor, public: np.ndarray) -> Adapter:
-    """The committed adapter with a prior and untrained front-end parameters per soft prompt."""
+    """The committed adapter with a prior and untrained front-end parameters per soft prompt,
+    without its particle reader (so the front-end reads every prompt)."""
     base = Adapter.load(DEFAULT_ADAPTER)
     prior = BigramPrior.fit(public, embeddings.shape[0])
     start = {mu: initial_parameters(embeddings) for mu in base.soft_prompts}
-    return replace(base, prior=prior, front_ends=start)
+    return replace(base, prior=prior, front_ends=start, reader=None)
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +146,9 @@ def test_the_prompt_builder_feeds_the_llm_the_front_ends_inputs(loaded, public):
     spec = PrivacySpec.from_mu(mu=mu, dim=adapter.projection_dim, bits=4, clip=adapter.clip)
     symbols = np.random.default_rng(1).integers(0, 16, (5, adapter.projection_dim), np.uint8)
     builder = PromptBuilder(TransformersBackend(loaded.model), adapter, loaded.bos_id, front)
-    inputs, used = builder.build(PrivatePrompt(symbols, spec, mu=mu))
+    inputs, used, reading = builder.build(PrivatePrompt(symbols, spec, mu=mu))
     expected = front.inputs(symbols[None], Binomial(spec), adapter.front_ends[mu])[0]
-    assert used == mu
+    assert (used, reading) == (mu, inference_pb2.PROMPT_READING_FRONT_END)
     torch.testing.assert_close(inputs[-5:], expected.detach())
 
 
@@ -162,3 +164,4 @@ def test_a_server_with_a_posterior_adapter_generates(loaded, public, serve, stor
             ).collect()
     assert len(result.token_ids) == 6
     assert result.soft_prompt_mu == pytest.approx(level.mu)
+    assert result.reading == "front end"

@@ -8,6 +8,7 @@ without one, and the Final says so. It never gets another level's prompt.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -121,10 +122,14 @@ def status_of(stub, messages) -> grpc.StatusCode:
 
 
 @pytest.fixture(scope="module")
-def leveled(serve, stories260k):
-    """A server with the default model's trained adapter: three levels with soft prompts."""
+def leveled(serve, stories260k, tmp_path_factory):
+    """A server with the default model's trained adapter, three levels with soft prompts,
+    without its particle reader (which reads prompts instead of the soft prompts:
+    test_particle_reader.py)."""
+    unread = replace(Adapter.load(ADAPTER), reader=None)
+    directory = unread.save(tmp_path_factory.mktemp("adapter"))
     settings = Settings(
-        model=str(stories260k), adapter=str(ADAPTER), port=0, metrics_port=-1, enable_raw=True
+        model=str(stories260k), adapter=str(directory), port=0, metrics_port=-1, enable_raw=True
     )
     with serve(settings) as loopback:
         yield loopback

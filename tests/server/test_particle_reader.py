@@ -17,6 +17,7 @@ from scipy import stats
 
 from del_client import Client, ClientConfig
 from del_client.mechanism import PrivacySpec
+from del_client.proto import inference_pb2
 from del_server.adapter import Adapter, ParticleReading
 from del_server.attacks.mechanisms import Binomial
 from del_server.attacks.tokenwise import log_likelihood_matrix
@@ -94,9 +95,9 @@ def test_the_engine_sees_the_prefix_bos_and_the_decoded_tokens(loaded, adapter):
     )
     mu = adapter.calibration[0].mu
     symbols = np.random.default_rng(1).integers(0, 16, (5, adapter.projection_dim), np.uint8)
-    inputs, level = builder.build(PrivatePrompt(symbols, _spec(adapter, 0), mu=mu))
+    inputs, level, reading = builder.build(PrivatePrompt(symbols, _spec(adapter, 0), mu=mu))
     prefix = adapter.reader.prefix
-    assert level == mu
+    assert (level, reading) == (mu, inference_pb2.PROMPT_READING_PARTICLE)
     assert inputs.shape == (len(prefix) + 1 + 5, adapter.hidden_size)
     torch.testing.assert_close(inputs[: len(prefix)], prefix.to(inputs.dtype))
     torch.testing.assert_close(inputs[len(prefix)], loaded.embeddings[loaded.bos_id])
@@ -138,10 +139,12 @@ def test_a_reader_needs_a_prior_a_prefix_of_the_models_width_and_particles(adapt
         ParticleReading(adapter.reader.prefix, 8, {adapter.calibration[0].mu: 1.5})
 
 
-def test_a_server_with_a_reader_generates_at_every_level(
+def test_a_server_with_a_reader_generates_at_every_level_and_says_how_it_read(
     loaded, adapter, serve, stories260k, tmp_path
 ):
-    out = adapter.save(tmp_path / "adapter")
+    # The most private level's prompts are always ignored (λ = 1), the others always read.
+    ignored = replace(adapter.reader, ignore_prompt={adapter.calibration[0].mu: 1.0})
+    out = replace(adapter, reader=ignored).save(tmp_path / "adapter")
     settings = Settings(model=str(stories260k), adapter=str(out), port=0, metrics_port=-1)
     with serve(settings) as loopback:
         config = ClientConfig(target=loopback.target, bundle_cache_dir=tmp_path)
@@ -155,4 +158,7 @@ def test_a_server_with_a_reader_generates_at_every_level(
             ]
     for level, result in zip(levels, results, strict=True):
         assert len(result.token_ids) == 4
-        assert result.soft_prompt_mu == pytest.approx(level.mu)
+        assert result.level_id == level.id
+        # The reader's prefix, never the level's soft prompt, came before the prompt.
+        assert (result.soft_prompt, result.soft_prompt_mu) == ("reader", None)
+    assert [r.reading for r in results] == ["ignored"] + ["particle"] * (len(levels) - 1)

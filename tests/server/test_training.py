@@ -178,7 +178,7 @@ def test_soft_prompt_is_prepended_at_inference_and_changes_the_output(trained, l
     prompt = PrivatePrompt(symbols, PrivacySpec.from_mu(mu=mu, dim=16, bits=4, clip=1.0), mu=mu)
 
     def greedy(a: Adapter) -> list[int]:
-        inputs, used = PromptBuilder(backend, a, loaded.bos_id).build(prompt)
+        inputs, used, _ = PromptBuilder(backend, a, loaded.bos_id).build(prompt)
         logits, state = backend.prefill(inputs)
         batch = backend.new_batch()
         batch.add(state)
