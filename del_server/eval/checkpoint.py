@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,9 @@ class Checkpoints:
     def __init__(self, directory: Path, fingerprint: dict, *, resume: bool) -> None:
         self.directory = directory
         self.resume = resume
+        if not resume and directory.exists():
+            # A run that starts over leaves nothing of earlier runs for a later resume to mix in.
+            shutil.rmtree(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / FINGERPRINT
         fingerprint = json.loads(json.dumps(fingerprint))  # as stored: tuples read as lists

@@ -39,6 +39,16 @@ def test_without_resume_every_unit_is_measured_again(tmp_path):
     assert len(calls) == 2
 
 
+def test_a_run_that_starts_over_leaves_no_unit_for_a_later_resume(tmp_path):
+    """Else a run of another configuration, stopped early, would resume into the first run's
+    leftovers under its own fingerprint."""
+    Checkpoints(tmp_path, {"seed": 0}, resume=False).record("a", lambda: {"seed": 0})
+    Checkpoints(tmp_path, {"seed": 1}, resume=False)  # stopped before it reached "a"
+    compute, calls = counting({"seed": 1})
+    assert Checkpoints(tmp_path, {"seed": 1}, resume=True).record("a", compute) == {"seed": 1}
+    assert len(calls) == 1
+
+
 def test_tensors_round_trip_exactly(tmp_path):
     tensors = {"soft_prompt": torch.randn(4, 3), "path.gate": torch.tensor(0.25)}
     Checkpoints(tmp_path, {}, resume=False).tensors("soft/a", lambda: tensors)
