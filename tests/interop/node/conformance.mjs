@@ -385,6 +385,7 @@ async function checkRaw(client, definition, model, reference) {
   check(JSON.stringify(generated) === JSON.stringify(golden), `raw greedy ids ${generated}`);
   check(reference.prompt + text === reference.greedy_text, "raw greedy text");
   check(final.soft_prompt === "SOFT_PROMPT_RAW" && final.level_id === "", "raw Final");
+  check(final.reading === "PROMPT_READING_RAW", `raw reading ${final.reading}`);
   check(final.usage.prompt_tokens === ids.length, "raw prompt tokens");
   const withBos = streamMessages(header, rawFrames([bos, ...ids].map(bundle.row), model.hidden_size, budget));
   const refused = await statusOf(client, withBos);
@@ -416,9 +417,19 @@ async function checkPrivate(client, definition, model, bundle, ids) {
   check(generated.length === final.usage.generated_tokens && generated.length > 0, "generated tokens");
   check(typeof text === "string", "text");
   check(final.level_id === level.id, `served at ${final.level_id}, not ${level.id}`);
-  const expected = level.soft_prompt ? "SOFT_PROMPT_USED" : "SOFT_PROMPT_NOT_TRAINED";
-  check(final.soft_prompt === expected, `soft prompt ${final.soft_prompt}`);
-  if (level.soft_prompt) check(final.soft_prompt_mu === level.mu, "the level's own soft prompt");
+  // A server with a particle reader reads the prompt instead of prepending the level's soft
+  // prompt (PROTOCOL §3.10), and says so; otherwise the front-end reads it after the soft prompt.
+  const read = final.soft_prompt === "SOFT_PROMPT_READER";
+  if (read) {
+    const readings = ["PROMPT_READING_PARTICLE", "PROMPT_READING_IGNORED"];
+    check(readings.includes(final.reading), `read by the particle reader: ${final.reading}`);
+    check(final._soft_prompt_mu === undefined, "the reader: no level soft prompt μ");
+  } else {
+    const expected = level.soft_prompt ? "SOFT_PROMPT_USED" : "SOFT_PROMPT_NOT_TRAINED";
+    check(final.soft_prompt === expected, `soft prompt ${final.soft_prompt}`);
+    check(final.reading === "PROMPT_READING_FRONT_END", `reading ${final.reading}`);
+    if (level.soft_prompt) check(final.soft_prompt_mu === level.mu, "the level's own soft prompt");
+  }
   check(final.usage.prompt_tokens === ids.length, "prompt tokens");
   check(final.usage.payload_bits === ids.length * dim * bits, "payload bits");
   const sent = wireBytes(definition, messages);
@@ -426,7 +437,8 @@ async function checkPrivate(client, definition, model, bundle, ids) {
   // Parameters of no level: served, without a soft prompt, and the Final says so.
   const off = streamMessages({ ...header({ scale: scale * (1 + 1e-6) }), level_id: "" }, frames);
   const offFinal = folded(await generate(client, off)).final;
-  check(offFinal.soft_prompt === "SOFT_PROMPT_NO_LEVEL" && offFinal.level_id === "", "no level: no soft prompt");
+  const offExpected = read ? "SOFT_PROMPT_READER" : "SOFT_PROMPT_NO_LEVEL";
+  check(offFinal.soft_prompt === offExpected && offFinal.level_id === "", "no level: no soft prompt");
   check(offFinal._soft_prompt_mu === undefined, "no level: no soft prompt μ");
   // A named level the header is not: refused.
   const mismatch = streamMessages(header({ scale: scale * (1 + 1e-6) }), frames);
