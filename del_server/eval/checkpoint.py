@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 FINGERPRINT = "fingerprint.json"
+STARTED = "started"  # when the first of the runs a resumed evaluation spans began (Unix time)
 # What may differ between a run and the one it resumes: where it writes, and how fast it runs.
 UNMEASURED = ("out", "threads")
 
@@ -35,6 +37,8 @@ class Checkpoints:
             # A run that starts over leaves nothing of earlier runs for a later resume to mix in.
             shutil.rmtree(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if not (directory / STARTED).exists():
+            _write_atomically(directory / STARTED, f"{time.time()}\n")
         path = directory / FINGERPRINT
         fingerprint = json.loads(json.dumps(fingerprint))  # as stored: tuples read as lists
         if resume and path.exists():
@@ -48,6 +52,11 @@ class Checkpoints:
                     "differ): run without --resume to start over"
                 )
         _write_atomically(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+
+    @property
+    def started(self) -> float:
+        """When the first run of this evaluation began (the wall time of a resumed one)."""
+        return float((self.directory / STARTED).read_text())
 
     @classmethod
     def for_run(

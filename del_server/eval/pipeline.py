@@ -117,7 +117,10 @@ def run(config: EvalConfig, *, command: str = "del-server eval", resume: bool = 
         "comparisons": comparisons(measured, targets),
         "communication": communication,
         "speed": speed,
-        "timings": timer.total(),
+        "timings": {
+            **timer.total(),
+            **({"since_first_run_s": time.time() - ctx.checkpoints.started} if resume else {}),
+        },
     }
     render(report, config.out)
     return report

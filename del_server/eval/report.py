@@ -137,8 +137,7 @@ def _setup(report: dict) -> list[str]:
         f"DEL's calibration rule on the adapter's first {s['calibration_prompts']} calibration "
         f"prompts ({cfg['calibration_iterations']} bisection steps, then every attack)",
         f"- machine: {s['machine']['platform']}, {s['machine']['threads']} torch threads; "
-        f"wall time {report['timings']['total_s'] / 60:.1f} min "
-        f"({', '.join(f'{k} {v:.0f} s' for k, v in report['timings'].items() if k != 'total_s')})",
+        f"wall time {_wall_time(report['timings'])}",
         "",
     ]
 
@@ -225,6 +224,21 @@ def _privacy(report: dict) -> list[str]:
         *_labels_table(report),
         "",
     ]
+
+
+def _wall_time(timings: dict) -> str:
+    stages = ", ".join(
+        f"{k} {v:.0f} s"
+        for k, v in timings.items()
+        if k.endswith("_s") and k not in ("total_s", "since_first_run_s")
+    )
+    text = f"{timings['total_s'] / 60:.1f} min ({stages})"
+    if "since_first_run_s" in timings:
+        text += (
+            f" in the last of the runs it was resumed over (`--resume`), "
+            f"{timings['since_first_run_s'] / 60:.0f} min since the first began"
+        )
+    return text
 
 
 def _utility(report: dict) -> list[str]:

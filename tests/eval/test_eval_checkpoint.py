@@ -95,3 +95,9 @@ def test_a_resumed_evaluation_takes_each_baselines_level_from_its_checkpoint(
     assert resumed[0][1].mu == level.mu / 2
     assert resumed[0][0].mechanism.mu() == pytest.approx(level.mu / 2)
     assert [lv.mu for _, lv in resumed[1:]] == [lv.mu for _, lv in first[1:]]
+
+
+def test_a_resumed_run_knows_when_the_first_run_began(tmp_path):
+    first = Checkpoints(tmp_path, {}, resume=False).started
+    assert Checkpoints(tmp_path, {}, resume=True).started == first
+    assert Checkpoints(tmp_path, {}, resume=False).started >= first  # starting over
