@@ -2,9 +2,10 @@
 
 Comparisons are DEL with its soft prompt, and DEL as read by the particle reader where the
 adapter has one, against each alternative at the same calibrated level (same target attack
-success rate): coherence and loss paired over the held-out windows. Attacks: the interval of each attack's token recovery, clustered
-by prompt. The verdicts are mechanical ("higher", "lower", "indistinguishable"; "under" or
-"over" a target, at 95 %), so the report cannot round a loss into a win.
+success rate): coherence and loss paired over the held-out windows. Attacks: the interval of
+each attack's token recovery, clustered by prompt. The verdicts are mechanical ("higher",
+"lower", "indistinguishable"; "under" or "over" a target, at 95 %), so the report cannot
+round a loss into a win.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@
 
 A soft prompt and the reader are the server's post-processing: they change nothing that is
 sent or that an attacker sees, so a method with either shares its plain twin's attack rows
-and bits. The prompt path is the client's code (table lookup, del_client's quantizer) followed by the
-server's front-end (decode and de-project, or the posterior front-end of an adapter that has
-one, with the parameters trained for that method); only the noise generator is a seeded one,
-for measurement.
+and bits. The prompt path is the client's code (table lookup, del_client's quantizer)
+followed by the server's front-end (decode and de-project, or the posterior front-end of an
+adapter that has one, with the parameters trained for that method); only the noise generator
+is a seeded one, for measurement.
 """
 
 from __future__ import annotations

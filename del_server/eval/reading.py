@@ -2,8 +2,8 @@
 reader with nothing sent (particles from the LLM's prior alone), which needs no prompt and so
 belongs to the nothing-sent references a level must beat.
 
-    loss       exact, per window: −log(λ·P(c | prefix) + (1 − λ)·Σ_i w_i·P(c | prefix, path_i))
-               for one noise draw and one particle run (train/reader.py)
+    loss       exact, per window, for one noise draw and one particle run (train/reader.py):
+               −log(λ·P(c | prefix) + (1 − λ)·Σ_i w_i·P(c | prefix, path_i))
     coherence  of the greedy continuation after what the server hands the engine: one particle
                drawn by weight, or with probability λ the prefix alone (particle_reader.py)
 
