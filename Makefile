@@ -75,7 +75,8 @@ frontier-nlu: install
 	$(BIN)/del-server eval-frontier-nlu --out docs/eval-nlu/frontier
 
 # Privacy, utility, communication and speed report with plots: reports/EVAL.md, eval.json,
-# *.png (about 60 minutes on 2 cores; docs/eval/ holds the committed full run).
+# *.png (about 3 hours on 2 cores; a stopped run continues with
+# `del-server eval --resume --out reports`; docs/eval/ holds the committed full run).
 .PHONY: eval eval-quick
 eval: install
 	$(BIN)/del-server eval --out reports

@@ -2,7 +2,7 @@
 
     smoke  seconds of work: the test suite checks the report's shape with it, not its numbers
     quick  `make eval-quick`, under 5 minutes: every stage and every attack on small samples
-    full   `make eval`, the numbers the README quotes (under 60 minutes on 2 idle cores)
+    full   `make eval`, the numbers the README quotes (about 3 hours on 2 cores: resumable)
 
 Every sample size and seed lands in eval.json and in the caption of each figure.
 """

@@ -205,12 +205,6 @@ def test_readme_results_table_is_the_committed_reports_headline():
         assert line in readme, f"README's Results table differs from docs/eval: {line!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docs/eval predates the levels' recalibration against the particle attacks (the "
-    "README's Results say so); when `del-server eval --out docs/eval` is rerun this passes: "
-    "remove the mark",
-)
 def test_docs_eval_describes_the_committed_adapter():
     report = _committed_report()
     adapter_digest = hashlib.sha256((ADAPTER / "adapter.safetensors").read_bytes()).hexdigest()
