@@ -100,7 +100,9 @@ def sample_posterior(
     seed: int = 0,
 ) -> Particles:
     """Every prompt of the lattice at once, all particles in one batched pass per position
-    with a shared KV cache reordered at resampling."""
+    with a shared KV cache reordered at resampling. The prefix and BOS, the same for every
+    particle, run once and their cache is copied to every row (most of a short prompt's cost
+    otherwise)."""
     if particles < 1:
         raise ValueError(f"the particle sampler needs at least one particle, got {particles}")
     prompts, length, keep = lattice.candidates.shape
@@ -109,15 +111,15 @@ def sample_posterior(
     generator = torch.Generator().manual_seed(seed)
     lm = FrozenLM(model, bos_id)
     device = lm.device
-    inputs = lm.prefix(None, prompts * n, prefix.to(device))
-    step = model(inputs_embeds=inputs, cache=DynamicCache(), use_cache=True)
+    step = model(inputs_embeds=lm.prefix(None, 1, prefix.to(device)), cache=DynamicCache())
+    step.cache.batch_repeat_interleave(prompts * n)
+    next_log_p = step.logits[:, -1].float().log_softmax(dim=-1).cpu().repeat(prompts * n, 1)
     log_w = torch.zeros(prompts, n)
     previous = torch.zeros(prompts, n)  # β_{t-1} of each particle's last token
     paths = torch.zeros(prompts, n, 0, dtype=torch.long)
     filtered = torch.zeros(prompts, length, dtype=torch.long)
     rows = torch.arange(prompts)[:, None]
     for t in range(length):
-        next_log_p = step.logits[:, -1].float().log_softmax(dim=-1).cpu()  # (P·n, V)
         candidates = lattice.candidates[:, t]  # (P, M)
         prior = next_log_p.view(prompts, n, -1).gather(
             -1, candidates[:, None, :].expand(prompts, n, keep)
@@ -139,12 +141,13 @@ def sample_posterior(
         paths = torch.cat([paths, chosen[..., None]], dim=-1)
         previous = lookahead[:, t].gather(-1, pick)  # zero at the last position: no twist left
         step = model(input_ids=chosen.view(-1, 1).to(device), cache=step.cache, use_cache=True)
+        next_log_p = step.logits[:, -1].float().log_softmax(dim=-1).cpu()  # (P·n, V)
     return Particles(
         paths=paths,
         log_weights=log_w - log_w.logsumexp(dim=-1, keepdim=True),
         filtered=filtered,
         cache=step.cache,
-        next_log_p=step.logits[:, -1].float().log_softmax(dim=-1).cpu(),
+        next_log_p=next_log_p,
     )
 
 
