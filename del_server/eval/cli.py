@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace) -> None:
     config = preset(
         mode,
         model=args.model,
-        adapter=args.adapter,
+        adapter=str(args.adapter),
         data=args.data,
         ood_data=args.ood_data,
         out=args.out,
@@ -105,7 +105,12 @@ def _add_nlu(sub: argparse._SubParsersAction) -> None:
         "baselines, with a plot",
     )
     parser.add_argument("--model", default=DEFAULT_NLU_MODEL, help="the encoder: path or name")
-    parser.add_argument("--adapter", type=Path, default=Path(DEFAULT_NLU_ADAPTER))
+    parser.add_argument(
+        "--adapter",
+        type=_trained_adapter,
+        default=Path(DEFAULT_NLU_ADAPTER),
+        help="trained adapter",
+    )
     parser.add_argument("--data", default=DEFAULT_NLU_DATA, help="directory with the task's TSVs")
     parser.add_argument("--out", type=Path, default=Path("reports/eval-nlu"))
     parser.add_argument(
@@ -203,7 +208,7 @@ def _add_frontier_nlu(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=DEFAULT_NLU_MODEL, help="the encoder: path or name")
     parser.add_argument(
         "--adapter",
-        type=Path,
+        type=_trained_adapter,
         default=Path(DEFAULT_NLU_ADAPTER),
         help="whose served levels are plotted beside the grid",
     )
@@ -223,6 +228,18 @@ def _add_frontier_nlu(sub: argparse._SubParsersAction) -> None:
         help="held-out windows attacked per point",
     )
     parser.set_defaults(run=_run_frontier_nlu)
+
+
+def _trained_adapter(text: str) -> Path:
+    """--adapter: a directory `del-server train` wrote, found before anything loads (an
+    evaluation would otherwise fail minutes in, after training its baselines)."""
+    directory = Path(text)
+    if not (directory / "adapter.json").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{directory.absolute()} holds no adapter.json: give a directory that "
+            "`del-server train` wrote (`del-server train --help`)"
+        )
+    return directory
 
 
 def _positive_int(text: str) -> int:
@@ -250,7 +267,9 @@ def _add_frontier(sub: argparse._SubParsersAction) -> None:
         "each front-end, beside sending nothing, with a plot",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="path or hub id")
-    parser.add_argument("--adapter", type=Path, default=Path(DEFAULT_ADAPTER))
+    parser.add_argument(
+        "--adapter", type=_trained_adapter, default=Path(DEFAULT_ADAPTER), help="trained adapter"
+    )
     parser.add_argument("--data", default=DEFAULT_DATA, help="the text the adapter was trained on")
     parser.add_argument("--out", type=Path, default=Path("reports/frontier"))
     parser.add_argument(
@@ -304,7 +323,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="reuse what a stopped run with the same options finished (OUT/checkpoints)",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="path or hub id")
-    parser.add_argument("--adapter", default=DEFAULT_ADAPTER, help="trained adapter directory")
+    parser.add_argument(
+        "--adapter",
+        type=_trained_adapter,
+        default=Path(DEFAULT_ADAPTER),
+        help="trained adapter directory",
+    )
     parser.add_argument("--data", default=DEFAULT_DATA, help="the text the adapter was trained on")
     parser.add_argument(
         "--ood-data",

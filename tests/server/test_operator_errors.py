@@ -84,6 +84,13 @@ def test_a_missing_adapter_directory_is_found_before_the_model_loads(tmp_path, s
     assert "or no --adapter for the training-free PCA projection" in line
 
 
+@pytest.mark.parametrize("command", ["eval", "eval-nlu", "eval-frontier", "eval-frontier-nlu"])
+def test_an_evaluation_without_a_trained_adapter_stops_before_it_measures(command, tmp_path):
+    line = one_line_error(del_server(command, "--adapter", "nowhere", cwd=tmp_path))
+    assert line.startswith(f"del-server {command}: error: argument --adapter: ")
+    assert f"{tmp_path / 'nowhere'} holds no adapter.json" in line
+
+
 def test_the_default_model_is_found_from_any_working_directory(tmp_path, monkeypatch):
     assert Path(DEFAULT_MODEL) == REPO.parent / "shared" / "models" / "stories260K"
     monkeypatch.chdir(tmp_path)
