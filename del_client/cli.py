@@ -21,10 +21,13 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .errors import DELError, RequestOptionError
 from .parameters import DEFAULT_BITS, DEFAULT_DELTA, MAX_BITS, MECHANISMS, MIN_BITS
+
+if TYPE_CHECKING:  # the manifest imports gRPC's messages: only when a command needs them
+    from .manifest import ModelInfo
 
 # SGR faint and reset: the prompt is dimmed on a terminal so the continuation stands apart.
 _DIM, _RESET = "\033[2m", "\033[0m"
@@ -586,6 +589,8 @@ def _run_manifest(args: argparse.Namespace) -> None:
             f"bundle        {m.client_bundle_digest}\n"
             f"raw           {raw}"
         )
+        if m.task == "generate":
+            print(f"reading       {_reading_in_words(m)}")
         for level in m.privacy_levels:
             print(
                 f"level {level.id or level.target_attack_rate:<7} μ = {level.mu:.4g}, ε = "
@@ -594,6 +599,11 @@ def _run_manifest(args: argparse.Namespace) -> None:
                 + ("" if level.soft_prompt else ", no soft prompt")
                 + f"\n              {level.summary()}"
             )
+            if level.ignore_probability:
+                print(
+                    f"              prompt left unread {level.ignore_probability:.0%} of the "
+                    "time: the reader then continues from its own prefix alone"
+                )
             if level.utility is not None:
                 print(
                     f"              utility: {level.utility.summary()}\n"
@@ -610,6 +620,18 @@ def _run_manifest(args: argparse.Namespace) -> None:
                     f"              measured on {level.measured_prompts} prompts "
                     f"({level.measured_tokens} tokens) of {level.measured_on}"
                 )
+
+
+def _reading_in_words(model: ModelInfo) -> str:
+    """How the server says it reads a private prompt (ModelInfo.prompt_reading)."""
+    if model.prompt_reading == "particle":
+        return (
+            f"particle reader: the server decodes each prompt from its symbols "
+            f"({model.reader_particles} particles) and continues one draw"
+        )
+    if model.prompt_reading == "front end":
+        return "front end: the symbols decoded to the model's input embeddings"
+    return "not announced (a server older than the field)"
 
 
 def _add_budget(cmd: argparse.ArgumentParser) -> None:

@@ -35,6 +35,16 @@ ATTACKS_IN_WORDS = {
 }
 
 
+# PromptReading: how a server reads a private prompt (the manifest's, and each Final's)
+READING = {
+    inference_pb2.PROMPT_READING_UNSPECIFIED: "unknown",  # a server older than the field
+    inference_pb2.PROMPT_READING_FRONT_END: "front end",
+    inference_pb2.PROMPT_READING_PARTICLE: "particle",
+    inference_pb2.PROMPT_READING_IGNORED: "ignored",
+    inference_pb2.PROMPT_READING_RAW: "raw",
+}
+
+
 @dataclass(frozen=True)
 class AttackRate:
     """One attack's success at a level, on the provider's held-out prompts."""
@@ -137,6 +147,7 @@ class PrivacyLevel(HasUtility):
     measured_tokens: int = 0
     measured_prompts: int = 0
     utility: LevelUtility | None = None  # None: the server did not measure it
+    ignore_probability: float = 0.0  # a particle reader leaves this share of prompts unread
 
     @property
     def calibrated(self) -> bool:
@@ -199,6 +210,8 @@ class ModelInfo:
     task_name: str = ""  # what a classifier was trained for, e.g. "sst2"
     labels: tuple[str, ...] = ()  # a classifier's labels
     payload_encodings: tuple[str, ...] = ("packed",)  # what the server decodes ("ans": coded)
+    prompt_reading: str = "unknown"  # READING's word: "particle", "front end"; "unknown": older
+    reader_particles: int = 0  # the particle reader's particles per prompt; 0: none
 
     @classmethod
     def from_pb(cls, pb: inference_pb2.ModelInfo) -> ModelInfo:
@@ -223,6 +236,8 @@ class ModelInfo:
             task_name=pb.task_name,
             labels=tuple(pb.labels),
             payload_encodings=_encoding_names(pb.payload_encodings),
+            prompt_reading=READING.get(pb.prompt_reading, "unknown"),
+            reader_particles=pb.reader_particles,
         )
 
     def check_task(self, task: str) -> None:

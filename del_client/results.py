@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Self
 
 from .errors import ProtocolError
-from .manifest import HasUtility, LevelUtility
+from .manifest import READING, HasUtility, LevelUtility
 from .proto import inference_pb2
 from .request import PreparedRequest
 
@@ -30,14 +30,6 @@ SOFT_PROMPT = {
     inference_pb2.SOFT_PROMPT_NOT_TRAINED: "not trained",
     inference_pb2.SOFT_PROMPT_RAW: "raw",
     inference_pb2.SOFT_PROMPT_READER: "reader",
-}
-# Final.reading: how the server read the private prompt
-READING = {
-    inference_pb2.PROMPT_READING_UNSPECIFIED: "unknown",  # a server older than the field
-    inference_pb2.PROMPT_READING_FRONT_END: "front end",
-    inference_pb2.PROMPT_READING_PARTICLE: "particle",
-    inference_pb2.PROMPT_READING_IGNORED: "ignored",
-    inference_pb2.PROMPT_READING_RAW: "raw",
 }
 
 

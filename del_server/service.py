@@ -58,6 +58,7 @@ from del_client.sampling import Sampling
 from del_client.symbol_model import SymbolModel
 
 from . import __version__
+from .adapter import ParticleReading
 from .attacks.recovery import Recovery
 from .calibration import MeasuredUtility
 from .classification import EncoderInput
@@ -179,6 +180,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
 
     async def GetManifest(self, request, context) -> inference_pb2.Manifest:
         served, settings = self._served, self._settings
+        reader = served.adapter.reader if served.task == "generate" else None
         info = inference_pb2.ModelInfo(
             model_id=served.loaded.model_id,
             hidden_size=served.adapter.hidden_size,
@@ -197,11 +199,13 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             max_frame_payload_bytes=settings.max_frame_bytes,
             payload_encodings=list(ENCODINGS.values()),
             privacy_levels=[
-                _privacy_level(level, settings.report_delta) for level in served.levels
+                _privacy_level(level, settings.report_delta, reader) for level in served.levels
             ],
             task=TASK_PB[served.task],
             task_name=served.adapter.task.name if served.adapter.task else "",
             labels=self._labels,
+            prompt_reading=_prompt_reading(served.task, reader),
+            reader_particles=reader.particles if reader else 0,
         )
         return inference_pb2.Manifest(server_version=__version__, models=[info])
 
@@ -622,9 +626,21 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         )
 
 
-def _privacy_level(served: Level, delta: float) -> inference_pb2.PrivacyLevel:
-    """A level as the manifest publishes it: its parameters, and what measured it (a level
-    nobody calibrated, a soft prompt's, gets its exact ε at the server's report δ)."""
+def _prompt_reading(task: str, reader: ParticleReading | None) -> int:
+    """How the manifest says this server reads a private prompt (a classifier: unspecified)."""
+    if task != "generate":
+        return inference_pb2.PROMPT_READING_UNSPECIFIED
+    if reader is None:
+        return inference_pb2.PROMPT_READING_FRONT_END
+    return inference_pb2.PROMPT_READING_PARTICLE
+
+
+def _privacy_level(
+    served: Level, delta: float, reader: ParticleReading | None
+) -> inference_pb2.PrivacyLevel:
+    """A level as the manifest publishes it: its parameters, how often a particle reader leaves
+    its prompts unread, and what measured it (a level nobody calibrated, a soft prompt's, gets
+    its exact ε at the server's report δ)."""
     spec = served.spec
     parameters = inference_pb2.PrivacyLevel(
         id=served.id,
@@ -634,6 +650,7 @@ def _privacy_level(served: Level, delta: float) -> inference_pb2.PrivacyLevel:
         clip=spec.clip,
         scale=spec.scale,
         soft_prompt=served.soft_prompt,
+        ignore_probability=reader.ignore_prompt.get(served.mu, 0.0) if reader else 0.0,
     )
     level = served.calibration
     if level is None:

@@ -204,7 +204,7 @@ class GetManifestRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "hidden_size", "projection_dim", "clip", "supported_bits", "soft_prompt_mus", "client_bundle_digest", "max_prompt_tokens", "max_new_tokens", "raw_mechanism_enabled", "raw_bundle_digest", "privacy_levels", "max_frames", "max_frame_payload_bytes", "level_tolerance", "bos_id", "task", "task_name", "labels", "payload_encodings")
+    __slots__ = ("model_id", "hidden_size", "projection_dim", "clip", "supported_bits", "soft_prompt_mus", "client_bundle_digest", "max_prompt_tokens", "max_new_tokens", "raw_mechanism_enabled", "raw_bundle_digest", "privacy_levels", "max_frames", "max_frame_payload_bytes", "level_tolerance", "bos_id", "task", "task_name", "labels", "payload_encodings", "prompt_reading", "reader_particles")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     PROJECTION_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,8 @@ class ModelInfo(_message.Message):
     TASK_NAME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_ENCODINGS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_READING_FIELD_NUMBER: _ClassVar[int]
+    READER_PARTICLES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     hidden_size: int
     projection_dim: int
@@ -245,10 +247,12 @@ class ModelInfo(_message.Message):
     task_name: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     payload_encodings: _containers.RepeatedScalarFieldContainer[_frames_pb2.PayloadEncoding]
-    def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., projection_dim: _Optional[int] = ..., clip: _Optional[float] = ..., supported_bits: _Optional[_Iterable[int]] = ..., soft_prompt_mus: _Optional[_Iterable[float]] = ..., client_bundle_digest: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., raw_mechanism_enabled: _Optional[bool] = ..., raw_bundle_digest: _Optional[str] = ..., privacy_levels: _Optional[_Iterable[_Union[PrivacyLevel, _Mapping]]] = ..., max_frames: _Optional[int] = ..., max_frame_payload_bytes: _Optional[int] = ..., level_tolerance: _Optional[float] = ..., bos_id: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., task_name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., payload_encodings: _Optional[_Iterable[_Union[_frames_pb2.PayloadEncoding, str]]] = ...) -> None: ...
+    prompt_reading: PromptReading
+    reader_particles: int
+    def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., projection_dim: _Optional[int] = ..., clip: _Optional[float] = ..., supported_bits: _Optional[_Iterable[int]] = ..., soft_prompt_mus: _Optional[_Iterable[float]] = ..., client_bundle_digest: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., raw_mechanism_enabled: _Optional[bool] = ..., raw_bundle_digest: _Optional[str] = ..., privacy_levels: _Optional[_Iterable[_Union[PrivacyLevel, _Mapping]]] = ..., max_frames: _Optional[int] = ..., max_frame_payload_bytes: _Optional[int] = ..., level_tolerance: _Optional[float] = ..., bos_id: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., task_name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., payload_encodings: _Optional[_Iterable[_Union[_frames_pb2.PayloadEncoding, str]]] = ..., prompt_reading: _Optional[_Union[PromptReading, str]] = ..., reader_particles: _Optional[int] = ...) -> None: ...
 
 class PrivacyLevel(_message.Message):
-    __slots__ = ("id", "scale", "clip", "dim", "mu", "epsilon_token", "delta", "bits", "target_attack_rate", "nearest_neighbour_rate", "likelihood_rate", "soft_prompt", "learned_rate", "attack", "attacks", "strongest_attack", "strongest_rate", "strongest_rate_high", "prior_alone_rate", "measured_on", "measured_tokens", "measured_prompts", "utility")
+    __slots__ = ("id", "scale", "clip", "dim", "mu", "epsilon_token", "delta", "bits", "target_attack_rate", "nearest_neighbour_rate", "likelihood_rate", "soft_prompt", "learned_rate", "attack", "attacks", "strongest_attack", "strongest_rate", "strongest_rate_high", "prior_alone_rate", "measured_on", "measured_tokens", "measured_prompts", "utility", "ignore_probability")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     CLIP_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +276,7 @@ class PrivacyLevel(_message.Message):
     MEASURED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MEASURED_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     UTILITY_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     scale: float
     clip: float
@@ -295,7 +300,8 @@ class PrivacyLevel(_message.Message):
     measured_tokens: int
     measured_prompts: int
     utility: LevelUtility
-    def __init__(self, id: _Optional[str] = ..., scale: _Optional[float] = ..., clip: _Optional[float] = ..., dim: _Optional[int] = ..., mu: _Optional[float] = ..., epsilon_token: _Optional[float] = ..., delta: _Optional[float] = ..., bits: _Optional[int] = ..., target_attack_rate: _Optional[float] = ..., nearest_neighbour_rate: _Optional[float] = ..., likelihood_rate: _Optional[float] = ..., soft_prompt: _Optional[bool] = ..., learned_rate: _Optional[float] = ..., attack: _Optional[str] = ..., attacks: _Optional[_Iterable[_Union[AttackRate, _Mapping]]] = ..., strongest_attack: _Optional[str] = ..., strongest_rate: _Optional[float] = ..., strongest_rate_high: _Optional[float] = ..., prior_alone_rate: _Optional[float] = ..., measured_on: _Optional[str] = ..., measured_tokens: _Optional[int] = ..., measured_prompts: _Optional[int] = ..., utility: _Optional[_Union[LevelUtility, _Mapping]] = ...) -> None: ...
+    ignore_probability: float
+    def __init__(self, id: _Optional[str] = ..., scale: _Optional[float] = ..., clip: _Optional[float] = ..., dim: _Optional[int] = ..., mu: _Optional[float] = ..., epsilon_token: _Optional[float] = ..., delta: _Optional[float] = ..., bits: _Optional[int] = ..., target_attack_rate: _Optional[float] = ..., nearest_neighbour_rate: _Optional[float] = ..., likelihood_rate: _Optional[float] = ..., soft_prompt: _Optional[bool] = ..., learned_rate: _Optional[float] = ..., attack: _Optional[str] = ..., attacks: _Optional[_Iterable[_Union[AttackRate, _Mapping]]] = ..., strongest_attack: _Optional[str] = ..., strongest_rate: _Optional[float] = ..., strongest_rate_high: _Optional[float] = ..., prior_alone_rate: _Optional[float] = ..., measured_on: _Optional[str] = ..., measured_tokens: _Optional[int] = ..., measured_prompts: _Optional[int] = ..., utility: _Optional[_Union[LevelUtility, _Mapping]] = ..., ignore_probability: _Optional[float] = ...) -> None: ...
 
 class LevelUtility(_message.Message):
     __slots__ = ("metric", "value", "nothing_sent", "higher_is_better", "better_than_nothing", "measured_on", "margin")

@@ -113,6 +113,24 @@ def test_cli_manifest_shows_each_level_against_nothing_sent(cli, committed):
     assert levels[0]["utility"] is None
 
 
+def test_cli_manifest_says_how_the_server_reads_a_prompt_before_one_is_sent(cli, committed):
+    out, _ = cli("manifest")
+    reader = committed.reader
+    assert (
+        "reading       particle reader: the server decodes each prompt from its symbols "
+        f"({reader.particles} particles) and continues one draw"
+    ) in out
+    for level in committed.calibration:
+        share = reader.ignore_prompt[level.mu]
+        assert f"prompt left unread {share:.0%} of the time" in out
+    json_out, _ = cli("manifest", "--json")
+    model = json.loads(json_out)["models"][0]
+    assert (model["prompt_reading"], model["reader_particles"]) == ("particle", reader.particles)
+    assert [level["ignore_probability"] for level in model["privacy_levels"]] == [
+        reader.ignore_prompt[level.mu] for level in committed.calibration
+    ]
+
+
 def test_cli_generate_warns_once_at_a_level_worse_than_nothing(cli, committed):
     record = committed.calibration[1].utility
     out, err = cli("generate", PROMPT, "--level", "0.10", "--max-new-tokens", "2")

@@ -158,10 +158,12 @@ def test_a_server_with_a_posterior_adapter_generates(loaded, public, serve, stor
     with serve(settings) as loopback:
         config = ClientConfig(target=loopback.target, bundle_cache_dir=tmp_path)
         with Client(config) as client:
-            level = client.manifest().model.privacy_levels[-1]
+            model = client.manifest().model
+            level = model.privacy_levels[-1]
             result = client.generate(
                 "Once upon a time", level=level.target_attack_rate, max_new_tokens=6
             ).collect()
     assert len(result.token_ids) == 6
     assert result.soft_prompt_mu == pytest.approx(level.mu)
-    assert result.reading == "front end"
+    assert result.reading == model.prompt_reading == "front end"
+    assert model.reader_particles == 0 and level.ignore_probability == 0

@@ -149,7 +149,8 @@ def test_a_server_with_a_reader_generates_at_every_level_and_says_how_it_read(
     with serve(settings) as loopback:
         config = ClientConfig(target=loopback.target, bundle_cache_dir=tmp_path)
         with Client(config) as client:
-            levels = client.manifest().model.privacy_levels
+            model = client.manifest().model
+            levels = model.privacy_levels
             results = [
                 client.generate(
                     "Once upon a time", level=level.target_attack_rate, max_new_tokens=4
@@ -162,3 +163,6 @@ def test_a_server_with_a_reader_generates_at_every_level_and_says_how_it_read(
         # The reader's prefix, never the level's soft prompt, came before the prompt.
         assert (result.soft_prompt, result.soft_prompt_mu) == ("reader", None)
     assert [r.reading for r in results] == ["ignored"] + ["particle"] * (len(levels) - 1)
+    # The manifest said so before anything was sent.
+    assert (model.prompt_reading, model.reader_particles) == ("particle", adapter.reader.particles)
+    assert [level.ignore_probability for level in levels] == [1.0] + [0.0] * (len(levels) - 1)

@@ -417,14 +417,21 @@ async function checkPrivate(client, definition, model, bundle, ids) {
   check(generated.length === final.usage.generated_tokens && generated.length > 0, "generated tokens");
   check(typeof text === "string", "text");
   check(final.level_id === level.id, `served at ${final.level_id}, not ${level.id}`);
-  // A server with a particle reader reads the prompt instead of prepending the level's soft
-  // prompt (PROTOCOL §3.10), and says so; otherwise the front-end reads it after the soft prompt.
-  const read = final.soft_prompt === "SOFT_PROMPT_READER";
+  // A server with a particle reader (its manifest says so) reads the prompt instead of
+  // prepending the level's soft prompt (PROTOCOL §3.10), and says so; it leaves the prompt
+  // unread only at a level that announces a probability of doing so. Otherwise the front-end
+  // reads it after the soft prompt.
+  const read = model.prompt_reading === "PROMPT_READING_PARTICLE";
+  check(read || model.prompt_reading === "PROMPT_READING_FRONT_END", `announced ${model.prompt_reading}`);
+  check(read === model.reader_particles > 0, `reader particles ${model.reader_particles}`);
   if (read) {
-    const readings = ["PROMPT_READING_PARTICLE", "PROMPT_READING_IGNORED"];
+    check(final.soft_prompt === "SOFT_PROMPT_READER", `soft prompt ${final.soft_prompt}`);
+    const readings = ["PROMPT_READING_PARTICLE"];
+    if (level.ignore_probability > 0) readings.push("PROMPT_READING_IGNORED");
     check(readings.includes(final.reading), `read by the particle reader: ${final.reading}`);
     check(final._soft_prompt_mu === undefined, "the reader: no level soft prompt μ");
   } else {
+    check(level.ignore_probability === 0, "no reader: every prompt read");
     const expected = level.soft_prompt ? "SOFT_PROMPT_USED" : "SOFT_PROMPT_NOT_TRAINED";
     check(final.soft_prompt === expected, `soft prompt ${final.soft_prompt}`);
     check(final.reading === "PROMPT_READING_FRONT_END", `reading ${final.reading}`);
