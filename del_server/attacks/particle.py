@@ -80,13 +80,14 @@ def text_prefix(
 @dataclass
 class Particles:
     """A particle approximation of each prompt's posterior under the LLM, and the LLM's state
-    after every particle: what both the attack and a server's predictive read."""
+    along every particle: what both the attack and a server's predictive read. The cache
+    stops one token short of each path: nothing the sampler needs comes after the last token,
+    and a continuation's likelihood (`mixture_nll`) feeds that token with the continuation."""
 
     paths: torch.Tensor  # (P, n, T) token ids
     log_weights: torch.Tensor  # (P, n) normalised
     filtered: torch.Tensor  # (P, T) each position's argmax of the filtering marginal
-    cache: DynamicCache  # the LLM after prefix, BOS and each path
-    next_log_p: torch.Tensor  # (P·n, V) the LLM's next-token log-probabilities after each
+    cache: DynamicCache  # the LLM after prefix, BOS and each path but its last token
 
 
 @torch.no_grad()
@@ -106,6 +107,8 @@ def sample_posterior(
     if particles < 1:
         raise ValueError(f"the particle sampler needs at least one particle, got {particles}")
     prompts, length, keep = lattice.candidates.shape
+    if length < 1:
+        raise ValueError("the particle sampler needs prompts of at least one token")
     n = particles
     lookahead = lattice.backward()  # (P, T, M)
     generator = torch.Generator().manual_seed(seed)
@@ -140,14 +143,15 @@ def sample_posterior(
         chosen = candidates.gather(-1, pick)  # (P, n) token ids
         paths = torch.cat([paths, chosen[..., None]], dim=-1)
         previous = lookahead[:, t].gather(-1, pick)  # zero at the last position: no twist left
-        step = model(input_ids=chosen.view(-1, 1).to(device), cache=step.cache, use_cache=True)
-        next_log_p = step.logits[:, -1].float().log_softmax(dim=-1).cpu()  # (P·n, V)
+        if t + 1 < length:
+            ids = chosen.view(-1, 1).to(device)
+            step = model(input_ids=ids, cache=step.cache, use_cache=True)
+            next_log_p = step.logits[:, -1].float().log_softmax(dim=-1).cpu()  # (P·n, V)
     return Particles(
         paths=paths,
         log_weights=log_w - log_w.logsumexp(dim=-1, keepdim=True),
         filtered=filtered,
         cache=step.cache,
-        next_log_p=next_log_p,
     )
 
 
@@ -175,11 +179,11 @@ def mixture_nll(
     does (for the user) would predict. Consumes the particles' cache."""
     prompts, n = particles.log_weights.shape
     targets = continuations.repeat_interleave(n, dim=0)  # (P·n, Tc)
+    last = particles.paths[..., -1].reshape(-1, 1)  # (P·n, 1): not in the cache yet
     device = next(model.parameters()).device
-    step = model(input_ids=targets.to(device), cache=particles.cache, use_cache=True)
-    log_p = torch.cat(
-        [particles.next_log_p[:, None], step.logits[:, :-1].float().log_softmax(dim=-1).cpu()], 1
-    )
+    inputs = torch.cat([last, targets[:, :-1]], dim=1).to(device)
+    step = model(input_ids=inputs, cache=particles.cache, use_cache=True)
+    log_p = step.logits.float().log_softmax(dim=-1).cpu()  # (P·n, Tc, V)
     per_path = log_p.gather(-1, targets[..., None]).squeeze(-1).sum(-1).view(prompts, n)
     return -(particles.log_weights + per_path).logsumexp(dim=-1)
 
