@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from ..backends.transformers import Prefilled, TransformersBackend
 from ..train.defaults import DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS
 from ..train.loop import optimize
 from ..train.objective import FrozenLM
@@ -79,15 +80,60 @@ def text_prefix(
 
 @dataclass
 class Particles:
-    """A particle approximation of each prompt's posterior under the LLM, and the LLM's state
-    along every particle: what both the attack and a server's predictive read. The cache
-    stops one token short of each path: nothing the sampler needs comes after the last token,
-    and a continuation's likelihood (`mixture_nll`) feeds that token with the continuation."""
+    """A particle approximation of each prompt's posterior under the LLM, and (`predictive`)
+    the LLM's state along every particle: what both the attack and a server's predictive
+    read. The cache stops one token short of each path: nothing the sampler needs comes after
+    the last token, and a continuation's likelihood (`mixture_nll`) feeds that token with the
+    continuation."""
 
     paths: torch.Tensor  # (P, n, T) token ids
     log_weights: torch.Tensor  # (P, n) normalised
     filtered: torch.Tensor  # (P, T) each position's argmax of the filtering marginal
-    cache: DynamicCache  # the LLM after prefix, BOS and each path but its last token
+    cache: DynamicCache | None  # the LLM after prefix, BOS and each path but its last token
+
+
+class _CacheSteps:
+    """The LLM stepped through transformers' forward and DynamicCache: the cache it leaves is
+    what `mixture_nll` continues from, and it runs any causal LM."""
+
+    def __init__(self, model: PreTrainedModel, start: torch.Tensor, rows: int) -> None:
+        self.model, self.device = model, start.device
+        out = model(inputs_embeds=start[None], cache=DynamicCache())
+        out.cache.batch_repeat_interleave(rows)
+        self.cache = out.cache
+        self.first = out.logits[:, -1].float().log_softmax(dim=-1).cpu().repeat(rows, 1)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.cache.reorder_cache(rows.to(self.device))
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.view(-1, 1).to(self.device)
+        out = self.model(input_ids=ids, cache=self.cache, use_cache=True)
+        return out.logits[:, -1].float().log_softmax(dim=-1).cpu()
+
+
+class _BatchSteps:
+    """The same through the serving backend's padded batch (`LlamaPath`: the same
+    mathematics in far fewer Python steps, buffers written in place), where it applies; it
+    keeps no transformers cache."""
+
+    def __init__(self, backend: TransformersBackend, start: torch.Tensor, rows: int) -> None:
+        logits, state = backend.prefill_many([start])
+        copies = Prefilled(
+            [k.expand(rows, -1, -1, -1) for k in state.keys],
+            [v.expand(rows, -1, -1, -1) for v in state.values],
+            state.mask.expand(rows, -1),
+            state.lengths.expand(rows),
+        )
+        self.batch = backend.new_batch()
+        self.batch.add(copies)
+        self.first = logits.float().log_softmax(dim=-1).cpu().repeat(rows, 1)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.batch.keep(rows.tolist())
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.batch.decode(ids.reshape(-1).tolist()).float().log_softmax(dim=-1).cpu()
 
 
 @torch.no_grad()
@@ -99,11 +145,13 @@ def sample_posterior(
     *,
     particles: int = DEFAULT_PARTICLES,
     seed: int = 0,
+    predictive: bool = False,
 ) -> Particles:
     """Every prompt of the lattice at once, all particles in one batched pass per position
     with a shared KV cache reordered at resampling. The prefix and BOS, the same for every
     particle, run once and their cache is copied to every row (most of a short prompt's cost
-    otherwise)."""
+    otherwise). `predictive`: keep transformers' cache for `mixture_nll`; else Llama models
+    step through the serving backend's faster path."""
     if particles < 1:
         raise ValueError(f"the particle sampler needs at least one particle, got {particles}")
     prompts, length, keep = lattice.candidates.shape
@@ -113,10 +161,13 @@ def sample_posterior(
     lookahead = lattice.backward()  # (P, T, M)
     generator = torch.Generator().manual_seed(seed)
     lm = FrozenLM(model, bos_id)
-    device = lm.device
-    step = model(inputs_embeds=lm.prefix(None, 1, prefix.to(device)), cache=DynamicCache())
-    step.cache.batch_repeat_interleave(prompts * n)
-    next_log_p = step.logits[:, -1].float().log_softmax(dim=-1).cpu().repeat(prompts * n, 1)
+    start = lm.prefix(None, 1, prefix.to(lm.device))[0]  # (m + 1, d): prefix and BOS
+    backend = None if predictive else TransformersBackend(model)
+    if backend is None or backend.fast is None:
+        steps = _CacheSteps(model, start, prompts * n)
+    else:
+        steps = _BatchSteps(backend, start, prompts * n)
+    next_log_p = steps.first
     log_w = torch.zeros(prompts, n)
     previous = torch.zeros(prompts, n)  # β_{t-1} of each particle's last token
     paths = torch.zeros(prompts, n, 0, dtype=torch.long)
@@ -133,9 +184,10 @@ def sample_posterior(
         marginal = torch.einsum("pn,pnm->pm", weights, proposal.softmax(dim=-1))
         filtered[:, t] = candidates.gather(-1, marginal.argmax(dim=-1, keepdim=True)).squeeze(-1)
         ancestors, resampled = _resampled(weights, generator)
-        log_w = torch.where(resampled, 0.0, log_w)  # resampled particles weigh the same
-        proposal, paths = proposal[rows, ancestors], paths[rows, ancestors]
-        step.cache.reorder_cache((ancestors + rows * n).reshape(-1).to(device))
+        if resampled.any():  # else the identity: the cache is not copied for nothing
+            log_w = torch.where(resampled, 0.0, log_w)  # resampled particles weigh the same
+            proposal, paths = proposal[rows, ancestors], paths[rows, ancestors]
+            steps.reorder((ancestors + rows * n).reshape(-1))
         pick = torch.multinomial(
             proposal.view(prompts * n, keep).softmax(-1), 1, generator=generator
         )
@@ -144,14 +196,12 @@ def sample_posterior(
         paths = torch.cat([paths, chosen[..., None]], dim=-1)
         previous = lookahead[:, t].gather(-1, pick)  # zero at the last position: no twist left
         if t + 1 < length:
-            ids = chosen.view(-1, 1).to(device)
-            step = model(input_ids=ids, cache=step.cache, use_cache=True)
-            next_log_p = step.logits[:, -1].float().log_softmax(dim=-1).cpu()  # (P·n, V)
+            next_log_p = steps.feed(chosen)  # (P·n, V)
     return Particles(
         paths=paths,
         log_weights=log_w - log_w.logsumexp(dim=-1, keepdim=True),
         filtered=filtered,
-        cache=step.cache,
+        cache=steps.cache if isinstance(steps, _CacheSteps) else None,
     )
 
 
@@ -176,7 +226,9 @@ def mixture_nll(
 ) -> torch.Tensor:
     """(P,) −log Σ_i w_i · P_LM(continuation | prefix, BOS, path_i) in nats: a continuation's
     loss under the posterior predictive, what a server that decodes the prompt as the attacker
-    does (for the user) would predict. Consumes the particles' cache."""
+    does (for the user) would predict. Consumes the particles' cache (sampled `predictive`)."""
+    if particles.cache is None:
+        raise ValueError("these particles were sampled without their cache: predictive=True")
     prompts, n = particles.log_weights.shape
     targets = continuations.repeat_interleave(n, dim=0)  # (P·n, Tc)
     last = particles.paths[..., -1].reshape(-1, 1)  # (P·n, 1): not in the cache yet

@@ -55,6 +55,7 @@ def _load(path: Path, params, optimizer, generator) -> tuple[int, list[float]]:
     return progress["step"], progress["losses"]
 
 
+@torch.enable_grad()
 def optimize(
     params: dict[str, torch.Tensor],
     loss_fn: LossFn,
@@ -67,7 +68,9 @@ def optimize(
     resume: bool = False,
     checkpoint_every: int = 100,
 ) -> list[float]:
-    """Minimise loss_fn over params for `steps` steps; returns the loss of every step."""
+    """Minimise loss_fn over params for `steps` steps; returns the loss of every step.
+    Gradients are on whatever the caller's mode: an attacker's prefix is trained lazily,
+    possibly first asked for under no_grad."""
     for p in params.values():
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params.values(), lr=lr)

@@ -84,7 +84,13 @@ def posterior_samples(
         yield (
             start,
             sample_posterior(
-                lm.model, lm.bos_id, prefix, lattice, particles=particles, seed=seed + start
+                lm.model,
+                lm.bos_id,
+                prefix,
+                lattice,
+                particles=particles,
+                seed=seed + start,
+                predictive=True,
             ),
         )
 

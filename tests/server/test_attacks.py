@@ -144,6 +144,35 @@ def test_the_particle_filter_of_one_token_is_the_exact_posterior_under_the_model
     assert found.filter[:, 0].tolist() == exact.tolist()  # the smoother's 4 particles sample it
 
 
+@torch.no_grad()
+def test_the_fast_path_samples_the_particles_the_cache_path_samples(held_out):
+    # Llama models step through the serving backend unless a continuation will follow; with the
+    # same seed both draw the same particles (logits agree to float rounding).
+    attacker, _, _ = held_out
+    generator = torch.Generator().manual_seed(1)
+    log_likelihood = 2 * torch.randn(3, 7, attacker.vocab, generator=generator)
+    lattice = Lattice.build(log_likelihood, attacker.prior)
+    fast, cached = (
+        sample_posterior(
+            attacker.model,
+            attacker.bos_id,
+            attacker.prefix,
+            lattice,
+            particles=16,
+            seed=3,
+            predictive=predictive,
+        )
+        for predictive in (False, True)
+    )
+    assert fast.cache is None
+    assert cached.cache is not None
+    assert torch.equal(fast.paths, cached.paths)
+    assert torch.equal(fast.filtered, cached.filtered)
+    torch.testing.assert_close(fast.log_weights, cached.log_weights, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="predictive=True"):
+        mixture_nll(attacker.model, fast, torch.zeros(3, 2, dtype=torch.long))
+
+
 def test_blind_guessing_recovers_only_the_most_predictable_tokens(held_out):
     attacker, _, validation = held_out
     blind = attacker.prior_alone(validation.prompts[:32].numpy())
@@ -196,7 +225,7 @@ def test_the_mixture_of_a_prompt_the_symbols_pin_down_is_the_clean_prompts_loss(
     )
     lattice = Lattice.build(certain, attacker.prior)
     particles = sample_posterior(
-        attacker.model, attacker.bos_id, attacker.prefix, lattice, particles=4
+        attacker.model, attacker.bos_id, attacker.prefix, lattice, particles=4, predictive=True
     )
     assert (particles.paths == prompts[:, None, :]).all()
     lm = FrozenLM(attacker.model, attacker.bos_id)

@@ -166,4 +166,5 @@ def test_a_server_with_a_posterior_adapter_generates(loaded, public, serve, stor
     assert len(result.token_ids) == 6
     assert result.soft_prompt_mu == pytest.approx(level.mu)
     assert result.reading == model.prompt_reading == "front end"
-    assert model.reader_particles == 0 and level.ignore_probability == 0
+    assert model.reader_particles == 0
+    assert level.ignore_probability == 0
