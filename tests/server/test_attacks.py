@@ -8,10 +8,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from del_server.adapter import pca_adapter
 from del_server.attacks.mechanisms import Binomial
-from del_server.attacks.particle import mixture_nll, particle_guesses, sample_posterior
+from del_server.attacks.particle import _draw, mixture_nll, particle_guesses, sample_posterior
 from del_server.attacks.recovery import clustered_interval, content_mask, recovery
 from del_server.attacks.sequence import (
     BigramPrior,
@@ -95,6 +96,15 @@ def test_content_tokens_are_those_outside_the_most_frequent_public_tokens():
     public = np.repeat(np.arange(60), np.arange(60, 0, -1))  # token 0 the most frequent
     mask = content_mask(np.array([0, 49, 50, 59]), public, vocab=60)
     assert mask.tolist() == [False, False, True, True]
+
+
+def test_the_particle_draw_follows_its_probabilities_and_never_draws_an_impossible_one():
+    probabilities = torch.tensor([[0.0, 0.5, 0.0, 0.2, 0.3, 0.0]]).expand(20_000, -1)
+    drawn = _draw(probabilities, torch.Generator().manual_seed(0))
+    counts = torch.bincount(drawn, minlength=6)
+    assert counts[[0, 2, 5]].sum() == 0
+    expected = probabilities[0, [1, 3, 4]] * len(drawn)
+    assert stats.chisquare(counts[[1, 3, 4]].numpy(), expected.numpy()).pvalue > 1e-3
 
 
 @pytest.fixture(scope="module")
