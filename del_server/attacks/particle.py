@@ -117,6 +117,8 @@ class _BatchSteps:
     mathematics in far fewer Python steps, buffers written in place), where it applies; it
     keeps no transformers cache."""
 
+    cache = None
+
     def __init__(self, backend: TransformersBackend, start: torch.Tensor, rows: int) -> None:
         logits, state = backend.prefill_many([start])
         copies = Prefilled(
@@ -198,7 +200,7 @@ def sample_posterior(
         paths=paths,
         log_weights=log_w - log_w.logsumexp(dim=-1, keepdim=True),
         filtered=filtered,
-        cache=steps.cache if isinstance(steps, _CacheSteps) else None,
+        cache=steps.cache,
     )
 
 
