@@ -599,11 +599,8 @@ def _run_manifest(args: argparse.Namespace) -> None:
                 + ("" if level.soft_prompt else ", no soft prompt")
                 + f"\n              {level.summary()}"
             )
-            if level.ignore_probability:
-                print(
-                    f"              prompt left unread {level.ignore_probability:.0%} of the "
-                    "time: the reader then continues from its own prefix alone"
-                )
+            if unread := level.unread_summary():
+                print(f"              {unread}")
             if level.utility is not None:
                 print(
                     f"              utility: {level.utility.summary()}\n"

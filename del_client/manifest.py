@@ -170,6 +170,16 @@ class PrivacyLevel(HasUtility):
             f"{self.prior_alone_rate * 100:.0f} of 100 from the language alone"
         )
 
+    def unread_summary(self) -> str | None:
+        """How often the server's particle reader leaves this level's prompts unread, in words
+        (None: it reads every one)."""
+        if not self.ignore_probability:
+            return None
+        return (
+            f"prompt left unread {self.ignore_probability:.0%} of the time: the reader then "
+            "continues from its own prefix alone"
+        )
+
     @classmethod
     def from_pb(cls, pb: inference_pb2.PrivacyLevel) -> PrivacyLevel:
         attacks = tuple(

@@ -83,6 +83,8 @@ def _chosen_level(target: str, *, classify: bool) -> list[str]:
         print(
             f" {mark} ≤ {level.target_attack_rate:.0%}: ε = {level.epsilon_token:.3g}; {level.summary()}"
         )
+        if unread := level.unread_summary():
+            print(f"          {unread}")
         if level.utility is not None:
             print(f"          utility: {level.utility.summary()}")
     print(flush=True)

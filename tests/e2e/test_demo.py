@@ -49,6 +49,9 @@ def test_the_demo_states_every_level_and_generates_privately_at_the_10_percent_o
     assert "finish        length: 64 tokens" in demo.stderr
     # The committed adapter's particle reader read the prompt, or (with its λ) left it unused.
     assert "soft prompt   the particle reader's own prefix" in demo.stderr
+    # ... as the levels said before anything was sent.
+    unread = Adapter.load(DEFAULT_ADAPTER).reader.ignore_prompt.values()
+    assert demo.stdout.count("prompt left unread") == sum(p > 0 for p in unread)
     assert re.search(r"reading       (one draw of the prompt's posterior|NOT USED)", demo.stderr)
 
 
