@@ -13,6 +13,7 @@ transformers 5 names the cache `cache` (argument and output; `past_key_values` i
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -124,7 +125,9 @@ class _SlotLayer(CacheLayerMixin):
 
     def __init__(self, batch: PaddedBatch, keys: torch.Tensor, values: torch.Tensor) -> None:
         super().__init__()
-        self._batch = batch
+        # A proxy, not a reference: a cycle would keep every batch's buffers until the cyclic
+        # collector ran (a calibration's particle runs piled up gigabytes before it did).
+        self._batch = weakref.proxy(batch)
         self.key_buffer, self.value_buffer = keys, values  # (rows, heads, columns, head_dim)
         self.is_initialized = True
 
