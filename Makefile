@@ -47,12 +47,13 @@ bench: install
 	$(BIN)/python -m del_client.bench --out reports
 	$(BIN)/python -m del_server.tools.bench --out reports
 
-# The committed adapter of the default model (projection, calibration against every attack,
-# three soft prompts with the posterior front-end; TRAINING.md in it has the times).
+# The committed adapter of the default model (a projection trained with the mechanism's noise,
+# calibration against every attack, three soft prompts with the posterior front-end, the
+# particle reader; TRAINING.md in it has the times).
 DEFAULT_ADAPTER := del_server/adapters/stories260K
 train-default: install
 	$(BIN)/del-server train all --out $(DEFAULT_ADAPTER) --projection-steps 1500 \
-		--soft-prompt-steps 600 --length 16 --front-end posterior
+		--noise-mu 7.12 --soft-prompt-steps 600 --length 16 --front-end posterior
 
 # Generation's privacy-utility frontier: loss against attack rate over a sweep of μ, per
 # front-end, beside sending nothing: docs/eval/frontier/ (FRONTIER.md has the time it took).
