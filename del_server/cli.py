@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -22,6 +23,13 @@ from .models import ModelSourceError, check_source
 log = logging.getLogger("del_server")
 EXIT_OPERATOR_ERROR = 2  # argparse's own status for a bad command line
 OWN_COMMANDS = ("serve", "export-client-bundle")
+
+
+def reproducible_command(argv: list[str] | None = None) -> str:
+    """The command line a report says reproduces its run: as typed, less `--resume` (resuming
+    is how a stopped run was finished, not part of what it computed)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return shlex.join(["del-server", *(arg for arg in argv if arg != "--resume")])
 
 
 class Parser(argparse.ArgumentParser):

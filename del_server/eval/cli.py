@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
-import sys
 from pathlib import Path
 
 from del_client.parameters import MAX_BITS, MIN_BITS
 
+from ..cli import reproducible_command
 from ..extras import require_extra
 from .config import (
     DEFAULT_ADAPTER,
@@ -68,7 +67,7 @@ def _run(args: argparse.Namespace) -> None:
         threads=args.threads,
         soft_prompt_steps=args.soft_prompt_steps,
     )
-    report = run(config, command=shlex.join(["del-server", *sys.argv[1:]]), resume=args.resume)
+    report = run(config, command=reproducible_command(), resume=args.resume)
     print(f"{args.out}/EVAL.md written in {report['timings']['total_s'] / 60:.1f} min")
     for line in report["findings"]["utility"]:
         print(f"- {line}")
@@ -85,7 +84,7 @@ def _run_nlu(args: argparse.Namespace) -> None:
             data=args.data,
             out=args.out,
             level_steps=args.level_steps,
-            command=shlex.join(["del-server", *sys.argv[1:]]),
+            command=reproducible_command(),
         )
     )
     print(f"{args.out}/EVAL.md written in {report['seconds'] / 60:.1f} min")
@@ -134,7 +133,7 @@ def _run_frontier(args: argparse.Namespace) -> None:
             eval_windows=args.eval_windows,
             attack_prompts=args.attack_prompts,
             particles=args.particles,
-            command=shlex.join(["del-server", *sys.argv[1:]]),
+            command=reproducible_command(),
         )
     )
     print(f"{args.out}/FRONTIER.md written in {report['seconds'] / 60:.1f} min")
@@ -157,7 +156,7 @@ def _run_frontier_nlu(args: argparse.Namespace) -> None:
             points=args.point,
             projection_steps=args.projection_steps,
             attack_prompts=args.attack_prompts,
-            command=shlex.join(["del-server", *sys.argv[1:]]),
+            command=reproducible_command(),
         )
     )
     print(f"{args.out}/FRONTIER.md written in {report['seconds'] / 60:.1f} min")

@@ -18,12 +18,11 @@ writes training.json, TRAINING.md and a loss plot.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 from del_client.parameters import DEFAULT_BITS
 
+from ..cli import reproducible_command
 from ..extras import require_extra
 from ..settings import DEFAULT_MODEL
 from .defaults import (
@@ -152,7 +151,7 @@ def _config(args: argparse.Namespace):
         soft_prompt_steps=getattr(args, "soft_prompt_steps", 0),
         soft_prompt_mus=getattr(args, "mu", ()),
         front_end=getattr(args, "front_end", None),
-        command=shlex.join(["del-server", *sys.argv[1:]]),
+        command=reproducible_command(),
     )
 
 
@@ -262,7 +261,7 @@ def _run_classify(args: argparse.Namespace) -> None:
         targets=args.targets,
         calibration_prompts=args.calibration_prompts,
         inversion_steps=args.inversion_steps,
-        command=shlex.join(["del-server", *sys.argv[1:]]),
+        command=reproducible_command(),
     )
     adapter = run_all(config)
     print(f"adapter written to {args.out}: levels μ = {sorted(adapter.task.heads)}")

@@ -19,6 +19,7 @@ from del_client.mechanism import PrivacySpec
 from del_server.adapter import Adapter
 from del_server.attacks.suite import ATTACKS
 from del_server.backends.transformers import TransformersBackend
+from del_server.cli import reproducible_command
 from del_server.generation import PrivatePrompt, PromptBuilder
 from del_server.settings import Settings
 from del_server.train.data import load_split, read_documents
@@ -257,6 +258,13 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
     resumed_w, resumed_losses = run(40, resume=True)
     torch.testing.assert_close(resumed_w, whole_w)
     assert resumed_losses == pytest.approx(whole_losses)
+
+
+def test_a_report_reproduces_a_resumed_run_by_the_command_without_resume():
+    """Resuming is how a stopped run was finished: the reproduction line leaves it out and
+    keeps every other argument as typed."""
+    argv = ["train", "all", "--out", "my dir", "--resume", "--noise-mu", "7.12"]
+    assert reproducible_command(argv) == "del-server train all --out 'my dir' --noise-mu 7.12"
 
 
 def test_the_posterior_front_end_is_trained_with_each_soft_prompt_and_evaluated(trained, tmp_path):
