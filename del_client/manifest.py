@@ -29,6 +29,7 @@ ATTACKS_IN_WORDS = {
     "learned": "learned inversion network",
     "bigram_marginal": "likelihood + bigram prior (forward-backward)",
     "bigram_viterbi": "likelihood + bigram prior (Viterbi)",
+    "trigram_marginal": "likelihood + trigram prior (forward-backward)",
     "lm_beam": "likelihood + the model as prior (beam search)",
     "lm_filter": "likelihood + the model as prior (particle filter)",
     "lm_smoother": "likelihood + the model as prior (particle smoother)",

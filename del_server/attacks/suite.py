@@ -9,6 +9,7 @@ table, the model and the language (public in-domain text). Attacks, weakest know
     learned            an inversion network trained on public text: likelihood + token frequency
     bigram_marginal    forward-backward with a bigram prior: each token's posterior argmax
     bigram_viterbi     the most likely whole prompt under the same model
+    trigram_marginal   forward-backward with a trigram prior, over the bigram's best candidates
     lm_beam            beam search with the provider's own LLM as the prior
     lm_filter          the same prior, each token's marginal from a particle filter
     lm_smoother        the same particles' weighted final paths (lm_filter's twin: one run)
@@ -40,10 +41,16 @@ from .particle import particle_guesses, text_prefix
 from .recovery import Recovery, content_mask, recovery
 from .sequence import DEFAULT_KEEP, BigramPrior, Lattice, marginal_guesses, viterbi_guesses
 from .tokenwise import client_table, log_likelihood_matrix, nearest_neighbour_guesses
+from .trigram import DEFAULT_TRIGRAM_KEEP, TrigramPrior, trigram_marginal_guesses
 
 ATTACKS = tuple(ATTACKS_IN_WORDS)  # the names the manifest's AttackRate carries
 LM_ATTACKS = ("lm_beam", "lm_filter", "lm_smoother")  # those that need a causal LM
-PRIOR_ONLY = ("bigram_marginal", "bigram_viterbi", *LM_ATTACKS)  # those that can guess blind
+PRIOR_ONLY = (
+    "bigram_marginal",
+    "bigram_viterbi",
+    "trigram_marginal",
+    *LM_ATTACKS,
+)  # those that can guess blind
 PROMPTS_PER_CHUNK = 32  # bounds the (prompts, M, M) transition tensors and the beam's batch
 
 
@@ -53,6 +60,7 @@ class AttackOptions:
     particles: int = DEFAULT_PARTICLES
     prefix_steps: int = DEFAULT_PREFIX_STEPS  # training of the LM attacks' mid-text prefix
     keep: int = DEFAULT_KEEP  # candidates per position for the sequence attacks
+    trigram_keep: int = DEFAULT_TRIGRAM_KEEP  # of those, the trigram's (M³ work a position)
     learned_steps: int = 400
     learned_batch: int = 512
 
@@ -92,6 +100,10 @@ class Attacker:
     @cached_property
     def prior(self) -> BigramPrior:
         return BigramPrior.fit(self.public_ids, self.vocab)
+
+    @cached_property
+    def trigram(self) -> TrigramPrior:
+        return TrigramPrior.fit(self.public_ids, self.prior)
 
     @cached_property
     def prefix(self) -> torch.Tensor:
@@ -181,6 +193,10 @@ class Attacker:
                 parts["bigram_marginal"].append(marginal_guesses(lattice))
             if "bigram_viterbi" in attacks:
                 parts["bigram_viterbi"].append(viterbi_guesses(lattice))
+            if "trigram_marginal" in attacks:
+                parts["trigram_marginal"].append(
+                    trigram_marginal_guesses(lattice, self.trigram, keep=self.options.trigram_keep)
+                )
             if "lm_beam" in attacks:
                 parts["lm_beam"].append(
                     beam_guesses(self.model, self.bos_id, lattice, width=self.options.beam_width)

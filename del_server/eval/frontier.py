@@ -42,7 +42,7 @@ from .config import FrontierConfig
 
 FRONT_ENDS = ("linear", "posterior")  # each with a soft prompt trained per μ
 KINDS = (*FRONT_ENDS, "mixture")
-ATTACKS = (*BISECTION_ATTACKS, "lm_filter", "lm_smoother")
+ATTACKS = (*BISECTION_ATTACKS, "trigram_marginal", "lm_filter", "lm_smoother")
 STYLE = {  # kind -> (label, colour, marker)
     "linear": ("W_d·x̂ + soft prompt (the paper's)", "C0", "o"),
     "posterior": ("posterior front-end + soft prompt", "C2", "^"),

@@ -22,6 +22,7 @@ from del_server.attacks.sequence import (
     viterbi_guesses,
 )
 from del_server.attacks.suite import ATTACKS, Attacker, AttackOptions
+from del_server.attacks.trigram import TrigramPrior, trigram_marginal_guesses, trigram_marginals
 from del_server.train.calibrate import calibrate
 from del_server.train.data import load_split
 from del_server.train.objective import FrozenLM
@@ -75,6 +76,57 @@ def test_pruning_tokens_the_symbols_rule_out_changes_nothing():
     np.testing.assert_array_equal(marginal_guesses(full), marginal_guesses(pruned))
 
 
+def _tiny_trigram(seed: int, vocab: int, kappa: float) -> TrigramPrior:
+    public = np.random.default_rng(seed).integers(0, vocab, 80)
+    return TrigramPrior.fit(public, BigramPrior.fit(public, vocab, smoothing=0.5), kappa=kappa)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_trigram_forward_backward_equals_brute_force_enumeration(seed):
+    _, log_likelihood = _tiny_hmm(seed, vocab=3, length=5)
+    trigram = _tiny_trigram(seed, vocab=3, kappa=0.5)
+    prompts, length, vocab = log_likelihood.shape
+    lattice = Lattice.build(log_likelihood, trigram.bigram)
+    candidates, marginals = trigram_marginals(lattice, trigram, keep=vocab)
+    ids = torch.arange(vocab)
+    log_p = trigram.log_transition(ids[:, None, None], ids[None, :, None], ids[None, None, :])
+    for p in range(prompts):
+        paths = list(itertools.product(range(vocab), repeat=length))
+        joint = np.array(
+            [
+                _joint(trigram.bigram, log_likelihood[p], path[:2])
+                + sum(
+                    float(log_likelihood[p, t, path[t]] + log_p[path[t - 2 : t + 1]])
+                    for t in range(2, length)
+                )
+                for path in paths
+            ]
+        )
+        weights = np.exp(joint - joint.max())
+        weights /= weights.sum()
+        expected = np.zeros((length, vocab))
+        for path, weight in zip(paths, weights, strict=True):
+            expected[np.arange(length), path] += weight
+        found = np.zeros((length, vocab))
+        np.put_along_axis(found, candidates[p].numpy(), marginals[p].exp().numpy(), axis=-1)
+        np.testing.assert_allclose(found, expected, atol=1e-5)
+
+
+def test_a_trigram_that_trusts_only_its_bigram_decodes_as_the_bigram():
+    _, log_likelihood = _tiny_hmm(4, vocab=6, length=6)
+    trigram = _tiny_trigram(4, vocab=6, kappa=1e9)
+    lattice = Lattice.build(log_likelihood, trigram.bigram)
+    _, marginals = trigram_marginals(lattice, trigram, keep=6)
+    np.testing.assert_allclose(
+        marginals.exp().sort(dim=-1).values,
+        posterior_marginals(lattice).exp().sort(dim=-1).values,
+        atol=1e-5,
+    )
+    np.testing.assert_array_equal(
+        trigram_marginal_guesses(lattice, trigram, keep=6), marginal_guesses(lattice)
+    )
+
+
 def test_recovery_counts_tokens_prompts_and_clusters_the_interval_by_prompt():
     truth = np.array([[1, 2, 3, 4], [1, 2, 3, 4], [5, 6, 7, 8]])
     guesses = np.array([[1, 2, 3, 4], [1, 2, 0, 0], [0, 0, 0, 8]])
@@ -122,7 +174,12 @@ def held_out(shared_dir, stories260k):
         loaded.bos_id,
         public,
         AttackOptions(
-            beam_width=16, learned_steps=60, learned_batch=256, particles=32, prefix_steps=60
+            beam_width=16,
+            learned_steps=60,
+            learned_batch=256,
+            particles=32,
+            prefix_steps=60,
+            trigram_keep=16,
         ),
     )
     adapter = pca_adapter(embeddings, dim=16)
@@ -136,7 +193,7 @@ def test_context_beats_per_token_likelihood_beyond_sampling_noise(held_out):
     results = attacker.attack(adapter, mechanism, prompts, seed=0)
     assert set(results) == set(ATTACKS)
     likelihood = results["likelihood"]
-    for name in ("bigram_marginal", "lm_beam", "lm_filter", "lm_smoother"):
+    for name in ("bigram_marginal", "trigram_marginal", "lm_beam", "lm_filter", "lm_smoother"):
         assert results[name].low > likelihood.high, (name, results[name], likelihood)
 
 
