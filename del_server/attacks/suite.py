@@ -60,7 +60,7 @@ class AttackOptions:
     particles: int = DEFAULT_PARTICLES
     prefix_steps: int = DEFAULT_PREFIX_STEPS  # training of the LM attacks' mid-text prefix
     keep: int = DEFAULT_KEEP  # candidates per position for the sequence attacks
-    trigram_keep: int = DEFAULT_TRIGRAM_KEEP  # of those, the trigram's (M³ work a position)
+    trigram_keep: int = DEFAULT_TRIGRAM_KEEP  # of those, the trigram's (M² pair states)
     learned_steps: int = 400
     learned_batch: int = 512
 

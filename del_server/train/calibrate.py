@@ -5,8 +5,8 @@ A level holds when the upper end of the 95 % interval (clustered by prompt) of t
 attack's token recovery is below the target, on held-out prompts with reproducible noise:
 
 1. bisection on log μ over the attacks cheap enough for it (BISECTION_ATTACKS: Viterbi, which
-   the forward-backward marginals dominate, and the slow ones, the trigram's included, are
-   left to the verification),
+   the forward-backward marginals dominate; the trigram, a minute for 250 prompts, and the
+   slow ones are left to the verification),
    with the same noise seed at every μ so the measured rate moves monotonically;
 2. verification at the bisection's μ with every attack, the learned inversion network and the
    LLM's beam search and particle smoother included; while one still reaches the target, μ
