@@ -36,7 +36,7 @@ REFERENCES = {  # key -> style of its horizontal line
     "no_prompt+soft": ("no prompt + soft prompt", "C3", "-."),
     "no_prompt": ("no prompt", "C3", ":"),
 }
-ATTACK_MARKERS = ("o", "s", "^", "v", "D", "*", "P", "X")  # one per attack the suite runs
+ATTACK_MARKERS = ("o", "s", "^", "v", "D", "*", "P", "X", "h")  # one per attack the suite runs
 DPI = 110
 
 
