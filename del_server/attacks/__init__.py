@@ -5,6 +5,7 @@ mechanisms  DEL's binomial quantizer and the Gaussian baseline: privatize, decod
 tokenwise   the exact per-token log-likelihood matrix; nearest-neighbour and likelihood attacks
 learned     the attacker's inversion network, trained on public text
 sequence    a bigram prior: forward-backward marginals and Viterbi over the pruned lattice
+trigram     a trigram prior: forward-backward over pairs of the bigram posterior's candidates
 beam        the provider's own LLM as the prior: batched beam search with bigram look-ahead
 particle    the same prior, sampled: a twisted particle filter and smoother (each token's
             posterior marginal), whose particles also give a server the posterior mixture
