@@ -97,28 +97,31 @@ class _Step:
     counts: torch.Tensor  # (S,) n(a_i, b_j, c_k)
 
     @classmethod
-    def between(cls, trigram: TrigramPrior, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor):
+    def between(
+        cls, trigram: TrigramPrior, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
+    ) -> _Step:
         """The step over candidates a, b, c (each (P, M)) at t - 2, t - 1, t."""
         prompts, m = a.shape
         vocab = trigram.bigram.vocab
         first, last = trigram.continuations(a[:, :, None] * vocab + b[:, None, :])
+        # every seen triple continuing a candidate pair: its pair (flat) and its key's index
         runs = (last - first).flatten()
         pairs = torch.repeat_interleave(torch.arange(runs.numel()), runs)
         starts = runs.cumsum(0) - runs
         triples = first.flatten()[pairs] + torch.arange(len(pairs)) - starts[pairs]
-        # where each seen continuation stands among position t's candidates (-1: not kept)
+        # where each one's third token stands among position t's candidates (-1: not kept)
         slot = torch.full((prompts, vocab), -1, dtype=torch.long)
         slot.scatter_(1, c, torch.arange(m).expand(prompts, m))
         k = slot[pairs // (m * m), trigram.triple_keys[triples] % vocab]
         kept = k >= 0
         pairs, triples, k = pairs[kept], triples[kept], k[kept]
+        prompt, j = pairs // (m * m), pairs % m
+        bigram = trigram.bigram.transition(b[:, :, None], c[:, None, :]).double().exp()
         return cls(
             shrink=1 / (trigram.context_counts(first, last) + trigram.kappa),
-            bigram=trigram.kappa
-            * trigram.bigram.transition(b[:, :, None], c[:, None, :]).double().exp(),
+            bigram=trigram.kappa * bigram,
             pairs=pairs,
-            successors=(pairs // (m * m) * m + pairs % m) * m
-            + k,  # (prompt, i, j) -> (prompt, j, k)
+            successors=(prompt * m + j) * m + k,
             counts=trigram.triple_counts[triples],
         )
 
