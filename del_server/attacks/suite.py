@@ -45,12 +45,8 @@ from .trigram import DEFAULT_TRIGRAM_KEEP, TrigramPrior, trigram_marginal_guesse
 
 ATTACKS = tuple(ATTACKS_IN_WORDS)  # the names the manifest's AttackRate carries
 LM_ATTACKS = ("lm_beam", "lm_filter", "lm_smoother")  # those that need a causal LM
-PRIOR_ONLY = (
-    "bigram_marginal",
-    "bigram_viterbi",
-    "trigram_marginal",
-    *LM_ATTACKS,
-)  # those that can guess blind
+# those that can guess blind
+PRIOR_ONLY = ("bigram_marginal", "bigram_viterbi", "trigram_marginal", *LM_ATTACKS)
 PROMPTS_PER_CHUNK = 32  # bounds the (prompts, M, M) transition tensors and the beam's batch
 
 
