@@ -115,21 +115,29 @@ def test_a_server_restart_mid_stream_is_a_clear_unavailable_and_the_client_recov
     client.close()
 
 
-def test_graceful_shutdown_completes_streams_in_flight_and_refuses_new_ones(
-    serve, settings_for, tmp_path
-):
-    with serve(settings_for(max_new_tokens=256, grace_s=30)) as server:
-        config = ClientConfig(server.target, bundle_cache_dir=tmp_path, deadline_s=30, retries=0)
-        with Client(config) as client:
-            generation = client.generate(PROMPT, mu=10, max_new_tokens=200, temperature=0)
-            deltas = iter(generation)
-            next(deltas)
-            stopping = server.submit(server.running.stop())
-            wait_until(lambda: refuses_new_calls(server.target), what="new calls to be refused")
-            assert not stopping.done()  # still draining the stream below
-            list(deltas)
-            assert generation.result.usage.generated_tokens == 200
-            stopping.result(timeout=30)
+def test_graceful_shutdown_completes_streams_in_flight_and_refuses_new_ones(serve, settings_for):
+    """The stream in flight holds its upload open across the drain, so the stop cannot be
+    done before it is (a stream that just generates may finish first on a fast machine)."""
+    with serve(settings_for(grace_s=30)) as server, grpc.insecure_channel(server.target) as channel:
+        kit = wire_kit(channel)
+        stub = inference_pb2_grpc.SplitInferenceStub(channel)
+        messages = kit.private_request(max_new_tokens=16)
+        released = threading.Event()
+
+        def upload_held_open():
+            yield messages[0]
+            released.wait(30)
+            yield from messages[1:]
+
+        in_flight = stub.Generate(upload_held_open())
+        wait_until(lambda: sample(server, "del_num_streams_open") == 1, what="the stream")
+        stopping = server.submit(server.running.stop())
+        wait_until(lambda: refuses_new_calls(server.target), what="new calls to be refused")
+        assert not stopping.done()  # draining the stream in flight
+        released.set()
+        replies = list(in_flight)
+        stopping.result(timeout=30)
+    assert replies[-1].final.usage.generated_tokens == 16
 
 
 def test_streams_the_drain_refuses_or_cuts_off_end_unavailable_not_cancelled(serve, settings_for):
