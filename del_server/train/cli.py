@@ -8,6 +8,9 @@
                                                         sending nothing (and a posterior
                                                         adapter's particle reader), DIR's
                                                         report refreshed
+    del-server train recalibrate --model M --data TEXT --out DIR every stage but the
+                                                        projection, on DIR's adapter: new
+                                                        levels when the attacks grow stronger
     del-server train classify --model all-MiniLM-L6-v2 --data DIR --out DIR
                                                         an encoder's adapter for a labelled task
 
@@ -173,6 +176,11 @@ def _run_stage(name: str, needs_adapter: bool):
     return run
 
 
+def _run_recalibrate(args: argparse.Namespace) -> None:
+    adapter = _pipeline().recalibrate(_config(args))
+    print(f"adapter recalibrated in {args.out}: levels μ = {sorted(adapter.soft_prompts)}")
+
+
 def _run_evaluate(args: argparse.Namespace) -> None:
     adapter = _pipeline().refresh_evaluation(_config(args))
     worse = [
@@ -290,6 +298,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _common(evaluate)
     _reader_args(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
+    recalibrate = stages.add_parser(
+        "recalibrate",
+        help="new levels for a trained adapter, its projection kept: calibration against "
+        "today's attacks, soft prompts, evaluation, report",
+    )
+    for add in (_common, _calibration_args, _soft_prompt_args, _reader_args):
+        add(recalibrate)
+    recalibrate.set_defaults(run=_run_recalibrate)
     _add_classify(stages)
     calibrate = sub.add_parser("calibrate", help="privacy level per target attack success rate")
     _common(calibrate)

@@ -9,7 +9,8 @@
     report       -> out/training.json, out/TRAINING.md, out/training_losses.png
 
 `run_all` writes an adapter that `del-server serve --adapter out` loads; `refresh_evaluation`
-runs the evaluation alone on an adapter already in out. Checkpoints go to out/checkpoints;
+runs the evaluation alone on an adapter already in out, `recalibrate` every stage but the
+projection. Checkpoints go to out/checkpoints;
 `resume=True` picks every stage up where it stopped.
 """
 
@@ -342,7 +343,7 @@ def _measured_on(bench: Workbench, windows: Windows, reader: ReaderBench | None 
 def write_report(bench: Workbench, adapter: Adapter, evaluated: dict) -> dict:
     c = bench.config
     report = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(c).items()},
+        "config": _config_record(c),
         "model_id": bench.loaded.model_id,
         "data": {"source": c.data, **bench.split.describe()},
         "machine": _machine(bench),
@@ -353,15 +354,26 @@ def write_report(bench: Workbench, adapter: Adapter, evaluated: dict) -> dict:
         "levels": [level.to_dict() for level in adapter.calibration],
         "evaluation": evaluated,
     }
-    (c.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-    soft = {
+    plot_losses(
+        c.out / "training_losses.png",
+        bench.losses.get("projection", []),
+        _soft_prompt_losses(bench),
+    )
+    _write_trained_report(c, report)
+    return report
+
+
+def _config_record(config: TrainConfig) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+
+
+def _soft_prompt_losses(bench: Workbench) -> dict[float, list[float]]:
+    """μ -> the per-step losses of that level's soft prompt, as trained in this run."""
+    return {
         float(k.removeprefix("soft_prompt_mu")): v
         for k, v in bench.losses.items()
         if k.startswith("soft_prompt_mu")
     }
-    plot_losses(c.out / "training_losses.png", bench.losses.get("projection", []), soft)
-    write_markdown(c.out / "TRAINING.md", report)
-    return report
 
 
 def _machine(bench: Workbench) -> dict:
@@ -394,10 +406,7 @@ def refresh_evaluation(config: TrainConfig) -> Adapter:
     """The evaluation stage alone on the adapter in config.out, trained earlier: its levels
     gain (or renew) their utility records, its training.json and TRAINING.md the new figures;
     nothing else is retrained (projection, levels and soft prompts stay as they are)."""
-    path = config.out / "training.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no training report to refresh (`del-server train all`)")
-    report = json.loads(path.read_text())
+    report = _trained_report(config)
     bench = Workbench.open(config)
     adapter, evaluated = evaluation(bench, Adapter.load(config.out))
     adapter.save(config.out)
@@ -408,6 +417,50 @@ def refresh_evaluation(config: TrainConfig) -> Adapter:
         losses={**report["losses"], **_loss_summaries(bench)},
         evaluated_by={"command": config.command, "machine": _machine(bench)},
     )
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(config.out / "TRAINING.md", report)
+    _write_trained_report(config, report)
     return adapter
+
+
+def recalibrate(config: TrainConfig) -> Adapter:
+    """New levels for the adapter in config.out with its projection (and prior) kept: the
+    calibration against today's attack suite, a soft prompt and front-end per new level, the
+    evaluation and the report. What a provider runs when the suite has grown stronger than the
+    one the levels were calibrated against; the old levels, their soft prompts and the reader
+    go, and the projection's training record stays in the report."""
+    report = _trained_report(config)
+    started = time.perf_counter()
+    bench = Workbench.open(config)
+    trained = Adapter.load(config.out)
+    adapter = replace(trained, calibration=(), soft_prompts={}, front_ends={}, reader=None)
+    adapter = calibration_stage(bench, adapter)
+    adapter = soft_prompt_stage(bench, adapter)
+    adapter, evaluated = evaluation(bench, adapter)
+    adapter.save(config.out)
+    bench.timings["total_s"] = time.perf_counter() - started
+    kept = ("command", "dim", "projection_steps", "projection_noise_mu")
+    projection = report["losses"].get("projection")
+    report.update(
+        config={**_config_record(config), **{k: report["config"][k] for k in kept}},
+        levels=[level.to_dict() for level in adapter.calibration],
+        evaluation=evaluated,
+        timings={"projection_s": report["timings"].get("projection_s"), **bench.timings},
+        losses={**({"projection": projection} if projection else {}), **_loss_summaries(bench)},
+        machine=_machine(bench),
+        recalibrated_by={"command": config.command},
+    )
+    report.pop("evaluated_by", None)
+    plot_losses(config.out / "training_losses.png", [], _soft_prompt_losses(bench))
+    _write_trained_report(config, report)
+    return adapter
+
+
+def _trained_report(config: TrainConfig) -> dict:
+    path = config.out / "training.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no training report to refresh (`del-server train all`)")
+    return json.loads(path.read_text())
+
+
+def _write_trained_report(config: TrainConfig, report: dict) -> None:
+    (config.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(config.out / "TRAINING.md", report)

@@ -28,15 +28,19 @@ def _smooth(values: list[float], window: int = 25) -> np.ndarray:
 def plot_losses(
     path: Path, projection: list[float], soft_prompts: dict[float, list[float]]
 ) -> None:
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    axes[0].plot(_smooth(projection))
-    axes[0].set(
-        title="projection (no noise)", xlabel="step", ylabel="continuation NLL (nats/token)"
-    )
+    """The projection's and the soft prompts' training losses; without projection losses (a
+    recalibration keeps the projection it did not train) the soft prompts' alone."""
+    panels = 2 if projection else 1
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
+    axes = axes[0]
+    if projection:
+        axes[0].plot(_smooth(projection))
+        axes[0].set(title="projection", xlabel="step")
     for mu, losses in soft_prompts.items():
-        axes[1].plot(_smooth(losses), label=f"μ = {mu:.3g}")
-    axes[1].set(title="soft prompts (noisy prompt)", xlabel="step")
-    axes[1].legend()
+        axes[-1].plot(_smooth(losses), label=f"μ = {mu:.3g}")
+    axes[-1].set(title="soft prompts (noisy prompt)", xlabel="step")
+    axes[-1].legend()
+    axes[0].set(ylabel="continuation NLL (nats/token)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -54,6 +58,14 @@ def write_markdown(path: Path, report: dict) -> None:
             if "evaluated_by" in report
             else []
         ),
+        *(
+            [
+                f"(levels recalibrated, the projection kept, with "
+                f"`{report['recalibrated_by']['command']}`)"
+            ]
+            if "recalibrated_by" in report
+            else []
+        ),
         "",
         f"- data: `{data['source']}`, {data['documents']} documents, the last "
         f"{data['validation_documents']} held out ({data['rule']}); {data['train_windows']} training "
@@ -63,7 +75,8 @@ def write_markdown(path: Path, report: dict) -> None:
         f"- quantizer: b = {cfg['bits']} bits; soft prompts of {cfg['soft_prompt_length']} vectors, "
         f"{cfg['soft_prompt_steps']} steps each, batch {cfg['batch']}, seed {cfg['seed']}",
         f"- front-end: {FRONT_ENDS[cfg.get('front_end') or 'linear']}",
-        f"- wall time: {report['timings']['total_s']:.0f} s on {report['machine']['platform']} "
+        f"- wall time{' of the recalibration' if 'recalibrated_by' in report else ''}: "
+        f"{report['timings']['total_s']:.0f} s on {report['machine']['platform']} "
         f"({report['machine']['device']}, {report['machine']['threads']} threads)",
         *([f"- note: {report['note']}"] if "note" in report else []),
         "",

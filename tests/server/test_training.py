@@ -24,7 +24,7 @@ from del_server.generation import PrivatePrompt, PromptBuilder
 from del_server.settings import Settings
 from del_server.train.data import load_split, read_documents
 from del_server.train.loop import optimize
-from del_server.train.pipeline import TrainConfig, refresh_evaluation, run_all
+from del_server.train.pipeline import TrainConfig, recalibrate, refresh_evaluation, run_all
 
 TINYSTORIES = "data/tinystories/tinystories_val_head_dev.txt"
 
@@ -152,6 +152,54 @@ def test_evaluate_refreshes_the_utility_and_the_report_and_retrains_nothing_else
         "(evaluation refreshed with `del-server train evaluate --out DIR`)"
         in (tmp_path / "TRAINING.md").read_text()
     )
+
+
+def test_recalibrate_replaces_the_levels_and_keeps_the_projection_and_its_record(
+    trained, tmp_path, shared_dir, stories260k
+):
+    """When the attack suite grows, a provider recalibrates: new levels, each with a new soft
+    prompt and front-end and its utility, on the projection it already has."""
+    out, adapter, report = trained
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
+    config = TrainConfig(
+        model=str(stories260k),
+        data=str(shared_dir / TINYSTORIES),
+        out=tmp_path,
+        soft_prompt_steps=6,
+        targets=(0.12,),
+        calibration_prompts=40,
+        beam_width=8,
+        particles=16,
+        prefix_steps=30,
+        inversion_steps=40,
+        eval_windows=32,
+        eval_seeds=(0,),
+        command="del-server train recalibrate --out DIR --targets 0.12",
+    )
+    recalibrated = recalibrate(config)
+    for name in ("down", "up", "mean"):
+        assert torch.equal(getattr(recalibrated, name), getattr(adapter, name))
+    assert recalibrated.clip == adapter.clip
+    (level,) = recalibrated.calibration
+    assert level.target_attack_rate == 0.12
+    assert set(level.attacks) == set(ATTACKS)
+    assert level.utility is not None
+    assert list(recalibrated.soft_prompts) == [level.mu]  # the old levels' prompts are gone
+    assert Adapter.load(tmp_path).calibration == recalibrated.calibration
+    again = json.loads((tmp_path / "training.json").read_text())
+    assert again["levels"] == [level.to_dict()]
+    # The projection was trained by the original command; the report keeps its record.
+    assert again["losses"]["projection"] == report["losses"]["projection"]
+    for key in ("command", "projection_steps", "projection_noise_mu"):
+        assert again["config"][key] == report["config"][key]
+    assert again["config"]["targets"] == [0.12]
+    assert again["config"]["soft_prompt_steps"] == 6
+    markdown = (tmp_path / "TRAINING.md").read_text()
+    assert (
+        "(levels recalibrated, the projection kept, with "
+        "`del-server train recalibrate --out DIR --targets 0.12`)"
+    ) in markdown
+    assert "| 12% |" in markdown
 
 
 def test_every_level_holds_against_every_attack_and_says_so(trained):
