@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -82,12 +83,26 @@ def test_a_client_that_dies_mid_stream_frees_its_slot(loopback):
 def test_a_stream_the_server_cuts_off_mid_generation_frees_its_engine_slot(
     serve, settings_for, tmp_path
 ):
-    """256 tokens take about a second here; the server's cap on a request is half that."""
-    with serve(settings_for(max_new_tokens=256, max_request_s=0.5)) as server:
-        config = ClientConfig(server.target, bundle_cache_dir=tmp_path, retries=0)
-        with Client(config) as client:
-            generation = client.generate(PROMPT, mu=10, max_new_tokens=256, temperature=1.0)
-            with pytest.raises(DeadlineExceededError, match=r"limit of 0\.5 s per request") as cut:
+    """The server's cap on a request is a third of what the same generation (raw prompt, fixed
+    seed: the same tokens every time) takes on this machine, measured first: it is cut off
+    mid-generation however fast the machine is."""
+    request = {"mechanism": "raw", "max_new_tokens": 256, "temperature": 1.0, "seed": 7}
+    config = ClientConfig("127.0.0.1:1", bundle_cache_dir=tmp_path, retries=0)
+    with (
+        serve(settings_for(max_new_tokens=256, enable_raw=True)) as server,
+        Client(dataclasses.replace(config, target=server.target)) as client,
+    ):
+        client.generate(PROMPT, mechanism="raw", max_new_tokens=1).collect()  # the bundle
+        started = time.perf_counter()
+        whole = client.generate(PROMPT, **request).collect()
+        cap = round((time.perf_counter() - started) / 3, 3)
+    assert whole.usage.generated_tokens > 16  # long enough to be cut off in the middle
+    with serve(settings_for(max_new_tokens=256, enable_raw=True, max_request_s=cap)) as server:
+        with Client(dataclasses.replace(config, target=server.target)) as client:
+            generation = client.generate(PROMPT, **request)
+            with pytest.raises(
+                DeadlineExceededError, match=rf"limit of {cap:g} s per request"
+            ) as cut:
                 generation.collect()
         assert cut.value.code == "DEADLINE_EXCEEDED"
         wait_until(lambda: sample(server, "del_num_requests_running") == 0, what="the slot")
