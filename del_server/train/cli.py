@@ -42,10 +42,26 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(",") if x)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _trained(text: str) -> Path:
+    """--out of a stage that continues a trained adapter, checked before the model loads."""
+    directory = Path(text)
+    if not (directory / "training.json").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{directory.absolute()} holds no trained adapter (training.json): train one with "
+            f"`del-server train all --out {text}`"
+        )
+    return directory
+
+
+def _common(parser: argparse.ArgumentParser, *, trained: bool = False) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="path or hub id")
     parser.add_argument("--data", default=DEFAULT_DATA, help="a text file or a directory of *.txt")
-    parser.add_argument("--out", type=Path, required=True, help="adapter directory")
+    parser.add_argument(
+        "--out",
+        type=_trained if trained else Path,
+        required=True,
+        help="adapter directory" + (", as `train all` wrote it" if trained else ""),
+    )
     parser.add_argument("--dim", type=int, default=16, help="projection dim k")
     parser.add_argument("--bits", type=int, default=DEFAULT_BITS)
     parser.add_argument("--seed", type=int, default=0)
@@ -295,7 +311,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="each level's held-out loss as served against sending nothing (a soft prompt "
         "trained for that case): the levels' utility and the report, nothing else retrained",
     )
-    _common(evaluate)
+    _common(evaluate, trained=True)
     _reader_args(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
     recalibrate = stages.add_parser(
@@ -303,7 +319,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="new levels for a trained adapter, its projection kept: calibration against "
         "today's attacks, soft prompts, evaluation, report",
     )
-    for add in (_common, _calibration_args, _soft_prompt_args, _reader_args):
+    _common(recalibrate, trained=True)
+    for add in (_calibration_args, _soft_prompt_args, _reader_args):
         add(recalibrate)
     recalibrate.set_defaults(run=_run_recalibrate)
     _add_classify(stages)

@@ -91,6 +91,16 @@ def test_an_evaluation_without_a_trained_adapter_stops_before_it_measures(comman
     assert f"{tmp_path / 'nowhere'} holds no adapter.json" in line
 
 
+@pytest.mark.parametrize("stage", ["evaluate", "recalibrate"])
+def test_a_stage_that_continues_a_trained_adapter_needs_one(stage, tmp_path):
+    line = one_line_error(del_server("train", stage, "--out", "nowhere", cwd=tmp_path))
+    assert line.startswith(f"del-server train {stage}: error: argument --out: ")
+    assert (
+        f"{tmp_path / 'nowhere'} holds no trained adapter (training.json): train one with "
+        "`del-server train all --out nowhere`"
+    ) in line
+
+
 def test_the_default_model_is_found_from_any_working_directory(tmp_path, monkeypatch):
     assert Path(DEFAULT_MODEL) == REPO.parent / "shared" / "models" / "stories260K"
     monkeypatch.chdir(tmp_path)
