@@ -154,27 +154,20 @@ def test_evaluate_refreshes_the_utility_and_the_report_and_retrains_nothing_else
     )
 
 
-def test_recalibrate_replaces_the_levels_and_keeps_the_projection_and_its_record(
-    trained, tmp_path, shared_dir, stories260k
-):
+def test_recalibrate_replaces_the_levels_and_keeps_the_projection_and_its_record(trained, tmp_path):
     """When the attack suite grows, a provider recalibrates: new levels, each with a new soft
     prompt and front-end and its utility, on the projection it already has."""
     out, adapter, report = trained
     shutil.copytree(out, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
     config = TrainConfig(
-        model=str(stories260k),
-        data=str(shared_dir / TINYSTORIES),
-        out=tmp_path,
-        soft_prompt_steps=6,
-        targets=(0.12,),
-        calibration_prompts=40,
-        beam_width=8,
-        particles=16,
-        prefix_steps=30,
-        inversion_steps=40,
-        eval_windows=32,
-        eval_seeds=(0,),
-        command="del-server train recalibrate --out DIR --targets 0.12",
+        **{
+            **report["config"],  # the fixture's small attacks and evaluation
+            "out": tmp_path,
+            "soft_prompt_steps": 6,
+            "targets": (0.12,),
+            "eval_seeds": (0,),
+            "command": "del-server train recalibrate --out DIR --targets 0.12",
+        }
     )
     recalibrated = recalibrate(config)
     for name in ("down", "up", "mean"):
