@@ -39,6 +39,7 @@ from ..train.classification.pipeline import (
     level_accuracy,
     train_level,
 )
+from .context import file_sha256
 
 RAW_BITS = 16  # an fp16 embedding coordinate: what sending the prompt's embeddings costs
 # Bisection steps matching the Gaussian baseline to a target: a bracket 3 % wide in μ, enough
@@ -87,6 +88,7 @@ def run(config: NluEvalConfig) -> dict:
         "command": config.command,
         "model_id": bench.loaded.model_id,
         "adapter": str(config.adapter),
+        "adapter_tensors_sha256": file_sha256(Path(config.adapter) / "adapter.safetensors"),
         "data": {"source": config.data, **bench.data.describe()},
         "raw_bits_per_token": RAW_BITS * adapter.hidden_size,
         "prior_alone_rate": adapter.calibration[0].prior_alone_rate,

@@ -65,7 +65,7 @@ class EvalContext:
             checkpoints=Checkpoints.for_run(
                 config.to_dict(),
                 # adapter.json pins the digests of every tensor file, the reader's included.
-                _sha256(adapter_dir / "adapter.json"),
+                file_sha256(adapter_dir / "adapter.json"),
                 config.out,
                 resume=resume,
             ),
@@ -151,7 +151,7 @@ class EvalContext:
             },
             "adapter": {
                 "path": self.config.adapter,
-                "tensors_sha256": _sha256(Path(self.config.adapter) / "adapter.safetensors"),
+                "tensors_sha256": file_sha256(Path(self.config.adapter) / "adapter.safetensors"),
                 "projection_dim": adapter.projection_dim,
                 "clip": adapter.clip,
                 "clip_rule": adapter.metadata.get("clip_rule", ""),
@@ -169,7 +169,7 @@ class EvalContext:
         }
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """Ties a report to the exact adapter it measured (a retrained adapter makes it stale)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

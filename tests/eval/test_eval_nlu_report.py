@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from del_server.eval.classification_report import render
+from del_server.levels import level_id
+
+REPO = Path(__file__).resolve().parents[2]
+ADAPTER = REPO / "del_server" / "adapters" / "minilm-sst2"
+COMMITTED = REPO / "docs" / "eval-nlu"
 
 
 def _level_row(method: str, accuracy: float, mu: float, target: float) -> dict:
@@ -46,3 +56,17 @@ def test_the_report_has_a_row_per_method_and_a_plot(tmp_path):
     assert "| majority | — | — | — | — | — | 0 | 50.9% |" in text
     assert "| del + soft prompt | 10% | 64 | 5 | likelihood + bigram prior" in text
     assert (tmp_path / "accuracy_vs_attack.png").stat().st_size > 10_000
+
+
+def test_the_served_runs_are_of_the_committed_adapters_levels():
+    levels = json.loads((ADAPTER / "adapter.json").read_text())["calibration"]
+    mu_by_level = {level_id(level["target_attack_rate"]): level["mu"] for level in levels}
+    runs = sorted((COMMITTED / "served").glob("level-*-draw-*.json"))
+    assert len(runs) == 3 * len(mu_by_level)
+    for path in runs:
+        run = json.loads(path.read_text())
+        assert run["mu_token"] == pytest.approx(mu_by_level[run["level_id"]], rel=1e-12), (
+            f"{path.name} was served at another adapter's level: rerun the served evaluation "
+            "(docs/eval-nlu/served/SERVED.md)"
+        )
+        assert run["answered"] == run["attempted"]
