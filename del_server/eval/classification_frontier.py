@@ -4,7 +4,9 @@ Which shape of the symbols buys the most accuracy for an attack rate? Over a gri
 (k coordinates, b bits per coordinate, μ), each point trains its own projection for the task
 at that noise (train classify's projection stage: W_p and a head over the decoded symbols'
 moments, no encoder pass: a few minutes a point), then measures its dev accuracy (mean over
-noise draws) and the strongest of calibration's bisection attacks on held-out sentences.
+noise draws) and the strongest of calibration's bisection attacks and the trigram
+forward-backward (the prior-only attack strongest at several committed levels) on held-out
+sentences.
 
 The served levels add the frozen encoder, a soft prompt and per-level fine-tuning on top of
 this stage; the plot sets the committed adapter's levels beside the grid, so the gap between
@@ -42,6 +44,7 @@ from ..train.classification.pipeline import (
 from .config import NluFrontierConfig
 
 TARGETS = (0.05, 0.10)
+ATTACKS = (*BISECTION_ATTACKS, "trigram_marginal")
 
 
 def run(config: NluFrontierConfig) -> dict:
@@ -78,9 +81,7 @@ def run(config: NluFrontierConfig) -> dict:
             encoder=False,
         )
         mechanism = Binomial.at(mu=mu, dim=k, bits=b, clip=adapter.clip)
-        rates = server.attack(
-            adapter, mechanism, prompts, seed=config.seed, attacks=BISECTION_ATTACKS
-        )
+        rates = server.attack(adapter, mechanism, prompts, seed=config.seed, attacks=ATTACKS)
         name, worst = strongest(rates)
         points.append(
             {
@@ -99,6 +100,7 @@ def run(config: NluFrontierConfig) -> dict:
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "dev_sentences": len(dev),
         "majority": dev.majority,
+        "attacks": list(ATTACKS),
         "served": served_levels(config.adapter),
         "points": points,
         "seconds": time.perf_counter() - started,
@@ -201,7 +203,7 @@ def markdown(report: dict) -> str:
         f"no encoder pass). Dev accuracy on {report['dev_sentences']} dev sentences, mean of "
         f"{len(c['eval_seeds'])} noise draws (one standard error near 75 %: "
         f"{math.sqrt(0.75 * 0.25 / report['dev_sentences']):.1%}); the strongest "
-        f"of {', '.join(BISECTION_ATTACKS)} on {c['attack_prompts']} held-out windows, with the "
+        f"of {', '.join(report['attacks'])} on {c['attack_prompts']} held-out windows, with the "
         f"upper end of its 95 % interval. Majority label: {report['majority']:.1%}.",
         "",
         "| k | b | μ per token | bits per token | strongest attack (95 % high) | dev accuracy |",
