@@ -39,6 +39,7 @@ from ..train.pipeline import TrainConfig, Workbench
 from ..train.reader import mixture_nlls, per_token
 from ..train.soft_prompt import level_prompt, nothing_sent
 from .config import FrontierConfig
+from .paths import shown
 
 FRONT_ENDS = ("linear", "posterior")  # each with a soft prompt trained per μ
 KINDS = (*FRONT_ENDS, "mixture")
@@ -176,7 +177,7 @@ def markdown(report: dict) -> str:
         "",
         f"Reproduce with: `{c['command'] or 'make frontier'}` ({report['seconds'] / 60:.0f} min).",
         "",
-        f"Projection of `{c['adapter']}` (k fixed), b = {c['bits']}; per μ, a soft prompt of "
+        f"Projection of `{shown(c['adapter'])}` (k fixed), b = {c['bits']}; per μ, a soft prompt of "
         f"{c['length']} vectors trained {c['steps']} steps with each front-end; the posterior "
         f"mixture with {c['particles']} particles after the nothing-sent soft prompt; held-out "
         f"continuation loss on {c['eval_windows']} windows (one noise seed); the strongest of "

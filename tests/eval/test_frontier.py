@@ -8,6 +8,7 @@ import json
 
 from del_server.eval.config import FrontierConfig
 from del_server.eval.frontier import ATTACKS, KINDS, crossover, run
+from del_server.eval.paths import shown
 from del_server.settings import DEFAULT_ADAPTER
 
 
@@ -37,3 +38,9 @@ def test_a_small_sweep_writes_points_crossover_and_figure(shared_dir, stories260
     crossing = [crossover(report, kind) for kind in KINDS]
     assert text.count("first beats nothing sent") == sum(c is not None for c in crossing)
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
+
+
+def test_reports_show_paths_inside_the_checkout_relative_to_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert shown(tmp_path / "adapters" / "stories260K") == "adapters/stories260K"
+    assert shown("/elsewhere/adapter") == "/elsewhere/adapter"
