@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from ..attacks.suite import ATTACKS_IN_WORDS
+from .paths import shown
 
 SERIES = {  # method -> marker and line style on the plot
     "del + soft prompt": ("o", "-"),
@@ -56,7 +57,7 @@ def _markdown(report: dict) -> str:
         f"# Private classification: {report['model_id']} on {Path(data['source']).name}",
         "",
         f"Reproduce with: `{report['command'] or 'del-server eval-nlu'}` "
-        f"({report['seconds'] / 60:.0f} minutes). Adapter: `{report['adapter']}`.",
+        f"({report['seconds'] / 60:.0f} minutes). Adapter: `{shown(report['adapter'])}`.",
         "",
         f"Dev accuracy on {data['dev_sentences']} dev sentences (never trained on); noisy "
         "figures are the mean over noise draws. Attack rates: token recovery of the strongest "

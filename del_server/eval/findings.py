@@ -10,6 +10,7 @@ round a loss into a win.
 
 from __future__ import annotations
 
+from .paths import shown
 from .privacy import in_words
 from .utility import Measured, paired_difference
 
@@ -294,7 +295,7 @@ def _privacy_summary(report: dict, targets: list[float]) -> str:
         f"Levels calibrated to {_levels(present)} attack success let the strongest attack "
         f"recover {rates(inside)} of held-out in-domain tokens (under the target, at 95 %, at "
         f"{len(_levels_under(inside, present))} of {len(present)} levels) and "
-        f"{rates(outside)} out of domain on {ood['text']} (under at "
+        f"{rates(outside)} out of domain on {shown(ood['text'])} (under at "
         f"{len(_levels_under(outside, present))} of {len(present)}); with no symbols at all "
         f"it recovers {inside['no_prompt']['strongest']:.1%} in domain, "
         f"{outside['no_prompt']['strongest']:.1%} out of domain."
@@ -356,5 +357,5 @@ def privacy_findings(report: dict) -> list[str]:
     for level in report["setup"]["adapter"]["levels"]:
         key = _level_key("del", level["target_attack_rate"])
         if key in inside:
-            lines.append(_level_line(level, inside[key], outside.get(key), ood["text"]))
+            lines.append(_level_line(level, inside[key], outside.get(key), shown(ood["text"])))
     return lines

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..attacks.recovery import CONTENT_EXCLUDES
 from ..tools.bench import concurrency_table, path_table
 from .findings import VERDICT_WORDS, label_verdict
+from .paths import shown
 from .privacy import attacks_run, in_words
 
 SCHEMA = "del-eval/3"
@@ -105,7 +106,7 @@ def headline_markdown(report: dict) -> str:
         f"embedding (d = {here['hidden_size']}); at 7B dimensions {big['del']} vs "
         f"{big['raw_fp16']:,}. Attack rates: share of prompt tokens the strongest of "
         f"{len(attacks_run(report['privacy']))} attacks recovers, 95 % interval clustered by prompt; out of domain: "
-        f"`{report['out_of_domain']['text']}`. Loss in nats/token; ± is a 95 % interval over "
+        f"`{shown(report['out_of_domain']['text'])}`. Loss in nats/token; ± is a 95 % interval over "
         "noise seeds.",
     ]
     return "\n".join(lines)
@@ -118,11 +119,11 @@ def _setup(report: dict) -> list[str]:
         "## Setup",
         "",
         f"- model: `{s['model']['id']}` ({s['model']['parameters']:,} parameters, hidden size "
-        f"{s['model']['hidden_size']}, vocabulary {s['model']['vocab_size']}) from `{s['model']['source']}`",
-        f"- adapter: `{a['path']}`: k = {a['projection_dim']}, clip {a['clip']:.4g} "
+        f"{s['model']['hidden_size']}, vocabulary {s['model']['vocab_size']}) from `{shown(s['model']['source'])}`",
+        f"- adapter: `{shown(a['path'])}`: k = {a['projection_dim']}, clip {a['clip']:.4g} "
         f"({a['clip_rule']}), soft prompts of {a['soft_prompt_length']} vectors trained "
         f"{a['soft_prompt_steps']} steps; b = {cfg['bits']} bits",
-        f"- data: `{s['data']['source']}`, {s['data']['documents']} documents, the last "
+        f"- data: `{shown(s['data']['source'])}`, {s['data']['documents']} documents, the last "
         f"{s['data']['validation_documents']} held out; windows of 32 prompt + 32 continuation tokens",
         f"- utility: {u['loss_windows']} held-out windows for the loss, {u['coherence_windows']} "
         f"for coherence (greedy continuations of 32 tokens, encoder: {u['encoder']}); noise "
@@ -133,7 +134,7 @@ def _setup(report: dict) -> list[str]:
         f"public text ({at['public_text']}), beam width {at['beam_width']}, "
         f"{at['candidates_per_position']} candidates per position, inversion network "
         f"{at['inversion_network_steps']} steps of {at['inversion_network_batch']} pairs; out "
-        f"of domain: {o['prompts']} windows of `{o['text']}`; baselines matched to each level by "
+        f"of domain: {o['prompts']} windows of `{shown(o['text'])}`; baselines matched to each level by "
         f"DEL's calibration rule on the adapter's first {s['calibration_prompts']} calibration "
         f"prompts ({cfg['calibration_iterations']} bisection steps, then every attack)",
         f"- machine: {s['machine']['platform']}, {s['machine']['threads']} torch threads; "
@@ -214,7 +215,7 @@ def _privacy(report: dict) -> list[str]:
         "",
         f"DEL's levels, calibrated on in-domain text, attacked by the same in-domain attacker on "
         f"{o['prompts']} windows of {p['prompt_tokens']} tokens of "
-        f"`{o['text']}`:",
+        f"`{shown(o['text'])}`:",
         "",
         *_attack_table(o),
         "",
@@ -373,7 +374,7 @@ def _speed(report: dict) -> list[str]:
         )
     lines += [
         "",
-        f"End to end (del_server.tools.bench: `{e2e['model']}` with its PCA default, μ = {e2e['mu']}, "
+        f"End to end (del_server.tools.bench: `{shown(e2e['model'])}` with its PCA default, μ = {e2e['mu']}, "
         f"greedy, {e2e['new_tokens']} new tokens, median of {e2e['repeats']}):",
         "",
         *path_table(e2e),

@@ -40,7 +40,11 @@ def test_a_small_sweep_writes_points_crossover_and_figure(shared_dir, stories260
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
 
 
-def test_reports_show_paths_inside_the_checkout_relative_to_it(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert shown(tmp_path / "adapters" / "stories260K") == "adapters/stories260K"
+def test_reports_show_paths_in_and_beside_the_checkout_relative_to_it(tmp_path, monkeypatch):
+    checkout = tmp_path / "main"
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)
+    assert shown(checkout / "adapters" / "stories260K") == "adapters/stories260K"
+    assert shown(tmp_path / "shared" / "models") == "../shared/models"
+    assert shown(tmp_path) == str(tmp_path)
     assert shown("/elsewhere/adapter") == "/elsewhere/adapter"
