@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from ..attacks.suite import ATTACKS_IN_WORDS
-from .paths import shown
+from ..paths import shown
 
 SERIES = {  # method -> marker and line style on the plot
     "del + soft prompt": ("o", "-"),

@@ -10,7 +10,7 @@ round a loss into a win.
 
 from __future__ import annotations
 
-from .paths import shown
+from ..paths import shown
 from .privacy import in_words
 from .utility import Measured, paired_difference
 

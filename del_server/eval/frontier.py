@@ -33,13 +33,13 @@ from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial
 from ..attacks.suite import strongest
 from ..front_end import PosteriorFrontEnd, initial_parameters
+from ..paths import shown
 from ..train.calibrate import BISECTION_ATTACKS
 from ..train.evaluate import level_losses, reference_losses
 from ..train.pipeline import TrainConfig, Workbench
 from ..train.reader import mixture_nlls, per_token
 from ..train.soft_prompt import level_prompt, nothing_sent
 from .config import FrontierConfig
-from .paths import shown
 
 FRONT_ENDS = ("linear", "posterior")  # each with a soft prompt trained per μ
 KINDS = (*FRONT_ENDS, "mixture")

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..attacks.recovery import CONTENT_EXCLUDES
+from ..paths import shown
 from ..tools.bench import concurrency_table, path_table
 from .findings import VERDICT_WORDS, label_verdict
-from .paths import shown
 from .privacy import attacks_run, in_words
 
 SCHEMA = "del-eval/3"

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..attacks.suite import ATTACKS, ATTACKS_IN_WORDS
+from ..paths import shown
 
 FRONT_ENDS = {  # what the LLM sees of a private prompt (front_end.py), in words
     "linear": "W_d·x̂, the paper's de-projection",
@@ -67,7 +68,7 @@ def write_markdown(path: Path, report: dict) -> None:
             else []
         ),
         "",
-        f"- data: `{data['source']}`, {data['documents']} documents, the last "
+        f"- data: `{shown(data['source'])}`, {data['documents']} documents, the last "
         f"{data['validation_documents']} held out ({data['rule']}); {data['train_windows']} training "
         f"and {data['validation_windows']} validation windows of 32 prompt + 32 continuation tokens",
         f"- projection: k = {cfg['dim']}, {report['losses'].get('projection', {}).get('steps', 0)} steps from PCA; "

@@ -8,7 +8,7 @@ import json
 
 from del_server.eval.config import FrontierConfig
 from del_server.eval.frontier import ATTACKS, KINDS, crossover, run
-from del_server.eval.paths import shown
+from del_server.paths import shown
 from del_server.settings import DEFAULT_ADAPTER
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...paths import shown
 from ..report import levels_table
 
 
@@ -15,7 +16,7 @@ def write_markdown(path: Path, report: dict) -> None:
         "",
         f"Reproduce with: `{cfg['command'] or 'del-server train classify'}`",
         "",
-        f"- data: `{data['source']}`: {data['train_sentences']} training sentences, the last "
+        f"- data: `{shown(data['source'])}`: {data['train_sentences']} training sentences, the last "
         f"{data['held_out_sentences']} rows of train.tsv held out (calibration text), "
         f"{data['dev_sentences']} dev sentences (evaluation only); labels "
         f"{', '.join(data['labels'])}",
