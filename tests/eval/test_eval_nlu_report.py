@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -56,6 +57,15 @@ def test_the_report_has_a_row_per_method_and_a_plot(tmp_path):
     assert "| majority | — | — | — | — | — | 0 | 50.9% |" in text
     assert "| del + soft prompt | 10% | 64 | 5 | likelihood + bigram prior" in text
     assert (tmp_path / "accuracy_vs_attack.png").stat().st_size > 10_000
+
+
+def test_docs_eval_nlu_describes_the_committed_adapter():
+    report = json.loads((COMMITTED / "eval.json").read_text())
+    digest = hashlib.sha256((ADAPTER / "adapter.safetensors").read_bytes()).hexdigest()
+    assert report.get("adapter_tensors_sha256") == digest, (
+        "the committed classification adapter changed since docs/eval-nlu was generated: rerun "
+        "`make eval-nlu` and update the README's classification section"
+    )
 
 
 def test_the_served_runs_are_of_the_committed_adapters_levels():
