@@ -133,6 +133,7 @@ def _run_frontier(args: argparse.Namespace) -> None:
             eval_windows=args.eval_windows,
             attack_prompts=args.attack_prompts,
             particles=args.particles,
+            bits=args.bits,
             command=reproducible_command(),
         )
     )
@@ -297,6 +298,11 @@ def _add_frontier(sub: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=defaults.particles,
         help="particles per prompt: the LLM attacks' and the posterior mixture's",
+    )
+    parser.add_argument(
+        "--bits",
+        type=_positive_int,
+        help="bits per coordinate (default: those the adapter's projection was trained for)",
     )
     parser.set_defaults(run=_run_frontier)
 

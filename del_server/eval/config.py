@@ -140,7 +140,7 @@ class FrontierConfig:
     length: int = 16
     eval_windows: int = 256
     attack_prompts: int = 250
-    bits: int = 4
+    bits: int | None = None  # None: the bits the adapter's projection was trained for
     seed: int = 0
     particles: int = DEFAULT_PARTICLES  # the LLM particle attacks and the posterior mixture
     prefix_steps: int = DEFAULT_PREFIX_STEPS  # the particle attacks' mid-text prefix

@@ -29,6 +29,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from tqdm import tqdm
 
+from del_client.parameters import DEFAULT_BITS
+
 from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial
 from ..attacks.suite import strongest
@@ -54,6 +56,9 @@ STYLE = {  # kind -> (label, colour, marker)
 def run(config: FrontierConfig) -> dict:
     """Measure every point of the sweep; writes frontier.json, FRONTIER.md, frontier.png."""
     started = time.perf_counter()
+    adapter = Adapter.load(config.adapter)
+    # The quantizer the projection was trained for, unless the sweep asks for another.
+    config = replace(config, bits=config.bits or adapter.metadata.get("bits", DEFAULT_BITS))
     bench = Workbench.open(
         TrainConfig(
             model=config.model,
@@ -69,7 +74,6 @@ def run(config: FrontierConfig) -> dict:
         )
     )
     attacker = bench.attacker()
-    adapter = Adapter.load(config.adapter)
     adapter = adapter if adapter.prior is not None else replace(adapter, prior=attacker.prior)
     front_end = PosteriorFrontEnd.of(adapter, bench.lm.table)
     validation = bench.split.validation.head(config.eval_windows)

@@ -27,6 +27,7 @@ def test_a_small_sweep_writes_points_crossover_and_figure(shared_dir, stories260
     )
     report = run(config)
     assert json.loads((tmp_path / "frontier.json").read_text())["points"] == report["points"]
+    assert report["config"]["bits"] == 4  # the quantizer the committed projection was trained for
     low, high = report["points"]
     assert low["rate"] < high["rate"]  # less noise, more recovered
     for point in report["points"]:
