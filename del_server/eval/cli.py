@@ -22,7 +22,7 @@ import json
 import math
 from pathlib import Path
 
-from del_client.parameters import MAX_BITS, MIN_BITS
+from del_client.parameters import MAX_BITS, MIN_BITS, SUPPORTED_BITS
 
 from ..cli import reproducible_command
 from ..extras import require_extra
@@ -252,6 +252,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _bits(text: str) -> int:
+    value = _positive_int(text)
+    if value not in SUPPORTED_BITS:
+        raise argparse.ArgumentTypeError(
+            f"expected bits per coordinate in {MIN_BITS}..{MAX_BITS}, got {text!r}"
+        )
+    return value
+
+
 def _positive_floats(text: str) -> tuple[float, ...]:
     values = tuple(float(part) for part in text.split(","))
     if not values or min(values) <= 0:
@@ -301,7 +310,7 @@ def _add_frontier(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--bits",
-        type=_positive_int,
+        type=_bits,
         help="bits per coordinate (default: those the adapter's projection was trained for)",
     )
     parser.set_defaults(run=_run_frontier)

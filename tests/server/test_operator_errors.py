@@ -91,6 +91,14 @@ def test_an_evaluation_without_a_trained_adapter_stops_before_it_measures(comman
     assert f"{tmp_path / 'nowhere'} holds no adapter.json" in line
 
 
+def test_a_frontier_at_bits_the_codec_cannot_carry_stops_before_it_measures(tmp_path):
+    line = one_line_error(del_server("eval-frontier", "--bits", "40", cwd=tmp_path))
+    assert line == (
+        "del-server eval-frontier: error: argument --bits: expected bits per coordinate in 1..8, "
+        "got '40' (see --help)"
+    )
+
+
 @pytest.mark.parametrize("stage", ["evaluate", "recalibrate"])
 def test_a_stage_that_continues_a_trained_adapter_needs_one(stage, tmp_path):
     line = one_line_error(del_server("train", stage, "--out", "nowhere", cwd=tmp_path))
