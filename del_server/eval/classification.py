@@ -28,6 +28,7 @@ import numpy as np
 from ..adapter import Adapter
 from ..attacks.mechanisms import GaussianQuantized
 from ..calibration import CalibratedLevel
+from ..paths import shown
 from ..train.calibrate import calibrate
 from ..train.classification.objective import binomial_noise, clip_only, mechanism_noise
 from ..train.classification.pipeline import (
@@ -87,9 +88,9 @@ def run(config: NluEvalConfig) -> dict:
         "schema": "del-eval-nlu/1",
         "command": config.command,
         "model_id": bench.loaded.model_id,
-        "adapter": str(config.adapter),
+        "adapter": shown(config.adapter),
         "adapter_tensors_sha256": file_sha256(Path(config.adapter) / "adapter.safetensors"),
-        "data": {"source": config.data, **bench.data.describe()},
+        "data": {"source": shown(config.data), **bench.data.describe()},
         "raw_bits_per_token": RAW_BITS * adapter.hidden_size,
         "prior_alone_rate": adapter.calibration[0].prior_alone_rate,
         "rows": rows,

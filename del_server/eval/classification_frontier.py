@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -32,6 +32,7 @@ from tqdm import tqdm
 from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial
 from ..attacks.suite import strongest
+from ..paths import recorded
 from ..train.calibrate import BISECTION_ATTACKS
 from ..train.classification.objective import binomial_noise
 from ..train.classification.pipeline import (
@@ -97,7 +98,7 @@ def run(config: NluFrontierConfig) -> dict:
         )
     dev = bench.data.dev
     report = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "config": recorded(config),
         "dev_sentences": len(dev),
         "majority": dev.majority,
         "attacks": list(ATTACKS),

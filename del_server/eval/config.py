@@ -67,6 +67,7 @@ class EvalConfig:
     concurrency: tuple[int, ...] = (1, 4, 16)
 
     def to_dict(self) -> dict:
+        """The run's identity for its checkpoints: paths as given, wherever it runs from."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 

@@ -29,6 +29,7 @@ from ..attacks.tokenwise import client_table
 from ..calibration import CalibratedLevel
 from ..front_end import PosteriorFrontEnd, front_end_of
 from ..models import LoadedModel, load_model
+from ..paths import shown
 from ..train.data import Split, load_split, read_documents
 from ..train.objective import FrozenLM
 from .checkpoint import Checkpoints
@@ -144,13 +145,13 @@ class EvalContext:
         return {
             "model": {
                 "id": self.loaded.model_id,
-                "source": self.config.model,
+                "source": shown(self.config.model),
                 "hidden_size": adapter.hidden_size,
                 "vocab_size": self.vocab_size,
                 "parameters": sum(p.numel() for p in self.loaded.model.parameters()),
             },
             "adapter": {
-                "path": self.config.adapter,
+                "path": shown(self.config.adapter),
                 "tensors_sha256": file_sha256(Path(self.config.adapter) / "adapter.safetensors"),
                 "projection_dim": adapter.projection_dim,
                 "clip": adapter.clip,
@@ -159,7 +160,7 @@ class EvalContext:
                 "soft_prompt_steps": adapter.metadata.get("soft_prompt_steps"),
                 "levels": [level.to_dict() for level in adapter.calibration],
             },
-            "data": {"source": self.config.data, **self.split.describe()},
+            "data": {"source": shown(self.config.data), **self.split.describe()},
             "machine": {
                 "platform": platform.platform(),
                 "processor": platform.processor() or platform.machine(),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -35,7 +35,7 @@ from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial
 from ..attacks.suite import strongest
 from ..front_end import PosteriorFrontEnd, initial_parameters
-from ..paths import shown
+from ..paths import recorded, shown
 from ..train.calibrate import BISECTION_ATTACKS
 from ..train.evaluate import level_losses, reference_losses
 from ..train.pipeline import TrainConfig, Workbench
@@ -113,7 +113,7 @@ def run(config: FrontierConfig) -> dict:
         point["mixture"] = per_token(mixture, validation)
         points.append(point)
     report = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "config": recorded(config),
         "references": references,
         "attacks": ATTACKS,
         "points": points,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..paths import recorded
 from ..settings import Settings
 from ..threaded import serve_in_thread
 from .baselines import all_methods, matched_baselines, soft_prompt_steps
@@ -98,7 +99,7 @@ def run(config: EvalConfig, *, command: str = "del-server eval", resume: bool = 
     report = {
         "schema": SCHEMA,
         "command": command,
-        "config": config.to_dict(),
+        "config": recorded(config),
         "setup": {**ctx.describe(), "calibration_prompts": len(ctx.calibration_prompts())},
         "methods": [m.describe() for m in methods],
         "baseline_levels": {method.key: level.to_dict() for method, level in matched},

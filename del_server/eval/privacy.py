@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..attacks.recovery import Recovery, content_mask, recovery
 from ..attacks.suite import ATTACKS_IN_WORDS, strongest
 from ..attacks.tokenwise import exact_lookup_guesses
+from ..paths import shown
 from .context import EvalContext
 from .methods import Method
 
@@ -159,4 +160,4 @@ def privacy_stage(ctx: EvalContext, methods: list[Method]) -> dict:
 def out_of_domain_stage(ctx: EvalContext, methods: list[Method]) -> dict:
     """DEL's levels attacked on windows of the out-of-domain text by the in-domain attacker."""
     levels = [m for m in seen_by_attacker(methods) if m.family == "del"]
-    return _attacked(ctx, levels, ctx.ood_prompts(), ctx.config.ood_data, "out-of-domain")
+    return _attacked(ctx, levels, ctx.ood_prompts(), shown(ctx.config.ood_data), "out-of-domain")

@@ -21,7 +21,7 @@ import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ from ..attacks.suite import Attacker, AttackOptions
 from ..front_end import front_end_of, initial_parameters
 from ..levels import adapter_levels
 from ..models import LoadedModel, load_model
+from ..paths import recorded, shown
 from .calibrate import DEFAULT_TARGETS, calibrate
 from .data import Split, Windows, load_split
 from .defaults import DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS, DEFAULT_READER_PARTICLES
@@ -343,9 +344,9 @@ def _measured_on(bench: Workbench, windows: Windows, reader: ReaderBench | None 
 def write_report(bench: Workbench, adapter: Adapter, evaluated: dict) -> dict:
     c = bench.config
     report = {
-        "config": _config_record(c),
+        "config": recorded(c),
         "model_id": bench.loaded.model_id,
-        "data": {"source": c.data, **bench.split.describe()},
+        "data": {"source": shown(c.data), **bench.split.describe()},
         "machine": _machine(bench),
         "clip": adapter.clip,
         "clip_rule": adapter.metadata["clip_rule"],
@@ -361,10 +362,6 @@ def write_report(bench: Workbench, adapter: Adapter, evaluated: dict) -> dict:
     )
     _write_trained_report(c, report)
     return report
-
-
-def _config_record(config: TrainConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
 
 
 def _soft_prompt_losses(bench: Workbench) -> dict[float, list[float]]:
@@ -440,7 +437,7 @@ def recalibrate(config: TrainConfig) -> Adapter:
     kept = ("command", "dim", "projection_steps", "projection_noise_mu")
     projection = report["losses"].get("projection")
     report.update(
-        config={**_config_record(config), **{k: report["config"][k] for k in kept}},
+        config={**recorded(config), **{k: report["config"][k] for k in kept}},
         levels=[level.to_dict() for level in adapter.calibration],
         evaluation=evaluated,
         timings={"projection_s": report["timings"].get("projection_s"), **bench.timings},

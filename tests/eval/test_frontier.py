@@ -5,11 +5,14 @@ and the figure is drawn."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from del_server.eval.config import FrontierConfig
 from del_server.eval.frontier import ATTACKS, KINDS, crossover, run
-from del_server.paths import shown
+from del_server.paths import recorded, shown
 from del_server.settings import DEFAULT_ADAPTER
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_small_sweep_writes_points_crossover_and_figure(shared_dir, stories260k, tmp_path):
@@ -49,3 +52,29 @@ def test_reports_show_paths_in_and_beside_the_checkout_relative_to_it(tmp_path, 
     assert shown(tmp_path / "shared" / "models") == "../shared/models"
     assert shown(tmp_path) == str(tmp_path)
     assert shown("/elsewhere/adapter") == "/elsewhere/adapter"
+    # as recorded: the same wherever it is rendered
+    monkeypatch.chdir(tmp_path)
+    assert shown("../shared/models") == "../shared/models"
+
+
+def test_reports_record_their_paths_relative_to_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = FrontierConfig(
+        model="../shared/models/stories260K",
+        data=str(tmp_path / "data.txt"),
+        adapter=tmp_path / "adapter",
+        out=tmp_path / "out",
+    )
+    record = recorded(config)
+    assert record["model"] == "../shared/models/stories260K"
+    assert record["data"] == "data.txt"
+    assert record["adapter"] == "adapter"
+    assert record["out"] == "out"
+    assert record["bits"] == config.bits
+
+
+def test_committed_reports_carry_no_machines_directory_layout():
+    reports = [*REPO.glob("docs/**/*.json"), *REPO.glob("del_server/adapters/*/*.json")]
+    for report in reports:
+        if "checkpoints" not in report.parts:  # a run's own, never committed
+            assert '"/' not in report.read_text(), report

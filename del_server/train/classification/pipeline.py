@@ -27,7 +27,7 @@ import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from ...adapter import HEAD_TENSORS, Adapter, ClassificationTask, Head, pca_adap
 from ...attacks.suite import Attacker, AttackOptions
 from ...calibration import MeasuredUtility
 from ...models import LoadedModel, load_model
+from ...paths import recorded, shown
 from ..calibrate import calibrate
 from ..labelled import LabelledData, load_labelled
 from ..loop import loss_summary, optimize
@@ -445,9 +446,9 @@ def write_report(bench: ClassifyBench, adapter: Adapter, evaluated: dict) -> dic
 
     c = bench.config
     report = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(c).items()},
+        "config": recorded(c),
         "model_id": bench.loaded.model_id,
-        "data": {"source": c.data, **bench.data.describe()},
+        "data": {"source": shown(c.data), **bench.data.describe()},
         "machine": {
             "platform": platform.platform(),
             "torch": torch.__version__,
