@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch that lies on this machine's disk; an unpinned torch pulls CUDA.
 TORCH  := torch==2.13.0
 
-.PHONY: install interop test lint format proto bench demo demo-nlu train-default train-nlu eval-nlu frontier frontier-nlu soak loadtest clean
+.PHONY: install interop test lint format proto bench demo demo-nlu train-default train-nlu eval-nlu frontier frontier-compare frontier-nlu soak loadtest clean
 
 install: $(BIN)/del-client
 
@@ -59,6 +59,12 @@ train-default: install
 # front-end, beside sending nothing: docs/eval/frontier/ (FRONTIER.md has the time it took).
 frontier: install
 	$(BIN)/del-server eval-frontier --out docs/eval/frontier
+
+# The committed frontier records of noise-trained projections on one plot (seconds: it reads
+# their frontier.json): docs/eval/frontier/compare/.
+frontier-compare: install
+	$(BIN)/del-server eval-frontier-compare docs/eval/frontier/noise-*mixture \
+		--out docs/eval/frontier/compare
 
 # The committed classification adapter: all-MiniLM-L6-v2 for SST-2 sentiment (TRAINING.md in
 # it has the time this took).

@@ -11,6 +11,8 @@
                                     per front-end (`make frontier`: docs/eval/frontier/)
     del-server eval-frontier-nlu    classification: dev accuracy against attack rate over a
                                     grid of (k, b, μ) (`make frontier-nlu`)
+    del-server eval-frontier-compare DIR...  several eval-frontier records on one plot, each
+                                    one's gain read off at a 20 % attack bound
 
 Writes OUT/eval.json, OUT/EVAL.md and the PNG figures (OUT defaults to reports/).
 """
@@ -316,10 +318,49 @@ def _add_frontier(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_frontier)
 
 
+def _frontier_record(text: str) -> Path:
+    """A directory `del-server eval-frontier` wrote, checked before anything is drawn."""
+    directory = Path(text)
+    if not (directory / "frontier.json").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{directory.absolute()} holds no frontier.json: give directories that "
+            "`del-server eval-frontier --out DIR` wrote"
+        )
+    return directory
+
+
+def _run_frontier_compare(args: argparse.Namespace) -> None:
+    require_extra("eval", "del-server eval-frontier-compare")
+    from .frontier_compare import BOUNDS, compare, gain_at_bound
+
+    for name, report in compare(args.records, args.out).items():
+        read_off = {bound: gain_at_bound(report, bound) for bound in BOUNDS}
+        found = [
+            f"{gain:+.3f} at {bound:.0%}" for bound, gain in read_off.items() if gain is not None
+        ]
+        nowhere = "its sweep reaches none of " + ", ".join(f"{b:.0%}" for b in BOUNDS)
+        print(f"- {name}: {', '.join(found) or nowhere}")
+    print(f"{args.out}/COMPARE.md written")
+
+
+def _add_frontier_compare(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval-frontier-compare",
+        help="several generation frontier records on one plot: does the projection move the "
+        "trade-off?",
+    )
+    parser.add_argument(
+        "records", nargs="+", type=_frontier_record, help="eval-frontier --out directories"
+    )
+    parser.add_argument("--out", type=Path, default=Path("reports/frontier-compare"))
+    parser.set_defaults(run=_run_frontier_compare)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_nlu(sub)
     _add_frontier(sub)
     _add_frontier_nlu(sub)
+    _add_frontier_compare(sub)
     parser = sub.add_parser(
         "eval", help="privacy, utility, communication and speed report with plots"
     )

@@ -114,6 +114,11 @@ def run(config: FrontierConfig) -> dict:
         points.append(point)
     report = {
         "config": recorded(config),
+        "projection": {
+            "dim": adapter.projection_dim,
+            "noise_mu": adapter.metadata.get("projection_noise_mu"),
+            "steps": adapter.metadata.get("projection_steps"),
+        },
         "references": references,
         "attacks": ATTACKS,
         "points": points,
@@ -167,6 +172,19 @@ def plot(report: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def projection_of(report: dict, *, adapter: bool = True) -> str:
+    """The swept projection: its shape and training where the record has them, and (unless
+    `adapter` is False and the shape is known) the adapter it came from."""
+    c, shape = report["config"], report.get("projection")
+    source = f"`{shown(c['adapter'])}`"
+    if shape is None:
+        return f"{source}, b = {c['bits']}"
+    noise = shape.get("noise_mu")
+    trained = f", trained with the mechanism's noise at μ = {noise:.3g}" if noise else ""
+    described = f"k = {shape['dim']}, b = {c['bits']}{trained}"
+    return f"{described} ({source})" if adapter else described
+
+
 def markdown(report: dict) -> str:
     refs, c = report["references"], report["config"]
     nothing = refs["nothing_sent_soft_prompt"]
@@ -181,7 +199,7 @@ def markdown(report: dict) -> str:
         "",
         f"Reproduce with: `{c['command'] or 'make frontier'}` ({report['seconds'] / 60:.0f} min).",
         "",
-        f"Projection of `{shown(c['adapter'])}` (k fixed), b = {c['bits']}; per μ, a soft prompt of "
+        f"Projection: {projection_of(report)}; per μ, a soft prompt of "
         f"{c['length']} vectors trained {c['steps']} steps with each front-end; the posterior "
         f"mixture with {c['particles']} particles after the nothing-sent soft prompt; held-out "
         f"continuation loss on {c['eval_windows']} windows (one noise seed); the strongest of "

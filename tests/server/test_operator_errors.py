@@ -91,6 +91,12 @@ def test_an_evaluation_without_a_trained_adapter_stops_before_it_measures(comman
     assert f"{tmp_path / 'nowhere'} holds no adapter.json" in line
 
 
+def test_comparing_frontiers_needs_directories_that_eval_frontier_wrote(tmp_path):
+    line = one_line_error(del_server("eval-frontier-compare", "nowhere", cwd=tmp_path))
+    assert line.startswith("del-server eval-frontier-compare: error: argument records: ")
+    assert f"{tmp_path / 'nowhere'} holds no frontier.json" in line
+
+
 def test_a_frontier_at_bits_the_codec_cannot_carry_stops_before_it_measures(tmp_path):
     line = one_line_error(del_server("eval-frontier", "--bits", "40", cwd=tmp_path))
     assert line == (
