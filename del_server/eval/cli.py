@@ -12,7 +12,7 @@
     del-server eval-frontier-nlu    classification: dev accuracy against attack rate over a
                                     grid of (k, b, μ) (`make frontier-nlu`)
     del-server eval-frontier-compare DIR...  several eval-frontier records on one plot, each
-                                    one's gain read off at a 20 % attack bound
+                                    one's gain read off at 10, 15 and 20 % attack bounds
 
 Writes OUT/eval.json, OUT/EVAL.md and the PNG figures (OUT defaults to reports/).
 """
