@@ -320,13 +320,14 @@ def _add_frontier(sub: argparse._SubParsersAction) -> None:
 
 def _frontier_record(text: str) -> Path:
     """A directory `del-server eval-frontier` wrote, checked before anything is drawn."""
-    directory = Path(text)
-    if not (directory / "frontier.json").is_file():
-        raise argparse.ArgumentTypeError(
-            f"{directory.absolute()} holds no frontier.json: give directories that "
-            "`del-server eval-frontier --out DIR` wrote"
-        )
-    return directory
+    require_extra("eval", "del-server eval-frontier-compare")
+    from .frontier_compare import load
+
+    try:
+        load(Path(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return Path(text)
 
 
 def _run_frontier_compare(args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from ..paths import shown
 from .frontier import projection_of
 
 # The product's target for a generation level (issue 12): a gain of 0.1 nats/token at a level
@@ -28,13 +29,20 @@ BOUNDS = (0.10, 0.15, TARGET_BOUND)
 
 
 def load(directory: Path) -> dict:
-    """The frontier record in `directory`, refused with one line when there is none."""
+    """The frontier record in `directory`; a ValueError saying why when it cannot be compared."""
     path = Path(directory) / "frontier.json"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no frontier record; write one with `del-server eval-frontier`"
+        raise ValueError(
+            f"{path.parent.absolute()} holds no frontier.json: give directories that "
+            "`del-server eval-frontier --out DIR` wrote"
         )
-    return json.loads(path.read_text())
+    report = json.loads(path.read_text())
+    if any("mixture" not in point for point in report["points"]):
+        raise ValueError(
+            f"{path} predates the posterior mixture, the reader these records are compared by: "
+            "sweep it again with `del-server eval-frontier`"
+        )
+    return report
 
 
 def gains(report: dict) -> list[tuple[float, float, float, float]]:
@@ -127,8 +135,12 @@ def plot(named: dict[str, dict], path: Path) -> None:
 
 
 def compare(directories: list[Path], out: Path) -> dict[str, dict]:
-    """COMPARE.md and compare.png in `out` for the records in `directories`."""
-    named = {Path(d).name: load(d) for d in directories}
+    """COMPARE.md and compare.png in `out` for the records in `directories`, each named by its
+    directory (by its path where two directories share a name)."""
+    names = [Path(d).name for d in directories]
+    if len(set(names)) < len(names):
+        names = [shown(d) for d in directories]
+    named = {name: load(d) for name, d in zip(names, directories, strict=True)}
     out.mkdir(parents=True, exist_ok=True)
     plot(named, out / "compare.png")
     (out / "COMPARE.md").write_text(markdown(named))

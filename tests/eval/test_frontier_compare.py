@@ -46,3 +46,12 @@ def test_the_committed_records_are_compared_on_one_plot(tmp_path):
         assert row.count("→") == len(report["points"])
         assert row.count("|") == 6 + len(BOUNDS)
     assert (tmp_path / "compare.png").stat().st_size > 10_000
+
+
+def test_records_that_share_a_directory_name_are_told_apart_by_their_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(RECORDS.parents[2])
+    twin = tmp_path / "elsewhere" / "noise-mixture"
+    twin.mkdir(parents=True)
+    (twin / "frontier.json").write_text((RECORDS / "noise-mixture" / "frontier.json").read_text())
+    named = compare([RECORDS / "noise-mixture", twin], tmp_path / "out")
+    assert list(named) == ["docs/eval/frontier/noise-mixture", str(twin)]

@@ -97,6 +97,15 @@ def test_comparing_frontiers_needs_directories_that_eval_frontier_wrote(tmp_path
     assert f"{tmp_path / 'nowhere'} holds no frontier.json" in line
 
 
+def test_a_frontier_record_without_the_mixture_is_refused_naming_it(tmp_path):
+    record = tmp_path / "old"
+    record.mkdir()
+    (record / "frontier.json").write_text('{"points": [{"mu": 1.0, "posterior": 1.7}]}')
+    line = one_line_error(del_server("eval-frontier-compare", "old", cwd=tmp_path))
+    assert line.startswith("del-server eval-frontier-compare: error: argument records: ")
+    assert "old/frontier.json predates the posterior mixture" in line
+
+
 def test_a_frontier_at_bits_the_codec_cannot_carry_stops_before_it_measures(tmp_path):
     line = one_line_error(del_server("eval-frontier", "--bits", "40", cwd=tmp_path))
     assert line == (
