@@ -65,8 +65,8 @@ def gain_at_bound(report: dict, bound: float = TARGET_BOUND) -> float | None:
 def markdown(named: dict[str, dict]) -> str:
     rows = []
     for name, report in named.items():
-        bits = report.get("projection", {}).get("dim")
-        per_token = f"{bits * report['config']['bits']}" if bits else "—"
+        dim = report.get("projection", {}).get("dim")
+        per_token = f"{dim * report['config']['bits']}" if dim else "—"
         read_off = [gain_at_bound(report, bound) for bound in BOUNDS]
         points = "; ".join(
             f"μ {mu:g}: {rate:.1%} ({high:.1%}) → {gain:+.3f}"
