@@ -43,6 +43,10 @@ PREFIX_LENGTH = 16
 PREFIX_WINDOW = 32  # tokens of public text per training example of the prefix
 PREFIX_BATCH = 32
 PREFIX_LR = 1e-2
+# Rows (prompts × particles) one pass of the attack steps together: the KV cache grows with
+# them (about 0.1 MB a row for a 32-token prompt on the default model), so thousands of
+# particles run a few prompts at a time.
+MAX_ATTACK_ROWS = 32_768
 
 
 @dataclass(frozen=True)
@@ -213,10 +217,22 @@ def particle_guesses(
     particles: int = DEFAULT_PARTICLES,
     seed: int = 0,
 ) -> ParticleGuesses:
-    """Both guesses of the attack for every prompt of the lattice."""
-    found = sample_posterior(model, bos_id, prefix, lattice, particles=particles, seed=seed)
-    smoothed = _weighted_mode(found.paths, found.log_weights.exp())
-    return ParticleGuesses(found.filtered.numpy(), smoothed.numpy())
+    """Both guesses of the attack for every prompt of the lattice, at most MAX_ATTACK_ROWS
+    rows at a time (group g sampled with seed + g)."""
+    group = max(1, MAX_ATTACK_ROWS // particles)
+    filtered, smoothed = [], []
+    for g, start in enumerate(range(0, lattice.candidates.shape[0], group)):
+        found = sample_posterior(
+            model,
+            bos_id,
+            prefix,
+            lattice.prompts(slice(start, start + group)),
+            particles=particles,
+            seed=seed + g,
+        )
+        filtered.append(found.filtered.numpy())
+        smoothed.append(_weighted_mode(found.paths, found.log_weights.exp()).numpy())
+    return ParticleGuesses(np.concatenate(filtered), np.concatenate(smoothed))
 
 
 @torch.no_grad()

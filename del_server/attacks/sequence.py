@@ -149,6 +149,10 @@ class Lattice:
     def length(self) -> int:
         return self.candidates.shape[1]
 
+    def prompts(self, rows: slice) -> Lattice:
+        """The lattice of some of its prompts."""
+        return Lattice(self.candidates[rows], self.emission[rows], self.start[rows], self.prior)
+
     def transition(self, t: int) -> torch.Tensor:
         """(P or 1, M, M) log P(candidate j at t + 1 | candidate i at t)."""
         if not self.pruned:

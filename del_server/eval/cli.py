@@ -13,6 +13,8 @@
                                     grid of (k, b, μ) (`make frontier-nlu`)
     del-server eval-frontier-compare DIR...  several eval-frontier records on one plot, each
                                     one's gain read off at 10, 15 and 20 % attack bounds
+    del-server audit                an adapter's levels against a stronger attacker on fresh
+                                    held-out prompts: does each still hold? (exit 1: no)
 
 Writes OUT/eval.json, OUT/EVAL.md and the PNG figures (OUT defaults to reports/).
 """
@@ -22,19 +24,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from del_client.parameters import MAX_BITS, MIN_BITS, SUPPORTED_BITS
 
-from ..cli import reproducible_command
+from ..cli import EXIT_OPERATOR_ERROR, reproducible_command
 from ..extras import require_extra
 from .config import (
     DEFAULT_ADAPTER,
+    DEFAULT_AUDIT_ATTACKS,
     DEFAULT_DATA,
     DEFAULT_MODEL,
     DEFAULT_MUS,
     DEFAULT_OOD_DATA,
     DEFAULT_POINTS,
+    AuditConfig,
     FrontierConfig,
     NluFrontierConfig,
     Point,
@@ -254,6 +259,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 def _bits(text: str) -> int:
     value = _positive_int(text)
     if value not in SUPPORTED_BITS:
@@ -357,11 +368,121 @@ def _add_frontier_compare(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_frontier_compare)
 
 
+def _run_audit(args: argparse.Namespace) -> None:
+    require_extra("eval", "del-server audit")
+    from .audit import AuditError, failing, percent, run
+
+    config = AuditConfig(
+        model=args.model,
+        data=args.data,
+        adapter=args.adapter,
+        out=args.out,
+        prompts=args.prompts,
+        skip=args.skip,
+        particles=args.particles,
+        trigram_keep=args.trigram_keep,
+        prefix_steps=args.prefix_steps,
+        attacks=args.attacks,
+        mus=args.mu,
+        seed=args.seed,
+        threads=args.threads,
+        command=reproducible_command(),
+    )
+    try:
+        report = run(config)
+    except AuditError as error:
+        print(f"del-server audit: error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_OPERATOR_ERROR) from None
+    for entry in report["audited"]:
+        label = f"{percent(entry['target'])} level" if entry["target"] is not None else "candidate"
+        verdict = {True: "holds", False: "FAILS", None: ""}[entry["holds"]]
+        print(
+            f"- {label} μ = {entry['mu']:.4g}: {entry['strongest_attack']} {entry['rate']:.2%} "
+            f"(95 % up to {entry['high']:.2%}) {verdict}"
+        )
+    print(f"{args.out}/AUDIT.md written in {report['seconds'] / 60:.1f} min")
+    if failing(report):
+        raise SystemExit(1)
+
+
+def _attack_names(text: str) -> tuple[str, ...]:
+    from del_client.manifest import ATTACKS_IN_WORDS
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in ATTACKS_IN_WORDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown attacks {unknown or [text]}: choose among {', '.join(ATTACKS_IN_WORDS)}"
+        )
+    return names
+
+
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    defaults = AuditConfig(model="", data="", adapter=Path(), out=Path())
+    parser = sub.add_parser(
+        "audit",
+        help="an adapter's levels against a stronger attacker on held-out prompts the "
+        "calibration never saw: does each level still hold? (exit status 1 where one fails)",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="path or hub id")
+    parser.add_argument(
+        "--adapter", type=_trained_adapter, default=Path(DEFAULT_ADAPTER), help="trained adapter"
+    )
+    parser.add_argument("--data", default=DEFAULT_DATA, help="the text the adapter was trained on")
+    parser.add_argument("--out", type=Path, default=Path("reports/audit"))
+    parser.add_argument(
+        "--prompts",
+        type=_positive_int,
+        default=defaults.prompts,
+        help="held-out 32-token prompts attacked per level",
+    )
+    parser.add_argument(
+        "--skip",
+        type=_count,
+        help="held-out prompts passed over first (default: as many as the levels were "
+        "calibrated on, so that the audit's are fresh)",
+    )
+    parser.add_argument(
+        "--particles",
+        type=_positive_int,
+        default=defaults.particles,
+        help="particles per prompt of the LLM particle attacks (the calibration's: 256)",
+    )
+    parser.add_argument(
+        "--trigram-keep",
+        type=_positive_int,
+        default=defaults.trigram_keep,
+        help="candidates per position of the trigram attack (the calibration's: 128)",
+    )
+    parser.add_argument(
+        "--prefix-steps",
+        type=_positive_int,
+        default=defaults.prefix_steps,
+        help="training steps of the particle attacks' mid-text prefix",
+    )
+    parser.add_argument(
+        "--attacks",
+        type=_attack_names,
+        default=DEFAULT_AUDIT_ATTACKS,
+        help=f"comma-separated (default {','.join(DEFAULT_AUDIT_ATTACKS)})",
+    )
+    parser.add_argument(
+        "--mu",
+        type=_positive_floats,
+        default=(),
+        help="comma-separated candidate μ to audit instead of the levels",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="the noise draw")
+    parser.add_argument("--threads", type=_positive_int, default=defaults.threads)
+    parser.set_defaults(run=_run_audit)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_nlu(sub)
     _add_frontier(sub)
     _add_frontier_nlu(sub)
     _add_frontier_compare(sub)
+    _add_audit(sub)
     parser = sub.add_parser(
         "eval", help="privacy, utility, communication and speed report with plots"
     )

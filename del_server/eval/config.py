@@ -186,3 +186,29 @@ class NluFrontierConfig:
     eval_seeds: tuple[int, ...] = (0, 1, 2)
     seed: int = 0
     command: str = ""
+
+
+# `del-server audit` (audit.py): an attacker stronger than the calibration's.
+DEFAULT_AUDIT_ATTACKS = ("bigram_marginal", "trigram_marginal", "lm_filter", "lm_smoother")
+DEFAULT_AUDIT_PARTICLES = 4096  # 16× the calibration's
+DEFAULT_AUDIT_TRIGRAM_KEEP = 256  # 2× the calibration's candidates (4× the pair states)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    model: str
+    data: str
+    adapter: Path
+    out: Path
+    prompts: int = 250
+    skip: int | None = (
+        None  # held-out prompts passed over; None: those the levels were calibrated on
+    )
+    particles: int = DEFAULT_AUDIT_PARTICLES
+    trigram_keep: int = DEFAULT_AUDIT_TRIGRAM_KEEP
+    prefix_steps: int = DEFAULT_PREFIX_STEPS  # the particle attacks' mid-text prefix
+    attacks: tuple[str, ...] = DEFAULT_AUDIT_ATTACKS
+    mus: tuple[float, ...] = ()  # empty: the adapter's levels
+    seed: int = 1  # the noise draw: not the calibration's (0)
+    threads: int = 1
+    command: str = ""

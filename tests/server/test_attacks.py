@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 
 from del_server.adapter import pca_adapter
+from del_server.attacks import particle
 from del_server.attacks.mechanisms import Binomial
 from del_server.attacks.particle import _draw, mixture_nll, particle_guesses, sample_posterior
 from del_server.attacks.recovery import clustered_interval, content_mask, recovery
@@ -240,6 +241,35 @@ def test_the_fast_path_samples_the_particles_the_cache_path_samples(held_out):
     torch.testing.assert_close(fast.log_weights, cached.log_weights, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="predictive=True"):
         mixture_nll(attacker.model, fast, torch.zeros(3, 2, dtype=torch.long))
+
+
+@torch.no_grad()
+def test_many_particles_run_a_few_prompts_at_a_time_each_group_as_it_would_alone(
+    held_out, monkeypatch
+):
+    # Thousands of particles would hold a KV cache row for each (prompt, particle): the attack
+    # splits the prompts so that no pass holds more than MAX_ATTACK_ROWS rows, group g with
+    # seed + g, and each group's guesses are those the sampler gives that group alone.
+    attacker, _, _ = held_out
+    generator = torch.Generator().manual_seed(2)
+    lattice = Lattice.build(
+        2 * torch.randn(5, 6, attacker.vocab, generator=generator), attacker.prior
+    )
+    monkeypatch.setattr(particle, "MAX_ATTACK_ROWS", 2 * 16)  # two prompts of 16 particles
+    found = particle_guesses(
+        attacker.model, attacker.bos_id, attacker.prefix, lattice, particles=16, seed=7
+    )
+    assert found.filter.shape == found.smoother.shape == (5, 6)
+    for group, rows in enumerate((slice(0, 2), slice(2, 4), slice(4, 5))):
+        alone = sample_posterior(
+            attacker.model,
+            attacker.bos_id,
+            attacker.prefix,
+            lattice.prompts(rows),
+            particles=16,
+            seed=7 + group,
+        )
+        assert found.filter[rows].tolist() == alone.filtered.tolist()
 
 
 def test_blind_guessing_recovers_only_the_most_predictable_tokens(held_out):

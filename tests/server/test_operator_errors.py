@@ -84,7 +84,9 @@ def test_a_missing_adapter_directory_is_found_before_the_model_loads(tmp_path, s
     assert "or no --adapter for the training-free PCA projection" in line
 
 
-@pytest.mark.parametrize("command", ["eval", "eval-nlu", "eval-frontier", "eval-frontier-nlu"])
+@pytest.mark.parametrize(
+    "command", ["eval", "eval-nlu", "eval-frontier", "eval-frontier-nlu", "audit"]
+)
 def test_an_evaluation_without_a_trained_adapter_stops_before_it_measures(command, tmp_path):
     line = one_line_error(del_server(command, "--adapter", "nowhere", cwd=tmp_path))
     assert line.startswith(f"del-server {command}: error: argument --adapter: ")
@@ -111,6 +113,21 @@ def test_a_frontier_at_bits_the_codec_cannot_carry_stops_before_it_measures(tmp_
     assert line == (
         "del-server eval-frontier: error: argument --bits: expected bits per coordinate in 1..8, "
         "got '40' (see --help)"
+    )
+
+
+def test_an_audit_of_unknown_attacks_stops_before_it_measures(tmp_path):
+    line = one_line_error(del_server("audit", "--attacks", "lm_filter,psychic", cwd=tmp_path))
+    assert line.startswith("del-server audit: error: argument --attacks: unknown attacks ")
+    assert "['psychic']: choose among nearest_neighbour, likelihood," in line
+
+
+def test_an_audit_past_the_held_out_prompts_says_how_many_there_are(tmp_path):
+    line = one_line_error(del_server("audit", "--skip", "580", "--prompts", "10", cwd=tmp_path))
+    assert line.startswith("del-server audit: error: ")
+    assert line.endswith(
+        "holds 585 held-out prompts: 10 after the first 580 do not fit (fewer --prompts, or a "
+        "smaller --skip)"
     )
 
 

@@ -1,0 +1,170 @@
+"""Do an adapter's levels still hold against a stronger attacker? (`del-server audit`)
+
+A level's label is a claim: the strongest attack we know recovers less than its target. The
+calibration measured that with a fixed attacker strength (DEFAULT_PARTICLES particles, the
+trigram over DEFAULT_TRIGRAM_KEEP candidates) on its own prompts. An attack that samples (the
+LLM particle filter and smoother) grows stronger with more samples, and fresh prompts differ;
+the audit measures each level again on prompts the calibration never saw, with an attacker as
+strong as the provider can afford, and applies the calibration's rule: a level holds when the
+upper end of the strongest attack's 95 % interval is under its target.
+
+`mus` audits candidate μ instead of the levels: where a level would have to move to hold.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from del_client.parameters import DEFAULT_BITS
+
+from ..adapter import Adapter
+from ..attacks.mechanisms import Binomial
+from ..attacks.suite import Attacker, AttackOptions, strongest
+from ..models import load_model
+from ..paths import recorded
+from ..train.calibrate import REPORT_DELTA, level_holds
+from ..train.data import load_split
+from .config import AuditConfig
+from .context import file_sha256
+
+
+class AuditError(ValueError):
+    """The audit cannot run as asked (said in one line, before anything is attacked)."""
+
+
+def run(config: AuditConfig) -> dict:
+    """Attack every level (or candidate μ); writes audit.json and AUDIT.md."""
+    started = time.perf_counter()
+    torch.set_num_threads(config.threads)
+    adapter = Adapter.load(config.adapter)
+    if not adapter.calibration:
+        raise AuditError(f"{config.adapter}: the adapter has no calibrated levels to audit")
+    bits = adapter.metadata.get("bits", DEFAULT_BITS)
+    loaded = load_model(config.model)
+    split = load_split(config.data, loaded.tokenizer)
+    skip = (
+        config.skip
+        if config.skip is not None
+        else max(level.prompts for level in adapter.calibration)
+    )
+    available = split.validation.prompts
+    if skip + config.prompts > len(available):
+        raise AuditError(
+            f"{config.data} holds {len(available)} held-out prompts: {config.prompts} after "
+            f"the first {skip} do not fit (fewer --prompts, or a smaller --skip)"
+        )
+    prompts = available[skip : skip + config.prompts].numpy()
+    options = AttackOptions(
+        particles=config.particles,
+        trigram_keep=config.trigram_keep,
+        prefix_steps=config.prefix_steps,
+    )
+    attacker = Attacker.of_model(loaded.model, loaded.bos_id, split.train, options)
+    audited = []
+    for target, mu in tqdm(_audited(adapter, config.mus), desc="audit"):
+        mechanism = Binomial.at(mu=mu, dim=adapter.projection_dim, bits=bits, clip=adapter.clip)
+        rates = attacker.attack(
+            adapter, mechanism, prompts, seed=config.seed, attacks=config.attacks, progress=True
+        )
+        name, worst = strongest(rates)
+        audited.append(
+            {
+                "target": target,
+                "mu": mu,
+                "epsilon_token": mechanism.epsilon(delta=REPORT_DELTA),
+                "attacks": {a: r.to_dict() for a, r in rates.items()},
+                "strongest_attack": name,
+                "rate": worst.rate,
+                "high": max(r.high for r in rates.values()),
+                "holds": None if target is None else bool(level_holds(rates, target)),
+            }
+        )
+    report = {
+        "config": recorded(config),
+        "adapter_tensors_sha256": file_sha256(config.adapter / "adapter.safetensors"),
+        "bits": bits,
+        "prompts": {"first": skip, "count": len(prompts), "tokens": int(prompts.size)},
+        "calibrated": [_calibrated(level) for level in adapter.calibration],
+        "audited": audited,
+        "seconds": time.perf_counter() - started,
+    }
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
+    (config.out / "AUDIT.md").write_text(markdown(report))
+    return report
+
+
+def _audited(adapter: Adapter, mus: tuple[float, ...]) -> list[tuple[float | None, float]]:
+    """(target, μ) pairs: the levels, or candidate μ with no target of their own."""
+    if mus:
+        return [(None, mu) for mu in mus]
+    return [(level.target_attack_rate, level.mu) for level in adapter.calibration]
+
+
+def _calibrated(level) -> dict:
+    worst = level.strongest
+    return {
+        "target": level.target_attack_rate,
+        "mu": level.mu,
+        "strongest_attack": level.strongest_attack,
+        "rate": worst.rate,
+        "high": worst.high,
+        "prompts": level.prompts,
+    }
+
+
+def percent(rate: float) -> str:
+    """A target as its label says it: 5%, 20%, 0.1%."""
+    return f"{100 * rate:g}%"
+
+
+def failing(report: dict) -> list[dict]:
+    """The audited levels whose strongest attack's 95 % bound reaches their target."""
+    return [entry for entry in report["audited"] if entry["holds"] is False]
+
+
+def markdown(report: dict) -> str:
+    c = report["config"]
+    p = report["prompts"]
+    calibrated = {level["mu"]: level for level in report["calibrated"]}
+    attacks = list(report["audited"][0]["attacks"]) if report["audited"] else []
+    rows = []
+    for entry in report["audited"]:
+        level = calibrated.get(entry["mu"])
+        before = (
+            f"{level['rate']:.2%} ({level['high']:.2%}) {level['strongest_attack']}"
+            if level
+            else "–"
+        )
+        verdict = {True: "holds", False: "**fails**", None: "–"}[entry["holds"]]
+        target = percent(entry["target"]) if entry["target"] is not None else "–"
+        rates = " | ".join(f"{entry['attacks'][a]['rate']:.2%}" for a in attacks)
+        rows.append(
+            f"| {target} | {entry['mu']:.4g} | {entry['epsilon_token']:.1f} | {before} | {rates} | "
+            f"{entry['rate']:.2%} ({entry['high']:.2%}) | {verdict} |"
+        )
+    lines = [
+        f"# Level audit: {Path(c['adapter']).name}",
+        "",
+        f"Reproduce with: `{c['command'] or 'del-server audit'}` "
+        f"({report['seconds'] / 60:.1f} min on {c['threads']} thread(s)).",
+        "",
+        f"{p['count']} held-out prompts ({p['tokens']} tokens) after the first {p['first']} of "
+        f"`{Path(c['data']).name}`'s validation split, noise seed {c['seed']}; the LLM particle "
+        f"attacks with {c['particles']} particles per prompt, the trigram over "
+        f"{c['trigram_keep']} candidates per position. A level holds when the strongest "
+        "attack's 95 % upper bound (clustered by prompt) is under its target, as in the "
+        "calibration.",
+        "",
+        f"| target | μ | ε/token | calibrated strongest (95 % high) | "
+        f"{' | '.join(attacks)} | audited strongest (95 % high) | verdict |",
+        "|---:|---:|---:|---|" + "---:|" * len(attacks) + "---:|---|",
+        *rows,
+        "",
+    ]
+    return "\n".join(lines)

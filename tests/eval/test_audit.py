@@ -1,0 +1,89 @@
+"""`del-server audit`: every level attacked again on held-out prompts its calibration never
+saw, judged by the calibration's own rule, and a failing level fails the command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from del_server.adapter import Adapter
+from del_server.eval.audit import failing, run
+from del_server.eval.config import AuditConfig
+
+SMALL = {"prompts": 6, "particles": 8, "prefix_steps": 10}
+
+
+@pytest.fixture(scope="module")
+def audit(small_adapter, stories260k, tinystories, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("audit")
+    return run(AuditConfig(str(stories260k), str(tinystories), small_adapter, out, **SMALL))
+
+
+def test_every_level_is_attacked_on_prompts_after_those_it_was_calibrated_on(audit, small_adapter):
+    levels = Adapter.load(small_adapter).calibration
+    assert [(e["target"], e["mu"]) for e in audit["audited"]] == [
+        (level.target_attack_rate, level.mu) for level in levels
+    ]
+    assert audit["prompts"] == {"first": levels[0].prompts, "count": 6, "tokens": 6 * 32}
+    for entry in audit["audited"]:
+        assert set(entry["attacks"]) == set(AuditConfig.attacks)
+        assert entry["rate"] == max(r["rate"] for r in entry["attacks"].values())
+        assert entry["holds"] == (entry["high"] < entry["target"])
+
+
+def test_the_report_is_written_as_json_and_a_table(audit):
+    out = audit["config"]["out"]
+    with open(f"{out}/audit.json") as stored:
+        assert json.load(stored)["audited"] == audit["audited"]
+    with open(f"{out}/AUDIT.md") as table:
+        text = table.read()
+    assert text.count("| 10% |") == 1
+    assert text.count("| 30% |") == 1
+    assert "8 particles per prompt" in text
+
+
+def test_candidate_mu_show_how_recovery_grows_with_the_signal(
+    small_adapter, stories260k, tinystories, tmp_path
+):
+    config = AuditConfig(
+        str(stories260k),
+        str(tinystories),
+        small_adapter,
+        tmp_path,
+        mus=(0.05, 5000.0),
+        attacks=("bigram_marginal",),
+        **SMALL,
+    )
+    blind, clear = run(config)["audited"]
+    assert blind["holds"] is None
+    assert clear["holds"] is None
+    assert clear["rate"] > blind["rate"] + 0.3
+
+
+def test_a_level_whose_bound_reaches_its_target_fails_the_command(
+    small_adapter, stories260k, tinystories, tmp_path
+):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(small_adapter, adapter)
+    description = json.loads((adapter / "adapter.json").read_text())
+    description["calibration"][0]["target_attack_rate"] = 0.001  # under the blind guess
+    (adapter / "adapter.json").write_text(json.dumps(description))
+    argv = ["audit", "--model", str(stories260k), "--data", str(tinystories)]
+    argv += ["--adapter", str(adapter), "--out", str(tmp_path / "out")]
+    argv += ["--prompts", "6", "--particles", "8", "--prefix-steps", "10"]
+    argv += ["--attacks", "bigram_marginal"]
+    result = subprocess.run(
+        [sys.executable, "-c", "from del_server.cli import main; main()", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "- 0.1% level μ = " in result.stdout
+    assert " FAILS" in result.stdout
+    report = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert [e["target"] for e in failing(report)] == [0.001]
