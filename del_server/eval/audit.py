@@ -14,9 +14,14 @@ upper end of the strongest attack's 95 % interval is under its target.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -38,57 +43,37 @@ class AuditError(ValueError):
 
 
 def run(config: AuditConfig) -> dict:
-    """Attack every level (or candidate μ); writes audit.json and AUDIT.md."""
+    """Attack every level (or candidate μ), `config.jobs` at a time in worker processes;
+    writes audit.json and AUDIT.md."""
     started = time.perf_counter()
-    torch.set_num_threads(config.threads)
     adapter = Adapter.load(config.adapter)
     if not adapter.calibration:
         raise AuditError(f"{config.adapter}: the adapter has no calibrated levels to audit")
-    bits = adapter.metadata.get("bits", DEFAULT_BITS)
-    loaded = load_model(config.model)
-    split = load_split(config.data, loaded.tokenizer)
     skip = (
         config.skip
         if config.skip is not None
         else max(level.prompts for level in adapter.calibration)
     )
-    available = split.validation.prompts
-    if skip + config.prompts > len(available):
+    held_out = _scene(config).prompts
+    available, length = held_out.shape
+    if skip + config.prompts > available:
         raise AuditError(
-            f"{config.data} holds {len(available)} held-out prompts: {config.prompts} after "
+            f"{config.data} holds {available} held-out prompts: {config.prompts} after "
             f"the first {skip} do not fit (fewer --prompts, or a smaller --skip)"
         )
-    prompts = available[skip : skip + config.prompts].numpy()
-    options = AttackOptions(
-        particles=config.particles,
-        trigram_keep=config.trigram_keep,
-        prefix_steps=config.prefix_steps,
-    )
-    attacker = Attacker.of_model(loaded.model, loaded.bos_id, split.train, options)
-    audited = []
-    for target, mu in tqdm(_audited(adapter, config.mus), desc="audit"):
-        mechanism = Binomial.at(mu=mu, dim=adapter.projection_dim, bits=bits, clip=adapter.clip)
-        rates = attacker.attack(
-            adapter, mechanism, prompts, seed=config.seed, attacks=config.attacks, progress=True
-        )
-        name, worst = strongest(rates)
-        audited.append(
-            {
-                "target": target,
-                "mu": mu,
-                "epsilon_token": mechanism.epsilon(delta=REPORT_DELTA),
-                "attacks": {a: r.to_dict() for a, r in rates.items()},
-                "strongest_attack": name,
-                "rate": worst.rate,
-                "high": max(r.high for r in rates.values()),
-                "holds": None if target is None else bool(level_holds(rates, target)),
-            }
-        )
+    attack = partial(_attacked, config, skip)
+    pairs = _audited(adapter, config.mus)
+    if config.jobs == 1:
+        audited = [attack(pair) for pair in tqdm(pairs, desc="audit")]
+    else:
+        spawn = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
+        with ProcessPoolExecutor(min(config.jobs, len(pairs)), mp_context=spawn) as pool:
+            audited = list(tqdm(pool.map(attack, pairs), total=len(pairs), desc="audit"))
     report = {
         "config": recorded(config),
         "adapter_tensors_sha256": file_sha256(config.adapter / "adapter.safetensors"),
-        "bits": bits,
-        "prompts": {"first": skip, "count": len(prompts), "tokens": int(prompts.size)},
+        "bits": _bits(adapter),
+        "prompts": {"first": skip, "count": config.prompts, "tokens": config.prompts * length},
         "calibrated": [_calibrated(level) for level in adapter.calibration],
         "audited": audited,
         "seconds": time.perf_counter() - started,
@@ -97,6 +82,61 @@ def run(config: AuditConfig) -> dict:
     (config.out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
     (config.out / "AUDIT.md").write_text(markdown(report))
     return report
+
+
+@dataclass(frozen=True, eq=False)
+class _Scene:
+    attacker: Attacker
+    prompts: np.ndarray  # (P, T) every held-out prompt of the data
+
+
+@lru_cache(maxsize=1)
+def _scene(config: AuditConfig) -> _Scene:
+    """The model, the data and the attacker, loaded once per process."""
+    torch.set_num_threads(config.threads)
+    loaded = load_model(config.model)
+    split = load_split(config.data, loaded.tokenizer)
+    options = AttackOptions(
+        particles=config.particles,
+        trigram_keep=config.trigram_keep,
+        prefix_steps=config.prefix_steps,
+    )
+    attacker = Attacker.of_model(loaded.model, loaded.bos_id, split.train, options)
+    return _Scene(attacker, split.validation.prompts.numpy())
+
+
+def _attacked(config: AuditConfig, skip: int, pair: tuple[float | None, float]) -> dict:
+    """One level (target, μ) attacked on the audit's prompts."""
+    target, mu = pair
+    scene = _scene(config)
+    adapter = Adapter.load(config.adapter)
+    prompts = scene.prompts[skip : skip + config.prompts]
+    mechanism = Binomial.at(
+        mu=mu, dim=adapter.projection_dim, bits=_bits(adapter), clip=adapter.clip
+    )
+    rates = scene.attacker.attack(
+        adapter,
+        mechanism,
+        prompts,
+        seed=config.seed,
+        attacks=config.attacks,
+        progress=config.jobs == 1,
+    )
+    name, worst = strongest(rates)
+    return {
+        "target": target,
+        "mu": mu,
+        "epsilon_token": mechanism.epsilon(delta=REPORT_DELTA),
+        "attacks": {a: r.to_dict() for a, r in rates.items()},
+        "strongest_attack": name,
+        "rate": worst.rate,
+        "high": max(r.high for r in rates.values()),
+        "holds": None if target is None else bool(level_holds(rates, target)),
+    }
+
+
+def _bits(adapter: Adapter) -> int:
+    return adapter.metadata.get("bits", DEFAULT_BITS)
 
 
 def _audited(adapter: Adapter, mus: tuple[float, ...]) -> list[tuple[float | None, float]]:

@@ -386,6 +386,7 @@ def _run_audit(args: argparse.Namespace) -> None:
         mus=args.mu,
         seed=args.seed,
         threads=args.threads,
+        jobs=args.jobs,
         command=reproducible_command(),
     )
     try:
@@ -473,7 +474,16 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         help="comma-separated candidate μ to audit instead of the levels",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="the noise draw")
-    parser.add_argument("--threads", type=_positive_int, default=defaults.threads)
+    parser.add_argument(
+        "--threads", type=_positive_int, default=defaults.threads, help="torch threads a process"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=defaults.jobs,
+        help="levels attacked at once, each in its own process (the tiny default model gains "
+        "more from processes than from threads)",
+    )
     parser.set_defaults(run=_run_audit)
 
 

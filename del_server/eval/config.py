@@ -210,5 +210,6 @@ class AuditConfig:
     attacks: tuple[str, ...] = DEFAULT_AUDIT_ATTACKS
     mus: tuple[float, ...] = ()  # empty: the adapter's levels
     seed: int = 1  # the noise draw: not the calibration's (0)
-    threads: int = 1
+    threads: int = 1  # torch threads per process
+    jobs: int = 1  # levels attacked at once, each in its own process
     command: str = ""

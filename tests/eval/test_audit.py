@@ -46,7 +46,7 @@ def test_the_report_is_written_as_json_and_a_table(audit):
     assert "8 particles per prompt" in text
 
 
-def test_candidate_mu_show_how_recovery_grows_with_the_signal(
+def test_candidate_mu_audited_in_worker_processes_show_recovery_grow_with_the_signal(
     small_adapter, stories260k, tinystories, tmp_path
 ):
     config = AuditConfig(
@@ -56,6 +56,7 @@ def test_candidate_mu_show_how_recovery_grows_with_the_signal(
         tmp_path,
         mus=(0.05, 5000.0),
         attacks=("bigram_marginal",),
+        jobs=2,
         **SMALL,
     )
     blind, clear = run(config)["audited"]
