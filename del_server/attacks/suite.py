@@ -33,7 +33,7 @@ from del_client.manifest import ATTACKS_IN_WORDS
 
 from ..adapter import Adapter
 from ..train.data import Windows
-from ..train.defaults import DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS
+from ..train.defaults import DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS, DEFAULT_TRIGRAM_KEEP
 from .beam import DEFAULT_WIDTH, beam_guesses
 from .learned import learned_guesses, train_learned_attacker
 from .mechanisms import Mechanism
@@ -41,7 +41,7 @@ from .particle import particle_guesses, text_prefix
 from .recovery import Recovery, content_mask, recovery
 from .sequence import DEFAULT_KEEP, BigramPrior, Lattice, marginal_guesses, viterbi_guesses
 from .tokenwise import client_table, log_likelihood_matrix, nearest_neighbour_guesses
-from .trigram import DEFAULT_TRIGRAM_KEEP, TrigramPrior, trigram_marginal_guesses
+from .trigram import TrigramPrior, trigram_marginal_guesses
 
 ATTACKS = tuple(ATTACKS_IN_WORDS)  # the names the manifest's AttackRate carries
 LM_ATTACKS = ("lm_beam", "lm_filter", "lm_smoother")  # those that need a causal LM

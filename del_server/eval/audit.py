@@ -62,7 +62,7 @@ def run(config: AuditConfig) -> dict:
             f"the first {skip} do not fit (fewer --prompts, or a smaller --skip)"
         )
     attack = partial(_attacked, config, skip)
-    pairs = _audited(adapter, config.mus)
+    pairs = _audited(adapter, config)
     if config.jobs == 1:
         audited = [attack(pair) for pair in tqdm(pairs, desc="audit")]
     else:
@@ -139,11 +139,18 @@ def _bits(adapter: Adapter) -> int:
     return adapter.metadata.get("bits", DEFAULT_BITS)
 
 
-def _audited(adapter: Adapter, mus: tuple[float, ...]) -> list[tuple[float | None, float]]:
-    """(target, μ) pairs: the levels, or candidate μ with no target of their own."""
-    if mus:
-        return [(None, mu) for mu in mus]
-    return [(level.target_attack_rate, level.mu) for level in adapter.calibration]
+def _audited(adapter: Adapter, config: AuditConfig) -> list[tuple[float | None, float]]:
+    """(target, μ) pairs: the levels asked for, or candidate μ with no target of their own."""
+    if config.mus:
+        return [(None, mu) for mu in config.mus]
+    offered = {level.target_attack_rate: level.mu for level in adapter.calibration}
+    unknown = [target for target in config.levels if target not in offered]
+    if unknown:
+        raise AuditError(
+            f"{config.adapter} offers no level for {', '.join(map(percent, unknown))}: its "
+            f"levels are {', '.join(map(percent, offered))}"
+        )
+    return [(t, mu) for t, mu in offered.items() if not config.levels or t in config.levels]
 
 
 def _calibrated(level) -> dict:

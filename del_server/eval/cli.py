@@ -383,6 +383,7 @@ def _run_audit(args: argparse.Namespace) -> None:
         trigram_keep=args.trigram_keep,
         prefix_steps=args.prefix_steps,
         attacks=args.attacks,
+        levels=args.levels,
         mus=args.mu,
         seed=args.seed,
         threads=args.threads,
@@ -416,6 +417,16 @@ def _attack_names(text: str) -> tuple[str, ...]:
             f"unknown attacks {unknown or [text]}: choose among {', '.join(ATTACKS_IN_WORDS)}"
         )
     return names
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"comma-separated rates in (0, 1), got {text!r}")
+    return values
 
 
 def _add_audit(sub: argparse._SubParsersAction) -> None:
@@ -467,7 +478,14 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_AUDIT_ATTACKS,
         help=f"comma-separated (default {','.join(DEFAULT_AUDIT_ATTACKS)})",
     )
-    parser.add_argument(
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--levels",
+        type=_rates,
+        default=(),
+        help="comma-separated targets of the levels to audit, e.g. 0.2 (default: every level)",
+    )
+    chosen.add_argument(
         "--mu",
         type=_positive_floats,
         default=(),

@@ -208,7 +208,8 @@ class AuditConfig:
     trigram_keep: int = DEFAULT_AUDIT_TRIGRAM_KEEP
     prefix_steps: int = DEFAULT_PREFIX_STEPS  # the particle attacks' mid-text prefix
     attacks: tuple[str, ...] = DEFAULT_AUDIT_ATTACKS
-    mus: tuple[float, ...] = ()  # empty: the adapter's levels
+    levels: tuple[float, ...] = ()  # the targets of the levels audited; empty: every level
+    mus: tuple[float, ...] = ()  # candidate μ audited instead of levels
     seed: int = 1  # the noise draw: not the calibration's (0)
     threads: int = 1  # torch threads per process
     jobs: int = 1  # levels attacked at once, each in its own process

@@ -35,6 +35,7 @@ from .defaults import (
     DEFAULT_PARTICLES,
     DEFAULT_READER_PARTICLES,
     DEFAULT_TARGETS,
+    DEFAULT_TRIGRAM_KEEP,
 )
 
 
@@ -107,6 +108,12 @@ def _calibration_args(
             default=DEFAULT_PARTICLES,
             help="the LLM particle attacks' particles per prompt",
         )
+        parser.add_argument(
+            "--trigram-keep",
+            type=int,
+            default=DEFAULT_TRIGRAM_KEEP,
+            help="the trigram attack's candidates per position",
+        )
 
 
 def _count(text: str) -> int:
@@ -165,6 +172,7 @@ def _config(args: argparse.Namespace):
         inversion_steps=getattr(args, "inversion_steps", 400),
         beam_width=getattr(args, "beam_width", 64),
         particles=getattr(args, "particles", DEFAULT_PARTICLES),
+        trigram_keep=getattr(args, "trigram_keep", DEFAULT_TRIGRAM_KEEP),
         reader_particles=getattr(args, "reader_particles", DEFAULT_READER_PARTICLES),
         soft_prompt_length=getattr(args, "length", 8),
         soft_prompt_steps=getattr(args, "soft_prompt_steps", 0),

@@ -13,6 +13,9 @@ DEFAULT_TARGETS = (0.05, 0.10, 0.20)
 # The LLM particle attacks (attacks.particle): particles per prompt, and the training steps of
 # the prefix that makes the LLM a prior for text starting mid-document.
 DEFAULT_PARTICLES = 256
+# The trigram attack's candidates per position: at the 10 % level 64 recover 1.3 points less
+# than 128, 256 no more.
+DEFAULT_TRIGRAM_KEEP = 128
 DEFAULT_PREFIX_STEPS = 600
 # The particle reader (particle_reader.py) the evaluation stage adds to a posterior adapter:
 # particles per served prompt (0: none). Its utility grows with them, and so does its cost.

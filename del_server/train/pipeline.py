@@ -38,7 +38,12 @@ from ..models import LoadedModel, load_model
 from ..paths import recorded, shown
 from .calibrate import DEFAULT_TARGETS, calibrate
 from .data import Split, Windows, load_split
-from .defaults import DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS, DEFAULT_READER_PARTICLES
+from .defaults import (
+    DEFAULT_PARTICLES,
+    DEFAULT_PREFIX_STEPS,
+    DEFAULT_READER_PARTICLES,
+    DEFAULT_TRIGRAM_KEEP,
+)
 from .evaluate import level_losses, loss_utility, reference_losses
 from .loop import loss_summary
 from .objective import FrozenLM
@@ -69,6 +74,7 @@ class TrainConfig:
     inversion_steps: int = 400  # training of the learned attack, per verification
     beam_width: int = 64  # the LLM beam attack
     particles: int = DEFAULT_PARTICLES  # the LLM particle attacks
+    trigram_keep: int = DEFAULT_TRIGRAM_KEEP  # the trigram attack's candidates per position
     reader_particles: int = DEFAULT_READER_PARTICLES  # the served particle reader; 0: none
     prefix_steps: int = DEFAULT_PREFIX_STEPS  # their mid-text prefix's training
     eval_windows: int = 256
@@ -109,6 +115,7 @@ class Workbench:
             beam_width=c.beam_width,
             learned_steps=c.inversion_steps,
             particles=c.particles,
+            trigram_keep=c.trigram_keep,
             prefix_steps=c.prefix_steps,
         )
         return Attacker.of_model(self.loaded.model, self.loaded.bos_id, self.split.train, options)

@@ -65,6 +65,21 @@ def test_candidate_mu_audited_in_worker_processes_show_recovery_grow_with_the_si
     assert clear["rate"] > blind["rate"] + 0.3
 
 
+def test_one_level_can_be_audited_alone(small_adapter, stories260k, tinystories, tmp_path):
+    config = AuditConfig(
+        str(stories260k),
+        str(tinystories),
+        small_adapter,
+        tmp_path,
+        levels=(0.3,),
+        attacks=("bigram_marginal",),
+        **SMALL,
+    )
+    (only,) = run(config)["audited"]
+    assert only["target"] == 0.3
+    assert only["mu"] == Adapter.load(small_adapter).calibration[1].mu
+
+
 def test_a_level_whose_bound_reaches_its_target_fails_the_command(
     small_adapter, stories260k, tinystories, tmp_path
 ):

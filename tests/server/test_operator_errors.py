@@ -122,6 +122,12 @@ def test_an_audit_of_unknown_attacks_stops_before_it_measures(tmp_path):
     assert "['psychic']: choose among nearest_neighbour, likelihood," in line
 
 
+def test_an_audit_of_a_level_the_adapter_does_not_offer_names_those_it_does(tmp_path):
+    line = one_line_error(del_server("audit", "--levels", "0.3", cwd=tmp_path))
+    assert line.startswith("del-server audit: error: ")
+    assert line.endswith("offers no level for 30%: its levels are 5%, 10%, 20%")
+
+
 def test_an_audit_past_the_held_out_prompts_says_how_many_there_are(tmp_path):
     line = one_line_error(del_server("audit", "--skip", "580", "--prompts", "10", cwd=tmp_path))
     assert line.startswith("del-server audit: error: ")
