@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -81,6 +85,7 @@ def run(config: AuditConfig) -> dict:
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
     (config.out / "AUDIT.md").write_text(markdown(report))
+    plot(report, config.out / "audit.png")
     return report
 
 
@@ -160,6 +165,7 @@ def _calibrated(level) -> dict:
         "mu": level.mu,
         "strongest_attack": level.strongest_attack,
         "rate": worst.rate,
+        "low": worst.low,
         "high": worst.high,
         "prompts": level.prompts,
     }
@@ -199,7 +205,8 @@ def markdown(report: dict) -> str:
         f"# Level audit: {Path(c['adapter']).name}",
         "",
         f"Reproduce with: `{c['command'] or 'del-server audit'}` "
-        f"({report['seconds'] / 60:.1f} min on {c['threads']} thread(s)).",
+        f"({report['seconds'] / 60:.1f} min; {c['jobs']} process(es) of {c['threads']} torch "
+        "thread(s)).",
         "",
         f"{p['count']} held-out prompts ({p['tokens']} tokens) after the first {p['first']} of "
         f"`{Path(c['data']).name}`'s validation split, noise seed {c['seed']}; the LLM particle "
@@ -213,5 +220,55 @@ def markdown(report: dict) -> str:
         "|---:|---:|---:|---|" + "---:|" * len(attacks) + "---:|---|",
         *rows,
         "",
+        "![audit](audit.png)",
+        "",
     ]
     return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Each level's strongest attack, as calibrated and as audited, with its 95 % interval,
+    against its target: a level holds while the audited interval stays under its mark."""
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    calibrated = {level["mu"]: level for level in report["calibrated"]}
+    for x, entry in enumerate(report["audited"]):
+        audited = entry["attacks"][entry["strongest_attack"]]
+        level = calibrated.get(entry["mu"])
+        shown = [(x + 0.12, audited, "C3", "audited")]
+        if level is not None:
+            shown.insert(0, (x - 0.12, level, "C0", "calibrated"))
+        for where, rates, colour, label in shown:
+            axes.errorbar(
+                where,
+                100 * rates["rate"],
+                yerr=[
+                    [100 * (rates["rate"] - rates["low"])],
+                    [100 * (rates["high"] - rates["rate"])],
+                ],
+                fmt="o",
+                color=colour,
+                capsize=4,
+                label=label if x == 0 else None,
+            )
+        if entry["target"] is not None:
+            axes.hlines(100 * entry["target"], x - 0.35, x + 0.35, colors="k", linestyles="--")
+    axes.set_xticks(
+        range(len(report["audited"])),
+        [
+            (f"{percent(e['target'])} level\n" if e["target"] is not None else "")
+            + f"μ = {e['mu']:.3g}"
+            for e in report["audited"]
+        ],
+    )
+    axes.set_xlim(-0.6, len(report["audited"]) - 0.4)
+    axes.set_ylabel("strongest attack's token recovery (%)")
+    c = report["config"]
+    axes.set_title(
+        f"Levels audited: {c['particles']} particles, trigram over {c['trigram_keep']}, "
+        f"{report['prompts']['count']} fresh prompts (dashed: the target)",
+        fontsize=9,
+    )
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -44,6 +44,8 @@ def test_the_report_is_written_as_json_and_a_table(audit):
     assert text.count("| 10% |") == 1
     assert text.count("| 30% |") == 1
     assert "8 particles per prompt" in text
+    with open(f"{out}/audit.png", "rb") as figure:
+        assert len(figure.read()) > 10_000
 
 
 def test_candidate_mu_audited_in_worker_processes_show_recovery_grow_with_the_signal(
