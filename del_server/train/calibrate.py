@@ -11,7 +11,7 @@ attack's token recovery is below the target, on held-out prompts with reproducib
 2. verification at the bisection's μ with every attack, the learned inversion network and the
    LLM's beam search and particle smoother included; while one still reaches the target, μ
    steps down by STEP_DOWN, measured with the attacks that reached it (and the cheap ones)
-   until they hold, and then verified again with every attack.
+   until they hold, and then verified with the attacks not yet measured at that μ.
 
 A target that even μ = MU_RANGE[0] (symbols that carry next to nothing) cannot meet is refused:
 the attacker reaches it from its knowledge of the language alone.
@@ -94,20 +94,19 @@ def calibrate(
         attacks = attacker.attacks
         for _ in tqdm(range(MAX_STEPS_DOWN), desc=f"verifying {target:.0%}", leave=False):
             results = measured(mu, attacks)
-            if level_holds(results, target):
-                if attacks == attacker.attacks:
-                    break
-                attacks = attacker.attacks  # the failing ones hold: verify with all of them
-                continue
-            if mu <= MU_RANGE[0]:
+            unmeasured = tuple(a for a in attacker.attacks if a not in results)
+            if unmeasured and level_holds(results, target):
+                # The failing ones hold: verify with the rest (an attack's result at a μ is
+                # its own, whatever runs beside it, so those measured here are not rerun).
+                results |= measured(mu, unmeasured)
+                results = {name: results[name] for name in attacker.attacks}
+            if level_holds(results, target) or mu <= MU_RANGE[0]:
                 break
             # Step down with the attacks that reached the target (and the cheap ones) only:
             # the slow ones that held at a larger μ hold here too; all verify at the end.
             failing = {name for name, r in results.items() if r.high >= target}
             attacks = tuple(a for a in attacker.attacks if a in failing | set(BISECTION_ATTACKS))
             mu = max(MU_RANGE[0], mu * STEP_DOWN)
-        if attacks != attacker.attacks:
-            results = measured(mu, attacker.attacks)
         if not level_holds(results, target):
             name, worst = strongest(results)
             raise ValueError(

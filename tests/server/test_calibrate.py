@@ -4,6 +4,7 @@ a known function of μ (the real attacks are exercised in test_attacks.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -66,3 +67,33 @@ def test_a_reachable_target_gets_the_largest_mu_under_it():
     assert level.mu < 10.0  # the rate μ/100 reaches 0.10 at μ = 10
     assert level.mu == pytest.approx(10.0, rel=0.01)  # 12 halvings of log μ: within 0.3 %
     assert level.strongest.high < 0.10
+
+
+class SlowAttacker(Attacker):
+    """A cheap attack (μ/100), one slow attack that is stronger (μ/80) and one that is weaker
+    (μ/200); every measurement is logged as (μ, attacks)."""
+
+    attacks = ("likelihood", "lm_beam", "lm_smoother")
+    scale: ClassVar[dict[str, int]] = {"likelihood": 100, "lm_beam": 200, "lm_smoother": 80}
+
+    def __init__(self) -> None:
+        super().__init__(ceiling=1.0)
+        self.log: list[tuple[float, tuple[str, ...]]] = []
+
+    def attack(self, adapter, mechanism, prompts, *, seed, attacks=None):
+        attacks = tuple(a for a in attacks or self.attacks if a in self.scale)  # ours alone
+        self.log.append((mechanism.mu, attacks))
+        return {name: recovered(mechanism.mu / self.scale[name]) for name in attacks}
+
+
+def test_a_slow_attack_that_reaches_the_target_steps_mu_down_and_is_not_rerun_where_it_holds():
+    attacker = SlowAttacker()
+    (level,) = levels(attacker, targets=(0.10,))
+    # Bisection on the cheap attack finds μ ≈ 10; the slow smoother reaches 0.125 there, so μ
+    # steps down by 5 % until μ/80 < 0.10: five steps.
+    assert level.mu == pytest.approx(10.0 * 0.95**5, rel=0.01)
+    assert level.strongest_attack == "lm_smoother"
+    assert list(level.attacks) == list(SlowAttacker.attacks)
+    at_level = [attacks for mu, attacks in attacker.log if mu == level.mu]
+    # Measured once with the attacks that failed (and the cheap one), then with the rest alone.
+    assert at_level == [("likelihood", "lm_smoother"), ("lm_beam",)]
