@@ -84,9 +84,14 @@ def run(config: AuditConfig) -> dict:
     }
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
-    (config.out / "AUDIT.md").write_text(markdown(report))
-    plot(report, config.out / "audit.png")
+    render(report, config.out)
     return report
+
+
+def render(report: dict, out: Path) -> None:
+    """AUDIT.md and audit.png from a report (`--render-only` redraws them from audit.json)."""
+    (out / "AUDIT.md").write_text(markdown(report))
+    plot(report, out / "audit.png")
 
 
 @dataclass(frozen=True, eq=False)

@@ -370,8 +370,16 @@ def _add_frontier_compare(sub: argparse._SubParsersAction) -> None:
 
 def _run_audit(args: argparse.Namespace) -> None:
     require_extra("eval", "del-server audit")
-    from .audit import AuditError, failing, percent, run
+    from .audit import AuditError, failing, percent, render, run
 
+    if args.render_only:
+        stored = args.out / "audit.json"
+        if not stored.is_file():
+            print(f"del-server audit: error: {stored}: no audit to redraw", file=sys.stderr)
+            raise SystemExit(EXIT_OPERATOR_ERROR)
+        render(json.loads(stored.read_text()), args.out)
+        print(f"{args.out}/AUDIT.md and audit.png redrawn from {stored}")
+        return
     config = AuditConfig(
         model=args.model,
         data=args.data,
@@ -442,6 +450,11 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", default=DEFAULT_DATA, help="the text the adapter was trained on")
     parser.add_argument("--out", type=Path, default=Path("reports/audit"))
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="attack nothing: redraw AUDIT.md and audit.png from OUT/audit.json",
+    )
     parser.add_argument(
         "--prompts",
         type=_positive_int,

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,16 @@ from del_server.eval.audit import failing, run
 from del_server.eval.config import AuditConfig
 
 SMALL = {"prompts": 6, "particles": 8, "prefix_steps": 10}
+
+
+def del_server(*argv: str) -> subprocess.CompletedProcess:
+    """`del-server ARGV` as its console script runs it."""
+    return subprocess.run(
+        [sys.executable, "-c", "from del_server.cli import main; main()", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +57,15 @@ def test_the_report_is_written_as_json_and_a_table(audit):
     assert "8 particles per prompt" in text
     with open(f"{out}/audit.png", "rb") as figure:
         assert len(figure.read()) > 10_000
+
+
+def test_the_table_and_figure_are_redrawn_from_the_json_alone(audit, tmp_path):
+    out = Path(audit["config"]["out"])
+    shutil.copy(out / "audit.json", tmp_path)
+    result = del_server("audit", "--render-only", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "AUDIT.md").read_text() == (out / "AUDIT.md").read_text()
+    assert (tmp_path / "audit.png").stat().st_size > 10_000
 
 
 def test_candidate_mu_audited_in_worker_processes_show_recovery_grow_with_the_signal(
@@ -94,12 +114,7 @@ def test_a_level_whose_bound_reaches_its_target_fails_the_command(
     argv += ["--adapter", str(adapter), "--out", str(tmp_path / "out")]
     argv += ["--prompts", "6", "--particles", "8", "--prefix-steps", "10"]
     argv += ["--attacks", "bigram_marginal"]
-    result = subprocess.run(
-        [sys.executable, "-c", "from del_server.cli import main; main()", *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = del_server(*argv)
     assert result.returncode == 1, result.stderr
     assert "- 0.1% level μ = " in result.stdout
     assert " FAILS" in result.stdout
