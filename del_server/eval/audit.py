@@ -239,9 +239,9 @@ def plot(report: dict, path: Path) -> None:
     for x, entry in enumerate(report["audited"]):
         audited = entry["attacks"][entry["strongest_attack"]]
         level = calibrated.get(entry["mu"])
-        shown = [(x + 0.12, audited, "C3", "audited")]
+        shown = [(x + 0.12, audited, "C3", "audited: fresh prompts, this attacker")]
         if level is not None:
-            shown.insert(0, (x - 0.12, level, "C0", "calibrated"))
+            shown.insert(0, (x - 0.12, level, "C0", "as calibrated: its own prompts"))
         for where, rates, colour, label in shown:
             axes.errorbar(
                 where,
