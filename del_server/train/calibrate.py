@@ -32,11 +32,10 @@ from ..attacks.mechanisms import Binomial, Mechanism
 from ..attacks.recovery import Recovery
 from ..attacks.suite import Attacker, strongest
 from ..calibration import CalibratedLevel
-from .defaults import DEFAULT_TARGETS
+from .defaults import DEFAULT_TARGETS, MU_RANGE
 
 BISECTION_ATTACKS = ("nearest_neighbour", "likelihood", "bigram_marginal")
 ITERATIONS = 12  # halvings of the log-μ range: a bracket under 0.3 % wide
-MU_RANGE = (0.05, 5000.0)
 STEP_DOWN = 0.95
 MAX_STEPS_DOWN = 40
 REPORT_DELTA = DEFAULT_DELTA

@@ -36,6 +36,7 @@ from .defaults import (
     DEFAULT_READER_PARTICLES,
     DEFAULT_TARGETS,
     DEFAULT_TRIGRAM_KEEP,
+    MU_RANGE,
 )
 
 
@@ -98,7 +99,14 @@ def _calibration_args(
     parser.add_argument(
         "--inversion-steps", type=int, default=inversion_steps, help="learned attack training"
     )
-    if beam:
+    if beam:  # generation's (classification has its own --max-mu)
+        parser.add_argument(
+            "--max-mu",
+            type=float,
+            default=MU_RANGE[1],
+            help="no level's μ above it (e.g. a μ that `del-server audit --mu` found to hold "
+            "against a stronger attacker)",
+        )
         parser.add_argument(
             "--beam-width", type=int, default=64, help="the LLM beam attack's width"
         )
@@ -168,6 +176,8 @@ def _config(args: argparse.Namespace):
         projection_steps=getattr(args, "projection_steps", 0),
         projection_noise_mu=getattr(args, "noise_mu", None),
         targets=getattr(args, "targets", DEFAULT_TARGETS),
+        max_mu=getattr(args, "max_mu", MU_RANGE[1]),
+        keep_other_levels=getattr(args, "keep_other_levels", False),
         calibration_prompts=getattr(args, "calibration_prompts", 250),
         inversion_steps=getattr(args, "inversion_steps", 400),
         beam_width=getattr(args, "beam_width", 64),
@@ -330,6 +340,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _common(recalibrate, trained=True)
     for add in (_calibration_args, _soft_prompt_args, _reader_args):
         add(recalibrate)
+    recalibrate.add_argument(
+        "--keep-other-levels",
+        action="store_true",
+        help="recalibrate only the levels of --targets; the others keep their μ, record, "
+        "soft prompt and front-end",
+    )
     recalibrate.set_defaults(run=_run_recalibrate)
     _add_classify(stages)
     calibrate = sub.add_parser("calibrate", help="privacy level per target attack success rate")

@@ -10,6 +10,9 @@ DEFAULT_NLU_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_NLU_DATA = str(SHARED_DIR / "data" / "sst2")
 # Token-recovery rates the provider offers: each level keeps the strongest attack under one.
 DEFAULT_TARGETS = (0.05, 0.10, 0.20)
+# The μ calibration searches (per token): from symbols that carry next to nothing to all but
+# noiseless ones.
+MU_RANGE = (0.05, 5000.0)
 # The LLM particle attacks (attacks.particle): particles per prompt, and the training steps of
 # the prefix that makes the LLM a prior for text starting mid-document.
 DEFAULT_PARTICLES = 256

@@ -43,6 +43,7 @@ from .defaults import (
     DEFAULT_PREFIX_STEPS,
     DEFAULT_READER_PARTICLES,
     DEFAULT_TRIGRAM_KEEP,
+    MU_RANGE,
 )
 from .evaluate import level_losses, loss_utility, reference_losses
 from .loop import loss_summary
@@ -70,6 +71,10 @@ class TrainConfig:
     front_end: str | None = None
     batch: int = 32
     targets: tuple[float, ...] = DEFAULT_TARGETS
+    max_mu: float = MU_RANGE[1]  # no level's μ above it
+    # recalibrate: only the levels of `targets` are new; the others keep their μ, record,
+    # soft prompt and front-end
+    keep_other_levels: bool = False
     calibration_prompts: int = 250  # held-out prompts every attack is measured on
     inversion_steps: int = 400  # training of the learned attack, per verification
     beam_width: int = 64  # the LLM beam attack
@@ -200,6 +205,7 @@ def calibration_stage(bench: Workbench, adapter: Adapter) -> Adapter:
             targets=c.targets,
             bits=c.bits,
             seed=c.seed,
+            max_mu=c.max_mu,
         )
     # The reader's λ were fitted for the old levels: the evaluation stage fits them anew.
     return replace(adapter, calibration=tuple(levels), reader=None)
@@ -429,15 +435,33 @@ def recalibrate(config: TrainConfig) -> Adapter:
     """New levels for the adapter in config.out with its projection (and prior) kept: the
     calibration against today's attack suite, a soft prompt and front-end per new level, the
     evaluation and the report. What a provider runs when the suite has grown stronger than the
-    one the levels were calibrated against; the old levels, their soft prompts and the reader
-    go, and the projection's training record stays in the report."""
+    one the levels were calibrated against; the old levels (with `keep_other_levels`, those of
+    `targets` only), their soft prompts and the reader go, and the projection's training
+    record stays in the report."""
     report = _trained_report(config)
     started = time.perf_counter()
     bench = Workbench.open(config)
     trained = Adapter.load(config.out)
-    adapter = replace(trained, calibration=(), soft_prompts={}, front_ends={}, reader=None)
-    adapter = calibration_stage(bench, adapter)
-    adapter = soft_prompt_stage(bench, adapter)
+    kept = tuple(
+        level
+        for level in trained.calibration
+        if config.keep_other_levels and level.target_attack_rate not in config.targets
+    )
+    mus = {level.mu for level in kept}
+    adapter = replace(
+        trained,
+        calibration=(),
+        soft_prompts={mu: p for mu, p in trained.soft_prompts.items() if mu in mus},
+        front_ends={mu: f for mu, f in trained.front_ends.items() if mu in mus},
+        reader=None,
+    )
+    new = calibration_stage(bench, adapter).calibration
+    adapter = replace(
+        adapter,
+        calibration=tuple(sorted((*kept, *new), key=lambda level: level.target_attack_rate)),
+    )
+    only_new = replace(config, soft_prompt_mus=tuple(level.mu for level in new))
+    adapter = soft_prompt_stage(replace(bench, config=only_new), adapter)
     adapter, evaluated = evaluation(bench, adapter)
     adapter.save(config.out)
     bench.timings["total_s"] = time.perf_counter() - started

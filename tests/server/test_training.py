@@ -195,6 +195,40 @@ def test_recalibrate_replaces_the_levels_and_keeps_the_projection_and_its_record
     assert "| 12% |" in markdown
 
 
+def test_recalibrating_one_level_under_a_cap_keeps_the_others_as_they_were(trained, tmp_path):
+    """An audit found one level failing against a stronger attacker and a smaller μ that
+    holds: the provider recalibrates that level alone, capped there, and the others keep
+    their μ, record, soft prompt and front-end."""
+    out, adapter, report = trained
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
+    before = {level.target_attack_rate: level for level in adapter.calibration}
+    cap = 0.9 * before[0.15].mu
+    config = TrainConfig(
+        **{
+            **report["config"],
+            "out": tmp_path,
+            "soft_prompt_steps": 6,
+            "targets": (0.15,),
+            "max_mu": cap,
+            "keep_other_levels": True,
+            "eval_seeds": (0,),
+            "command": "del-server train recalibrate --out DIR --targets 0.15 --keep-other-levels",
+        }
+    )
+    recalibrated = recalibrate(config)
+    after = {level.target_attack_rate: level for level in recalibrated.calibration}
+    assert list(after) == [0.08, 0.15]
+    kept = before[0.08]
+    assert after[0.08].mu == kept.mu
+    assert after[0.08].attacks == kept.attacks
+    assert torch.equal(recalibrated.soft_prompts[kept.mu], adapter.soft_prompts[kept.mu])
+    assert after[0.15].mu <= cap
+    assert after[0.15].strongest.high < 0.15
+    assert sorted(recalibrated.soft_prompts) == [kept.mu, after[0.15].mu]
+    assert all(level.utility is not None for level in recalibrated.calibration)
+    assert Adapter.load(tmp_path).calibration == recalibrated.calibration
+
+
 def test_every_level_holds_against_every_attack_and_says_so(trained):
     out, _, report = trained
     for level in report["levels"]:
