@@ -449,7 +449,12 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         "--adapter", type=_trained_adapter, default=Path(DEFAULT_ADAPTER), help="trained adapter"
     )
     parser.add_argument("--data", default=DEFAULT_DATA, help="the text the adapter was trained on")
-    parser.add_argument("--out", type=Path, default=Path("reports/audit"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/audit"),
+        help="where audit.json, AUDIT.md and audit.png go",
+    )
     parser.add_argument(
         "--render-only",
         action="store_true",
