@@ -199,7 +199,9 @@ def markdown(report: dict) -> str:
             if level
             else "–"
         )
-        verdict = {True: "holds", False: "**fails**", None: "–"}[entry["holds"]]
+        verdict = {True: "holds", False: "**fails**", None: _would_hold(entry, report)}[
+            entry["holds"]
+        ]
         target = percent(entry["target"]) if entry["target"] is not None else "–"
         rates = " | ".join(f"{entry['attacks'][a]['rate']:.2%}" for a in attacks)
         rows.append(
@@ -229,6 +231,14 @@ def markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _would_hold(candidate: dict, report: dict) -> str:
+    """The adapter's levels a candidate μ's bound would hold, by their targets."""
+    held = [
+        level["target"] for level in report["calibrated"] if candidate["high"] < level["target"]
+    ]
+    return f"would hold the {percent(min(held))} level" if held else "holds no level"
 
 
 def plot(report: dict, path: Path) -> None:
