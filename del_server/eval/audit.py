@@ -48,7 +48,7 @@ class AuditError(ValueError):
 
 def run(config: AuditConfig) -> dict:
     """Attack every level (or candidate μ), `config.jobs` at a time in worker processes;
-    writes audit.json and AUDIT.md."""
+    writes audit.json, AUDIT.md and audit.png."""
     started = time.perf_counter()
     adapter = Adapter.load(config.adapter)
     if not adapter.calibration:
