@@ -344,7 +344,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--keep-other-levels",
         action="store_true",
         help="recalibrate only the levels of --targets; the others keep their μ, record, "
-        "soft prompt and front-end",
+        "soft prompt and front-end (give the soft-prompt options the adapter was trained with, "
+        "so that the new level's training matches theirs)",
     )
     recalibrate.set_defaults(run=_run_recalibrate)
     _add_classify(stages)
