@@ -9,10 +9,14 @@ strong as the provider can afford, and applies the calibration's rule: a level h
 upper end of the strongest attack's 95 % interval is under its target.
 
 `mus` audits candidate μ instead of the levels: where a level would have to move to hold.
+`reuse` keeps the rows of an earlier audit in the same place that still apply (the same
+attacker, prompts, projection and μ), so that after one level is recalibrated only it is
+attacked again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import time
@@ -65,27 +69,66 @@ def run(config: AuditConfig) -> dict:
             f"{config.data} holds {available} held-out prompts: {config.prompts} after "
             f"the first {skip} do not fit (fewer --prompts, or a smaller --skip)"
         )
-    attack = partial(_attacked, config, skip)
+    prompts = {"first": skip, "count": config.prompts, "tokens": config.prompts * length}
+    projection = projection_sha256(adapter)
     pairs = _audited(adapter, config)
-    if config.jobs == 1:
-        audited = [attack(pair) for pair in tqdm(pairs, desc="audit")]
-    else:
-        spawn = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
-        with ProcessPoolExecutor(min(config.jobs, len(pairs)), mp_context=spawn) as pool:
-            audited = list(tqdm(pool.map(attack, pairs), total=len(pairs), desc="audit"))
+    earlier = _reusable(config, prompts, projection) if config.reuse else {}
+    todo = [pair for pair in pairs if pair not in earlier]
+    attacked = dict(zip(todo, _attack_all(config, skip, todo), strict=True))
     report = {
         "config": recorded(config),
         "adapter_tensors_sha256": file_sha256(config.adapter / "adapter.safetensors"),
+        "projection_sha256": projection,
         "bits": _bits(adapter),
-        "prompts": {"first": skip, "count": config.prompts, "tokens": config.prompts * length},
+        "prompts": prompts,
         "calibrated": [_calibrated(level) for level in adapter.calibration],
-        "audited": audited,
+        "audited": [earlier.get(pair) or attacked[pair] for pair in pairs],
+        "reused_mu": [mu for target, mu in pairs if (target, mu) in earlier],
         "seconds": time.perf_counter() - started,
     }
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
     render(report, config.out)
     return report
+
+
+def _attack_all(config: AuditConfig, skip: int, pairs: list) -> list[dict]:
+    attack = partial(_attacked, config, skip)
+    if config.jobs == 1 or len(pairs) < 2:
+        return [attack(pair) for pair in tqdm(pairs, desc="audit")]
+    spawn = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
+    with ProcessPoolExecutor(min(config.jobs, len(pairs)), mp_context=spawn) as pool:
+        return list(tqdm(pool.map(attack, pairs), total=len(pairs), desc="audit"))
+
+
+def projection_sha256(adapter: Adapter) -> str:
+    """SHA-256 of all the attacks see of an adapter: the projection and its clip (not the
+    soft prompts or front-ends, which recalibrating a level retrains)."""
+    digest = hashlib.sha256()
+    for tensor in (adapter.down, adapter.up, adapter.mean):
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    digest.update(repr((adapter.clip, adapter.norm_bound)).encode())
+    return digest.hexdigest()
+
+
+# What an earlier audit must share with this one for its rows to stand for this one's.
+_SAME_ATTACKER = ("model", "data", "particles", "trigram_keep", "prefix_steps", "attacks", "seed")
+
+
+def _reusable(config: AuditConfig, prompts: dict, projection: str) -> dict[tuple, dict]:
+    """The rows of OUT/audit.json, by (target, μ), if the same attacker measured them on the
+    same prompts through the same projection; else none."""
+    stored = config.out / "audit.json"
+    if not stored.is_file():
+        return {}
+    earlier = json.loads(stored.read_text())
+    now = json.loads(json.dumps(recorded(config)))  # tuples as JSON stores them
+    same = (
+        all(earlier["config"].get(key) == now[key] for key in _SAME_ATTACKER)
+        and earlier["prompts"] == prompts
+        and earlier.get("projection_sha256") == projection
+    )
+    return {(e["target"], e["mu"]): e for e in earlier["audited"]} if same else {}
 
 
 def render(report: dict, out: Path) -> None:
@@ -214,6 +257,7 @@ def markdown(report: dict) -> str:
         f"Reproduce with: `{c['command'] or 'del-server audit'}` "
         f"({report['seconds'] / 60:.1f} min; {c['jobs']} process(es) of {c['threads']} torch "
         "thread(s)).",
+        *_reuse_note(report),
         "",
         f"{p['count']} held-out prompts ({p['tokens']} tokens) after the first {p['first']} of "
         f"`{Path(c['data']).name}`'s validation split, noise seed {c['seed']}; the LLM particle "
@@ -231,6 +275,18 @@ def markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _reuse_note(report: dict) -> list[str]:
+    reused = report.get("reused_mu", [])
+    if not reused:
+        return []
+    shown = ", ".join(f"{mu:.4g}" for mu in reused)
+    return [
+        "",
+        f"The rows at μ = {shown} are an earlier audit's (`--reuse`): the same attacker, "
+        "prompts, projection and μ; the time above is for the rest.",
+    ]
 
 
 def _would_hold(candidate: dict, report: dict) -> str:

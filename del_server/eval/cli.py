@@ -396,6 +396,7 @@ def _run_audit(args: argparse.Namespace) -> None:
         seed=args.seed,
         threads=args.threads,
         jobs=args.jobs,
+        reuse=args.reuse,
         command=reproducible_command(),
     )
     try:
@@ -519,6 +520,13 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         default=defaults.jobs,
         help="levels attacked at once, each in its own process (the tiny default model gains "
         "more from processes than from threads)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the rows of OUT/audit.json that the same attacker measured on the same "
+        "prompts through the same projection at the same μ; attack only the rest (after "
+        "`train recalibrate --keep-other-levels`, only the recalibrated level)",
     )
     parser.set_defaults(run=_run_audit)
 

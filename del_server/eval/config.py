@@ -213,4 +213,5 @@ class AuditConfig:
     seed: int = 1  # the noise draw: not the calibration's (0)
     threads: int = 1  # torch threads per process
     jobs: int = 1  # levels attacked at once, each in its own process
+    reuse: bool = False  # keep the rows of OUT/audit.json that still apply
     command: str = ""

@@ -120,3 +120,41 @@ def test_a_level_whose_bound_reaches_its_target_fails_the_command(
     assert " FAILS" in result.stdout
     report = json.loads((tmp_path / "out" / "audit.json").read_text())
     assert [e["target"] for e in failing(report)] == [0.001]
+
+
+def test_reuse_attacks_only_the_levels_an_earlier_audit_did_not_measure_alike(
+    small_adapter, stories260k, tinystories, tmp_path
+):
+    def audit(**options) -> dict:
+        return run(
+            AuditConfig(
+                str(stories260k),
+                str(tinystories),
+                small_adapter,
+                tmp_path,
+                attacks=("bigram_marginal",),
+                **SMALL | options,
+            )
+        )
+
+    earlier = audit(levels=(0.3,))
+    stored = json.loads((tmp_path / "audit.json").read_text())
+    stored["audited"][0]["rate"] = 0.123  # a mark: only a reused row carries it
+    (tmp_path / "audit.json").write_text(json.dumps(stored))
+
+    first, second = audit(reuse=True)["audited"]
+    assert second["rate"] == 0.123
+    assert first["target"] == 0.1
+    assert first["rate"] != 0.123
+    assert (
+        earlier["projection_sha256"]
+        == json.loads((tmp_path / "audit.json").read_text())["projection_sha256"]
+    )
+    assert "earlier audit's (`--reuse`)" in (tmp_path / "AUDIT.md").read_text()
+
+    for changed in ({"seed": 2}, {"prompts": 5}):
+        (tmp_path / "audit.json").write_text(json.dumps(stored))
+        assert all(e["rate"] != 0.123 for e in audit(reuse=True, **changed)["audited"])
+    stored["projection_sha256"] = "another projection"
+    (tmp_path / "audit.json").write_text(json.dumps(stored))
+    assert all(e["rate"] != 0.123 for e in audit(reuse=True)["audited"])
