@@ -60,6 +60,14 @@ class AttackOptions:
     learned_steps: int = 400
     learned_batch: int = 512
 
+    def strength(self) -> str:
+        """The settings a sampled or pruned attack grows stronger with, as a level's record
+        names them: a label holds against this attacker, not against every one."""
+        return (
+            f"the LLM particle attacks at {self.particles} particles, the beam {self.beam_width} "
+            f"wide, the trigram over {self.trigram_keep} candidates"
+        )
+
 
 @dataclass(frozen=True, eq=False)
 class Attacker:

@@ -114,16 +114,21 @@ class Workbench:
             load_split(config.data, loaded.tokenizer),
         )
 
-    def attacker(self) -> Attacker:
+    @property
+    def attack_options(self) -> AttackOptions:
         c = self.config
-        options = AttackOptions(
+        return AttackOptions(
             beam_width=c.beam_width,
             learned_steps=c.inversion_steps,
             particles=c.particles,
             trigram_keep=c.trigram_keep,
             prefix_steps=c.prefix_steps,
         )
-        return Attacker.of_model(self.loaded.model, self.loaded.bos_id, self.split.train, options)
+
+    def attacker(self) -> Attacker:
+        return Attacker.of_model(
+            self.loaded.model, self.loaded.bos_id, self.split.train, self.attack_options
+        )
 
     def checkpoint(self, name: str) -> Path:
         return self.config.out / "checkpoints" / name
@@ -201,7 +206,7 @@ def calibration_stage(bench: Workbench, adapter: Adapter) -> Adapter:
             adapter,
             bench.attacker(),
             prompts,
-            measured_on=f"{Path(c.data).name}, held-out prompts",
+            measured_on=f"{Path(c.data).name}, held-out prompts; {bench.attack_options.strength()}",
             targets=c.targets,
             bits=c.bits,
             seed=c.seed,

@@ -158,7 +158,7 @@ def levels_table(levels: list[dict]) -> list[str]:
     """Markdown lines: each calibrated level with every attack's rate, and the blind floor."""
     names = [a for a in ATTACKS if levels and a in levels[0]["attacks"]]
     lines = [
-        f"Measured on {_measured(levels)}. A level holds when the upper end of the 95 % "
+        f"{_measured(levels)}. A level holds when the upper end of the 95 % "
         "interval (clustered by prompt) of the STRONGEST attack's token recovery is under its "
         "target; ε is exact per token at δ = 1e-5. Rates are token recovery, point estimate.",
         "",
@@ -186,7 +186,18 @@ def levels_table(levels: list[dict]) -> list[str]:
 
 
 def _measured(levels: list[dict]) -> str:
+    """What measured the levels; by level where they differ (one recalibrated alone, against
+    a stronger attacker, beside the others)."""
     if not levels:
-        return "no levels"
-    level = levels[0]
-    return f"{level['prompts']} prompts ({level['tokens']} tokens) of {level['measured_on']}"
+        return "No levels"
+    alike: dict[str, list[str]] = {}
+    for level in levels:
+        measured = (
+            f"{level['prompts']} prompts ({level['tokens']} tokens) of {level['measured_on']}"
+        )
+        alike.setdefault(measured, []).append(f"{100 * level['target_attack_rate']:g}%")
+    if len(alike) == 1:
+        return f"Measured on {next(iter(alike))}"
+    return "Measured by level: " + "; ".join(
+        f"the {' and '.join(t)} level{'s' * (len(t) > 1)} on {m}" for m, t in alike.items()
+    )

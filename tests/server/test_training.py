@@ -211,6 +211,7 @@ def test_recalibrating_one_level_under_a_cap_keeps_the_others_as_they_were(train
             "targets": (0.15,),
             "max_mu": cap,
             "keep_other_levels": True,
+            "particles": 2 * report["config"]["particles"],  # the audit's attacker was stronger
             "eval_seeds": (0,),
             "command": "del-server train recalibrate --out DIR --targets 0.15 --keep-other-levels",
         }
@@ -227,6 +228,11 @@ def test_recalibrating_one_level_under_a_cap_keeps_the_others_as_they_were(train
     assert sorted(recalibrated.soft_prompts) == [kept.mu, after[0.15].mu]
     assert all(level.utility is not None for level in recalibrated.calibration)
     assert Adapter.load(tmp_path).calibration == recalibrated.calibration
+    stronger = f"particle attacks at {2 * report['config']['particles']} particles"
+    assert stronger in after[0.15].measured_on
+    assert after[0.08].measured_on == kept.measured_on
+    assert stronger not in kept.measured_on
+    assert "Measured by level: the 8% level on " in (tmp_path / "TRAINING.md").read_text()
 
 
 def test_every_level_holds_against_every_attack_and_says_so(trained):
