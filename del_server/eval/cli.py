@@ -407,9 +407,16 @@ def _run_audit(args: argparse.Namespace) -> None:
     for entry in report["audited"]:
         label = f"{percent(entry['target'])} level" if entry["target"] is not None else "candidate"
         verdict = {True: "holds", False: "FAILS", None: ""}[entry["holds"]]
+        earlier = " (an earlier audit's)" if entry["mu"] in report["reused_mu"] else ""
         print(
             f"- {label} μ = {entry['mu']:.4g}: {entry['strongest_attack']} {entry['rate']:.2%} "
-            f"(95 % up to {entry['high']:.2%}) {verdict}"
+            f"(95 % up to {entry['high']:.2%}) {verdict}{earlier}"
+        )
+    if args.reuse and not report["reused_mu"]:
+        print(
+            f"del-server audit: --reuse: no row of {args.out}/audit.json applied (none there, or "
+            "another attacker, prompts, projection or μ): every level was attacked",
+            file=sys.stderr,
         )
     print(f"{args.out}/AUDIT.md written in {report['seconds'] / 60:.1f} min")
     if failing(report):

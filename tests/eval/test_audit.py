@@ -121,6 +121,10 @@ def test_a_level_whose_bound_reaches_its_target_fails_the_command(
     report = json.loads((tmp_path / "out" / "audit.json").read_text())
     assert [e["target"] for e in failing(report)] == [0.001]
 
+    again = del_server(*argv, "--reuse")  # nothing changed: nothing attacked, the same verdict
+    assert again.returncode == 1, again.stderr
+    assert again.stdout.count("(an earlier audit's)") == 2
+
 
 def test_reuse_attacks_only_the_levels_an_earlier_audit_did_not_measure_alike(
     small_adapter, stories260k, tinystories, tmp_path
