@@ -23,6 +23,7 @@ from tqdm import tqdm
 from del_client import Client, ClientConfig
 from del_client.bench import measure_codec
 
+from ..paths import shown
 from ..tools.bench import BITS, MU, PROMPT, run_benchmark
 from .context import EvalContext
 
@@ -97,7 +98,7 @@ def speed_stage(ctx: EvalContext, target: str, cache_dir: Path) -> dict:
     )
     return {
         "codec": codec,
-        "end_to_end": e2e,
+        "end_to_end": {**e2e, "model": shown(e2e["model"])},  # no machine's layout
         "latency": latency_samples(ctx, target, cache_dir),
         "prompt": PROMPT,
         "mu": MU,
