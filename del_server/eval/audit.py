@@ -233,7 +233,9 @@ def markdown(report: dict) -> str:
     c = report["config"]
     p = report["prompts"]
     calibrated = {level["mu"]: level for level in report["calibrated"]}
-    attacks = list(report["audited"][0]["attacks"]) if report["audited"] else []
+    attacks = _attacks(report)
+    settings = _settings(c, attacks)
+    attacker = f"; the attacker at {', '.join(settings)}" if settings else ""
     rows = []
     for entry in report["audited"]:
         level = calibrated.get(entry["mu"])
@@ -260,11 +262,9 @@ def markdown(report: dict) -> str:
         *_reuse_note(report),
         "",
         f"{p['count']} held-out prompts ({p['tokens']} tokens) after the first {p['first']} of "
-        f"`{Path(c['data']).name}`'s validation split, noise seed {c['seed']}; the LLM particle "
-        f"attacks with {c['particles']} particles per prompt, the trigram over "
-        f"{c['trigram_keep']} candidates per position. A level holds when the strongest "
-        "attack's 95 % upper bound (clustered by prompt) is under its target, as in the "
-        "calibration.",
+        f"`{Path(c['data']).name}`'s validation split, noise seed {c['seed']}"
+        f"{attacker}. A level holds when the strongest attack's 95 % upper bound "
+        "(clustered by prompt) is under its target, as in the calibration.",
         "",
         f"| target | μ | ε/token | calibrated strongest (95 % high) | "
         f"{' | '.join(attacks)} | audited strongest (95 % high) | verdict |",
@@ -275,6 +275,20 @@ def markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _attacks(report: dict) -> list[str]:
+    return list(report["audited"][0]["attacks"]) if report["audited"] else []
+
+
+def _settings(config: dict, attacks: list[str]) -> list[str]:
+    """The settings of the sampled or pruned attacks this audit ran, and only of those."""
+    settings = []
+    if {"lm_filter", "lm_smoother"} & set(attacks):
+        settings.append(f"{config['particles']} particles")
+    if "trigram_marginal" in attacks:
+        settings.append(f"trigram over {config['trigram_keep']}")
+    return settings
 
 
 def _reuse_note(report: dict) -> list[str]:
@@ -333,10 +347,10 @@ def plot(report: dict, path: Path) -> None:
     )
     axes.set_xlim(-0.6, len(report["audited"]) - 0.4)
     axes.set_ylabel("strongest attack's token recovery (%)")
-    c = report["config"]
+    fresh = f"{report['prompts']['count']} fresh prompts"
+    described = ", ".join([*_settings(report["config"], _attacks(report)), fresh])
     axes.set_title(
-        f"Levels audited: {c['particles']} particles, trigram over {c['trigram_keep']}, "
-        f"{report['prompts']['count']} fresh prompts (dashed: the target)",
+        f"Levels audited: {described} (dashed: the target)",
         fontsize=9,
     )
     axes.legend(fontsize=8)

@@ -3,6 +3,7 @@ saw, judged by the calibration's own rule, and a failing level fails the command
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from del_server.adapter import Adapter
-from del_server.eval.audit import failing, run
+from del_server.eval.audit import failing, markdown, run
 from del_server.eval.config import AuditConfig
 
 SMALL = {"prompts": 6, "particles": 8, "prefix_steps": 10}
@@ -54,9 +55,19 @@ def test_the_report_is_written_as_json_and_a_table(audit):
         text = table.read()
     assert text.count("| 10% |") == 1
     assert text.count("| 30% |") == 1
-    assert "8 particles per prompt" in text
+    assert "8 particles" in text
     with open(f"{out}/audit.png", "rb") as figure:
         assert len(figure.read()) > 10_000
+
+
+def test_the_table_names_the_settings_of_only_the_attacks_that_ran(audit):
+    particles_only = copy.deepcopy(audit)
+    for entry in particles_only["audited"]:
+        entry["attacks"] = {a: entry["attacks"][a] for a in ("lm_filter", "lm_smoother")}
+    text = markdown(particles_only)
+    assert "8 particles" in text
+    assert "trigram over" not in text
+    assert f"trigram over {audit['config']['trigram_keep']}" in markdown(audit)
 
 
 def test_the_table_and_figure_are_redrawn_from_the_json_alone(audit, tmp_path):
