@@ -278,6 +278,7 @@ def markdown(report: dict) -> str:
 
 
 def _attacks(report: dict) -> list[str]:
+    """The attacks this audit ran: its table's columns."""
     return list(report["audited"][0]["attacks"]) if report["audited"] else []
 
 
