@@ -44,7 +44,8 @@ from .tokenwise import client_table, log_likelihood_matrix, nearest_neighbour_gu
 from .trigram import TrigramPrior, trigram_marginal_guesses
 
 ATTACKS = tuple(ATTACKS_IN_WORDS)  # the names the manifest's AttackRate carries
-LM_ATTACKS = ("lm_beam", "lm_filter", "lm_smoother")  # those that need a causal LM
+PARTICLE_ATTACKS = ("lm_filter", "lm_smoother")  # one particle run gives both
+LM_ATTACKS = ("lm_beam", *PARTICLE_ATTACKS)  # those that need a causal LM
 # those that can guess blind
 PRIOR_ONLY = ("bigram_marginal", "bigram_viterbi", "trigram_marginal", *LM_ATTACKS)
 PROMPTS_PER_CHUNK = 32  # bounds the (prompts, M, M) transition tensors and the beam's batch
@@ -205,7 +206,7 @@ class Attacker:
                 parts["lm_beam"].append(
                     beam_guesses(self.model, self.bos_id, lattice, width=self.options.beam_width)
                 )
-            if {"lm_filter", "lm_smoother"} & set(attacks):
+            if set(PARTICLE_ATTACKS) & set(attacks):
                 found = particle_guesses(
                     self.model,
                     self.bos_id,

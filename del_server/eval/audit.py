@@ -37,7 +37,7 @@ from del_client.parameters import DEFAULT_BITS
 
 from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial
-from ..attacks.suite import Attacker, AttackOptions, strongest
+from ..attacks.suite import PARTICLE_ATTACKS, Attacker, AttackOptions, strongest
 from ..models import load_model
 from ..paths import recorded
 from ..train.calibrate import REPORT_DELTA, level_holds
@@ -285,7 +285,7 @@ def _attacks(report: dict) -> list[str]:
 def _settings(config: dict, attacks: list[str]) -> list[str]:
     """The settings of the sampled or pruned attacks this audit ran, and only of those."""
     settings = []
-    if {"lm_filter", "lm_smoother"} & set(attacks):
+    if set(PARTICLE_ATTACKS) & set(attacks):
         settings.append(f"{config['particles']} particles")
     if "trigram_marginal" in attacks:
         settings.append(f"trigram over {config['trigram_keep']}")
