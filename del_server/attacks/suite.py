@@ -20,13 +20,12 @@ Calibration (train.calibrate) bisects over the fast ones and verifies with all o
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from del_client.manifest import ATTACKS_IN_WORDS
@@ -48,6 +47,7 @@ PARTICLE_ATTACKS = ("lm_filter", "lm_smoother")  # one particle run gives both
 LM_ATTACKS = ("lm_beam", *PARTICLE_ATTACKS)  # those that need a causal LM
 # those that can guess blind
 PRIOR_ONLY = ("bigram_marginal", "bigram_viterbi", "trigram_marginal", *LM_ATTACKS)
+Progress = Callable[[Iterable[int]], Iterable[int]]  # wraps an iteration to show how far it got
 PROMPTS_PER_CHUNK = 32  # bounds the (prompts, M, M) transition tensors and the beam's batch
 
 
@@ -125,10 +125,11 @@ class Attacker:
         *,
         seed: int,
         attacks: Iterable[str] | None = None,
-        progress: bool = False,
+        progress: Progress | None = None,
     ) -> dict[str, Recovery]:
         """Privatize `prompts` once (seeded measurement noise) and run each attack on them
-        (None: every attack this attacker can run)."""
+        (None: every attack this attacker can run); `progress` wraps the prompt chunks the
+        sequence attacks walk (a tqdm bar, say)."""
         attacks = self._checked(self.attacks if attacks is None else attacks)
         table = client_table(adapter, self.embeddings)
         symbols = mechanism.privatize(table[prompts.reshape(-1)], np.random.default_rng(seed))
@@ -181,13 +182,13 @@ class Attacker:
 
         placeholder = np.zeros((*prompts.shape, 1), dtype=np.uint8)
         blind = [a for a in PRIOR_ONLY if a in self.attacks]
-        return self._scored(self._contextual(blind, flat, placeholder, False), prompts)
+        return self._scored(self._contextual(blind, flat, placeholder, None), prompts)
 
     def _contextual(self, attacks, likelihood_of, symbols, progress) -> dict[str, np.ndarray]:
         """The likelihood attack and the sequence attacks, prompt chunk by chunk."""
         parts: dict[str, list[np.ndarray]] = {name: [] for name in attacks}
         chunks = range(0, len(symbols), PROMPTS_PER_CHUNK)
-        for start in tqdm(chunks, desc="context attacks", leave=False, disable=not progress):
+        for start in progress(chunks) if progress else chunks:
             log_likelihood = likelihood_of(symbols[start : start + PROMPTS_PER_CHUNK])
             if "likelihood" in attacks:
                 parts["likelihood"].append(log_likelihood.argmax(dim=-1).numpy())

@@ -93,12 +93,21 @@ def run(config: AuditConfig) -> dict:
 
 
 def _attack_all(config: AuditConfig, skip: int, pairs: list) -> list[dict]:
-    attack = partial(_attacked, config, skip)
+    """Each pair with a progress bar of its own: in worker processes, one line per pair
+    under the audit's, drawn under one lock shared with the workers."""
     if config.jobs == 1 or len(pairs) < 2:
-        return [attack(pair) for pair in tqdm(pairs, desc="audit")]
+        return [_attacked(config, skip, pair) for pair in tqdm(pairs, desc="audit")]
     spawn = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
-    with ProcessPoolExecutor(min(config.jobs, len(pairs)), mp_context=spawn) as pool:
-        return list(tqdm(pool.map(attack, pairs), total=len(pairs), desc="audit"))
+    tqdm.set_lock(spawn.RLock())
+    with ProcessPoolExecutor(
+        min(config.jobs, len(pairs)),
+        mp_context=spawn,
+        initializer=tqdm.set_lock,
+        initargs=(tqdm.get_lock(),),
+    ) as pool:
+        lines = range(1, len(pairs) + 1)
+        attacked = pool.map(partial(_attacked, config, skip), pairs, lines)
+        return list(tqdm(attacked, total=len(pairs), desc="audit", position=0))
 
 
 def projection_sha256(adapter: Adapter) -> str:
@@ -158,8 +167,11 @@ def _scene(config: AuditConfig) -> _Scene:
     return _Scene(attacker, split.validation.prompts.numpy())
 
 
-def _attacked(config: AuditConfig, skip: int, pair: tuple[float | None, float]) -> dict:
-    """One level (target, μ) attacked on the audit's prompts."""
+def _attacked(
+    config: AuditConfig, skip: int, pair: tuple[float | None, float], line: int | None = None
+) -> dict:
+    """One level (target, μ) attacked on the audit's prompts; its progress bar on the
+    terminal's `line` (None: under the last bar)."""
     target, mu = pair
     scene = _scene(config)
     adapter = Adapter.load(config.adapter)
@@ -173,7 +185,7 @@ def _attacked(config: AuditConfig, skip: int, pair: tuple[float | None, float]) 
         prompts,
         seed=config.seed,
         attacks=config.attacks,
-        progress=config.jobs == 1,
+        progress=partial(tqdm, desc=_label(pair), position=line, leave=False),
     )
     name, worst = strongest(rates)
     return {
@@ -186,6 +198,11 @@ def _attacked(config: AuditConfig, skip: int, pair: tuple[float | None, float]) 
         "high": max(r.high for r in rates.values()),
         "holds": None if target is None else bool(level_holds(rates, target)),
     }
+
+
+def _label(pair: tuple[float | None, float]) -> str:
+    target, mu = pair
+    return f"μ = {mu:.4g}" if target is None else f"{percent(target)} level"
 
 
 def _bits(adapter: Adapter) -> int:
