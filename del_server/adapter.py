@@ -190,6 +190,12 @@ class Adapter:
     def projection_dim(self) -> int:
         return self.down.shape[0]
 
+    def fits(self, embeddings: torch.Tensor) -> bool:
+        """Whether the adapter was built for a model with these input embeddings (one that
+        does not record them fits any)."""
+        expected = self.metadata.get("embedding_sha256")
+        return expected is None or expected == embedding_digest(embeddings)
+
     @property
     def hidden_size(self) -> int:
         return self.down.shape[1]

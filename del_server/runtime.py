@@ -13,7 +13,7 @@ import torch
 
 from del_client.bundle import ClientBundle
 
-from .adapter import Adapter, embedding_digest, pca_adapter
+from .adapter import Adapter, pca_adapter
 from .backends.transformers import TransformersBackend
 from .bundles import client_bundle, raw_bundle
 from .classification import EncoderClassifier
@@ -55,8 +55,7 @@ def load_adapter(settings: Settings, loaded: LoadedModel) -> Adapter:
     if settings.adapter is None:
         return pca_adapter(loaded.embeddings, dim=settings.projection_dim)
     adapter = Adapter.load(settings.adapter)
-    expected = adapter.metadata.get("embedding_sha256")
-    if expected is not None and expected != embedding_digest(loaded.embeddings):
+    if not adapter.fits(loaded.embeddings):
         raise SettingError(
             lambda n: (
                 f"{n('adapter')} {settings.adapter} was built for another model's "

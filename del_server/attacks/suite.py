@@ -87,8 +87,15 @@ class Attacker:
         """The server as attacker: `model`, and `public` windows in reading order (each
         prompt followed by its continuation) as its in-domain text."""
         stream = torch.cat([public.prompts, public.continuations], dim=1).reshape(-1).numpy()
-        embeddings = model.get_input_embeddings().weight.detach().float()
-        return cls(embeddings, model, bos_id, stream, options)
+        return cls(_embeddings(model), model, bos_id, stream, options)
+
+    @classmethod
+    def of_encoder(
+        cls, model: PreTrainedModel, public_ids: np.ndarray, options: AttackOptions
+    ) -> Attacker:
+        """The server as attacker with an encoder: no causal LM, so no LM attacks; `public_ids`
+        its in-domain text as one stream of token ids."""
+        return cls(_embeddings(model), None, None, public_ids, options)
 
     @property
     def attacks(self) -> tuple[str, ...]:
@@ -233,6 +240,10 @@ class Attacker:
         return {
             name: recovery(guesses[name], prompts, content) for name in ATTACKS if name in guesses
         }
+
+
+def _embeddings(model: PreTrainedModel) -> torch.Tensor:
+    return model.get_input_embeddings().weight.detach().float()
 
 
 def strongest(results: dict[str, Recovery]) -> tuple[str, Recovery]:

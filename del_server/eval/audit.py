@@ -8,6 +8,10 @@ the audit measures each level again on prompts the calibration never saw, with a
 strong as the provider can afford, and applies the calibration's rule: a level holds when the
 upper end of the strongest attack's 95 % interval is under its target.
 
+An encoder's (classification) adapter is audited alike on its held-out training sentences, in
+windows as long as its calibration's, by the attacks an encoder leaves (no causal LM: no LM
+attacks).
+
 `mus` audits candidate μ instead of the levels: where a level would have to move to hold.
 `reuse` keeps the rows of an earlier audit in the same place that still apply (the same
 attacker, prompts, projection and μ), so that after one level is recalibrated only it is
@@ -21,7 +25,7 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -37,11 +41,13 @@ from del_client.parameters import DEFAULT_BITS
 
 from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial
-from ..attacks.suite import PARTICLE_ATTACKS, Attacker, AttackOptions, strongest
+from ..attacks.suite import LM_ATTACKS, PARTICLE_ATTACKS, Attacker, AttackOptions, strongest
 from ..models import load_model
 from ..paths import recorded
 from ..train.calibrate import REPORT_DELTA, level_holds
+from ..train.classification.pipeline import ClassifyConfig
 from ..train.data import load_split
+from ..train.labelled import load_labelled
 from .config import AuditConfig
 from .context import file_sha256
 
@@ -57,6 +63,7 @@ def run(config: AuditConfig) -> dict:
     adapter = Adapter.load(config.adapter)
     if not adapter.calibration:
         raise AuditError(f"{config.adapter}: the adapter has no calibrated levels to audit")
+    config = _runnable(config, adapter)
     skip = (
         config.skip
         if config.skip is not None
@@ -80,6 +87,7 @@ def run(config: AuditConfig) -> dict:
         "adapter_tensors_sha256": file_sha256(config.adapter / "adapter.safetensors"),
         "projection_sha256": projection,
         "bits": _bits(adapter),
+        "task": adapter.task.name if adapter.task else None,
         "prompts": prompts,
         "calibrated": [_calibrated(level) for level in adapter.calibration],
         "audited": [earlier.get(pair) or attacked[pair] for pair in pairs],
@@ -90,6 +98,21 @@ def run(config: AuditConfig) -> dict:
     (config.out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
     render(report, config.out)
     return report
+
+
+def _runnable(config: AuditConfig, adapter: Adapter) -> AuditConfig:
+    """The config with only the attacks the adapter's model can run: an encoder's (a
+    classification adapter's) has no causal LM for the LM attacks."""
+    if adapter.task is None:
+        return config
+    kept = tuple(attack for attack in config.attacks if attack not in LM_ATTACKS)
+    if not kept:
+        raise AuditError(
+            f"{config.adapter} classifies with an encoder, which has no causal LM for "
+            f"{', '.join(config.attacks)}: ask for others (--attacks bigram_marginal,"
+            "trigram_marginal)"
+        )
+    return replace(config, attacks=kept)
 
 
 def _attack_all(config: AuditConfig, skip: int, pairs: list) -> list[dict]:
@@ -154,15 +177,27 @@ class _Scene:
 
 @lru_cache(maxsize=1)
 def _scene(config: AuditConfig) -> _Scene:
-    """The model, the data and the attacker, loaded once per process."""
+    """The model, the data and the attacker, loaded once per process: a causal LM's
+    validation prompts, or an encoder's held-out sentences (as the classification training
+    splits them) in windows as long as the levels were calibrated on."""
     torch.set_num_threads(config.threads)
     loaded = load_model(config.model)
-    split = load_split(config.data, loaded.tokenizer)
+    adapter = Adapter.load(config.adapter)
+    if not adapter.fits(loaded.embeddings):
+        raise AuditError(
+            f"{config.adapter} was built for another model's embeddings than {config.model}'s"
+        )
     options = AttackOptions(
         particles=config.particles,
         trigram_keep=config.trigram_keep,
         prefix_steps=config.prefix_steps,
     )
+    if loaded.is_encoder:
+        data = load_labelled(config.data, loaded.tokenizer, held_out=ClassifyConfig.held_out)
+        attacker = Attacker.of_encoder(loaded.model, data.train.stream(), options)
+        level = adapter.calibration[0]
+        return _Scene(attacker, data.held_out.windows(None, level.tokens // level.prompts))
+    split = load_split(config.data, loaded.tokenizer)
     attacker = Attacker.of_model(loaded.model, loaded.bos_id, split.train, options)
     return _Scene(attacker, split.validation.prompts.numpy())
 
@@ -279,7 +314,7 @@ def markdown(report: dict) -> str:
         *_reuse_note(report),
         "",
         f"{p['count']} held-out prompts ({p['tokens']} tokens) after the first {p['first']} of "
-        f"`{Path(c['data']).name}`'s validation split, noise seed {c['seed']}"
+        f"`{Path(c['data']).name}`'s {_held_out(report)}, noise seed {c['seed']}"
         f"{attacker}. A level holds when the strongest attack's 95 % upper bound "
         "(clustered by prompt) is under its target, as in the calibration.",
         "",
@@ -292,6 +327,12 @@ def markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _held_out(report: dict) -> str:
+    """Where the audit's prompts come from: a causal LM's validation split, or the training
+    rows a classification adapter held out."""
+    return "validation split" if report.get("task") is None else "held-out training sentences"
 
 
 def _attacks(report: dict) -> list[str]:

@@ -452,11 +452,17 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         help="an adapter's levels against a stronger attacker on held-out prompts the "
         "calibration never saw: does each level still hold? (exit status 1 where one fails)",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="path or hub id")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help="path or hub id (an encoder for a classifier's)"
+    )
     parser.add_argument(
         "--adapter", type=_trained_adapter, default=Path(DEFAULT_ADAPTER), help="trained adapter"
     )
-    parser.add_argument("--data", default=DEFAULT_DATA, help="the text the adapter was trained on")
+    parser.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help="the text the adapter was trained on (a classifier's: its train.tsv/dev.tsv folder)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -472,7 +478,8 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         "--prompts",
         type=_positive_int,
         default=defaults.prompts,
-        help="held-out 32-token prompts attacked per level",
+        help="held-out prompts attacked per level (a causal LM's 32-token prompts; an "
+        "encoder's windows as long as its calibration's)",
     )
     parser.add_argument(
         "--skip",

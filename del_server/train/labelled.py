@@ -45,11 +45,13 @@ class Labelled:
         """Every sentence's ids back to back: public text for the attacker's bigram prior."""
         return torch.cat(list(self.ids)).numpy()
 
-    def windows(self, count: int, length: int) -> np.ndarray:
+    def windows(self, count: int | None, length: int) -> np.ndarray:
         """(count, length) consecutive tokens of the sentences back to back: prompts of one
-        length for the attacks (calibration measures token recovery, not labels)."""
+        length for the attacks (calibration measures token recovery, not labels); count None:
+        as many as the text holds."""
         stream = self.stream()
         available = len(stream) // length
+        count = available if count is None else count
         if available < count:
             raise ValueError(f"{count} windows of {length} tokens need more text ({available})")
         return stream[: count * length].reshape(count, length)

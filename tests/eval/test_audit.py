@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from del_server.adapter import Adapter
-from del_server.eval.audit import failing, markdown, run
+from del_server.eval.audit import AuditError, failing, markdown, run
 from del_server.eval.config import AuditConfig
+from del_server.settings import DEFAULT_NLU_ADAPTER
 
 SMALL = {"prompts": 6, "particles": 8, "prefix_steps": 10}
 
@@ -173,3 +174,45 @@ def test_reuse_attacks_only_the_levels_an_earlier_audit_did_not_measure_alike(
     stored["projection_sha256"] = "another projection"
     (tmp_path / "audit.json").write_text(json.dumps(stored))
     assert all(e["rate"] != 0.123 for e in audit(reuse=True)["audited"])
+
+
+def test_a_classifiers_levels_are_audited_on_its_held_out_sentences_by_the_attacks_an_encoder_leaves(
+    shared_dir, tmp_path
+):
+    config = AuditConfig(
+        "all-MiniLM-L6-v2",
+        str(shared_dir / "data" / "sst2"),
+        Path(DEFAULT_NLU_ADAPTER),
+        tmp_path,
+        prompts=6,
+        attacks=("bigram_marginal", "lm_smoother"),
+        levels=(0.1,),
+    )
+    report = run(config)
+    (level,) = Adapter.load(DEFAULT_NLU_ADAPTER).calibration[1:]
+    (entry,) = report["audited"]
+    assert (entry["target"], entry["mu"]) == (0.1, level.mu)
+    assert list(entry["attacks"]) == ["bigram_marginal"]
+    assert tuple(report["config"]["attacks"]) == ("bigram_marginal",)
+    assert report["task"] == "sst2"
+    window = level.tokens // level.prompts
+    assert report["prompts"] == {"first": level.prompts, "count": 6, "tokens": 6 * window}
+    assert "`sst2`'s held-out training sentences" in (tmp_path / "AUDIT.md").read_text()
+
+
+def test_an_audit_that_cannot_run_says_why_before_attacking(shared_dir, stories260k, tmp_path):
+    encoder_only = AuditConfig(
+        "all-MiniLM-L6-v2",
+        str(shared_dir / "data" / "sst2"),
+        Path(DEFAULT_NLU_ADAPTER),
+        tmp_path,
+        attacks=("lm_filter", "lm_smoother"),
+    )
+    with pytest.raises(AuditError, match="no causal LM for lm_filter, lm_smoother"):
+        run(encoder_only)
+    another_model = AuditConfig(
+        str(stories260k), str(shared_dir / "data" / "sst2"), Path(DEFAULT_NLU_ADAPTER), tmp_path
+    )
+    with pytest.raises(AuditError, match="built for another model's embeddings"):
+        run(another_model)
+    assert not (tmp_path / "audit.json").exists()

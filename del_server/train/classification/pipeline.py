@@ -269,7 +269,7 @@ def front_end_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
 def attacker(bench: ClassifyBench) -> Attacker:
     """The server as attacker: no causal LM (no beam attack), the training text as language."""
     options = AttackOptions(learned_steps=bench.config.inversion_steps)
-    return Attacker(bench.path.table.float(), None, None, bench.data.train.stream(), options)
+    return Attacker.of_encoder(bench.loaded.model, bench.data.train.stream(), options)
 
 
 def calibration_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
