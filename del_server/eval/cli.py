@@ -31,6 +31,8 @@ from del_client.parameters import MAX_BITS, MIN_BITS, SUPPORTED_BITS
 
 from ..cli import EXIT_OPERATOR_ERROR, reproducible_command
 from ..extras import require_extra
+from ..settings import DEFAULT_NLU_ADAPTER
+from ..train.defaults import DEFAULT_NLU_DATA, DEFAULT_NLU_MODEL
 from .config import (
     DEFAULT_ADAPTER,
     DEFAULT_AUDIT_ATTACKS,
@@ -102,9 +104,6 @@ def _run_nlu(args: argparse.Namespace) -> None:
 
 
 def _add_nlu(sub: argparse._SubParsersAction) -> None:
-    from ..settings import DEFAULT_NLU_ADAPTER
-    from ..train.defaults import DEFAULT_NLU_DATA, DEFAULT_NLU_MODEL
-
     parser = sub.add_parser(
         "eval-nlu",
         help="a classification adapter: dev accuracy per level against its attack rate and "
@@ -203,9 +202,6 @@ def _points(text: str) -> tuple[Point, ...]:
 
 
 def _add_frontier_nlu(sub: argparse._SubParsersAction) -> None:
-    from ..settings import DEFAULT_NLU_ADAPTER
-    from ..train.defaults import DEFAULT_NLU_DATA, DEFAULT_NLU_MODEL
-
     defaults = NluFrontierConfig(model="", data="", adapter=Path(), out=Path())
     parser = sub.add_parser(
         "eval-frontier-nlu",
@@ -370,6 +366,7 @@ def _add_frontier_compare(sub: argparse._SubParsersAction) -> None:
 
 def _run_audit(args: argparse.Namespace) -> None:
     require_extra("eval", "del-server audit")
+    from ..adapter import Adapter
     from .audit import AuditError, failing, percent, render, run
 
     if args.render_only:
@@ -380,9 +377,10 @@ def _run_audit(args: argparse.Namespace) -> None:
         render(json.loads(stored.read_text()), args.out)
         print(f"{args.out}/AUDIT.md and audit.png redrawn from {stored}")
         return
+    classifies = Adapter.load(args.adapter).task is not None
     config = AuditConfig(
-        model=args.model,
-        data=args.data,
+        model=args.model or (DEFAULT_NLU_MODEL if classifies else DEFAULT_MODEL),
+        data=args.data or (DEFAULT_NLU_DATA if classifies else DEFAULT_DATA),
         adapter=args.adapter,
         out=args.out,
         prompts=args.prompts,
@@ -453,15 +451,20 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         "calibration never saw: does each level still hold? (exit status 1 where one fails)",
     )
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help="path or hub id (an encoder for a classifier's)"
+        "--adapter",
+        type=_trained_adapter,
+        default=Path(DEFAULT_ADAPTER),
+        help="trained adapter (a generation or a classification one)",
     )
     parser.add_argument(
-        "--adapter", type=_trained_adapter, default=Path(DEFAULT_ADAPTER), help="trained adapter"
+        "--model",
+        help=f"path or hub id (default: {DEFAULT_MODEL}, or a classification adapter's "
+        f"{DEFAULT_NLU_MODEL})",
     )
     parser.add_argument(
         "--data",
-        default=DEFAULT_DATA,
-        help="the text the adapter was trained on (a classifier's: its train.tsv/dev.tsv folder)",
+        help=f"the text the adapter was trained on (default: {DEFAULT_DATA}, or a "
+        f"classification adapter's {DEFAULT_NLU_DATA}, the folder of its train.tsv)",
     )
     parser.add_argument(
         "--out",
@@ -509,7 +512,8 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         "--attacks",
         type=_attack_names,
         default=DEFAULT_AUDIT_ATTACKS,
-        help=f"comma-separated (default {','.join(DEFAULT_AUDIT_ATTACKS)})",
+        help=f"comma-separated (default {','.join(DEFAULT_AUDIT_ATTACKS)}; a classification "
+        "adapter's encoder has no causal LM, so its audit runs those without one)",
     )
     chosen = parser.add_mutually_exclusive_group()
     chosen.add_argument(
