@@ -192,12 +192,18 @@ def _scene(config: AuditConfig) -> _Scene:
         trigram_keep=config.trigram_keep,
         prefix_steps=config.prefix_steps,
     )
+    try:
+        if loaded.is_encoder:
+            data = load_labelled(config.data, loaded.tokenizer, held_out=ClassifyConfig.held_out)
+        else:
+            split = load_split(config.data, loaded.tokenizer)
+    except (OSError, ValueError) as error:
+        wanted = "a task folder (train.tsv, dev.tsv)" if loaded.is_encoder else "text files"
+        raise AuditError(f"--data {config.data}: cannot read {wanted} ({error})") from None
     if loaded.is_encoder:
-        data = load_labelled(config.data, loaded.tokenizer, held_out=ClassifyConfig.held_out)
         attacker = Attacker.of_encoder(loaded.model, data.train.stream(), options)
         level = adapter.calibration[0]
         return _Scene(attacker, data.held_out.windows(None, level.tokens // level.prompts))
-    split = load_split(config.data, loaded.tokenizer)
     attacker = Attacker.of_model(loaded.model, loaded.bos_id, split.train, options)
     return _Scene(attacker, split.validation.prompts.numpy())
 

@@ -198,7 +198,9 @@ def test_a_classifiers_levels_are_audited_on_its_held_out_sentences_by_the_attac
     assert "`sst2`'s held-out training sentences" in (tmp_path / "AUDIT.md").read_text()
 
 
-def test_an_audit_that_cannot_run_says_why_before_attacking(shared_dir, stories260k, tmp_path):
+def test_an_audit_that_cannot_run_says_why_before_attacking(
+    shared_dir, stories260k, small_adapter, tmp_path
+):
     encoder_only = AuditConfig(
         "all-MiniLM-L6-v2",
         str(shared_dir / "data" / "sst2"),
@@ -213,4 +215,9 @@ def test_an_audit_that_cannot_run_says_why_before_attacking(shared_dir, stories2
     )
     with pytest.raises(AuditError, match="built for another model's embeddings"):
         run(another_model)
+    sentences_for_stories = AuditConfig(
+        str(stories260k), str(shared_dir / "data" / "sst2"), small_adapter, tmp_path
+    )
+    with pytest.raises(AuditError, match="sst2: cannot read text files"):
+        run(sentences_for_stories)
     assert not (tmp_path / "audit.json").exists()
