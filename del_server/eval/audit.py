@@ -42,7 +42,8 @@ from del_client.parameters import DEFAULT_BITS
 from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial
 from ..attacks.suite import LM_ATTACKS, PARTICLE_ATTACKS, Attacker, AttackOptions, strongest
-from ..models import load_model
+from ..calibration import CalibratedLevel
+from ..models import LoadedModel, load_model
 from ..paths import recorded
 from ..train.calibrate import REPORT_DELTA, level_holds
 from ..train.classification.pipeline import ClassifyConfig
@@ -194,18 +195,23 @@ def _scene(config: AuditConfig) -> _Scene:
     )
     try:
         if loaded.is_encoder:
-            data = load_labelled(config.data, loaded.tokenizer, held_out=ClassifyConfig.held_out)
-        else:
-            split = load_split(config.data, loaded.tokenizer)
+            return _encoder_scene(config.data, loaded, adapter.calibration[0], options)
+        split = load_split(config.data, loaded.tokenizer)
     except (OSError, ValueError) as error:
         wanted = "a task folder (train.tsv, dev.tsv)" if loaded.is_encoder else "text files"
         raise AuditError(f"--data {config.data}: cannot read {wanted} ({error})") from None
-    if loaded.is_encoder:
-        attacker = Attacker.of_encoder(loaded.model, data.train.stream(), options)
-        level = adapter.calibration[0]
-        return _Scene(attacker, data.held_out.windows(None, level.tokens // level.prompts))
     attacker = Attacker.of_model(loaded.model, loaded.bos_id, split.train, options)
     return _Scene(attacker, split.validation.prompts.numpy())
+
+
+def _encoder_scene(
+    data: str, loaded: LoadedModel, level: CalibratedLevel, options: AttackOptions
+) -> _Scene:
+    """The training rows the classification pipeline holds out (its default count), in
+    windows as long as `level`'s calibration prompts; the rest is the attacker's language."""
+    sentences = load_labelled(data, loaded.tokenizer, held_out=ClassifyConfig.held_out)
+    attacker = Attacker.of_encoder(loaded.model, sentences.train.stream(), options)
+    return _Scene(attacker, sentences.held_out.windows(None, level.tokens // level.prompts))
 
 
 def _attacked(
