@@ -51,6 +51,11 @@ Progress = Callable[[Iterable[int]], Iterable[int]]  # wraps an iteration to sho
 PROMPTS_PER_CHUNK = 32  # bounds the (prompts, M, M) transition tensors and the beam's batch
 
 
+def without_lm(attacks: Iterable[str]) -> tuple[str, ...]:
+    """Those of `attacks` an encoder can run: the LM attacks need a causal LM."""
+    return tuple(attack for attack in attacks if attack not in LM_ATTACKS)
+
+
 @dataclass(frozen=True)
 class AttackOptions:
     beam_width: int = DEFAULT_WIDTH
@@ -101,9 +106,7 @@ class Attacker:
     def attacks(self) -> tuple[str, ...]:
         """Every attack this attacker can run: the LM attacks need a causal LM (an encoder has
         none)."""
-        return (
-            ATTACKS if self.model is not None else tuple(a for a in ATTACKS if a not in LM_ATTACKS)
-        )
+        return ATTACKS if self.model is not None else without_lm(ATTACKS)
 
     @property
     def vocab(self) -> int:

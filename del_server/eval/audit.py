@@ -41,7 +41,7 @@ from del_client.parameters import DEFAULT_BITS
 
 from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial
-from ..attacks.suite import LM_ATTACKS, PARTICLE_ATTACKS, Attacker, AttackOptions, strongest
+from ..attacks.suite import PARTICLE_ATTACKS, Attacker, AttackOptions, strongest, without_lm
 from ..calibration import CalibratedLevel
 from ..models import LoadedModel, load_model
 from ..paths import recorded
@@ -106,7 +106,7 @@ def _runnable(config: AuditConfig, adapter: Adapter) -> AuditConfig:
     classification adapter's) has no causal LM for the LM attacks."""
     if adapter.task is None:
         return config
-    kept = tuple(attack for attack in config.attacks if attack not in LM_ATTACKS)
+    kept = without_lm(config.attacks)
     if not kept:
         raise AuditError(
             f"{config.adapter} classifies with an encoder, which has no causal LM for "

@@ -99,6 +99,12 @@ def _calibration_args(
     parser.add_argument(
         "--inversion-steps", type=int, default=inversion_steps, help="learned attack training"
     )
+    parser.add_argument(
+        "--trigram-keep",
+        type=int,
+        default=DEFAULT_TRIGRAM_KEEP,
+        help="the trigram attack's candidates per position",
+    )
     if beam:  # generation's (classification has its own --max-mu)
         parser.add_argument(
             "--max-mu",
@@ -115,12 +121,6 @@ def _calibration_args(
             type=int,
             default=DEFAULT_PARTICLES,
             help="the LLM particle attacks' particles per prompt",
-        )
-        parser.add_argument(
-            "--trigram-keep",
-            type=int,
-            default=DEFAULT_TRIGRAM_KEEP,
-            help="the trigram attack's candidates per position",
         )
 
 
@@ -295,6 +295,7 @@ def _run_classify(args: argparse.Namespace) -> None:
         front_end_steps=args.front_end_steps,
         level_steps=args.level_steps,
         max_mu=args.max_mu,
+        trigram_keep=args.trigram_keep,
         soft_prompt_length=args.length,
         lr=args.lr,
         batch=args.batch,

@@ -11,6 +11,7 @@ import torch
 
 from del_server.adapter import Adapter
 from del_server.attacks.recovery import Recovery
+from del_server.attacks.suite import LM_ATTACKS
 from del_server.calibration import CalibratedLevel
 from del_server.train.classification import pipeline
 from del_server.train.labelled import load_labelled, read_tsv
@@ -69,6 +70,14 @@ def test_a_malformed_row_is_refused_with_its_line(tmp_path):
 def test_holding_out_everything_is_refused(task_dir, bench):
     with pytest.raises(ValueError, match="cannot hold out"):
         load_labelled(task_dir, bench.loaded.tokenizer, held_out=120)
+
+
+def test_the_calibration_attacks_with_what_an_encoder_leaves_as_strong_as_asked(bench):
+    stronger = dataclasses.replace(bench.config, trigram_keep=512)
+    attacker = pipeline.attacker(dataclasses.replace(bench, config=stronger))
+    assert attacker.options.trigram_keep == 512
+    assert "trigram_marginal" in attacker.attacks
+    assert not set(attacker.attacks) & set(LM_ATTACKS)
 
 
 def test_every_stage_trains_what_the_server_serves(bench):

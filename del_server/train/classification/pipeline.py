@@ -42,6 +42,7 @@ from ...calibration import MeasuredUtility
 from ...models import LoadedModel, load_model
 from ...paths import recorded, shown
 from ..calibrate import calibrate
+from ..defaults import DEFAULT_TRIGRAM_KEEP
 from ..labelled import LabelledData, load_labelled
 from ..loop import loss_summary, optimize
 from .objective import Noise, NoisyPath, binomial_noise
@@ -72,6 +73,7 @@ class ClassifyConfig:
     targets: tuple[float, ...] = (0.05, 0.10)
     max_mu: float = 64.0  # beyond it the symbols are all but deterministic: ε grows, accuracy not
     calibration_prompts: int = 250
+    trigram_keep: int = DEFAULT_TRIGRAM_KEEP  # the trigram attack's candidates per position
     calibration_length: int = 16  # tokens per calibration window
     inversion_steps: int = 150  # the learned attack: bigram forward-backward beats it here
     held_out: int = 2000  # training rows kept back: calibration text
@@ -268,7 +270,9 @@ def front_end_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
 
 def attacker(bench: ClassifyBench) -> Attacker:
     """The server as attacker: no causal LM (no beam attack), the training text as language."""
-    options = AttackOptions(learned_steps=bench.config.inversion_steps)
+    options = AttackOptions(
+        learned_steps=bench.config.inversion_steps, trigram_keep=bench.config.trigram_keep
+    )
     return Attacker.of_encoder(bench.loaded.model, bench.data.train.stream(), options)
 
 
@@ -280,7 +284,10 @@ def calibration_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
             adapter,
             attacker(bench),
             prompts,
-            measured_on=f"{Path(c.data).name}, held-out training sentences",
+            measured_on=(
+                f"{Path(c.data).name}, held-out training sentences; "
+                f"the trigram over {c.trigram_keep} candidates"
+            ),
             targets=c.targets,
             bits=c.bits,
             seed=c.seed,
