@@ -27,8 +27,9 @@ import math
 import sys
 from pathlib import Path
 
-from del_client.parameters import MAX_BITS, MIN_BITS, SUPPORTED_BITS
+from del_client.parameters import MAX_BITS, MIN_BITS
 
+from .. import argtypes
 from ..cli import EXIT_OPERATOR_ERROR, reproducible_command
 from ..extras import require_extra
 from ..settings import DEFAULT_NLU_ADAPTER
@@ -223,10 +224,12 @@ def _add_frontier_nlu(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_POINTS,
         help="semicolon-separated k,b,mu (default: 17 points, 1-6 coordinates, 1-5 bits)",
     )
-    parser.add_argument("--projection-steps", type=_positive_int, default=defaults.projection_steps)
+    parser.add_argument(
+        "--projection-steps", type=argtypes.positive_int, default=defaults.projection_steps
+    )
     parser.add_argument(
         "--attack-prompts",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=defaults.attack_prompts,
         help="held-out windows attacked per point",
     )
@@ -245,38 +248,6 @@ def _trained_adapter(text: str) -> Path:
     return directory
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
-
-
-def _bits(text: str) -> int:
-    value = _positive_int(text)
-    if value not in SUPPORTED_BITS:
-        raise argparse.ArgumentTypeError(
-            f"expected bits per coordinate in {MIN_BITS}..{MAX_BITS}, got {text!r}"
-        )
-    return value
-
-
-def _positive_floats(text: str) -> tuple[float, ...]:
-    values = tuple(float(part) for part in text.split(","))
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"comma-separated μ > 0, got {text!r}")
-    return values
-
-
 def _add_frontier(sub: argparse._SubParsersAction) -> None:
     defaults = FrontierConfig(model="", data="", adapter=Path(), out=Path())
     parser = sub.add_parser(
@@ -292,34 +263,37 @@ def _add_frontier(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/frontier"))
     parser.add_argument(
         "--mu",
-        type=_positive_floats,
+        type=argtypes.positive_floats,
         default=DEFAULT_MUS,
         help=f"comma-separated μ per token (default {','.join(map(str, DEFAULT_MUS))})",
     )
     parser.add_argument(
-        "--steps", type=_positive_int, default=defaults.steps, help="training steps per soft prompt"
+        "--steps",
+        type=argtypes.positive_int,
+        default=defaults.steps,
+        help="training steps per soft prompt",
     )
     parser.add_argument(
         "--eval-windows",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=defaults.eval_windows,
         help="held-out windows scored",
     )
     parser.add_argument(
         "--attack-prompts",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=defaults.attack_prompts,
         help="held-out prompts attacked per μ",
     )
     parser.add_argument(
         "--particles",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=defaults.particles,
         help="particles per prompt: the LLM attacks' and the posterior mixture's",
     )
     parser.add_argument(
         "--bits",
-        type=_bits,
+        type=argtypes.bits,
         help="bits per coordinate (default: those the adapter's projection was trained for)",
     )
     parser.set_defaults(run=_run_frontier)
@@ -433,16 +407,6 @@ def _attack_names(text: str) -> tuple[str, ...]:
     return names
 
 
-def _rates(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or not all(0 < v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"comma-separated rates in (0, 1), got {text!r}")
-    return values
-
-
 def _add_audit(sub: argparse._SubParsersAction) -> None:
     defaults = AuditConfig(model="", data="", adapter=Path(), out=Path())
     parser = sub.add_parser(
@@ -479,32 +443,32 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--prompts",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=defaults.prompts,
         help="held-out prompts attacked per level (a causal LM's 32-token prompts; an "
         "encoder's windows as long as its calibration's)",
     )
     parser.add_argument(
         "--skip",
-        type=_count,
+        type=argtypes.count,
         help="held-out prompts passed over first (default: as many as the levels were "
         "calibrated on, so that the audit's are fresh)",
     )
     parser.add_argument(
         "--particles",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=defaults.particles,
         help="particles per prompt of the LLM particle attacks (the calibration's: 256)",
     )
     parser.add_argument(
         "--trigram-keep",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=defaults.trigram_keep,
         help="candidates per position of the trigram attack (the calibration's: 128)",
     )
     parser.add_argument(
         "--prefix-steps",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=defaults.prefix_steps,
         help="training steps of the particle attacks' mid-text prefix",
     )
@@ -518,23 +482,26 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     chosen = parser.add_mutually_exclusive_group()
     chosen.add_argument(
         "--levels",
-        type=_rates,
+        type=argtypes.rates,
         default=(),
         help="comma-separated targets of the levels to audit, e.g. 0.2 (default: every level)",
     )
     chosen.add_argument(
         "--mu",
-        type=_positive_floats,
+        type=argtypes.positive_floats,
         default=(),
         help="comma-separated candidate μ to audit instead of the levels",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="the noise draw")
     parser.add_argument(
-        "--threads", type=_positive_int, default=defaults.threads, help="torch threads a process"
+        "--threads",
+        type=argtypes.positive_int,
+        default=defaults.threads,
+        help="torch threads a process",
     )
     parser.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=defaults.jobs,
         help="levels attacked at once, each in its own process (the tiny default model gains "
         "more from processes than from threads)",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from del_client.parameters import DEFAULT_BITS
 
+from .. import argtypes
 from ..cli import reproducible_command
 from ..extras import require_extra
 from ..settings import DEFAULT_MODEL
@@ -38,10 +39,6 @@ from .defaults import (
     DEFAULT_TRIGRAM_KEEP,
     MU_RANGE,
 )
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x)
 
 
 def _trained(text: str) -> Path:
@@ -64,16 +61,18 @@ def _common(parser: argparse.ArgumentParser, *, trained: bool = False) -> None:
         required=True,
         help="adapter directory" + (", as `train all` wrote it" if trained else ""),
     )
-    parser.add_argument("--dim", type=int, default=16, help="projection dim k")
-    parser.add_argument("--bits", type=int, default=DEFAULT_BITS)
+    parser.add_argument("--dim", type=argtypes.positive_int, default=16, help="projection dim k")
+    parser.add_argument("--bits", type=argtypes.bits, default=DEFAULT_BITS)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=argtypes.positive_int, default=32)
     parser.add_argument("--resume", action="store_true", help="continue from out/checkpoints")
 
 
 def _projection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--projection-steps", type=int, default=800)
-    parser.add_argument("--noise-mu", type=float, help="train the projection with this noise")
+    parser.add_argument("--projection-steps", type=argtypes.count, default=800)
+    parser.add_argument(
+        "--noise-mu", type=argtypes.positive_float, help="train the projection with this noise"
+    )
 
 
 def _calibration_args(
@@ -86,55 +85,54 @@ def _calibration_args(
 ) -> None:
     parser.add_argument(
         "--targets",
-        type=_floats,
+        type=argtypes.rates,
         default=targets,
         help="target attack success rates, comma-separated",
     )
     parser.add_argument(
         "--calibration-prompts",
-        type=int,
+        type=argtypes.positive_int,
         default=250,
         help=f"held-out prompts every attack is measured on ({window_tokens} tokens each)",
     )
     parser.add_argument(
-        "--inversion-steps", type=int, default=inversion_steps, help="learned attack training"
+        "--inversion-steps",
+        type=argtypes.count,
+        default=inversion_steps,
+        help="learned attack training",
     )
     parser.add_argument(
         "--trigram-keep",
-        type=int,
+        type=argtypes.positive_int,
         default=DEFAULT_TRIGRAM_KEEP,
         help="the trigram attack's candidates per position",
     )
     if beam:  # generation's (classification has its own --max-mu)
         parser.add_argument(
             "--max-mu",
-            type=float,
+            type=argtypes.positive_float,
             default=MU_RANGE[1],
             help="no level's μ above it (e.g. a μ that `del-server audit --mu` found to hold "
             "against a stronger attacker)",
         )
         parser.add_argument(
-            "--beam-width", type=int, default=64, help="the LLM beam attack's width"
+            "--beam-width",
+            type=argtypes.positive_int,
+            default=64,
+            help="the LLM beam attack's width",
         )
         parser.add_argument(
             "--particles",
-            type=int,
+            type=argtypes.positive_int,
             default=DEFAULT_PARTICLES,
             help="the LLM particle attacks' particles per prompt",
         )
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def _reader_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reader-particles",
-        type=_count,
+        type=argtypes.count,
         default=DEFAULT_READER_PARTICLES,
         help="particles of the particle reader a posterior adapter gains (the server decodes "
         "each private prompt by the LLM's posterior and continues one particle); 0: none, "
@@ -143,9 +141,13 @@ def _reader_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _soft_prompt_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--length", type=int, default=8, help="soft prompt vectors m")
-    parser.add_argument("--soft-prompt-steps", type=int, default=600)
-    parser.add_argument("--mu", type=_floats, default=(), help="levels (default: calibrated)")
+    parser.add_argument(
+        "--length", type=argtypes.positive_int, default=8, help="soft prompt vectors m"
+    )
+    parser.add_argument("--soft-prompt-steps", type=argtypes.count, default=600)
+    parser.add_argument(
+        "--mu", type=argtypes.positive_floats, default=(), help="levels (default: calibrated)"
+    )
     parser.add_argument(
         "--front-end",
         choices=("linear", "posterior"),
@@ -242,31 +244,45 @@ def _add_classify(stages: argparse._SubParsersAction) -> None:
         "--data", default=DEFAULT_NLU_DATA, help="directory with train.tsv and dev.tsv"
     )
     classify.add_argument("--out", type=Path, required=True, help="adapter directory")
-    classify.add_argument("--dim", type=int, default=defaults.dim, help="projection dim k")
-    classify.add_argument("--bits", type=int, default=defaults.bits)
+    classify.add_argument(
+        "--dim", type=argtypes.positive_int, default=defaults.dim, help="projection dim k"
+    )
+    classify.add_argument("--bits", type=argtypes.bits, default=defaults.bits)
     classify.add_argument(
         "--projection-mu",
-        type=float,
+        type=argtypes.positive_float,
         default=defaults.projection_mu,
         help="the noise the projection is trained with",
     )
-    classify.add_argument("--projection-steps", type=int, default=defaults.projection_steps)
-    classify.add_argument("--projection-lr", type=float, default=defaults.projection_lr)
+    classify.add_argument(
+        "--projection-steps", type=argtypes.count, default=defaults.projection_steps
+    )
+    classify.add_argument(
+        "--projection-lr", type=argtypes.positive_float, default=defaults.projection_lr
+    )
     classify.add_argument(
         "--front-end-steps",
-        type=int,
+        type=argtypes.count,
         default=defaults.front_end_steps,
         help="W_d, soft prompt and head through the encoder",
     )
     classify.add_argument(
-        "--level-steps", type=int, default=defaults.level_steps, help="per level and clean head"
+        "--level-steps",
+        type=argtypes.count,
+        default=defaults.level_steps,
+        help="per level and clean head",
     )
     classify.add_argument(
-        "--max-mu", type=float, default=defaults.max_mu, help="no level goes past this μ"
+        "--max-mu",
+        type=argtypes.positive_float,
+        default=defaults.max_mu,
+        help="no level goes past this μ",
     )
-    classify.add_argument("--length", type=int, default=defaults.soft_prompt_length)
-    classify.add_argument("--lr", type=float, default=defaults.lr)
-    classify.add_argument("--batch", type=int, default=defaults.batch)
+    classify.add_argument(
+        "--length", type=argtypes.positive_int, default=defaults.soft_prompt_length
+    )
+    classify.add_argument("--lr", type=argtypes.positive_float, default=defaults.lr)
+    classify.add_argument("--batch", type=argtypes.positive_int, default=defaults.batch)
     classify.add_argument("--seed", type=int, default=defaults.seed)
     classify.add_argument("--resume", action="store_true", help="continue from out/checkpoints")
     _calibration_args(

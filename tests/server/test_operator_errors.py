@@ -137,6 +137,24 @@ def test_an_audit_past_the_held_out_prompts_says_how_many_there_are(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["all", "--bits", "9"], "--bits: expected bits per coordinate in 1..8, got '9'"),
+        (["all", "--targets", "0.05,1.5"], "--targets: comma-separated rates in (0, 1), got "),
+        (["all", "--trigram-keep", "0"], "--trigram-keep: expected a whole number >= 1, got '0'"),
+        (["all", "--batch", "-1"], "--batch: expected a whole number >= 1, got '-1'"),
+        (["soft-prompt", "--mu", "2,-1"], "--mu: comma-separated finite numbers > 0, got '2,-1'"),
+        (["classify", "--lr", "nan"], "--lr: expected a finite number > 0, got 'nan'"),
+    ],
+)
+def test_a_training_value_out_of_range_stops_before_anything_trains(argv, expected, tmp_path):
+    line = one_line_error(del_server("train", *argv, "--out", "adapter", cwd=tmp_path))
+    assert line.startswith(f"del-server train {argv[0]}: error: argument ")
+    assert expected in line
+    assert not (tmp_path / "adapter").exists()
+
+
 @pytest.mark.parametrize("stage", ["evaluate", "recalibrate"])
 def test_a_stage_that_continues_a_trained_adapter_needs_one(stage, tmp_path):
     line = one_line_error(del_server("train", stage, "--out", "nowhere", cwd=tmp_path))
