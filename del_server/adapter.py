@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 
 from .attacks.sequence import BigramPrior
 from .calibration import CalibratedLevel
+from .errors import InputError
 
 FORMAT = "del-adapter/1"
 DEFAULT_CLIP_QUANTILE = 0.98
@@ -351,6 +352,14 @@ def _stored(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().contiguous() if keep else tensor.detach().contiguous().float()
 
 
+def check_projection_dim(dim: int, width: int) -> None:
+    """A projection of a model `width` wide keeps 1..width dimensions."""
+    if not 0 < dim <= width:
+        raise InputError(
+            f"--dim {dim}: the projection dim must be in 1..{width}, the model's width"
+        )
+
+
 def pca_adapter(
     embeddings: torch.Tensor, *, dim: int, clip_quantile: float = DEFAULT_CLIP_QUANTILE
 ) -> Adapter:
@@ -361,8 +370,7 @@ def pca_adapter(
     so it scales with the model instead of being a constant tuned for another width.
     """
     table = embeddings.detach().double()
-    if not 0 < dim <= table.shape[1]:
-        raise ValueError(f"projection dim must be in 1..{table.shape[1]}, got {dim}")
+    check_projection_dim(dim, table.shape[1])
     mean = table.mean(dim=0)
     _, _, vh = torch.linalg.svd(table - mean, full_matrices=False)
     # Fix each component's sign (largest coordinate positive) so the result is reproducible.

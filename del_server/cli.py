@@ -1,8 +1,9 @@
 """`del-server`: serve a model, export its client bundle, train and calibrate its adapter.
 
 An operator's mistake (a setting out of range, a file or model that is not there, a port in
-use) ends the command with one line on stderr and exit status 2. `serve` and
-`export-client-bundle` find it before torch is imported and the model loads, in a second.
+use, training text too short for the run) ends the command with one line on stderr and exit
+status 2. `serve` and `export-client-bundle` find it before torch is imported and the model
+loads, in a second.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import settings as settings_module
+from .errors import InputError
 from .logs import configure
 from .models import ModelSourceError, check_source
 
@@ -118,11 +120,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(error: settings_module.SettingError | ModelSourceError) -> str:
+def _one_line(error: settings_module.SettingError | ModelSourceError | InputError) -> str:
     """The error as an operator reads it: settings named by their flags."""
     if isinstance(error, settings_module.SettingError):
         return error.for_operator()
-    return f"--model {error}"
+    if isinstance(error, ModelSourceError):
+        return f"--model {error}"
+    return str(error)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,6 +136,6 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser(command).parse_args(argv)
     try:
         args.run(args)
-    except (settings_module.SettingError, ModelSourceError) as error:
+    except (settings_module.SettingError, ModelSourceError, InputError) as error:
         print(f"del-server: error: {_one_line(error)}", file=sys.stderr)
         sys.exit(EXIT_OPERATOR_ERROR)

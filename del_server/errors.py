@@ -1,4 +1,5 @@
-"""Server-side errors; each maps to one gRPC status code in status.py."""
+"""Server-side errors. The served calls' each map to one gRPC status code in status.py; an
+offline command's InputError is one line on stderr and exit status 2."""
 
 from del_client.errors import DELError, FrameError
 
@@ -38,3 +39,9 @@ class RequestTimeoutError(DELError):
 
 class UndecodableMessageError(FrameError):
     """A message is not a valid protobuf of the expected type (gRPC would call it INTERNAL)."""
+
+
+class InputError(ValueError):
+    """An offline command's input does not fit (text too short, a --dim above the model's width,
+    a target out of reach): `del-server` says so in one line, with no traceback, after the
+    model has loaded, where argparse could not know it."""

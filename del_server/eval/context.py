@@ -27,6 +27,7 @@ from ..attacks.mechanisms import Binomial
 from ..attacks.suite import Attacker, AttackOptions
 from ..attacks.tokenwise import client_table
 from ..calibration import CalibratedLevel
+from ..errors import InputError
 from ..front_end import PosteriorFrontEnd, front_end_of
 from ..models import LoadedModel, load_model
 from ..paths import shown
@@ -136,7 +137,7 @@ class EvalContext:
         length, stream = self.prompt_tokens, self._ood_stream
         count = min(self.config.attack_prompts, len(stream) // length)
         if count == 0:
-            raise ValueError(f"{self.config.ood_data}: not one {length}-token window of text")
+            raise InputError(f"{self.config.ood_data}: not one {length}-token window of text")
         return stream[: count * length].reshape(count, length)
 
     def describe(self) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..attacks.particle import mixture_nll
+from ..errors import InputError
 from ..train.data import Windows
 from ..train.reader import (
     MIXTURE_CHUNK,
@@ -70,7 +71,7 @@ def ignore_prompt(ctx: EvalContext, method: Method) -> float:
     if method.mechanism is None:
         selection = ctx.split.validation.part(ctx.config.loss_windows, SELECTION_WINDOWS)
         if not len(selection):
-            raise ValueError(
+            raise InputError(
                 "no held-out windows left to fit the blind reader on: use more text or fewer "
                 "loss windows"
             )

@@ -32,6 +32,7 @@ from ..attacks.mechanisms import Binomial, Mechanism
 from ..attacks.recovery import Recovery
 from ..attacks.suite import Attacker, strongest
 from ..calibration import CalibratedLevel
+from ..errors import InputError
 from .defaults import DEFAULT_TARGETS, MU_RANGE
 
 BISECTION_ATTACKS = ("nearest_neighbour", "likelihood", "bigram_marginal")
@@ -108,7 +109,7 @@ def calibrate(
             mu = max(MU_RANGE[0], mu * STEP_DOWN)
         if not level_holds(results, target):
             name, worst = strongest(results)
-            raise ValueError(
+            raise InputError(
                 f"a target of {target:.1%} is out of reach: at μ = {mu:g}, where the symbols "
                 f"carry next to nothing, the {name} attack still recovers {worst.rate:.1%} of "
                 f"tokens (95 % up to {worst.high:.2%}) from what it knows of the language "

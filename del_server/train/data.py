@@ -15,13 +15,17 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from ..errors import InputError
+
 
 def read_documents(source: str | Path) -> list[str]:
     """Blank-line separated blocks of a text file, or of every *.txt under a directory (sorted)."""
     source = Path(source)
+    if not source.exists():
+        raise InputError(f"--data {source}: no such file or directory")
     files = sorted(source.rglob("*.txt")) if source.is_dir() else [source]
     if not files:
-        raise ValueError(f"{source}: no text files")
+        raise InputError(f"--data {source}: no text files")
     documents = []
     for path in files:
         blocks = path.read_text(encoding="utf-8").split("\n\n")
@@ -74,7 +78,7 @@ def _windows(documents: list[str], tokenizer: Tokenizer, prompt: int, continuati
     size = prompt + continuation
     count = len(stream) // size
     if count == 0:
-        raise ValueError(f"not enough text for one window of {size} tokens")
+        raise InputError(f"not enough text for one window of {size} tokens")
     ids = torch.tensor(stream[: count * size], dtype=torch.long).view(count, size)
     return Windows(ids[:, :prompt].contiguous(), ids[:, prompt:].contiguous())
 
@@ -90,7 +94,7 @@ def load_split(
     documents = read_documents(source)
     held_out = max(1, round(len(documents) * validation_fraction))
     if held_out >= len(documents):
-        raise ValueError(f"{source}: too few documents ({len(documents)}) to hold some out")
+        raise InputError(f"--data {source}: too few documents ({len(documents)}) to hold some out")
     train_docs, validation_docs = documents[:-held_out], documents[-held_out:]
     return Split(
         train=_windows(train_docs, tokenizer, prompt_tokens, continuation_tokens),

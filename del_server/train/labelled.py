@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from ..errors import InputError
+
 # Names of the labels of the tasks whose files give integers only.
 TASK_LABELS = {"sst2": ("negative", "positive")}
 
@@ -53,7 +55,7 @@ class Labelled:
         available = len(stream) // length
         count = available if count is None else count
         if available < count:
-            raise ValueError(f"{count} windows of {length} tokens need more text ({available})")
+            raise InputError(f"{count} windows of {length} tokens need more text ({available})")
         return stream[: count * length].reshape(count, length)
 
 
@@ -75,11 +77,15 @@ class LabelledData:
 
 
 def read_tsv(path: Path) -> tuple[list[str], list[int]]:
+    if not path.is_file():
+        raise InputError(
+            f"--data {path.parent}: no {path.name} (a task directory holds train.tsv and dev.tsv)"
+        )
     texts, labels = [], []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
         text, separator, label = line.rpartition("\t")
         if not separator or not label.strip().isdigit():
-            raise ValueError(f"{path}:{number}: expected text<TAB>integer label, got {line!r}")
+            raise InputError(f"{path}:{number}: expected text<TAB>integer label, got {line!r}")
         texts.append(text.strip())
         labels.append(int(label))
     return texts, labels
@@ -98,12 +104,12 @@ def load_labelled(directory: str | Path, tokenizer: Tokenizer, *, held_out: int)
     directory = Path(directory)
     texts, labels = read_tsv(directory / "train.tsv")
     if not 0 < held_out < len(texts):
-        raise ValueError(f"{directory}: cannot hold out {held_out} of {len(texts)} rows")
+        raise InputError(f"{directory}: cannot hold out {held_out} of {len(texts)} rows")
     dev = _labelled(*read_tsv(directory / "dev.tsv"), tokenizer)
     count = max(labels + dev.labels.tolist()) + 1
     names = TASK_LABELS.get(directory.name, tuple(str(i) for i in range(count)))
     if len(names) != count:
-        raise ValueError(f"{directory}: {count} labels in the files, {len(names)} names")
+        raise InputError(f"{directory}: {count} labels in the files, {len(names)} names")
     return LabelledData(
         train=_labelled(texts[:-held_out], labels[:-held_out], tokenizer),
         held_out=_labelled(texts[-held_out:], labels[-held_out:], tokenizer),

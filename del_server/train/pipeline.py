@@ -29,9 +29,10 @@ import torch
 from del_client.mechanism import PrivacySpec
 from del_client.parameters import DEFAULT_BITS
 
-from ..adapter import Adapter, ParticleReading, pca_adapter
+from ..adapter import Adapter, ParticleReading, check_projection_dim, pca_adapter
 from ..attacks.mechanisms import Binomial
 from ..attacks.suite import Attacker, AttackOptions
+from ..errors import InputError
 from ..front_end import front_end_of, initial_parameters
 from ..levels import adapter_levels
 from ..models import LoadedModel, load_model
@@ -103,7 +104,6 @@ class Workbench:
     @classmethod
     def open(cls, config: TrainConfig) -> Workbench:
         torch.manual_seed(config.seed)
-        (config.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         loaded = load_model(config.model)
         if torch.cuda.is_available():
             loaded.model.to("cuda")
@@ -131,7 +131,11 @@ class Workbench:
         )
 
     def checkpoint(self, name: str) -> Path:
-        return self.config.out / "checkpoints" / name
+        """Where stage `name` checkpoints, its directory made on first use (a run refused at
+        its input leaves no directory behind)."""
+        directory = self.config.out / "checkpoints"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / name
 
     def spec(self, adapter: Adapter, mu: float) -> PrivacySpec:
         return PrivacySpec.from_mu(
@@ -176,6 +180,7 @@ class Workbench:
 
 def projection_stage(bench: Workbench) -> Adapter:
     c = bench.config
+    check_projection_dim(c.dim, bench.lm.table.shape[1])
     noise = None
     if c.projection_noise_mu is not None:  # the clip of PCA, since the trained one is not known yet
         start_clip = pca_adapter(bench.lm.table, dim=c.dim).clip
@@ -220,7 +225,7 @@ def soft_prompt_stage(bench: Workbench, adapter: Adapter) -> Adapter:
     c = bench.config
     mus = c.soft_prompt_mus or tuple(level.mu for level in adapter.calibration)
     if not mus:
-        raise ValueError("no privacy levels: calibrate first or pass --mu")
+        raise InputError("no privacy levels: calibrate first or pass --mu")
     # Switching front-ends drops the soft prompts trained for the other one (and the reader).
     if c.front_end == "posterior" and adapter.prior is None:
         prior = bench.attacker().prior  # the attacker's, exactly

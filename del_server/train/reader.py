@@ -30,6 +30,7 @@ from tqdm import tqdm
 from ..attacks.mechanisms import Mechanism
 from ..attacks.particle import Particles, mixture_nll, sample_posterior
 from ..attacks.sequence import Lattice
+from ..errors import InputError
 from ..front_end import PosteriorFrontEnd
 from .data import Windows
 from .evaluate import EVAL_BATCH
@@ -164,7 +165,7 @@ class ReaderBench:
 
     def __post_init__(self) -> None:
         if not len(self.selection):
-            raise ValueError(
+            raise InputError(
                 "no held-out windows left to fit the particle reader on: use more text or "
                 "fewer evaluation windows"
             )

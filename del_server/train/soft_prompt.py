@@ -19,6 +19,7 @@ from del_client.mechanism import PrivacySpec
 
 from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial
+from ..errors import InputError
 from ..front_end import PosteriorFrontEnd
 from .data import Windows
 from .loop import optimize
@@ -74,10 +75,10 @@ def levels_training(adapter: Adapter, steps: int | None = None) -> dict:
     instead), so that a soft prompt compared with its levels' (nothing sent, a baseline
     mechanism) had the same chance to recover utility."""
     if not adapter.soft_prompts:
-        raise ValueError("the adapter has no soft prompts: train them first")
+        raise InputError("the adapter has no soft prompts: train them first")
     steps = steps or adapter.metadata.get("soft_prompt_steps")
     if not steps:
-        raise ValueError(
+        raise InputError(
             "the adapter does not record its soft-prompt steps: pass --soft-prompt-steps"
         )
     return {"length": next(iter(adapter.soft_prompts.values())).shape[0], "steps": int(steps)}

@@ -155,6 +155,25 @@ def test_a_training_value_out_of_range_stops_before_anything_trains(argv, expect
     assert not (tmp_path / "adapter").exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["all", "--dim", "65"],
+            "--dim 65: the projection dim must be in 1..64, the model's width",
+        ),
+        (["all", "--data", "nowhere.txt"], "--data nowhere.txt: no such file or directory"),
+        (["classify", "--data", "."], "--data .: no train.tsv (a task directory holds train.tsv"),
+    ],
+)
+def test_input_that_only_the_loaded_model_or_data_refutes_is_one_line_leaving_nothing(
+    argv, expected, tmp_path
+):
+    line = one_line_error(del_server("train", *argv, "--out", "adapter", cwd=tmp_path))
+    assert line.startswith(f"del-server: error: {expected}")
+    assert not (tmp_path / "adapter").exists()
+
+
 @pytest.mark.parametrize("stage", ["evaluate", "recalibrate"])
 def test_a_stage_that_continues_a_trained_adapter_needs_one(stage, tmp_path):
     line = one_line_error(del_server("train", stage, "--out", "nowhere", cwd=tmp_path))

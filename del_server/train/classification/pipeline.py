@@ -39,6 +39,7 @@ from del_client.mechanism import PrivacySpec
 from ...adapter import HEAD_TENSORS, Adapter, ClassificationTask, Head, pca_adapter
 from ...attacks.suite import Attacker, AttackOptions
 from ...calibration import MeasuredUtility
+from ...errors import InputError
 from ...models import LoadedModel, load_model
 from ...paths import recorded, shown
 from ..calibrate import calibrate
@@ -97,10 +98,11 @@ class ClassifyBench:
     @classmethod
     def open(cls, config: ClassifyConfig) -> ClassifyBench:
         torch.manual_seed(config.seed)
-        (config.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         loaded = load_model(config.model)
         if not loaded.is_encoder:
-            raise ValueError(f"{config.model} is a causal LM: classification trains an encoder")
+            raise InputError(
+                f"--model {config.model} is a causal LM: classification trains an encoder"
+            )
         path = NoisyPath(loaded.model, cls_id=loaded.cls_id, sep_id=loaded.sep_id)
         data = load_labelled(config.data, loaded.tokenizer, held_out=config.held_out)
         return cls(config, loaded, path, data)
@@ -111,7 +113,11 @@ class ClassifyBench:
         )
 
     def checkpoint(self, name: str) -> Path:
-        return self.config.out / "checkpoints" / name
+        """Where stage `name` checkpoints, its directory made on first use (a run refused at
+        its input leaves no directory behind)."""
+        directory = self.config.out / "checkpoints"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / name
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
