@@ -43,6 +43,7 @@ from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial
 from ..attacks.suite import PARTICLE_ATTACKS, Attacker, AttackOptions, strongest, without_lm
 from ..calibration import CalibratedLevel
+from ..errors import InputError
 from ..models import LoadedModel, load_model
 from ..paths import recorded
 from ..train.calibrate import REPORT_DELTA, level_holds
@@ -53,7 +54,7 @@ from .config import AuditConfig
 from .context import file_sha256
 
 
-class AuditError(ValueError):
+class AuditError(InputError):
     """The audit cannot run as asked (said in one line, before anything is attacked)."""
 
 
@@ -197,7 +198,9 @@ def _scene(config: AuditConfig) -> _Scene:
         if loaded.is_encoder:
             return _encoder_scene(config.data, loaded, adapter.calibration[0], options)
         split = load_split(config.data, loaded.tokenizer)
-    except (OSError, ValueError) as error:
+    except InputError:
+        raise  # it names what --data lacks
+    except (OSError, ValueError) as error:  # a file that is not text, or not readable
         wanted = "a task folder (train.tsv, dev.tsv)" if loaded.is_encoder else "text files"
         raise AuditError(f"--data {config.data}: cannot read {wanted} ({error})") from None
     attacker = Attacker.of_model(loaded.model, loaded.bos_id, split.train, options)

@@ -341,7 +341,8 @@ def _add_frontier_compare(sub: argparse._SubParsersAction) -> None:
 def _run_audit(args: argparse.Namespace) -> None:
     require_extra("eval", "del-server audit")
     from ..adapter import Adapter
-    from .audit import AuditError, failing, percent, render, run
+    from ..errors import InputError
+    from .audit import failing, percent, render, run
 
     if args.render_only:
         stored = args.out / "audit.json"
@@ -373,7 +374,7 @@ def _run_audit(args: argparse.Namespace) -> None:
     )
     try:
         report = run(config)
-    except AuditError as error:
+    except InputError as error:  # the audit's own refusals, and what --data lacks
         print(f"del-server audit: error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_OPERATOR_ERROR) from None
     for entry in report["audited"]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from del_server.adapter import Adapter
+from del_server.errors import InputError
 from del_server.eval.audit import AuditError, failing, markdown, run
 from del_server.eval.config import AuditConfig
 from del_server.settings import DEFAULT_NLU_ADAPTER
@@ -218,6 +219,6 @@ def test_an_audit_that_cannot_run_says_why_before_attacking(
     sentences_for_stories = AuditConfig(
         str(stories260k), str(shared_dir / "data" / "sst2"), small_adapter, tmp_path
     )
-    with pytest.raises(AuditError, match="sst2: cannot read text files"):
+    with pytest.raises(InputError, match="sst2: no text files"):
         run(sentences_for_stories)
     assert not (tmp_path / "audit.json").exists()
