@@ -19,6 +19,14 @@ from tqdm import tqdm
 LossFn = Callable[[torch.Generator], torch.Tensor]
 
 
+def checkpoint_in(out: Path, name: str) -> Path:
+    """Where stage `name` of a run writing to `out` checkpoints: out/checkpoints, made on first
+    use, so that a run refused at its input leaves no directory behind."""
+    directory = out / "checkpoints"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / name
+
+
 def _file(checkpoint: Path, suffix: str) -> Path:
     """The checkpoint's file: its name plus `suffix` (a name like "level_mu3.56632" has a dot
     that with_suffix would take for a suffix, and two levels' files would collide)."""

@@ -47,7 +47,7 @@ from .defaults import (
     MU_RANGE,
 )
 from .evaluate import level_losses, loss_utility, reference_losses
-from .loop import loss_summary
+from .loop import checkpoint_in, loss_summary
 from .objective import FrozenLM
 from .projection import train_projection
 from .reader import SELECTION_WINDOWS, ReaderBench, paired_margin
@@ -131,11 +131,7 @@ class Workbench:
         )
 
     def checkpoint(self, name: str) -> Path:
-        """Where stage `name` checkpoints, its directory made on first use (a run refused at
-        its input leaves no directory behind)."""
-        directory = self.config.out / "checkpoints"
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory / name
+        return checkpoint_in(self.config.out, name)
 
     def spec(self, adapter: Adapter, mu: float) -> PrivacySpec:
         return PrivacySpec.from_mu(

@@ -45,7 +45,7 @@ from ...paths import recorded, shown
 from ..calibrate import calibrate
 from ..defaults import DEFAULT_TRIGRAM_KEEP
 from ..labelled import LabelledData, load_labelled
-from ..loop import loss_summary, optimize
+from ..loop import checkpoint_in, loss_summary, optimize
 from .objective import Noise, NoisyPath, binomial_noise
 
 EVAL_BATCH = 64
@@ -113,11 +113,7 @@ class ClassifyBench:
         )
 
     def checkpoint(self, name: str) -> Path:
-        """Where stage `name` checkpoints, its directory made on first use (a run refused at
-        its input leaves no directory behind)."""
-        directory = self.config.out / "checkpoints"
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory / name
+        return checkpoint_in(self.config.out, name)
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
