@@ -353,11 +353,10 @@ def _stored(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def check_projection_dim(dim: int, width: int) -> None:
-    """A projection of a model `width` wide keeps 1..width dimensions."""
+    """A projection of a model `width` wide keeps 1..width dimensions. The message names no
+    flag: `train --dim`, `serve --projection-dim` and `eval-frontier-nlu --points` all set it."""
     if not 0 < dim <= width:
-        raise InputError(
-            f"--dim {dim}: the projection dim must be in 1..{width}, the model's width"
-        )
+        raise InputError(f"projection dim {dim} is outside 1..{width}, the model's embedding width")
 
 
 def pca_adapter(

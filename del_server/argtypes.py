@@ -1,11 +1,13 @@
-"""Value types for del-server's command lines: argparse refuses a bad value in one line that
-names the flag, before any model loads. (Unchecked, a training run took `--bits 9` or
-`--targets 1.5` and failed minutes in, after its projection stage, or with a traceback.)"""
+"""Value types for del-server's command lines and its tools': argparse refuses a bad value in
+one line that names the flag, before any model loads. (Unchecked, a training run took
+`--bits 9` or `--targets 1.5` and failed minutes in, after its projection stage, or with a
+traceback.)"""
 
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from del_client.parameters import MAX_BITS, MIN_BITS, SUPPORTED_BITS
 
@@ -21,9 +23,13 @@ def positive_int(text: str) -> int:
 
 
 def count(text: str) -> int:
-    if not text.isdigit():
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
+    return value
 
 
 def bits(text: str) -> int:
@@ -68,3 +74,10 @@ def rates(text: str) -> tuple[float, ...]:
     if not values or not all(0 < v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"comma-separated rates in (0, 1), got {text!r}")
     return values
+
+
+def existing_path(text: str) -> str:
+    """A file or directory read late in a long run (eval's --ood-data): checked at once."""
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"no such file or directory: {text!r}")
+    return text

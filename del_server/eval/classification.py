@@ -40,6 +40,7 @@ from ..train.classification.pipeline import (
     level_accuracy,
     train_level,
 )
+from ..train.defaults import DEFAULT_TRIGRAM_KEEP
 from .context import file_sha256
 
 RAW_BITS = 16  # an fp16 embedding coordinate: what sending the prompt's embeddings costs
@@ -77,6 +78,7 @@ def run(config: NluEvalConfig) -> dict:
             calibration_prompts=trained["calibration_prompts"],
             calibration_length=trained["calibration_length"],
             inversion_steps=trained["inversion_steps"],
+            trigram_keep=trained.get("trigram_keep", DEFAULT_TRIGRAM_KEEP),  # older: the default
             eval_seeds=config.eval_seeds,
             seed=trained["seed"],
         )

@@ -120,7 +120,9 @@ def _add_nlu(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=DEFAULT_NLU_DATA, help="directory with the task's TSVs")
     parser.add_argument("--out", type=Path, default=Path("reports/eval-nlu"))
     parser.add_argument(
-        "--level-steps", type=int, help="baselines' training steps (default: the adapter's)"
+        "--level-steps",
+        type=argtypes.positive_int,
+        help="baselines' training steps (default: the adapter's)",
     )
     parser.set_defaults(run=_run_nlu)
 
@@ -549,17 +551,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=DEFAULT_DATA, help="the text the adapter was trained on")
     parser.add_argument(
         "--ood-data",
+        type=argtypes.existing_path,
         default=DEFAULT_OOD_DATA,
         help="text of another domain, on which the levels are attacked as well",
     )
     parser.add_argument("--out", type=Path, default=Path("reports"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--threads", type=int, help="torch threads (default 1: best for the tiny default model)"
+        "--threads",
+        type=argtypes.positive_int,
+        help="torch threads (default 1: best for the tiny default model)",
     )
     parser.add_argument(
         "--soft-prompt-steps",
-        type=int,
+        type=argtypes.positive_int,
         help="steps for the baselines' soft prompts (default: as many as the adapter's)",
     )
     parser.set_defaults(run=_run)

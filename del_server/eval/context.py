@@ -128,7 +128,7 @@ class EvalContext:
 
     @cached_property
     def _ood_stream(self) -> np.ndarray:
-        documents = read_documents(self.config.ood_data)
+        documents = read_documents(self.config.ood_data, flag="--ood-data")
         encodings = self.loaded.tokenizer.encode_batch(documents, add_special_tokens=False)
         return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
 
@@ -137,7 +137,9 @@ class EvalContext:
         length, stream = self.prompt_tokens, self._ood_stream
         count = min(self.config.attack_prompts, len(stream) // length)
         if count == 0:
-            raise InputError(f"{self.config.ood_data}: not one {length}-token window of text")
+            raise InputError(
+                f"--ood-data {self.config.ood_data}: not one {length}-token window of text"
+            )
         return stream[: count * length].reshape(count, length)
 
     def describe(self) -> dict:

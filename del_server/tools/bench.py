@@ -47,6 +47,7 @@ from del_client.parameters import DEFAULT_BITS
 from del_client.randomness import seeded_generator_for_tests
 from del_client.sampling import Sampling
 
+from .. import argtypes
 from ..generation import FinishEvent, PrivatePrompt, TokenEvent
 from ..levels import choose_level
 from ..runtime import ServedModel
@@ -638,15 +639,23 @@ def main() -> None:
     parser.add_argument(
         "--adapter", help="trained adapter (default: the committed one, for the default model)"
     )
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per level")
+    parser.add_argument("--new-tokens", type=argtypes.positive_int, default=32)
+    parser.add_argument("--repeats", type=argtypes.positive_int, default=3)
+    parser.add_argument("--levels", type=argtypes.positive_int, nargs="+", default=list(LEVELS))
     parser.add_argument(
-        "--processes", type=int, default=1, help="load generator processes per level"
+        "--duration", type=argtypes.positive_float, default=8.0, help="seconds of load per level"
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads, for the model and the server"
+        "--processes",
+        type=argtypes.positive_int,
+        default=1,
+        help="load generator processes per level",
+    )
+    parser.add_argument(
+        "--threads",
+        type=argtypes.positive_int,
+        default=1,
+        help="torch threads, for the model and the server",
     )
     parser.add_argument(
         "--stream-interval-ms", type=float, help="the server's (default: its own default)"

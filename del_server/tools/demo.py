@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .. import argtypes
 from ..settings import DEFAULT_ADAPTER, DEFAULT_MODEL, DEFAULT_NLU_ADAPTER
 
 NLU_MODEL = "all-MiniLM-L6-v2"
@@ -97,8 +98,10 @@ def main() -> None:
     parser.add_argument("--model", default=os.environ.get("MODEL"))
     parser.add_argument("--adapter", default=os.environ.get("ADAPTER"))
     parser.add_argument("--prompt", default="Once upon a time, there was a little dog")
-    parser.add_argument("--mu", type=float, help="privacy level (default: a calibrated one)")
-    parser.add_argument("--timeout-s", type=float, default=300)
+    parser.add_argument(
+        "--mu", type=argtypes.positive_float, help="privacy level (default: a calibrated one)"
+    )
+    parser.add_argument("--timeout-s", type=argtypes.positive_float, default=300)
     args = parser.parse_args()
     default_model, default_adapter = (
         (NLU_MODEL, DEFAULT_NLU_ADAPTER) if args.nlu else (DEFAULT_MODEL, DEFAULT_ADAPTER)

@@ -28,6 +28,7 @@ from pathlib import Path
 from del_client import ClientConfig
 from del_client.loadtest import run_load
 
+from .. import argtypes
 from ..settings import DEFAULT_ADAPTER, DEFAULT_MODEL
 
 STATUS_SAMPLE = re.compile(r'^del_requests_total\{code="(\w+)"\} (\S+)$', re.MULTILINE)
@@ -158,9 +159,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--adapter", help="trained adapter (default: the committed one, for the default model)"
     )
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--concurrency", type=argtypes.positive_int, nargs="+", default=[1, 8, 32, 64]
+    )
+    parser.add_argument("--duration", type=argtypes.positive_float, default=20.0)
+    parser.add_argument("--max-new-tokens", type=argtypes.positive_int, default=32)
     parser.add_argument("--out", type=Path, default=Path("reports"))
     args = parser.parse_args(argv)
     if args.adapter is None and args.model == DEFAULT_MODEL:

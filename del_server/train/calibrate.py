@@ -113,8 +113,8 @@ def calibrate(
                 f"a target of {target:.1%} is out of reach: at μ = {mu:g}, where the symbols "
                 f"carry next to nothing, the {name} attack still recovers {worst.rate:.1%} of "
                 f"tokens (95 % up to {worst.high:.2%}) from what it knows of the language "
-                f"alone (blind guessing: {max(r.rate for r in blind.values()):.1%}); choose "
-                "targets above that"
+                f"alone (blind guessing: {max(r.rate for r in blind.values()):.1%}); only "
+                "targets above that can be met"
             )
         levels.append(
             CalibratedLevel(

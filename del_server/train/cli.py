@@ -144,7 +144,7 @@ def _soft_prompt_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--length", type=argtypes.positive_int, default=8, help="soft prompt vectors m"
     )
-    parser.add_argument("--soft-prompt-steps", type=argtypes.count, default=600)
+    parser.add_argument("--soft-prompt-steps", type=argtypes.positive_int, default=600)
     parser.add_argument(
         "--mu", type=argtypes.positive_floats, default=(), help="levels (default: calibrated)"
     )

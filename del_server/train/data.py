@@ -18,14 +18,15 @@ from tokenizers import Tokenizer
 from ..errors import InputError
 
 
-def read_documents(source: str | Path) -> list[str]:
-    """Blank-line separated blocks of a text file, or of every *.txt under a directory (sorted)."""
+def read_documents(source: str | Path, flag: str = "--data") -> list[str]:
+    """Blank-line separated blocks of a text file, or of every *.txt under a directory (sorted);
+    `flag` is the option that named `source`, for the error an operator reads."""
     source = Path(source)
     if not source.exists():
-        raise InputError(f"--data {source}: no such file or directory")
+        raise InputError(f"{flag} {source}: no such file or directory")
     files = sorted(source.rglob("*.txt")) if source.is_dir() else [source]
     if not files:
-        raise InputError(f"--data {source}: no text files")
+        raise InputError(f"{flag} {source}: no text files")
     documents = []
     for path in files:
         blocks = path.read_text(encoding="utf-8").split("\n\n")
@@ -71,14 +72,20 @@ class Split:
         }
 
 
-def _windows(documents: list[str], tokenizer: Tokenizer, prompt: int, continuation: int) -> Windows:
+def _windows(
+    source: str | Path,
+    documents: list[str],
+    tokenizer: Tokenizer,
+    prompt: int,
+    continuation: int,
+) -> Windows:
     stream: list[int] = []
     for encoding in tokenizer.encode_batch(documents, add_special_tokens=False):
         stream += encoding.ids
     size = prompt + continuation
     count = len(stream) // size
     if count == 0:
-        raise InputError(f"not enough text for one window of {size} tokens")
+        raise InputError(f"--data {source}: not enough text for one window of {size} tokens")
     ids = torch.tensor(stream[: count * size], dtype=torch.long).view(count, size)
     return Windows(ids[:, :prompt].contiguous(), ids[:, prompt:].contiguous())
 
@@ -97,8 +104,8 @@ def load_split(
         raise InputError(f"--data {source}: too few documents ({len(documents)}) to hold some out")
     train_docs, validation_docs = documents[:-held_out], documents[-held_out:]
     return Split(
-        train=_windows(train_docs, tokenizer, prompt_tokens, continuation_tokens),
-        validation=_windows(validation_docs, tokenizer, prompt_tokens, continuation_tokens),
+        train=_windows(source, train_docs, tokenizer, prompt_tokens, continuation_tokens),
+        validation=_windows(source, validation_docs, tokenizer, prompt_tokens, continuation_tokens),
         documents=len(documents),
         validation_documents=held_out,
     )

@@ -144,6 +144,8 @@ def test_an_audit_past_the_held_out_prompts_says_how_many_there_are(tmp_path):
         (["all", "--targets", "0.05,1.5"], "--targets: comma-separated rates in (0, 1), got "),
         (["all", "--trigram-keep", "0"], "--trigram-keep: expected a whole number >= 1, got '0'"),
         (["all", "--batch", "-1"], "--batch: expected a whole number >= 1, got '-1'"),
+        (["all", "--soft-prompt-steps", "0"], "--soft-prompt-steps: expected a whole number >= 1"),
+        (["all", "--inversion-steps", "-1"], "--inversion-steps: expected a whole number >= 0"),
         (["soft-prompt", "--mu", "2,-1"], "--mu: comma-separated finite numbers > 0, got '2,-1'"),
         (["classify", "--lr", "nan"], "--lr: expected a finite number > 0, got 'nan'"),
     ],
@@ -160,7 +162,7 @@ def test_a_training_value_out_of_range_stops_before_anything_trains(argv, expect
     [
         (
             ["all", "--dim", "65"],
-            "--dim 65: the projection dim must be in 1..64, the model's width",
+            "projection dim 65 is outside 1..64, the model's embedding width",
         ),
         (["all", "--data", "nowhere.txt"], "--data nowhere.txt: no such file or directory"),
         (["classify", "--data", "."], "--data .: no train.tsv (a task directory holds train.tsv"),
