@@ -19,6 +19,7 @@ from .bundles import client_bundle, raw_bundle
 from .classification import EncoderClassifier
 from .classify_batcher import ClassifyBatcher
 from .engine_process import EngineSpec, ProcessEngine
+from .errors import InputError
 from .front_end import front_end_of
 from .generation import Engine, PromptBuilder
 from .levels import Level, adapter_levels
@@ -53,7 +54,11 @@ class ServedModel:
 
 def load_adapter(settings: Settings, loaded: LoadedModel) -> Adapter:
     if settings.adapter is None:
-        return pca_adapter(loaded.embeddings, dim=settings.projection_dim)
+        try:
+            return pca_adapter(loaded.embeddings, dim=settings.projection_dim)
+        except InputError as error:
+            why = str(error)  # the lambda runs after the except block has unbound `error`
+            raise SettingError(lambda n: f"{n('projection_dim')}: {why}") from None
     adapter = Adapter.load(settings.adapter)
     if not adapter.fits(loaded.embeddings):
         raise SettingError(

@@ -176,6 +176,15 @@ def test_input_that_only_the_loaded_model_or_data_refutes_is_one_line_leaving_no
     assert not (tmp_path / "adapter").exists()
 
 
+def test_a_projection_wider_than_the_model_names_the_servers_flag(tmp_path):
+    argv = ["--projection-dim", "65", "--out", str(tmp_path / "bundle")]
+    line = one_line_error(del_server("export-client-bundle", *argv))
+    assert line == (
+        "del-server: error: --projection-dim: projection dim 65 is outside 1..64, the model's "
+        "embedding width"
+    )
+
+
 @pytest.mark.parametrize("stage", ["evaluate", "recalibrate"])
 def test_a_stage_that_continues_a_trained_adapter_needs_one(stage, tmp_path):
     line = one_line_error(del_server("train", stage, "--out", "nowhere", cwd=tmp_path))
