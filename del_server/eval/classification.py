@@ -37,6 +37,7 @@ from ..train.classification.pipeline import (
     accuracies,
     accuracy,
     attacker,
+    calibration_prompts,
     level_accuracy,
     train_level,
 )
@@ -83,8 +84,11 @@ def run(config: NluEvalConfig) -> dict:
             seed=trained["seed"],
         )
     )
+    prompts = calibration_prompts(bench)  # the Gaussian baselines' calibration, refused early
     rows = (
-        _references(bench, adapter) + _levels(bench, adapter) + _gaussian(bench, adapter, trained)
+        _references(bench, adapter)
+        + _levels(bench, adapter)
+        + _gaussian(bench, adapter, trained, prompts)
     )
     report = {
         "schema": "del-eval-nlu/1",
@@ -167,8 +171,11 @@ def _levels(bench: ClassifyBench, adapter: Adapter) -> list[dict]:
     return rows
 
 
-def _gaussian(bench: ClassifyBench, adapter: Adapter, trained: dict) -> list[dict]:
-    """The Gaussian mechanism on the same projection, matched to each level's target."""
+def _gaussian(
+    bench: ClassifyBench, adapter: Adapter, trained: dict, prompts: np.ndarray
+) -> list[dict]:
+    """The Gaussian mechanism on the same projection, matched to each level's target on the
+    adapter's calibration `prompts`."""
     c, bits = bench.config, adapter.metadata["bits"]
 
     def mechanism_at(mu: float) -> GaussianQuantized:
@@ -179,7 +186,7 @@ def _gaussian(bench: ClassifyBench, adapter: Adapter, trained: dict) -> list[dic
     levels = calibrate(
         adapter,
         attacker(bench),
-        bench.data.held_out.windows(c.calibration_prompts, c.calibration_length),
+        prompts,
         measured_on=f"{Path(c.data).name}, held-out training sentences",
         targets=tuple(level.target_attack_rate for level in adapter.calibration),
         bits=bits,

@@ -61,7 +61,9 @@ def run(config: NluFrontierConfig) -> dict:
     )
     bench = ClassifyBench.open(base)
     server = attacker(bench)
-    prompts = bench.data.held_out.windows(config.attack_prompts, base.calibration_length)
+    prompts = bench.data.held_out.windows(
+        config.attack_prompts, base.calibration_length, flag="--attack-prompts"
+    )
     points = []
     for k, b, mu in tqdm(config.points, desc="frontier"):
         point_config = replace(

@@ -31,8 +31,9 @@ from ..errors import InputError
 from ..front_end import PosteriorFrontEnd, front_end_of
 from ..models import LoadedModel, load_model
 from ..paths import shown
-from ..train.data import Split, load_split, read_documents
+from ..train.data import Split, Windows, load_split, read_documents
 from ..train.objective import FrozenLM
+from ..train.reader import selection_windows
 from .checkpoint import Checkpoints
 from .config import EvalConfig
 
@@ -58,7 +59,7 @@ class EvalContext:
             )
         torch.manual_seed(config.seed)
         loaded = load_model(config.model)
-        return cls(
+        ctx = cls(
             config=config,
             loaded=loaded,
             lm=FrozenLM(loaded.model, loaded.bos_id),
@@ -72,6 +73,13 @@ class EvalContext:
                 resume=resume,
             ),
         )
+        if ctx.adapter.reader is not None:
+            ctx.reader_selection()  # text too short for the blind reader: refused before any stage
+        return ctx
+
+    def reader_selection(self) -> Windows:
+        """The held-out windows after the loss windows, which the blind reader's λ is fitted on."""
+        return selection_windows(self.split.validation, self.config.loss_windows)
 
     @property
     def embeddings(self) -> torch.Tensor:

@@ -20,11 +20,9 @@ import numpy as np
 import torch
 
 from ..attacks.particle import mixture_nll
-from ..errors import InputError
 from ..train.data import Windows
 from ..train.reader import (
     MIXTURE_CHUNK,
-    SELECTION_WINDOWS,
     blend,
     fit_weight,
     mixture_nlls,
@@ -69,12 +67,7 @@ def ignore_prompt(ctx: EvalContext, method: Method) -> float:
     """The method's λ: its level's, as served; for the blind reader, fitted as training fits it."""
     reading = method.reader
     if method.mechanism is None:
-        selection = ctx.split.validation.part(ctx.config.loss_windows, SELECTION_WINDOWS)
-        if not len(selection):
-            raise InputError(
-                "no held-out windows left to fit the blind reader on: use more text or fewer "
-                "loss windows"
-            )
+        selection = ctx.reader_selection()
         mixture = mixture_nlls(
             ctx.lm,
             ctx.front_end,

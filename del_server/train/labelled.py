@@ -47,15 +47,19 @@ class Labelled:
         """Every sentence's ids back to back: public text for the attacker's bigram prior."""
         return torch.cat(list(self.ids)).numpy()
 
-    def windows(self, count: int | None, length: int) -> np.ndarray:
+    def windows(self, count: int | None, length: int, *, flag: str = "") -> np.ndarray:
         """(count, length) consecutive tokens of the sentences back to back: prompts of one
         length for the attacks (calibration measures token recovery, not labels); count None:
-        as many as the text holds."""
+        as many as the text holds. `flag`: the option that asked for `count`, for the error."""
         stream = self.stream()
         available = len(stream) // length
         count = available if count is None else count
         if available < count:
-            raise InputError(f"{count} windows of {length} tokens need more text ({available})")
+            asked = f"{flag} {count}: " if flag else ""
+            raise InputError(
+                f"{asked}{count} windows of {length} tokens need more held-out text than "
+                f"there is ({available} windows)"
+            )
         return stream[: count * length].reshape(count, length)
 
 

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from del_client.mechanism import PrivacySpec
@@ -50,7 +51,7 @@ from .evaluate import level_losses, loss_utility, reference_losses
 from .loop import checkpoint_in, loss_summary
 from .objective import FrozenLM
 from .projection import train_projection
-from .reader import SELECTION_WINDOWS, ReaderBench, paired_margin
+from .reader import ReaderBench, paired_margin, selection_windows
 from .report import plot_losses, write_markdown
 from .soft_prompt import PromptFn, level_prompt, levels_training, nothing_sent, train_soft_prompt
 
@@ -133,6 +134,37 @@ class Workbench:
     def checkpoint(self, name: str) -> Path:
         return checkpoint_in(self.config.out, name)
 
+    def check_held_out_text(self, adapter: Adapter | None) -> None:
+        """Refuse held-out text too short for the calibration prompts or for the particle
+        reader of `adapter` (None: a new one) as a run opens, not after stages have trained."""
+        self.calibration_prompts()
+        self.reader_selection(self.leaves_posterior(adapter))
+
+    def calibration_prompts(self) -> np.ndarray:
+        """(N, prompt_tokens) the held-out prompts every level is calibrated on."""
+        held_out, count = self.split.validation, self.config.calibration_prompts
+        if len(held_out) < count:
+            raise InputError(
+                f"--calibration-prompts {count}: the held-out text holds {len(held_out)} "
+                "prompts; use more text (--data) or fewer prompts"
+            )
+        return held_out.prompts[:count].numpy()
+
+    def leaves_posterior(self, adapter: Adapter | None) -> bool:
+        """Whether the soft-prompt stage leaves `adapter` (None: a new one) with a posterior
+        front-end: config.front_end, or as the adapter has it."""
+        if self.config.front_end is not None:
+            return self.config.front_end == "posterior"
+        return adapter is not None and adapter.prior is not None
+
+    def reader_selection(self, posterior: bool) -> Windows | None:
+        """The held-out windows the particle reader's λ is fitted on, where the evaluation
+        serves one (a `posterior` front-end, reader_particles > 0); None where it does not."""
+        c = self.config
+        if not posterior or c.reader_particles == 0:
+            return None
+        return selection_windows(self.split.validation, c.eval_windows)
+
     def spec(self, adapter: Adapter, mu: float) -> PrivacySpec:
         return PrivacySpec.from_mu(
             mu=mu, dim=adapter.projection_dim, bits=self.config.bits, clip=adapter.clip
@@ -201,7 +233,7 @@ def projection_stage(bench: Workbench) -> Adapter:
 
 def calibration_stage(bench: Workbench, adapter: Adapter) -> Adapter:
     c = bench.config
-    prompts = bench.split.validation.prompts[: c.calibration_prompts].numpy()
+    prompts = bench.calibration_prompts()
     with bench.timed("calibration_s"):
         levels = calibrate(
             adapter,
@@ -264,6 +296,7 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
     a level is served with its noise, front-end and soft prompt."""
     c = bench.config
     validation = bench.split.validation.head(c.eval_windows)
+    selection = bench.reader_selection(adapter.prior is not None)
     training = levels_training(adapter)
     with bench.timed("nothing_sent_soft_prompt_s"):
         nothing = bench.soft_prompt(
@@ -271,15 +304,9 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
         )
     front_end = front_end_of(adapter, bench.lm.table)
     reader = None
-    if front_end is not None and c.reader_particles > 0:
+    if selection is not None:
         reader = ReaderBench(
-            bench.lm,
-            front_end,
-            nothing,
-            c.reader_particles,
-            c.seed,
-            selection=bench.split.validation.part(len(validation), SELECTION_WINDOWS),
-            reported=validation,
+            bench.lm, front_end, nothing, c.reader_particles, c.seed, selection, validation
         )
     with bench.timed("evaluation_s"):
         references = reference_losses(bench.lm, adapter, validation, nothing)
@@ -408,6 +435,7 @@ def _loss_summaries(bench: Workbench) -> dict:
 def run_all(config: TrainConfig) -> Adapter:
     started = time.perf_counter()
     bench = Workbench.open(config)
+    bench.check_held_out_text(None)
     adapter = projection_stage(bench)
     adapter = calibration_stage(bench, adapter)
     adapter = soft_prompt_stage(bench, adapter)
@@ -448,6 +476,7 @@ def recalibrate(config: TrainConfig) -> Adapter:
     started = time.perf_counter()
     bench = Workbench.open(config)
     trained = Adapter.load(config.out)
+    bench.check_held_out_text(trained)
     kept = tuple(
         level
         for level in trained.calibration

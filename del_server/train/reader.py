@@ -41,6 +41,19 @@ SELECTION_WINDOWS = 128  # held-out windows λ is fitted on, after the reported 
 MIXTURE_CHUNK = 16  # windows whose particles go through the LLM at once
 
 
+def selection_windows(held_out: Windows, reported: int) -> Windows:
+    """The held-out windows after the `reported` ones, which a reader's λ is fitted on.
+
+    Text that leaves none is refused; callers ask before anything trains, not at the end."""
+    selection = held_out.part(reported, SELECTION_WINDOWS)
+    if not len(selection):
+        raise InputError(
+            f"no held-out windows left after the {reported} reported ones to fit the particle "
+            "reader on: use more text (--data)"
+        )
+    return selection
+
+
 def per_token(nlls: torch.Tensor, windows: Windows) -> float:
     """Per-window sequence NLLs -> mean nats per continuation token."""
     return nlls.sum().item() / windows.continuations.numel()
@@ -164,11 +177,6 @@ class ReaderBench:
     _alone: tuple[torch.Tensor, torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not len(self.selection):
-            raise InputError(
-                "no held-out windows left to fit the particle reader on: use more text or "
-                "fewer evaluation windows"
-            )
         self._alone = tuple(prefix_nlls(self.lm, w, self.prefix) for w in self.windows)
 
     @property

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from del_server import settings as settings_module
 from del_server.cli import main
 from del_server.settings import DEFAULT_MODEL, SettingError, Settings, check_files
+from del_server.train.defaults import DEFAULT_DATA
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -166,6 +167,14 @@ def test_a_training_value_out_of_range_stops_before_anything_trains(argv, expect
         ),
         (["all", "--data", "nowhere.txt"], "--data nowhere.txt: no such file or directory"),
         (["classify", "--data", "."], "--data .: no train.tsv (a task directory holds train.tsv"),
+        (
+            ["all", "--calibration-prompts", "100000"],
+            "--calibration-prompts 100000: the held-out text holds 585 prompts; use more text",
+        ),
+        (
+            ["classify", "--calibration-prompts", "100000"],
+            "--calibration-prompts 100000: 100000 windows of 16 tokens need more held-out text",
+        ),
     ],
 )
 def test_input_that_only_the_loaded_model_or_data_refutes_is_one_line_leaving_nothing(
@@ -173,6 +182,18 @@ def test_input_that_only_the_loaded_model_or_data_refutes_is_one_line_leaving_no
 ):
     line = one_line_error(del_server("train", *argv, "--out", "adapter", cwd=tmp_path))
     assert line.startswith(f"del-server: error: {expected}")
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_text_too_short_for_the_particle_reader_is_refused_before_anything_trains(tmp_path):
+    stories = Path(DEFAULT_DATA).read_text()  # the default training text, cut to 200 stories
+    (tmp_path / "short.txt").write_text("\n\n".join(stories.split("\n\n")[:200]))
+    argv = ["all", "--front-end", "posterior", "--data", "short.txt", "--calibration-prompts", "8"]
+    line = one_line_error(del_server("train", *argv, "--out", "adapter", cwd=tmp_path))
+    assert line == (
+        "del-server: error: no held-out windows left after the 256 reported ones to fit the "
+        "particle reader on: use more text (--data)"
+    )
     assert not (tmp_path / "adapter").exists()
 
 

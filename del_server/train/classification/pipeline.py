@@ -278,9 +278,17 @@ def attacker(bench: ClassifyBench) -> Attacker:
     return Attacker.of_encoder(bench.loaded.model, bench.data.train.stream(), options)
 
 
-def calibration_stage(bench: ClassifyBench, adapter: Adapter) -> Adapter:
+def calibration_prompts(bench: ClassifyBench) -> np.ndarray:
+    """(N, L) the held-out windows every level is calibrated on; taken as the run opens, so
+    text too short for them is refused before anything trains."""
     c = bench.config
-    prompts = bench.data.held_out.windows(c.calibration_prompts, c.calibration_length)
+    return bench.data.held_out.windows(
+        c.calibration_prompts, c.calibration_length, flag="--calibration-prompts"
+    )
+
+
+def calibration_stage(bench: ClassifyBench, adapter: Adapter, prompts: np.ndarray) -> Adapter:
+    c = bench.config
     with bench.timed("calibration_s"):
         levels = calibrate(
             adapter,
@@ -476,9 +484,10 @@ def write_report(bench: ClassifyBench, adapter: Adapter, evaluated: dict) -> dic
 def run_all(config: ClassifyConfig) -> Adapter:
     started = time.perf_counter()
     bench = ClassifyBench.open(config)
+    prompts = calibration_prompts(bench)
     adapter = projection_stage(bench)
     adapter = front_end_stage(bench, adapter)
-    adapter = calibration_stage(bench, adapter)
+    adapter = calibration_stage(bench, adapter, prompts)
     adapter = level_stage(bench, adapter)
     adapter = clean_head_stage(bench, adapter)
     adapter.save(config.out)
