@@ -84,7 +84,8 @@ def run(config: NluEvalConfig) -> dict:
             seed=trained["seed"],
         )
     )
-    prompts = calibration_prompts(bench)  # the Gaussian baselines' calibration, refused early
+    # The Gaussian baselines' calibration, on the adapter's prompts: refused before any stage.
+    prompts = calibration_prompts(bench, f"--data {config.data} (the adapter's calibration)")
     rows = (
         _references(bench, adapter)
         + _levels(bench, adapter)

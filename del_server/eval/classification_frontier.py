@@ -62,7 +62,7 @@ def run(config: NluFrontierConfig) -> dict:
     bench = ClassifyBench.open(base)
     server = attacker(bench)
     prompts = bench.data.held_out.windows(
-        config.attack_prompts, base.calibration_length, flag="--attack-prompts"
+        config.attack_prompts, base.calibration_length, asked_by="--attack-prompts"
     )
     points = []
     for k, b, mu in tqdm(config.points, desc="frontier"):

@@ -59,12 +59,16 @@ class EvalContext:
             )
         torch.manual_seed(config.seed)
         loaded = load_model(config.model)
-        ctx = cls(
+        adapter = Adapter.load(adapter_dir)
+        split = load_split(config.data, loaded.tokenizer)
+        if adapter.reader is not None:  # refused before a stage runs or checkpoints are reset
+            reader_selection(split, config)
+        return cls(
             config=config,
             loaded=loaded,
             lm=FrozenLM(loaded.model, loaded.bos_id),
-            adapter=Adapter.load(adapter_dir),
-            split=load_split(config.data, loaded.tokenizer),
+            adapter=adapter,
+            split=split,
             checkpoints=Checkpoints.for_run(
                 config.to_dict(),
                 # adapter.json pins the digests of every tensor file, the reader's included.
@@ -73,13 +77,6 @@ class EvalContext:
                 resume=resume,
             ),
         )
-        if ctx.adapter.reader is not None:
-            ctx.reader_selection()  # text too short for the blind reader: refused before any stage
-        return ctx
-
-    def reader_selection(self) -> Windows:
-        """The held-out windows after the loss windows, which the blind reader's λ is fitted on."""
-        return selection_windows(self.split.validation, self.config.loss_windows)
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -189,3 +186,12 @@ def file_sha256(path: Path) -> str:
 def _soft_prompt_length(adapter: Adapter) -> int | None:
     prompts = list(adapter.soft_prompts.values())
     return int(prompts[0].shape[0]) if prompts else None
+
+
+def reader_selection(split: Split, config: EvalConfig) -> Windows:
+    """The held-out windows after the loss windows, which the blind reader's λ is fitted on."""
+    return selection_windows(
+        split.validation,
+        config.loss_windows,
+        remedy="use more text (--data) or a smaller run (--quick, --smoke)",
+    )

@@ -30,7 +30,7 @@ from ..train.reader import (
     prefix_nlls,
 )
 from .coherence import greedy_continuations
-from .context import EvalContext
+from .context import EvalContext, reader_selection
 from .methods import Method
 
 READER_STREAM = 2  # the seed's stream for the reader, beside the noise (0) and coherence (1)
@@ -67,7 +67,7 @@ def ignore_prompt(ctx: EvalContext, method: Method) -> float:
     """The method's λ: its level's, as served; for the blind reader, fitted as training fits it."""
     reading = method.reader
     if method.mechanism is None:
-        selection = ctx.reader_selection()
+        selection = reader_selection(ctx.split, ctx.config)
         mixture = mixture_nlls(
             ctx.lm,
             ctx.front_end,

@@ -47,18 +47,17 @@ class Labelled:
         """Every sentence's ids back to back: public text for the attacker's bigram prior."""
         return torch.cat(list(self.ids)).numpy()
 
-    def windows(self, count: int | None, length: int, *, flag: str = "") -> np.ndarray:
+    def windows(self, count: int | None, length: int, *, asked_by: str = "asked for") -> np.ndarray:
         """(count, length) consecutive tokens of the sentences back to back: prompts of one
         length for the attacks (calibration measures token recovery, not labels); count None:
-        as many as the text holds. `flag`: the option that asked for `count`, for the error."""
+        as many as the text holds. `asked_by`: what set `count`, for the operator's error."""
         stream = self.stream()
         available = len(stream) // length
         count = available if count is None else count
         if available < count:
-            asked = f"{flag} {count}: " if flag else ""
             raise InputError(
-                f"{asked}{count} windows of {length} tokens need more held-out text than "
-                f"there is ({available} windows)"
+                f"{asked_by}: {count} windows of {length} tokens, but the held-out rows hold "
+                f"{available}"
             )
         return stream[: count * length].reshape(count, length)
 

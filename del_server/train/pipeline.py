@@ -145,8 +145,8 @@ class Workbench:
         held_out, count = self.split.validation, self.config.calibration_prompts
         if len(held_out) < count:
             raise InputError(
-                f"--calibration-prompts {count}: the held-out text holds {len(held_out)} "
-                "prompts; use more text (--data) or fewer prompts"
+                f"--calibration-prompts: {count} prompts, but the held-out text holds "
+                f"{len(held_out)}; use more text (--data) or ask for fewer"
             )
         return held_out.prompts[:count].numpy()
 
@@ -163,7 +163,11 @@ class Workbench:
         c = self.config
         if not posterior or c.reader_particles == 0:
             return None
-        return selection_windows(self.split.validation, c.eval_windows)
+        return selection_windows(
+            self.split.validation,
+            c.eval_windows,
+            remedy="use more text (--data), or serve no reader (--reader-particles 0)",
+        )
 
     def spec(self, adapter: Adapter, mu: float) -> PrivacySpec:
         return PrivacySpec.from_mu(

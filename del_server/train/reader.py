@@ -41,15 +41,16 @@ SELECTION_WINDOWS = 128  # held-out windows λ is fitted on, after the reported 
 MIXTURE_CHUNK = 16  # windows whose particles go through the LLM at once
 
 
-def selection_windows(held_out: Windows, reported: int) -> Windows:
+def selection_windows(held_out: Windows, reported: int, *, remedy: str) -> Windows:
     """The held-out windows after the `reported` ones, which a reader's λ is fitted on.
 
-    Text that leaves none is refused; callers ask before anything trains, not at the end."""
+    Text that leaves none is refused with the caller's `remedy`; callers ask before anything
+    trains, not at the end."""
     selection = held_out.part(reported, SELECTION_WINDOWS)
     if not len(selection):
         raise InputError(
-            f"no held-out windows left after the {reported} reported ones to fit the particle "
-            "reader on: use more text (--data)"
+            f"the held-out text holds {len(held_out)} windows, none left after the {reported} "
+            f"the loss is reported on to fit the particle reader's λ on: {remedy}"
         )
     return selection
 
@@ -177,6 +178,8 @@ class ReaderBench:
     _alone: tuple[torch.Tensor, torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not len(self.selection):  # callers take it from selection_windows, which refuses
+            raise ValueError("no selection windows to fit λ on")
         self._alone = tuple(prefix_nlls(self.lm, w, self.prefix) for w in self.windows)
 
     @property

@@ -169,11 +169,11 @@ def test_a_training_value_out_of_range_stops_before_anything_trains(argv, expect
         (["classify", "--data", "."], "--data .: no train.tsv (a task directory holds train.tsv"),
         (
             ["all", "--calibration-prompts", "100000"],
-            "--calibration-prompts 100000: the held-out text holds 585 prompts; use more text",
+            "--calibration-prompts: 100000 prompts, but the held-out text holds 585; use more text",
         ),
         (
             ["classify", "--calibration-prompts", "100000"],
-            "--calibration-prompts 100000: 100000 windows of 16 tokens need more held-out text",
+            "--calibration-prompts: 100000 windows of 16 tokens, but the held-out rows hold 1382",
         ),
     ],
 )
@@ -185,16 +185,50 @@ def test_input_that_only_the_loaded_model_or_data_refutes_is_one_line_leaving_no
     assert not (tmp_path / "adapter").exists()
 
 
+def write_short_stories(path: Path) -> None:
+    """The default training text cut to 200 stories: 30 held-out windows."""
+    stories = Path(DEFAULT_DATA).read_text().split("\n\n")
+    path.write_text("\n\n".join(stories[:200]))
+
+
 def test_text_too_short_for_the_particle_reader_is_refused_before_anything_trains(tmp_path):
-    stories = Path(DEFAULT_DATA).read_text()  # the default training text, cut to 200 stories
-    (tmp_path / "short.txt").write_text("\n\n".join(stories.split("\n\n")[:200]))
+    write_short_stories(tmp_path / "short.txt")
     argv = ["all", "--front-end", "posterior", "--data", "short.txt", "--calibration-prompts", "8"]
     line = one_line_error(del_server("train", *argv, "--out", "adapter", cwd=tmp_path))
     assert line == (
-        "del-server: error: no held-out windows left after the 256 reported ones to fit the "
-        "particle reader on: use more text (--data)"
+        "del-server: error: the held-out text holds 30 windows, none left after the 256 the loss "
+        "is reported on to fit the particle reader's λ on: use more text (--data), or serve no "
+        "reader (--reader-particles 0)"
     )
     assert not (tmp_path / "adapter").exists()
+
+
+def test_eval_refuses_text_too_short_for_the_blind_reader_keeping_earlier_checkpoints(tmp_path):
+    write_short_stories(tmp_path / "short.txt")
+    earlier = tmp_path / "report" / "checkpoints" / "utility.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("{}")
+    argv = ["eval", "--data", "short.txt", "--out", "report"]
+    line = one_line_error(del_server(*argv, cwd=tmp_path))
+    assert line == (
+        "del-server: error: the held-out text holds 30 windows, none left after the 256 the loss "
+        "is reported on to fit the particle reader's λ on: use more text (--data) or a smaller "
+        "run (--quick, --smoke)"
+    )
+    assert earlier.exists()
+
+
+def test_eval_nlu_refuses_held_out_rows_too_short_for_the_adapters_calibration(tmp_path):
+    rows = ["sentence\tlabel", *(f"{('bad', 'good')[i % 2]}\t{i % 2}" for i in range(2100))]
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "train.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "task" / "dev.tsv").write_text("\n".join(rows[:11]) + "\n")
+    line = one_line_error(del_server("eval-nlu", "--data", "task", "--out", "report", cwd=tmp_path))
+    assert line == (
+        "del-server: error: --data task (the adapter's calibration): 250 windows of 16 tokens, "
+        "but the held-out rows hold 125"
+    )
+    assert not (tmp_path / "report").exists()
 
 
 def test_a_projection_wider_than_the_model_names_the_servers_flag(tmp_path):

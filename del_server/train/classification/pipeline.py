@@ -278,12 +278,12 @@ def attacker(bench: ClassifyBench) -> Attacker:
     return Attacker.of_encoder(bench.loaded.model, bench.data.train.stream(), options)
 
 
-def calibration_prompts(bench: ClassifyBench) -> np.ndarray:
-    """(N, L) the held-out windows every level is calibrated on; taken as the run opens, so
-    text too short for them is refused before anything trains."""
+def calibration_prompts(bench: ClassifyBench, asked_by: str) -> np.ndarray:
+    """(N, L) the held-out windows every level is calibrated on; taken as a run opens, so
+    text too short for them is refused before anything trains. `asked_by`: what set N."""
     c = bench.config
     return bench.data.held_out.windows(
-        c.calibration_prompts, c.calibration_length, flag="--calibration-prompts"
+        c.calibration_prompts, c.calibration_length, asked_by=asked_by
     )
 
 
@@ -484,7 +484,7 @@ def write_report(bench: ClassifyBench, adapter: Adapter, evaluated: dict) -> dic
 def run_all(config: ClassifyConfig) -> Adapter:
     started = time.perf_counter()
     bench = ClassifyBench.open(config)
-    prompts = calibration_prompts(bench)
+    prompts = calibration_prompts(bench, asked_by="--calibration-prompts")
     adapter = projection_stage(bench)
     adapter = front_end_stage(bench, adapter)
     adapter = calibration_stage(bench, adapter, prompts)
