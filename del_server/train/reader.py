@@ -49,8 +49,8 @@ def selection_windows(held_out: Windows, reported: int, *, remedy: str) -> Windo
     selection = held_out.part(reported, SELECTION_WINDOWS)
     if not len(selection):
         raise InputError(
-            f"the held-out text holds {len(held_out)} windows, none left after the {reported} "
-            f"the loss is reported on to fit the particle reader's λ on: {remedy}"
+            f"the held-out text holds {len(held_out)} windows: the loss is reported on the first "
+            f"{reported}, which leaves none to fit the particle reader's λ on; {remedy}"
         )
     return selection
 

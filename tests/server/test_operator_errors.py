@@ -196,9 +196,9 @@ def test_text_too_short_for_the_particle_reader_is_refused_before_anything_train
     argv = ["all", "--front-end", "posterior", "--data", "short.txt", "--calibration-prompts", "8"]
     line = one_line_error(del_server("train", *argv, "--out", "adapter", cwd=tmp_path))
     assert line == (
-        "del-server: error: the held-out text holds 30 windows, none left after the 256 the loss "
-        "is reported on to fit the particle reader's λ on: use more text (--data), or serve no "
-        "reader (--reader-particles 0)"
+        "del-server: error: the held-out text holds 30 windows: the loss is reported on the first "
+        "256, which leaves none to fit the particle reader's λ on; use more text (--data), or "
+        "serve no reader (--reader-particles 0)"
     )
     assert not (tmp_path / "adapter").exists()
 
@@ -211,9 +211,9 @@ def test_eval_refuses_text_too_short_for_the_blind_reader_keeping_earlier_checkp
     argv = ["eval", "--data", "short.txt", "--out", "report"]
     line = one_line_error(del_server(*argv, cwd=tmp_path))
     assert line == (
-        "del-server: error: the held-out text holds 30 windows, none left after the 256 the loss "
-        "is reported on to fit the particle reader's λ on: use more text (--data) or a smaller "
-        "run (--quick, --smoke)"
+        "del-server: error: the held-out text holds 30 windows: the loss is reported on the first "
+        "256, which leaves none to fit the particle reader's λ on; use more text (--data) or a "
+        "smaller run (--quick, --smoke)"
     )
     assert earlier.exists()
 
