@@ -60,8 +60,16 @@ class EvalContext:
         torch.manual_seed(config.seed)
         loaded = load_model(config.model)
         adapter = Adapter.load(adapter_dir)
+        if not adapter.calibration:
+            raise InputError(
+                f"{adapter_dir}: the adapter has no calibrated levels to evaluate; give it some "
+                f"with `del-server train recalibrate --out {adapter_dir}`"
+            )
         split = load_split(config.data, loaded.tokenizer)
-        if adapter.reader is not None:  # refused before a stage runs or checkpoints are reset
+        # Text too short for what the run measures is refused before a stage runs or
+        # checkpoints are reset.
+        _held_out_prompts(split, config, adapter)
+        if adapter.reader is not None:
             reader_selection(split, config)
         return cls(
             config=config,
@@ -123,13 +131,11 @@ class EvalContext:
     def calibration_prompts(self) -> np.ndarray:
         """(P, T) the held-out prompts the adapter's levels were calibrated on (the pipeline's
         rule: the first ones), or the first `calibration_prompts` of them in a smaller run."""
-        levels = self.adapter.calibration
-        count = self.config.calibration_prompts or max(level.prompts for level in levels)
-        return self.split.validation.prompts[:count].numpy()
+        return _held_out_prompts(self.split, self.config, self.adapter)[0].prompts.numpy()
 
     def attack_prompts(self) -> np.ndarray:
         """(P, T) held-out continuations: text no level was calibrated on."""
-        return self.split.validation.continuations[: self.config.attack_prompts].numpy()
+        return _held_out_prompts(self.split, self.config, self.adapter)[1].continuations.numpy()
 
     @cached_property
     def _ood_stream(self) -> np.ndarray:
@@ -186,6 +192,19 @@ def file_sha256(path: Path) -> str:
 def _soft_prompt_length(adapter: Adapter) -> int | None:
     prompts = list(adapter.soft_prompts.values())
     return int(prompts[0].shape[0]) if prompts else None
+
+
+def _held_out_prompts(
+    split: Split, config: EvalConfig, adapter: Adapter
+) -> tuple[Windows, Windows]:
+    """The held-out windows the calibration prompts and the attack prompts come from."""
+    remedy = "use more text (--data) or a smaller run (--quick, --smoke)"
+    levels = adapter.calibration
+    calibration = config.calibration_prompts or max(level.prompts for level in levels)
+    return (
+        split.validation.first(calibration, asked_by="the calibration prompts", remedy=remedy),
+        split.validation.first(config.attack_prompts, asked_by="the attack prompts", remedy=remedy),
+    )
 
 
 def reader_selection(split: Split, config: EvalConfig) -> Windows:

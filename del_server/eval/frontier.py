@@ -73,14 +73,18 @@ def run(config: FrontierConfig) -> dict:
             prefix_steps=config.prefix_steps,
         )
     )
+    # Text too short for the sweep is refused before anything trains.
+    remedy = "use more text (--data) or ask for fewer"
+    held_out = bench.split.validation
+    validation = held_out.first(config.eval_windows, asked_by="--eval-windows", remedy=remedy)
+    prompts = held_out.first(config.attack_prompts, asked_by="--attack-prompts", remedy=remedy)
+    prompts = prompts.prompts.numpy()
     attacker = bench.attacker()
     adapter = adapter if adapter.prior is not None else replace(adapter, prior=attacker.prior)
     front_end = PosteriorFrontEnd.of(adapter, bench.lm.table)
-    validation = bench.split.validation.head(config.eval_windows)
     training = {"length": config.length, "steps": config.steps}
     nothing = bench.soft_prompt("nothing_sent", nothing_sent, desc="nothing sent", **training)
     references = reference_losses(bench.lm, adapter, validation, nothing)
-    prompts = bench.split.validation.prompts[: config.attack_prompts].numpy()
     points = []
     for mu in tqdm(config.mus, desc="frontier"):
         spec = bench.spec(adapter, mu)

@@ -76,8 +76,8 @@ def run(config: EvalConfig, *, command: str = "del-server eval", resume: bool = 
     finished (OUT/checkpoints, see eval.checkpoint). Stage timings then count only this run."""
     timer = _Timer()
     torch.set_num_threads(config.threads)
+    ctx = EvalContext.open(config, resume=resume)  # refuses what cannot run before OUT exists
     config.out.mkdir(parents=True, exist_ok=True)
-    ctx = EvalContext.open(config, resume=resume)
     with timer.stage("methods"):
         matched = matched_baselines(ctx)
         methods = all_methods(ctx, [method for method, _ in matched])

@@ -49,6 +49,15 @@ class Windows:
     def head(self, count: int) -> Windows:
         return self.part(0, count)
 
+    def first(self, count: int, *, asked_by: str, remedy: str) -> Windows:
+        """The first `count` windows, or a refusal naming what asked for them (`asked_by`) and
+        how to get there (`remedy`): a run on fewer would report figures on less than asked."""
+        if len(self) < count:
+            raise InputError(
+                f"{asked_by}: {count} windows, but the held-out text holds {len(self)}; {remedy}"
+            )
+        return self.head(count)
+
     def part(self, start: int, count: int) -> Windows:
         """Up to `count` windows from `start` on."""
         stop = start + count

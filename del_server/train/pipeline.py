@@ -142,13 +142,11 @@ class Workbench:
 
     def calibration_prompts(self) -> np.ndarray:
         """(N, prompt_tokens) the held-out prompts every level is calibrated on."""
-        held_out, count = self.split.validation, self.config.calibration_prompts
-        if len(held_out) < count:
-            raise InputError(
-                f"--calibration-prompts: {count} prompts, but the held-out text holds "
-                f"{len(held_out)}; use more text (--data) or ask for fewer"
-            )
-        return held_out.prompts[:count].numpy()
+        return self.split.validation.first(
+            self.config.calibration_prompts,
+            asked_by="--calibration-prompts",
+            remedy="use more text (--data) or ask for fewer",
+        ).prompts.numpy()
 
     def leaves_posterior(self, adapter: Adapter | None) -> bool:
         """Whether the soft-prompt stage leaves `adapter` (None: a new one) with a posterior

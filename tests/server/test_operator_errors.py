@@ -169,7 +169,7 @@ def test_a_training_value_out_of_range_stops_before_anything_trains(argv, expect
         (["classify", "--data", "."], "--data .: no train.tsv (a task directory holds train.tsv"),
         (
             ["all", "--calibration-prompts", "100000"],
-            "--calibration-prompts: 100000 prompts, but the held-out text holds 585; use more text",
+            "--calibration-prompts: 100000 windows, but the held-out text holds 585; use more text",
         ),
         (
             ["classify", "--calibration-prompts", "100000"],
@@ -203,19 +203,53 @@ def test_text_too_short_for_the_particle_reader_is_refused_before_anything_train
     assert not (tmp_path / "adapter").exists()
 
 
-def test_eval_refuses_text_too_short_for_the_blind_reader_keeping_earlier_checkpoints(tmp_path):
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (
+            [],  # the full run calibrates on the adapter's 250 prompts
+            "the calibration prompts: 250 windows, but the held-out text holds 30; use more text "
+            "(--data) or a smaller run (--quick, --smoke)",
+        ),
+        (
+            ["--quick"],  # 24 calibration and attack prompts fit, but the reader's λ does not
+            "the held-out text holds 30 windows: the loss is reported on the first 32, which "
+            "leaves none to fit the particle reader's λ on; use more text (--data) or a smaller "
+            "run (--quick, --smoke)",
+        ),
+    ],
+)
+def test_eval_refuses_text_too_short_for_its_prompts_keeping_earlier_checkpoints(
+    mode, expected, tmp_path
+):
     write_short_stories(tmp_path / "short.txt")
     earlier = tmp_path / "report" / "checkpoints" / "utility.json"
     earlier.parent.mkdir(parents=True)
     earlier.write_text("{}")
-    argv = ["eval", "--data", "short.txt", "--out", "report"]
+    argv = ["eval", *mode, "--data", "short.txt", "--out", "report"]
     line = one_line_error(del_server(*argv, cwd=tmp_path))
-    assert line == (
-        "del-server: error: the held-out text holds 30 windows: the loss is reported on the first "
-        "256, which leaves none to fit the particle reader's λ on; use more text (--data) or a "
-        "smaller run (--quick, --smoke)"
-    )
+    assert line == f"del-server: error: {expected}"
     assert earlier.exists()
+    fresh = one_line_error(del_server(*argv[:-1], "fresh", cwd=tmp_path))
+    assert fresh == line
+    assert not (tmp_path / "fresh").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], "--eval-windows: 256 windows, but the held-out text holds 30"),
+        (["--eval-windows", "8"], "--attack-prompts: 250 windows, but the held-out text holds 30"),
+    ],
+)
+def test_eval_frontier_refuses_text_too_short_for_its_sweep_before_anything_trains(
+    flags, expected, tmp_path
+):
+    write_short_stories(tmp_path / "short.txt")
+    argv = ["eval-frontier", *flags, "--data", "short.txt", "--out", "frontier"]
+    line = one_line_error(del_server(*argv, cwd=tmp_path))
+    assert line == f"del-server: error: {expected}; use more text (--data) or ask for fewer"
+    assert not (tmp_path / "frontier" / "frontier.json").exists()
 
 
 def test_eval_nlu_refuses_held_out_rows_too_short_for_the_adapters_calibration(tmp_path):
