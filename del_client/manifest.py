@@ -46,6 +46,11 @@ READING = {
 }
 
 
+def percent(rate: float) -> str:
+    """A level's target as its label says it: 5%, 7.5%, 20% (`:.0%` would print 7.5 % as 8%)."""
+    return f"{100 * rate:g}%"
+
+
 @dataclass(frozen=True)
 class AttackRate:
     """One attack's success at a level, on the provider's held-out prompts."""
@@ -160,7 +165,7 @@ class PrivacyLevel(HasUtility):
             return "not calibrated against any attack: a soft prompt trained at this μ"
         if not self.attacks:  # an adapter calibrated before context-aware attacks existed
             return (
-                f"calibrated to {self.target_attack_rate:.0%} token recovery by per-token "
+                f"calibrated to {percent(self.target_attack_rate)} token recovery by per-token "
                 "attacks only: a server using the language as a prior may recover more"
             )
         strongest = ATTACKS_IN_WORDS.get(self.strongest_attack, self.strongest_attack)

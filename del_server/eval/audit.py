@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from del_client.manifest import percent
 from del_client.parameters import DEFAULT_BITS
 
 from ..adapter import Adapter
@@ -284,11 +285,6 @@ def _calibrated(level) -> dict:
         "high": worst.high,
         "prompts": level.prompts,
     }
-
-
-def percent(rate: float) -> str:
-    """A target as its label says it: 5%, 20%, 0.1%."""
-    return f"{100 * rate:g}%"
 
 
 def failing(report: dict) -> list[dict]:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import matplotlib
 
+from del_client.manifest import percent
+
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
@@ -191,7 +193,7 @@ def markdown(report: dict) -> str:
         for p in sorted(report["points"], key=lambda p: p["high"])
     ]
     served = [
-        f"| {s['target']:.0%} | {s['k']} | {s['bits']} | {s['mu']:.3g} | "
+        f"| {percent(s['target'])} | {s['k']} | {s['bits']} | {s['mu']:.3g} | "
         f"{s['rate']:.1%} ({s['high']:.2%}) | {s['accuracy']:.1%} |"
         for s in report["served"]
     ]
@@ -217,7 +219,7 @@ def markdown(report: dict) -> str:
     for target in TARGETS:
         best = best_under(report, target)
         lines.append(
-            f"- best under {target:.0%}: "
+            f"- best under {percent(target)}: "
             + (
                 f"k = {best['k']}, b = {best['bits']}, μ = {best['mu']:g}: "
                 f"{best['accuracy']:.1%} at {best['high']:.2%}"

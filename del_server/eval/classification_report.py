@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from del_client.manifest import percent
+
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
@@ -74,7 +76,7 @@ def _markdown(report: dict) -> str:
     for row in rows:
         if "mu" in row:
             privacy = (
-                f"| {row['target_attack_rate']:.0%} | {row['mu']:.3g} | {row['epsilon_token']:.3g} "
+                f"| {percent(row['target_attack_rate'])} | {row['mu']:.3g} | {row['epsilon_token']:.3g} "
                 f"| {ATTACKS_IN_WORDS[row['strongest_attack']]} "
                 f"| {row['attack_rate']:.1%} ({row['attack_rate_high']:.2%}) "
             )

@@ -27,6 +27,7 @@ import math
 import sys
 from pathlib import Path
 
+from del_client.manifest import percent
 from del_client.parameters import MAX_BITS, MIN_BITS
 
 from .. import argtypes
@@ -177,7 +178,7 @@ def _run_frontier_nlu(args: argparse.Namespace) -> None:
             if best
             else "no point"
         )
-        print(f"- best under {target:.0%}: {found}")
+        print(f"- best under {percent(target)}: {found}")
 
 
 def _points(text: str) -> tuple[Point, ...]:
@@ -344,7 +345,7 @@ def _run_audit(args: argparse.Namespace) -> None:
     require_extra("eval", "del-server audit")
     from ..adapter import Adapter
     from ..errors import InputError
-    from .audit import failing, percent, render, run
+    from .audit import failing, render, run
 
     if args.render_only:
         stored = args.out / "audit.json"

@@ -10,6 +10,8 @@ round a loss into a win.
 
 from __future__ import annotations
 
+from del_client.manifest import percent
+
 from ..paths import shown
 from .privacy import in_words
 from .utility import Measured, paired_difference
@@ -111,7 +113,7 @@ def _count(rows: list[dict], targets: list[float], against: str, metric: str, ve
 
 
 def _levels(targets: list[float]) -> str:
-    return ", ".join(f"{t:.0%}" for t in targets) or "none"
+    return ", ".join(percent(t) for t in targets) or "none"
 
 
 def summary_findings(report: dict) -> list[str]:
@@ -195,7 +197,7 @@ def utility_findings(rows: list[dict], levels: list[dict]) -> list[str]:
         if plain is None:
             continue
         head = (
-            f"{target:.0%} level (μ = {level['mu']:.3g}, ε = {level['epsilon_token']:.1f} per "
+            f"{percent(target)} level (μ = {level['mu']:.3g}, ε = {level['epsilon_token']:.1f} per "
             "token): DEL + soft prompt"
         )
         text = f"{head} vs the same noise without soft prompt: {_phrase(plain)}"
@@ -222,7 +224,7 @@ def _served_line(rows: list[dict], target: float, blind: dict) -> str:
     """DEL as served against both ways of sending nothing (and the soft prompt it replaces);
     it carries information only in what it wins against both."""
     text = (
-        f"{target:.0%} level as served (read by the particle reader) vs nothing sent through "
+        f"{percent(target)} level as served (read by the particle reader) vs nothing sent through "
         f"the same reader: {_phrase(blind)}"
     )
     nothing = [blind]
@@ -328,7 +330,7 @@ def _strongest_where(rows: list[dict], where: str) -> list[str]:
 def _level_line(level: dict, inside: dict, outside: dict | None, ood_text: str) -> str:
     target = level["target_attack_rate"]
     line = (
-        f"{target:.0%} level (μ = {level['mu']:.3g}, ε = {level['epsilon_token']:.1f} per "
+        f"{percent(target)} level (μ = {level['mu']:.3g}, ε = {level['epsilon_token']:.1f} per "
         f"token): in domain {_strongest_phrase(inside)}: "
         f"{VERDICT_WORDS[label_verdict(inside, target)]}"
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from del_client.manifest import percent
+
 from ..attacks.recovery import CONTENT_EXCLUDES
 from ..paths import shown
 from ..tools.bench import concurrency_table, path_table
@@ -77,7 +79,7 @@ def headline_markdown(report: dict) -> str:
         if attack is None or outside is None or ours is None or plain is None:
             continue
         lines.append(
-            f"| {t:.0%} | {attack['epsilon_token']:.1f} ({attack['epsilon_prompt']:.0f}) "
+            f"| {percent(t)} | {attack['epsilon_token']:.1f} ({attack['epsilon_prompt']:.0f}) "
             f"| {_strongest(attack)} | {_strongest(outside)} "
             f"| {_ci(ours['coherence'])} | {_ci(plain['coherence'])} "
             f"| {_ci(gaussian['coherence']) if gaussian else '–'} | {_ci(ours['loss'])} "
@@ -178,7 +180,7 @@ def _labels_table(report: dict) -> list[str]:
         if here is None or there is None:
             continue
         lines.append(
-            f"| {t:.0%} | {_strongest(here)} | {VERDICT_WORDS[label_verdict(here, t)]} "
+            f"| {percent(t)} | {_strongest(here)} | {VERDICT_WORDS[label_verdict(here, t)]} "
             f"| {_strongest(there)} | {VERDICT_WORDS[label_verdict(there, t)]} |"
         )
     return lines
@@ -281,7 +283,7 @@ def _utility(report: dict) -> list[str]:
     for c in report["comparisons"]:
         coh, loss = c["coherence_difference"], c["loss_difference"]
         lines.append(
-            f"| {c['target_attack_rate']:.0%} | `{c['method']}` | {c['against_label']} "
+            f"| {percent(c['target_attack_rate'])} | `{c['method']}` | {c['against_label']} "
             f"| {coh['mean']:+.3f} ± {coh['ci95']:.3f} ({coh['verdict']}) "
             f"| {loss['mean']:+.3f} ± {loss['ci95']:.3f} ({loss['verdict']}) |"
         )

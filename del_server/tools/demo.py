@@ -23,6 +23,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from del_client.manifest import percent
+
 from .. import argtypes
 from ..settings import DEFAULT_ADAPTER, DEFAULT_MODEL, DEFAULT_NLU_ADAPTER
 
@@ -82,7 +84,7 @@ def _chosen_level(target: str, *, classify: bool) -> list[str]:
     for level in sorted(levels, key=lambda lv: lv.mu):
         mark = "→" if level is chosen else " "
         print(
-            f" {mark} ≤ {level.target_attack_rate:.0%}: ε = {level.epsilon_token:.3g}; {level.summary()}"
+            f" {mark} ≤ {percent(level.target_attack_rate)}: ε = {level.epsilon_token:.3g}; {level.summary()}"
         )
         if unread := level.unread_summary():
             print(f"          {unread}")

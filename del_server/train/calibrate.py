@@ -25,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm import tqdm
 
+from del_client.manifest import percent
 from del_client.parameters import DEFAULT_BITS, DEFAULT_DELTA
 
 from ..adapter import Adapter
@@ -81,7 +82,7 @@ def calibrate(
         if saturated:
             lo = hi  # the attacks saturate below the target: no bisection to do
         for _ in tqdm(
-            range(iterations if lo < hi else 0), desc=f"calibrating {target:.0%}", leave=False
+            range(iterations if lo < hi else 0), desc=f"calibrating {percent(target)}", leave=False
         ):
             middle = (lo + hi) / 2
             if level_holds(measured(math.exp(middle), BISECTION_ATTACKS), target):
@@ -92,7 +93,7 @@ def calibrate(
         # exp(log(max_mu)), which is a few ULPs off it.
         mu = max_mu if saturated else math.exp(lo)
         attacks = attacker.attacks
-        for _ in tqdm(range(MAX_STEPS_DOWN), desc=f"verifying {target:.0%}", leave=False):
+        for _ in tqdm(range(MAX_STEPS_DOWN), desc=f"verifying {percent(target)}", leave=False):
             results = measured(mu, attacks)
             unmeasured = tuple(a for a in attacker.attacks if a not in results)
             if unmeasured and level_holds(results, target):

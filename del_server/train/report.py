@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from del_client.manifest import percent
+
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
@@ -171,7 +173,7 @@ def levels_table(levels: list[dict]) -> list[str]:
         attacks, name = level["attacks"], level["strongest_attack"]
         top = attacks[name]
         lines.append(
-            f"| {level['target_attack_rate']:.0%} | {level['mu']:.3f} | {level['epsilon_token']:.2f} "
+            f"| {percent(level['target_attack_rate'])} | {level['mu']:.3f} | {level['epsilon_token']:.2f} "
             f"| {ATTACKS_IN_WORDS[name]} | {top['rate']:.1%} ({top['low']:.1%}–{top['high']:.2%}) "
             + "".join(f"| {attacks[a]['rate']:.1%} " for a in names)
             + "|"

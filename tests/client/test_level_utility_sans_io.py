@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from del_client.classification import classification_result
-from del_client.manifest import PrivacyLevel
+from del_client.manifest import PrivacyLevel, percent
 from del_client.proto import inference_pb2
 from del_client.request import PreparedRequest
 
@@ -66,3 +66,11 @@ def test_a_level_within_its_sampling_error_of_nothing_is_not_called_better():
 
 def fields(message) -> dict:
     return {f.name: getattr(message, f.name) for f, _ in message.ListFields()}
+
+
+@pytest.mark.parametrize(
+    ("rate", "label"), [(0.05, "5%"), (0.075, "7.5%"), (0.1, "10%"), (0.2, "20%"), (0.001, "0.1%")]
+)
+def test_a_levels_target_reads_as_its_label_says_it(rate, label):
+    """`:.0%` printed a 7.5 % level as 7% or 8%: every report and the client show this."""
+    assert percent(rate) == label

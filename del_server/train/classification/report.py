@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from del_client.manifest import percent
+
 from ...paths import shown
 from ..report import levels_table
 
@@ -45,7 +47,7 @@ def write_markdown(path: Path, report: dict) -> None:
         "| target | μ per token | dev accuracy | strongest attack's 95 % bound |",
         "|---:|---:|---:|---:|",
         *(
-            f"| {level['target_attack_rate']:.0%} | {level['mu']:.3f} | {level['accuracy']:.1%} "
+            f"| {percent(level['target_attack_rate'])} | {level['mu']:.3f} | {level['accuracy']:.1%} "
             f"| {level['strongest_rate_high']:.2%} |"
             for level in e["levels"]
         ),
