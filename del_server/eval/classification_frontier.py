@@ -24,12 +24,12 @@ from pathlib import Path
 
 import matplotlib
 
-from del_client.manifest import percent
-
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
+
+from del_client.manifest import percent
 
 from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import matplotlib
 
-from del_client.manifest import percent
-
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+
+from del_client.manifest import percent
 
 from ..attacks.suite import ATTACKS_IN_WORDS
 from ..paths import shown

@@ -68,7 +68,8 @@ class EvalContext:
         split = load_split(config.data, loaded.tokenizer)
         # Text too short for what the run measures is refused before a stage runs or
         # checkpoints are reset.
-        _held_out_prompts(split, config, adapter)
+        _calibration_windows(split, config, adapter)
+        _attack_windows(split, config)
         if adapter.reader is not None:
             reader_selection(split, config)
         return cls(
@@ -131,11 +132,11 @@ class EvalContext:
     def calibration_prompts(self) -> np.ndarray:
         """(P, T) the held-out prompts the adapter's levels were calibrated on (the pipeline's
         rule: the first ones), or the first `calibration_prompts` of them in a smaller run."""
-        return _held_out_prompts(self.split, self.config, self.adapter)[0].prompts.numpy()
+        return _calibration_windows(self.split, self.config, self.adapter).prompts.numpy()
 
     def attack_prompts(self) -> np.ndarray:
         """(P, T) held-out continuations: text no level was calibrated on."""
-        return _held_out_prompts(self.split, self.config, self.adapter)[1].continuations.numpy()
+        return _attack_windows(self.split, self.config).continuations.numpy()
 
     @cached_property
     def _ood_stream(self) -> np.ndarray:
@@ -194,16 +195,21 @@ def _soft_prompt_length(adapter: Adapter) -> int | None:
     return int(prompts[0].shape[0]) if prompts else None
 
 
-def _held_out_prompts(
-    split: Split, config: EvalConfig, adapter: Adapter
-) -> tuple[Windows, Windows]:
-    """The held-out windows the calibration prompts and the attack prompts come from."""
-    remedy = "use more text (--data) or a smaller run (--quick, --smoke)"
-    levels = adapter.calibration
-    calibration = config.calibration_prompts or max(level.prompts for level in levels)
-    return (
-        split.validation.first(calibration, asked_by="the calibration prompts", remedy=remedy),
-        split.validation.first(config.attack_prompts, asked_by="the attack prompts", remedy=remedy),
+_SHORT_TEXT_REMEDY = "use more text (--data) or a smaller run (--quick, --smoke)"
+
+
+def _calibration_windows(split: Split, config: EvalConfig, adapter: Adapter) -> Windows:
+    """The held-out windows the adapter's levels were calibrated on (the first ones)."""
+    count = config.calibration_prompts or max(level.prompts for level in adapter.calibration)
+    return split.validation.first(
+        count, asked_by="the calibration prompts", remedy=_SHORT_TEXT_REMEDY
+    )
+
+
+def _attack_windows(split: Split, config: EvalConfig) -> Windows:
+    """The held-out windows whose continuations every reported attack rate is measured on."""
+    return split.validation.first(
+        config.attack_prompts, asked_by="the attack prompts", remedy=_SHORT_TEXT_REMEDY
     )
 
 
@@ -212,5 +218,5 @@ def reader_selection(split: Split, config: EvalConfig) -> Windows:
     return selection_windows(
         split.validation,
         config.loss_windows,
-        remedy="use more text (--data) or a smaller run (--quick, --smoke)",
+        remedy=_SHORT_TEXT_REMEDY,
     )

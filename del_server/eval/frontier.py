@@ -77,8 +77,8 @@ def run(config: FrontierConfig) -> dict:
     remedy = "use more text (--data) or ask for fewer"
     held_out = bench.split.validation
     validation = held_out.first(config.eval_windows, asked_by="--eval-windows", remedy=remedy)
-    prompts = held_out.first(config.attack_prompts, asked_by="--attack-prompts", remedy=remedy)
-    prompts = prompts.prompts.numpy()
+    attacked = held_out.first(config.attack_prompts, asked_by="--attack-prompts", remedy=remedy)
+    prompts = attacked.prompts.numpy()
     attacker = bench.attacker()
     adapter = adapter if adapter.prior is not None else replace(adapter, prior=attacker.prior)
     front_end = PosteriorFrontEnd.of(adapter, bench.lm.table)
