@@ -8,9 +8,9 @@ the audit measures each level again on prompts the calibration never saw, with a
 strong as the provider can afford, and applies the calibration's rule: a level holds when the
 upper end of the strongest attack's 95 % interval is under its target.
 
-An encoder's (classification) adapter is audited alike on its held-out training sentences, in
-windows as long as its calibration's, by the attacks an encoder leaves (no causal LM: no LM
-attacks).
+An encoder's (classification) adapter is audited alike on the dev sentences it was calibrated
+on (after the calibration's windows), in windows as long as its calibration's, by the attacks
+an encoder leaves (no causal LM: no LM attacks).
 
 `mus` audits candidate μ instead of the levels: where a level would have to move to hold.
 `reuse` keeps the rows of an earlier audit in the same place that still apply (the same
@@ -48,7 +48,6 @@ from ..errors import InputError
 from ..models import LoadedModel, load_model
 from ..paths import recorded
 from ..train.calibrate import REPORT_DELTA, level_holds
-from ..train.classification.pipeline import ClassifyConfig
 from ..train.data import load_split
 from ..train.labelled import load_labelled
 from .config import AuditConfig
@@ -181,8 +180,8 @@ class _Scene:
 @lru_cache(maxsize=1)
 def _scene(config: AuditConfig) -> _Scene:
     """The model, the data and the attacker, loaded once per process: a causal LM's
-    validation prompts, or an encoder's held-out sentences (as the classification training
-    splits them) in windows as long as the levels were calibrated on."""
+    validation prompts, or an encoder's dev sentences (as the classification training
+    calibrates on them) in windows as long as the levels were calibrated on."""
     torch.set_num_threads(config.threads)
     loaded = load_model(config.model)
     adapter = Adapter.load(config.adapter)
@@ -211,11 +210,11 @@ def _scene(config: AuditConfig) -> _Scene:
 def _encoder_scene(
     data: str, loaded: LoadedModel, level: CalibratedLevel, options: AttackOptions
 ) -> _Scene:
-    """The training rows the classification pipeline holds out (its default count), in
-    windows as long as `level`'s calibration prompts; the rest is the attacker's language."""
-    sentences = load_labelled(data, loaded.tokenizer, held_out=ClassifyConfig.held_out)
+    """The dev sentences the classification pipeline calibrates on, in windows as long as
+    `level`'s calibration prompts; the training sentences are the attacker's language."""
+    sentences = load_labelled(data, loaded.tokenizer)
     attacker = Attacker.of_encoder(loaded.model, sentences.train.stream(), options)
-    return _Scene(attacker, sentences.held_out.windows(None, level.tokens // level.prompts))
+    return _Scene(attacker, sentences.dev.windows(None, level.tokens // level.prompts))
 
 
 def _attacked(
@@ -325,7 +324,7 @@ def markdown(report: dict) -> str:
         *_reuse_note(report),
         "",
         f"{p['count']} held-out prompts ({p['tokens']} tokens) after the first {p['first']} of "
-        f"`{Path(c['data']).name}`'s {_held_out(report)}, noise seed {c['seed']}"
+        f"`{Path(c['data']).name}`'s {_prompt_source(report)}, noise seed {c['seed']}"
         f"{attacker}. A level holds when the strongest attack's 95 % upper bound "
         "(clustered by prompt) is under its target, as in the calibration.",
         "",
@@ -340,10 +339,10 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _held_out(report: dict) -> str:
-    """Where the audit's prompts come from: a causal LM's validation split, or the training
-    rows a classification adapter held out."""
-    return "validation split" if report.get("task") is None else "held-out training sentences"
+def _prompt_source(report: dict) -> str:
+    """Where the audit's prompts come from: a causal LM's validation split, or the dev
+    sentences a classification adapter is calibrated on."""
+    return "validation split" if report.get("task") is None else "dev sentences (tokens only)"
 
 
 def _attacks(report: dict) -> list[str]:

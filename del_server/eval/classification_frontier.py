@@ -5,8 +5,8 @@ Which shape of the symbols buys the most accuracy for an attack rate? Over a gri
 at that noise (train classify's projection stage: W_p and a head over the decoded symbols'
 moments, no encoder pass: a few minutes a point), then measures its dev accuracy (mean over
 noise draws) and the strongest of calibration's bisection attacks and the trigram
-forward-backward (the prior-only attack strongest at several committed levels) on held-out
-sentences.
+forward-backward (the prior-only attack strongest at several committed levels) on windows of
+dev sentences (their tokens: the text the levels are calibrated on).
 
 The served levels add the frozen encoder, a soft prompt and per-level fine-tuning on top of
 this stage; the plot sets the committed adapter's levels beside the grid, so the gap between
@@ -23,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
+
+from del_client.manifest import percent
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
@@ -63,7 +65,7 @@ def run(config: NluFrontierConfig) -> dict:
     )
     bench = ClassifyBench.open(base)
     server = attacker(bench)
-    prompts = bench.data.held_out.windows(
+    prompts = bench.data.dev.windows(
         config.attack_prompts, base.calibration_length, asked_by="--attack-prompts"
     )
     points = []
@@ -208,7 +210,7 @@ def markdown(report: dict) -> str:
         f"no encoder pass). Dev accuracy on {report['dev_sentences']} dev sentences, mean of "
         f"{len(c['eval_seeds'])} noise draws (one standard error near 75 %: "
         f"{math.sqrt(0.75 * 0.25 / report['dev_sentences']):.1%}); the strongest "
-        f"of {', '.join(report['attacks'])} on {c['attack_prompts']} held-out windows, with the "
+        f"of {', '.join(report['attacks'])} on {c['attack_prompts']} windows of dev sentences, with the "
         f"upper end of its 95 % interval. Majority label: {report['majority']:.1%}.",
         "",
         "| k | b | μ per token | bits per token | strongest attack (95 % high) | dev accuracy |",

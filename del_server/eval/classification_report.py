@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from del_client.manifest import percent
+
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
@@ -63,7 +65,7 @@ def _markdown(report: dict) -> str:
         "",
         f"Dev accuracy on {data['dev_sentences']} dev sentences (never trained on); noisy "
         "figures are the mean over noise draws. Attack rates: token recovery of the strongest "
-        "attack on held-out training sentences, with the upper end of its 95 % interval "
+        "attack on dev sentences (their tokens), with the upper end of its 95 % interval "
         "(clustered by prompt), at the level's μ; ε exact per token at δ = 1e-5. Every "
         "baseline had a head (and where marked a soft prompt) trained by the same loop for "
         "the same number of steps. Knowing only the language, the best blind guess recovers "

@@ -234,7 +234,7 @@ def _add_frontier_nlu(sub: argparse._SubParsersAction) -> None:
         "--attack-prompts",
         type=argtypes.positive_int,
         default=defaults.attack_prompts,
-        help="held-out windows attacked per point",
+        help="windows of dev sentences attacked per point",
     )
     parser.set_defaults(run=_run_frontier_nlu)
 

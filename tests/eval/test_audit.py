@@ -177,7 +177,7 @@ def test_reuse_attacks_only_the_levels_an_earlier_audit_did_not_measure_alike(
     assert all(e["rate"] != 0.123 for e in audit(reuse=True)["audited"])
 
 
-def test_a_classifiers_levels_are_audited_on_its_held_out_sentences_by_the_attacks_an_encoder_leaves(
+def test_a_classifiers_levels_are_audited_on_its_dev_sentences_by_the_attacks_an_encoder_leaves(
     tmp_path,
 ):
     argv = ["audit", "--adapter", DEFAULT_NLU_ADAPTER, "--out", str(tmp_path), "--prompts", "6"]
@@ -196,7 +196,7 @@ def test_a_classifiers_levels_are_audited_on_its_held_out_sentences_by_the_attac
     assert report["task"] == "sst2"
     window = level.tokens // level.prompts
     assert report["prompts"] == {"first": level.prompts, "count": 6, "tokens": 6 * window}
-    assert "`sst2`'s held-out training sentences" in (tmp_path / "AUDIT.md").read_text()
+    assert "`sst2`'s dev sentences (tokens only)" in (tmp_path / "AUDIT.md").read_text()
 
 
 def test_an_audit_that_cannot_run_says_why_before_attacking(

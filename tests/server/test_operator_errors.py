@@ -173,7 +173,7 @@ def test_a_training_value_out_of_range_stops_before_anything_trains(argv, expect
         ),
         (
             ["classify", "--calibration-prompts", "100000"],
-            "--calibration-prompts: 100000 windows of 16 tokens, but the held-out rows hold 1382",
+            "--calibration-prompts: 100000 windows of 16 tokens, but the dev sentences hold 1262",
         ),
     ],
 )
@@ -252,15 +252,15 @@ def test_eval_frontier_refuses_text_too_short_for_its_sweep_before_anything_trai
     assert not (tmp_path / "frontier" / "frontier.json").exists()
 
 
-def test_eval_nlu_refuses_held_out_rows_too_short_for_the_adapters_calibration(tmp_path):
+def test_eval_nlu_refuses_dev_sentences_too_few_for_the_adapters_calibration(tmp_path):
     rows = ["sentence\tlabel", *(f"{('bad', 'good')[i % 2]}\t{i % 2}" for i in range(2100))]
     (tmp_path / "task").mkdir()
     (tmp_path / "task" / "train.tsv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "task" / "dev.tsv").write_text("\n".join(rows[:11]) + "\n")
+    (tmp_path / "task" / "dev.tsv").write_text("\n".join(rows[:101]) + "\n")
     line = one_line_error(del_server("eval-nlu", "--data", "task", "--out", "report", cwd=tmp_path))
     assert line == (
         "del-server: error: --data task (the adapter's calibration): 250 windows of 16 tokens, "
-        "but the held-out rows hold 125"
+        "but the dev sentences hold 6"
     )
     assert not (tmp_path / "report").exists()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from del_server.attacks.recovery import Recovery
 from del_server.attacks.suite import LM_ATTACKS
 from del_server.calibration import CalibratedLevel
 from del_server.train.classification import pipeline
-from del_server.train.labelled import load_labelled, read_tsv
+from del_server.train.labelled import read_tsv
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,6 @@ def bench(task_dir, tmp_path_factory) -> pipeline.ClassifyBench:
         front_end_steps=2,
         level_steps=2,
         batch=4,
-        held_out=20,
         eval_seeds=(0,),
     )
     return pipeline.ClassifyBench.open(config)
@@ -46,12 +46,22 @@ def bench(task_dir, tmp_path_factory) -> pipeline.ClassifyBench:
 
 def test_the_labelled_data_is_split_as_documented(bench):
     data = bench.data
-    assert (len(data.train), len(data.held_out), len(data.dev)) == (100, 20, 24)
+    assert (len(data.train), len(data.dev)) == (120, 24)
     assert data.label_names == ("negative", "positive")
     assert all(ids.dtype == torch.long and len(ids) > 0 for ids in data.train.ids)
-    windows = data.held_out.windows(3, 4)
+    windows = data.dev.windows(3, 4)
     assert windows.shape == (3, 4)
-    assert (windows.reshape(-1) == data.held_out.stream()[:12]).all()
+    assert (windows.reshape(-1) == data.dev.stream()[:12]).all()
+
+
+def test_the_levels_are_calibrated_on_dev_sentences_never_on_the_attackers_text(bench):
+    """A user's sentence is not in the attacker's language: the training rows are."""
+    small = dataclasses.replace(
+        bench, config=dataclasses.replace(bench.config, calibration_prompts=5)
+    )
+    prompts = pipeline.calibration_prompts(small, "asked")
+    assert (prompts.reshape(-1) == bench.data.dev.stream()[: prompts.size]).all()
+    assert np.array_equal(pipeline.attacker(bench).public_ids, bench.data.train.stream())
 
 
 def test_the_tokens_carry_no_template_tokens(bench):
@@ -67,9 +77,15 @@ def test_a_malformed_row_is_refused_with_its_line(tmp_path):
         read_tsv(tmp_path / "train.tsv")
 
 
-def test_holding_out_everything_is_refused(task_dir, bench):
-    with pytest.raises(ValueError, match="cannot hold out"):
-        load_labelled(task_dir, bench.loaded.tokenizer, held_out=120)
+def test_dev_sentences_too_few_for_the_calibration_are_refused_naming_what_asked(bench):
+    available = len(bench.data.dev.stream()) // bench.config.calibration_length
+    with pytest.raises(
+        ValueError,
+        match=(
+            f"^--calibration-prompts: 250 windows of 16 tokens, but the dev sentences hold {available}$"
+        ),
+    ):
+        pipeline.calibration_prompts(bench, "--calibration-prompts")
 
 
 def test_the_calibration_attacks_with_what_an_encoder_leaves_as_strong_as_asked(bench):

@@ -71,13 +71,14 @@ class ClassifyConfig:
     head_hidden: int = 64
     batch: int = 32
     lr: float = 3e-3
-    targets: tuple[float, ...] = (0.05, 0.10)
+    # Knowing SST-2's language alone, the trigram recovers 5.4 % of a dev sentence's tokens
+    # (95 % up to 6.1 %): a 5 % level cannot hold on the text a user sends.
+    targets: tuple[float, ...] = (0.075, 0.10)
     max_mu: float = 64.0  # beyond it the symbols are all but deterministic: ε grows, accuracy not
     calibration_prompts: int = 250
     trigram_keep: int = DEFAULT_TRIGRAM_KEEP  # the trigram attack's candidates per position
     calibration_length: int = 16  # tokens per calibration window
     inversion_steps: int = 150  # the learned attack: bigram forward-backward beats it here
-    held_out: int = 2000  # training rows kept back: calibration text
     eval_seeds: tuple[int, ...] = (0, 1, 2)
     seed: int = 0
     resume: bool = False
@@ -104,7 +105,7 @@ class ClassifyBench:
                 f"--model {config.model} is a causal LM: classification trains an encoder"
             )
         path = NoisyPath(loaded.model, cls_id=loaded.cls_id, sep_id=loaded.sep_id)
-        data = load_labelled(config.data, loaded.tokenizer, held_out=config.held_out)
+        data = load_labelled(config.data, loaded.tokenizer)
         return cls(config, loaded, path, data)
 
     def spec(self, adapter: Adapter, mu: float) -> PrivacySpec:
@@ -279,12 +280,11 @@ def attacker(bench: ClassifyBench) -> Attacker:
 
 
 def calibration_prompts(bench: ClassifyBench, asked_by: str) -> np.ndarray:
-    """(N, L) the held-out windows every level is calibrated on; taken as a run opens, so
-    text too short for them is refused before anything trains. `asked_by`: what set N."""
+    """(N, L) the windows of dev sentences every level is calibrated on (labelled.py says
+    why those); taken as a run opens, so text too short for them is refused before anything
+    trains. `asked_by`: what set N."""
     c = bench.config
-    return bench.data.held_out.windows(
-        c.calibration_prompts, c.calibration_length, asked_by=asked_by
-    )
+    return bench.data.dev.windows(c.calibration_prompts, c.calibration_length, asked_by=asked_by)
 
 
 def calibration_stage(bench: ClassifyBench, adapter: Adapter, prompts: np.ndarray) -> Adapter:
@@ -295,7 +295,7 @@ def calibration_stage(bench: ClassifyBench, adapter: Adapter, prompts: np.ndarra
             attacker(bench),
             prompts,
             measured_on=(
-                f"{Path(c.data).name}, held-out training sentences; "
+                f"{Path(c.data).name}, dev sentences (tokens only); "
                 f"the trigram over {c.trigram_keep} candidates"
             ),
             targets=c.targets,

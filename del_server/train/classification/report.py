@@ -18,10 +18,9 @@ def write_markdown(path: Path, report: dict) -> None:
         "",
         f"Reproduce with: `{cfg['command'] or 'del-server train classify'}`",
         "",
-        f"- data: `{shown(data['source'])}`: {data['train_sentences']} training sentences, the last "
-        f"{data['held_out_sentences']} rows of train.tsv held out (calibration text), "
-        f"{data['dev_sentences']} dev sentences (evaluation only); labels "
-        f"{', '.join(data['labels'])}",
+        f"- data: `{shown(data['source'])}`: {data['train_sentences']} training sentences (also "
+        f"the attacker's language), {data['dev_sentences']} dev sentences (the levels calibrated "
+        f"on their tokens, the accuracy measured on them); labels {', '.join(data['labels'])}",
         f"- projection: k = {cfg['dim']}, b = {cfg['bits']} bits, clip 1; W_p trained "
         f"{losses.get('projection', {}).get('steps', 0)} steps from PCA with a head over the "
         f"symbols' moments (batch {cfg['projection_batch']}, learning rate "
