@@ -20,7 +20,7 @@ the attacker reaches it from its knowledge of the language alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -43,6 +43,20 @@ MAX_STEPS_DOWN = 40
 REPORT_DELTA = DEFAULT_DELTA
 
 
+def mu_caps(max_mu: float | Sequence[float], targets: Sequence[float]) -> tuple[float, ...]:
+    """Each target's largest μ: one cap for every level, or one per target (a μ that
+    `del-server audit --mu` found to hold for that level against a stronger attacker)."""
+    caps = (max_mu,) if isinstance(max_mu, int | float) else tuple(max_mu)
+    if len(caps) == 1:
+        return caps * len(targets)
+    if len(caps) != len(targets):
+        raise InputError(
+            f"--max-mu gives {len(caps)} caps for {len(targets)} targets: give one for every "
+            "level, or one per target in --targets' order"
+        )
+    return caps
+
+
 def level_holds(results: dict[str, Recovery], target: float) -> bool:
     """The strongest attack's 95 % upper bound is under the target."""
     return max(r.high for r in results.values()) < target
@@ -59,12 +73,12 @@ def calibrate(
     seed: int = 0,
     iterations: int = ITERATIONS,
     mechanism_at: Callable[[float], Mechanism] | None = None,
-    max_mu: float = MU_RANGE[1],
+    max_mu: float | Sequence[float] = MU_RANGE[1],
 ) -> list[CalibratedLevel]:
     """One level per target. `mechanism_at(μ)` is DEL's quantizer for `adapter` by default;
     the evaluation passes its baselines' mechanisms to match them to the same targets.
-    No level goes past `max_mu`: a target that holds there gets it (with few coordinates and
-    bits per token the attacks saturate, and more μ only buys a larger ε)."""
+    No level goes past its cap (`mu_caps`): a target that holds there gets it (with few
+    coordinates and bits per token the attacks saturate, and more μ only buys a larger ε)."""
 
     def mechanism(mu: float) -> Mechanism:
         if mechanism_at is not None:
@@ -76,9 +90,9 @@ def calibrate(
 
     blind = attacker.prior_alone(prompts)
     levels = []
-    for target in targets:
-        lo, hi = math.log(MU_RANGE[0]), math.log(max_mu)
-        saturated = level_holds(measured(max_mu, BISECTION_ATTACKS), target)
+    for target, cap in zip(targets, mu_caps(max_mu, targets), strict=True):
+        lo, hi = math.log(MU_RANGE[0]), math.log(cap)
+        saturated = level_holds(measured(cap, BISECTION_ATTACKS), target)
         if saturated:
             lo = hi  # the attacks saturate below the target: no bisection to do
         for _ in tqdm(
@@ -89,9 +103,9 @@ def calibrate(
                 lo = middle
             else:
                 hi = middle
-        # The most private end of the bracket; max_mu itself when saturated, not
-        # exp(log(max_mu)), which is a few ULPs off it.
-        mu = max_mu if saturated else math.exp(lo)
+        # The most private end of the bracket; the cap itself when saturated, not
+        # exp(log(cap)), which is a few ULPs off it.
+        mu = cap if saturated else math.exp(lo)
         attacks = attacker.attacks
         for _ in tqdm(range(MAX_STEPS_DOWN), desc=f"verifying {percent(target)}", leave=False):
             results = measured(mu, attacks)

@@ -75,6 +75,23 @@ def _projection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _max_mu_arg(parser: argparse.ArgumentParser, default: float) -> None:
+    parser.add_argument(
+        "--max-mu",
+        type=argtypes.positive_floats,
+        default=default,
+        help="no level's μ above it; comma-separated: one cap per --targets, in its order "
+        "(e.g. a μ that `del-server audit --mu` found to hold against a stronger attacker)",
+    )
+
+
+def _max_mu(args: argparse.Namespace, targets: tuple[float, ...]) -> tuple[float, ...]:
+    """Each target's cap, checked against --targets before anything trains."""
+    from .calibrate import mu_caps
+
+    return mu_caps(args.max_mu, targets)
+
+
 def _calibration_args(
     parser: argparse.ArgumentParser,
     *,
@@ -108,13 +125,7 @@ def _calibration_args(
         help="the trigram attack's candidates per position",
     )
     if beam:  # generation's (classification has its own --max-mu)
-        parser.add_argument(
-            "--max-mu",
-            type=argtypes.positive_float,
-            default=MU_RANGE[1],
-            help="no level's μ above it (e.g. a μ that `del-server audit --mu` found to hold "
-            "against a stronger attacker)",
-        )
+        _max_mu_arg(parser, default=MU_RANGE[1])
         parser.add_argument(
             "--beam-width",
             type=argtypes.positive_int,
@@ -178,7 +189,9 @@ def _config(args: argparse.Namespace):
         projection_steps=getattr(args, "projection_steps", 0),
         projection_noise_mu=getattr(args, "noise_mu", None),
         targets=getattr(args, "targets", DEFAULT_TARGETS),
-        max_mu=getattr(args, "max_mu", MU_RANGE[1]),
+        max_mu=_max_mu(args, getattr(args, "targets", DEFAULT_TARGETS))
+        if hasattr(args, "max_mu")
+        else MU_RANGE[1],
         keep_other_levels=getattr(args, "keep_other_levels", False),
         calibration_prompts=getattr(args, "calibration_prompts", 250),
         inversion_steps=getattr(args, "inversion_steps", 400),
@@ -272,12 +285,7 @@ def _add_classify(stages: argparse._SubParsersAction) -> None:
         default=defaults.level_steps,
         help="per level and clean head",
     )
-    classify.add_argument(
-        "--max-mu",
-        type=argtypes.positive_float,
-        default=defaults.max_mu,
-        help="no level goes past this μ",
-    )
+    _max_mu_arg(classify, default=defaults.max_mu)
     classify.add_argument(
         "--length", type=argtypes.positive_int, default=defaults.soft_prompt_length
     )
@@ -310,7 +318,7 @@ def _run_classify(args: argparse.Namespace) -> None:
         projection_lr=args.projection_lr,
         front_end_steps=args.front_end_steps,
         level_steps=args.level_steps,
-        max_mu=args.max_mu,
+        max_mu=_max_mu(args, args.targets),
         trigram_keep=args.trigram_keep,
         soft_prompt_length=args.length,
         lr=args.lr,

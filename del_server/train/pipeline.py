@@ -73,7 +73,7 @@ class TrainConfig:
     front_end: str | None = None
     batch: int = 32
     targets: tuple[float, ...] = DEFAULT_TARGETS
-    max_mu: float = MU_RANGE[1]  # no level's μ above it
+    max_mu: float | tuple[float, ...] = MU_RANGE[1]  # no level's μ above it (calibrate.mu_caps)
     # recalibrate: only the levels of `targets` are new; the others keep their μ, record,
     # soft prompt and front-end
     keep_other_levels: bool = False

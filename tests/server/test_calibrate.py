@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from del_server.attacks.recovery import Recovery
+from del_server.errors import InputError
 from del_server.train.calibrate import MU_RANGE, calibrate
 
 PROMPTS = np.zeros((10, 4), dtype=np.int64)
@@ -60,6 +61,17 @@ def test_a_target_the_attacks_never_reach_gets_exactly_max_mu():
     (level,) = levels(Attacker(ceiling=0.02), targets=(0.05,), max_mu=64.0)
     assert level.mu == 64.0  # not exp(log(64)) = 63.99999999999998
     assert level.epsilon_token == 64.0
+
+
+def test_one_cap_per_target_caps_each_level_alone():
+    """A μ the audit found to hold for one level caps that level; the next keeps its own."""
+    low, high = levels(Attacker(ceiling=0.02), targets=(0.075, 0.10), max_mu=(10.0, 64.0))
+    assert (low.mu, high.mu) == (10.0, 64.0)
+
+
+def test_caps_that_do_not_pair_with_the_targets_are_refused():
+    with pytest.raises(InputError, match="--max-mu gives 3 caps for 2 targets"):
+        levels(Attacker(ceiling=0.02), targets=(0.075, 0.10), max_mu=(8.0, 10.0, 64.0))
 
 
 def test_a_reachable_target_gets_the_largest_mu_under_it():

@@ -185,6 +185,19 @@ def test_input_that_only_the_loaded_model_or_data_refutes_is_one_line_leaving_no
     assert not (tmp_path / "adapter").exists()
 
 
+@pytest.mark.parametrize("command", ["all", "classify"])
+def test_max_mu_caps_that_do_not_pair_with_the_targets_stop_before_anything_trains(
+    command, tmp_path
+):
+    argv = ("train", command, "--targets", "0.075,0.1", "--max-mu", "8,10,64", "--out", "adapter")
+    line = one_line_error(del_server(*argv, cwd=tmp_path))
+    assert line == (
+        "del-server: error: --max-mu gives 3 caps for 2 targets: give one for every level, "
+        "or one per target in --targets' order"
+    )
+    assert not (tmp_path / "adapter").exists()
+
+
 def write_short_stories(path: Path) -> None:
     """The default training text cut to 200 stories: 30 held-out windows."""
     stories = Path(DEFAULT_DATA).read_text().split("\n\n")

@@ -74,7 +74,9 @@ class ClassifyConfig:
     # Knowing SST-2's language alone, the trigram recovers 5.4 % of a dev sentence's tokens
     # (95 % up to 6.1 %): a 5 % level cannot hold on the text a user sends.
     targets: tuple[float, ...] = (0.075, 0.10)
-    max_mu: float = 64.0  # beyond it the symbols are all but deterministic: ε grows, accuracy not
+    # One cap per target, or one for all: beyond 64 the symbols are all but deterministic (ε
+    # grows, accuracy not).
+    max_mu: float | tuple[float, ...] = 64.0
     calibration_prompts: int = 250
     trigram_keep: int = DEFAULT_TRIGRAM_KEEP  # the trigram attack's candidates per position
     calibration_length: int = 16  # tokens per calibration window
