@@ -80,7 +80,7 @@ def write_markdown(path: Path, report: dict) -> None:
         f"- front-end: {FRONT_ENDS[cfg.get('front_end') or 'linear']}",
         f"- wall time{' of the recalibration' if 'recalibrated_by' in report else ''}: "
         f"{report['timings']['total_s']:.0f} s on {report['machine']['platform']} "
-        f"({report['machine']['device']}, {report['machine']['threads']} threads)",
+        f"({report['machine']['device']}, {report['machine']['threads']} torch thread(s))",
         *([f"- note: {report['note']}"] if "note" in report else []),
         "",
         "## Levels",

@@ -9,6 +9,9 @@ from del_client.manifest import percent
 from ...paths import shown
 from ..report import levels_table
 
+# A resumed run's clock starts at the resume: the stages its checkpoints held took no time.
+RESUMED = " of the resumed run (stages found in its checkpoints not counted)"
+
 
 def write_markdown(path: Path, report: dict) -> None:
     e, cfg, data = report["evaluation"], report["config"], report["data"]
@@ -30,8 +33,9 @@ def write_markdown(path: Path, report: dict) -> None:
         f"rate {cfg['lr']:g}); seed {cfg['seed']}",
         f"- levels: each level's soft prompt and head fine-tuned {cfg['level_steps']} steps at "
         "its own noise; a clean head for raw embeddings",
-        f"- wall time: {report['timings']['total_s']:.0f} s on {report['machine']['platform']} "
-        f"({report['machine']['threads']} threads)",
+        f"- wall time{RESUMED if cfg['resume'] else ''}: "
+        f"{report['timings']['total_s']:.0f} s on {report['machine']['platform']} "
+        f"({report['machine']['threads']} torch thread(s))",
         "",
         "## Levels",
         "",
