@@ -24,8 +24,6 @@ from pathlib import Path
 
 import matplotlib
 
-from del_client.manifest import percent
-
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
@@ -48,7 +46,7 @@ from ..train.classification.pipeline import (
 )
 from .config import NluFrontierConfig
 
-TARGETS = (0.05, 0.10)
+TARGETS = ClassifyConfig.targets  # the committed levels' labels
 ATTACKS = (*BISECTION_ATTACKS, "trigram_marginal")
 
 
@@ -103,11 +101,13 @@ def run(config: NluFrontierConfig) -> dict:
             }
         )
     dev = bench.data.dev
+    blind_name, blind = strongest(server.prior_alone(prompts))
     report = {
         "config": recorded(config),
         "dev_sentences": len(dev),
         "majority": dev.majority,
         "attacks": list(ATTACKS),
+        "blind": {"attack": blind_name, **blind.to_dict()},
         "served": served_levels(config.adapter),
         "points": points,
         "seconds": time.perf_counter() - started,
@@ -173,6 +173,13 @@ def plot(report: dict, path: Path) -> None:
         )
     for target in TARGETS:
         axes.axvline(100 * target, color="grey", ls=":", lw=1)
+    axes.axvline(
+        100 * report["blind"]["high"],
+        color="C7",
+        ls="--",
+        lw=1,
+        label="language alone (no symbols)",
+    )
     axes.axhline(100 * report["majority"], color="C3", ls="-.", label="majority (nothing sent)")
     axes.set_xlabel("strongest attack's token recovery, 95 % bound (%)")
     axes.set_ylabel("dev accuracy (%)")
@@ -211,7 +218,10 @@ def markdown(report: dict) -> str:
         f"{len(c['eval_seeds'])} noise draws (one standard error near 75 %: "
         f"{math.sqrt(0.75 * 0.25 / report['dev_sentences']):.1%}); the strongest "
         f"of {', '.join(report['attacks'])} on {c['attack_prompts']} windows of dev sentences, with the "
-        f"upper end of its 95 % interval. Majority label: {report['majority']:.1%}.",
+        f"upper end of its 95 % interval. Majority label: {report['majority']:.1%}. "
+        f"Knowing only the language (no symbols), {report['blind']['attack']} recovers "
+        f"{report['blind']['rate']:.1%} (up to {report['blind']['high']:.2%}): no point can go "
+        "below it.",
         "",
         "| k | b | μ per token | bits per token | strongest attack (95 % high) | dev accuracy |",
         "|---:|---:|---:|---:|---:|---:|",

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import matplotlib
 
-from del_client.manifest import percent
-
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
