@@ -86,10 +86,11 @@ def _max_mu_arg(parser: argparse.ArgumentParser, default: float) -> None:
 
 
 def _max_mu(args: argparse.Namespace, targets: tuple[float, ...]) -> tuple[float, ...]:
-    """Each target's cap, checked against --targets before anything trains."""
+    """Each target's cap, checked against --targets before anything trains (a command
+    without --max-mu calibrates nothing: MU_RANGE's top then)."""
     from .calibrate import mu_caps
 
-    return mu_caps(args.max_mu, targets)
+    return mu_caps(getattr(args, "max_mu", MU_RANGE[1]), targets)
 
 
 def _calibration_args(
@@ -189,9 +190,7 @@ def _config(args: argparse.Namespace):
         projection_steps=getattr(args, "projection_steps", 0),
         projection_noise_mu=getattr(args, "noise_mu", None),
         targets=getattr(args, "targets", DEFAULT_TARGETS),
-        max_mu=_max_mu(args, getattr(args, "targets", DEFAULT_TARGETS))
-        if hasattr(args, "max_mu")
-        else MU_RANGE[1],
+        max_mu=_max_mu(args, getattr(args, "targets", DEFAULT_TARGETS)),
         keep_other_levels=getattr(args, "keep_other_levels", False),
         calibration_prompts=getattr(args, "calibration_prompts", 250),
         inversion_steps=getattr(args, "inversion_steps", 400),
