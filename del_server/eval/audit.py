@@ -213,7 +213,7 @@ def _encoder_scene(
     """The dev sentences the classification pipeline calibrates on, in windows as long as
     `level`'s calibration prompts; the training sentences are the attacker's language."""
     sentences = load_labelled(data, loaded.tokenizer)
-    attacker = Attacker.of_encoder(loaded.model, sentences.train.stream(), options)
+    attacker = Attacker.of_encoder(loaded.model, sentences.language, options)
     return _Scene(attacker, sentences.dev.windows(None, level.tokens // level.prompts))
 
 

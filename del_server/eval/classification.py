@@ -73,6 +73,8 @@ def run(config: NluEvalConfig) -> dict:
             dim=adapter.projection_dim,
             bits=adapter.metadata["bits"],
             level_steps=config.level_steps or trained["level_steps"],
+            held_out=trained.get("held_out", ClassifyConfig.held_out),  # older: the default
+            check_every=trained.get("check_every", ClassifyConfig.check_every),
             batch=trained["batch"],
             lr=trained["lr"],
             calibration_prompts=trained["calibration_prompts"],

@@ -76,7 +76,7 @@ def run(config: NluFrontierConfig) -> dict:
             out=config.out / "checkpoints" / f"k{k}b{b}mu{mu:g}",
         )
         (point_config.out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        at_point = replace(bench, config=point_config, timings={}, losses={})
+        at_point = replace(bench, config=point_config, timings={}, losses={}, selection={})
         adapter = projection_stage(at_point)
         runs = accuracies(
             at_point,

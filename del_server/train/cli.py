@@ -284,6 +284,18 @@ def _add_classify(stages: argparse._SubParsersAction) -> None:
         default=defaults.level_steps,
         help="per level and clean head",
     )
+    classify.add_argument(
+        "--held-out",
+        type=argtypes.positive_int,
+        default=defaults.held_out,
+        help="training sentences held out for model selection (their phrases leave training)",
+    )
+    classify.add_argument(
+        "--check-every",
+        type=argtypes.positive_int,
+        default=defaults.check_every,
+        help="steps between held-out checks: every stage ends on its best check",
+    )
     _max_mu_arg(classify, default=defaults.max_mu)
     classify.add_argument(
         "--length", type=argtypes.positive_int, default=defaults.soft_prompt_length
@@ -317,6 +329,8 @@ def _run_classify(args: argparse.Namespace) -> None:
         projection_lr=args.projection_lr,
         front_end_steps=args.front_end_steps,
         level_steps=args.level_steps,
+        held_out=args.held_out,
+        check_every=args.check_every,
         max_mu=_max_mu(args, args.targets),
         trigram_keep=args.trigram_keep,
         soft_prompt_length=args.length,

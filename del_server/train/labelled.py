@@ -9,6 +9,11 @@ Calibrating on held-out training rows instead measured the wrong text: SST-2's t
 are phrases of one another (a held-out row's 6-grams mostly recur in the rest), shorter than a
 review sentence and poorer in the frequent words an attacker guesses; on dev sentences the
 same attacks recovered more (5.2 % against 3.9 % at the 5 % level).
+
+Model selection (early stopping) needs text held out like dev's, without touching dev: a few
+long training rows are held out as sentences, and every training row that is a phrase of one
+of them (a contiguous run of its words, down to single words) leaves the training set with
+them, so no held-out sentence is seen in pieces. All of train.tsv stays the attacker's language.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from ..errors import InputError
 
 # Names of the labels of the tasks whose files give integers only.
 TASK_LABELS = {"sst2": ("negative", "positive")}
+# A held-out row has at least this many words: a sentence, or most of one (SST-2's training
+# rows are phrases of every length; its dev sentences average 19 words).
+HELD_OUT_MIN_WORDS = 12
 
 
 @dataclass(frozen=True)
@@ -69,17 +77,21 @@ class Labelled:
 
 @dataclass(frozen=True)
 class LabelledData:
-    train: Labelled
+    train: Labelled  # what the stages fit on
+    held_out: Labelled  # sentences of train.tsv held out for model selection
     dev: Labelled
     label_names: tuple[str, ...]
+    language: np.ndarray  # every row of train.tsv back to back: the attacker's public text
 
     def describe(self) -> dict:
         return {
             "train_sentences": len(self.train),
+            "held_out_sentences": len(self.held_out),
             "dev_sentences": len(self.dev),
             "labels": list(self.label_names),
-            "rule": "train.tsv: training and the attacker's language; dev.tsv: calibration, "
-            "audit (its tokens) and accuracy",
+            "rule": "train.tsv: training, held-out sentences for model selection (with their "
+            "phrases out of training), and all of it the attacker's language; dev.tsv: "
+            "calibration, audit (its tokens) and accuracy",
         }
 
 
@@ -98,25 +110,67 @@ def read_tsv(path: Path) -> tuple[list[str], list[int]]:
     return texts, labels
 
 
-def _labelled(texts: list[str], labels: list[int], tokenizer: Tokenizer) -> Labelled:
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-    kept = [(e.ids, label) for e, label in zip(encodings, labels, strict=True) if e.ids]
+def _encoded(texts: list[str], tokenizer: Tokenizer) -> list[list[int]]:
+    return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def _labelled(encoded: list[list[int]], labels: list[int]) -> Labelled:
+    """The rows with any tokens (an empty one has nothing to send)."""
+    kept = [(ids, label) for ids, label in zip(encoded, labels, strict=True) if ids]
     return Labelled(
         tuple(torch.tensor(ids, dtype=torch.long) for ids, _ in kept),
         torch.tensor([label for _, label in kept], dtype=torch.long),
     )
 
 
-def load_labelled(directory: str | Path, tokenizer: Tokenizer) -> LabelledData:
+def _phrases(sentence: str) -> set[str]:
+    words = sentence.split()
+    return {
+        " ".join(words[start:end])
+        for start in range(len(words))
+        for end in range(start + 1, len(words) + 1)
+    }
+
+
+def held_out_rows(texts: list[str], count: int, seed: int) -> tuple[list[int], list[int]]:
+    """-> (held-out rows, training rows): `count` rows of at least HELD_OUT_MIN_WORDS words
+    drawn with `seed`, and the rows that are no phrase of any of them."""
+    long = [i for i, text in enumerate(texts) if len(text.split()) >= HELD_OUT_MIN_WORDS]
+    if len(long) < count:
+        raise InputError(
+            f"--held-out {count}: train.tsv has {len(long)} rows of "
+            f"{HELD_OUT_MIN_WORDS} or more words"
+        )
+    held = sorted(np.random.default_rng(seed).choice(long, size=count, replace=False).tolist())
+    phrases = set().union(*(_phrases(texts[i]) for i in held))
+    fit = [i for i, text in enumerate(texts) if " ".join(text.split()) not in phrases]
+    if not fit:
+        raise InputError(f"--held-out {count}: no training row is left once they are held out")
+    return held, fit
+
+
+def load_labelled(
+    directory: str | Path, tokenizer: Tokenizer, *, held_out: int = 0, seed: int = 0
+) -> LabelledData:
+    """The task's rows; `held_out` training sentences (drawn with `seed`) set aside."""
     directory = Path(directory)
     texts, labels = read_tsv(directory / "train.tsv")
-    dev = _labelled(*read_tsv(directory / "dev.tsv"), tokenizer)
+    dev_texts, dev_labels = read_tsv(directory / "dev.tsv")
+    dev = _labelled(_encoded(dev_texts, tokenizer), dev_labels)
     count = max(labels + dev.labels.tolist()) + 1
     names = TASK_LABELS.get(directory.name, tuple(str(i) for i in range(count)))
     if len(names) != count:
         raise InputError(f"{directory}: {count} labels in the files, {len(names)} names")
+    held, fit = held_out_rows(texts, held_out, seed)
+    encoded = _encoded(texts, tokenizer)
+
+    def rows(index: list[int]) -> Labelled:
+        return _labelled([encoded[i] for i in index], [labels[i] for i in index])
+
     return LabelledData(
-        train=_labelled(texts, labels, tokenizer),
+        train=rows(fit),
+        held_out=rows(held),
         dev=dev,
         label_names=names,
+        language=_labelled(encoded, labels).stream(),
     )

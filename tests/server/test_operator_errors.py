@@ -149,6 +149,8 @@ def test_an_audit_past_the_held_out_prompts_says_how_many_there_are(tmp_path):
         (["all", "--inversion-steps", "-1"], "--inversion-steps: expected a whole number >= 0"),
         (["soft-prompt", "--mu", "2,-1"], "--mu: comma-separated finite numbers > 0, got '2,-1'"),
         (["classify", "--lr", "nan"], "--lr: expected a finite number > 0, got 'nan'"),
+        (["classify", "--held-out", "0"], "--held-out: expected a whole number >= 1, got '0'"),
+        (["classify", "--check-every", "x"], "--check-every: expected a whole number >= 1"),
     ],
 )
 def test_a_training_value_out_of_range_stops_before_anything_trains(argv, expected, tmp_path):
@@ -174,6 +176,10 @@ def test_a_training_value_out_of_range_stops_before_anything_trains(argv, expect
         (
             ["classify", "--calibration-prompts", "100000"],
             "--calibration-prompts: 100000 windows of 16 tokens, but the dev sentences hold 1262",
+        ),
+        (
+            ["classify", "--held-out", "100000"],
+            "--held-out 100000: train.tsv has 20358 rows of 12 or more words",
         ),
     ],
 )
@@ -266,10 +272,15 @@ def test_eval_frontier_refuses_text_too_short_for_its_sweep_before_anything_trai
 
 
 def test_eval_nlu_refuses_dev_sentences_too_few_for_the_adapters_calibration(tmp_path):
-    rows = ["sentence\tlabel", *(f"{('bad', 'good')[i % 2]}\t{i % 2}" for i in range(2100))]
+    words = "this is sentence {} of the training text and it is {}"  # long enough to hold out
+    rows = [
+        "sentence\tlabel",
+        *(f"{words.format(i, ('bad', 'good')[i % 2])}\t{i % 2}" for i in range(2100)),
+    ]
     (tmp_path / "task").mkdir()
     (tmp_path / "task" / "train.tsv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "task" / "dev.tsv").write_text("\n".join(rows[:101]) + "\n")
+    dev = ["sentence\tlabel", *(f"{('bad', 'good')[i % 2]}\t{i % 2}" for i in range(100))]
+    (tmp_path / "task" / "dev.tsv").write_text("\n".join(dev) + "\n")
     line = one_line_error(del_server("eval-nlu", "--data", "task", "--out", "report", cwd=tmp_path))
     assert line == (
         "del-server: error: --data task (the adapter's calibration): 250 windows of 16 tokens, "

@@ -15,7 +15,7 @@ from del_server.attacks.recovery import Recovery
 from del_server.attacks.suite import LM_ATTACKS
 from del_server.calibration import CalibratedLevel
 from del_server.train.classification import pipeline
-from del_server.train.labelled import read_tsv
+from del_server.train.labelled import HELD_OUT_MIN_WORDS, held_out_rows, read_tsv
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,8 @@ def bench(task_dir, tmp_path_factory) -> pipeline.ClassifyBench:
         front_end_steps=2,
         level_steps=2,
         batch=4,
+        held_out=3,
+        check_every=1,
         eval_seeds=(0,),
     )
     return pipeline.ClassifyBench.open(config)
@@ -46,12 +48,49 @@ def bench(task_dir, tmp_path_factory) -> pipeline.ClassifyBench:
 
 def test_the_labelled_data_is_split_as_documented(bench):
     data = bench.data
-    assert (len(data.train), len(data.dev)) == (120, 24)
+    assert (len(data.held_out), len(data.dev)) == (3, 24)
+    assert len(data.train) <= 120 - 3  # the held-out sentences' phrases left with them
     assert data.label_names == ("negative", "positive")
     assert all(ids.dtype == torch.long and len(ids) > 0 for ids in data.train.ids)
     windows = data.dev.windows(3, 4)
     assert windows.shape == (3, 4)
     assert (windows.reshape(-1) == data.dev.stream()[:12]).all()
+
+
+def test_no_training_row_is_a_phrase_of_a_held_out_sentence(bench, task_dir):
+    """Model selection scores sentences the stages never saw, not even in pieces; the
+    attacker's language keeps every row."""
+    texts, _ = read_tsv(task_dir / "train.tsv")
+    held, fit = held_out_rows(texts, 3, seed=bench.config.seed)
+    assert all(len(texts[i].split()) >= HELD_OUT_MIN_WORDS for i in held)
+    held_text = [" " + " ".join(texts[i].split()) + " " for i in held]
+    for i in fit:
+        assert not any(f" {' '.join(texts[i].split())} " in sentence for sentence in held_text)
+    assert len(bench.data.train) == len(fit)
+    every = [bench.loaded.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+    assert bench.data.language.tolist() == [token for ids in every for token in ids]
+
+
+def test_a_held_out_sentence_takes_its_phrases_out_of_training_and_nothing_else():
+    sentence = "the film is a charming and often affecting journey of a young man"
+    texts = [
+        sentence,
+        "a charming and often affecting",  # a phrase of it
+        "charming",  # one word of it
+        "a young woman",  # shares words, is no phrase of it
+        "charming films",  # not on its word boundaries
+    ]
+    held, fit = held_out_rows(texts, 1, seed=0)
+    assert held == [0]  # the only row of 12 or more words
+    assert fit == [3, 4]
+
+
+def test_more_held_out_sentences_than_the_text_has_are_refused(task_dir):
+    texts, _ = read_tsv(task_dir / "train.tsv")
+    with pytest.raises(
+        ValueError, match=r"^--held-out 500: train.tsv has \d+ rows of 12 or more words$"
+    ):
+        held_out_rows(texts, 500, seed=0)
 
 
 def test_the_levels_are_calibrated_on_dev_sentences_never_on_the_attackers_text(bench):
@@ -61,7 +100,7 @@ def test_the_levels_are_calibrated_on_dev_sentences_never_on_the_attackers_text(
     )
     prompts = pipeline.calibration_prompts(small, "asked")
     assert (prompts.reshape(-1) == bench.data.dev.stream()[: prompts.size]).all()
-    assert np.array_equal(pipeline.attacker(bench).public_ids, bench.data.train.stream())
+    assert np.array_equal(pipeline.attacker(bench).public_ids, bench.data.language)
 
 
 def test_the_tokens_carry_no_template_tokens(bench):
@@ -102,6 +141,7 @@ def test_every_stage_trains_what_the_server_serves(bench):
     adapter = pipeline.projection_stage(bench)
     assert adapter.clip == 1.0
     assert len(bench.losses["projection"]) == 2
+    assert bench.selection["projection"]["checks"] == 3  # before the first step, after each
     adapter = pipeline.front_end_stage(bench, adapter)
     assert len(bench.losses["front_end"]) == 2
     measured = Recovery(0.05, 0.04, 0.06, 0.01, 0.0, 0.0, tokens=64, content_tokens=20, prompts=4)

@@ -23,7 +23,7 @@ from del_server.cli import reproducible_command
 from del_server.generation import PrivatePrompt, PromptBuilder
 from del_server.settings import Settings
 from del_server.train.data import load_split, read_documents
-from del_server.train.loop import optimize
+from del_server.train.loop import HeldOut, optimize
 from del_server.train.pipeline import TrainConfig, recalibrate, refresh_evaluation, run_all
 
 TINYSTORIES = "data/tinystories/tinystories_val_head_dev.txt"
@@ -339,6 +339,46 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
     resumed_w, resumed_losses = run(40, resume=True)
     torch.testing.assert_close(resumed_w, whole_w)
     assert resumed_losses == pytest.approx(whole_losses)
+
+
+def _drifting_run(tmp_path, steps: int, resume: bool) -> tuple[torch.Tensor, HeldOut]:
+    """w trained from 0 towards 1 while the held-out score wants it at 0.3: the best check is
+    part way, and the loop must end there, not at its last step."""
+    params = {"w": torch.zeros(3)}
+    held_out = HeldOut(lambda: float(((params["w"] - 0.3) ** 2).sum()), every=5)
+    optimize(
+        params,
+        lambda g: ((params["w"] - 1) ** 2).sum(),
+        steps=steps,
+        lr=0.02,
+        seed=0,
+        desc="t",
+        checkpoint=tmp_path / "drift",
+        resume=resume,
+        checkpoint_every=10,
+        held_out=held_out,
+    )
+    return params["w"], held_out
+
+
+def test_a_stage_ends_on_its_best_held_out_check_not_its_last_step(tmp_path):
+    w, held_out = _drifting_run(tmp_path, 60, resume=False)
+    steps = [step for step, _ in held_out.checks]
+    assert steps == list(range(0, 61, 5))  # before the first step, then every 5
+    chosen, score = held_out.best
+    assert 0 < chosen < 60
+    assert float(((w - 0.3) ** 2).sum()) == pytest.approx(score)
+    assert held_out.summary() == {"chosen_step": chosen, "held_out_score": score, "checks": 13}
+
+
+def test_a_resumed_stage_keeps_the_checks_and_the_best_of_its_first_part(tmp_path):
+    whole_w, whole = _drifting_run(tmp_path, 60, resume=False)
+    (tmp_path / "drift.json").unlink()
+    _drifting_run(tmp_path, 30, resume=False)
+    resumed_w, resumed = _drifting_run(tmp_path, 60, resume=True)
+    assert whole.best[0] < 30  # the best was found before the interruption
+    np.testing.assert_allclose(np.array(resumed.checks), np.array(whole.checks))
+    torch.testing.assert_close(resumed_w, whole_w)
 
 
 def test_a_report_reproduces_a_resumed_run_by_the_command_without_resume():

@@ -21,8 +21,9 @@ def write_markdown(path: Path, report: dict) -> None:
         "",
         f"Reproduce with: `{cfg['command'] or 'del-server train classify'}`",
         "",
-        f"- data: `{shown(data['source'])}`: {data['train_sentences']} training sentences (also "
-        f"the attacker's language), {data['dev_sentences']} dev sentences (the levels calibrated "
+        f"- data: `{shown(data['source'])}`: {data['train_sentences']} training sentences and "
+        f"{data['held_out_sentences']} held out for model selection (all of train.tsv the "
+        f"attacker's language), {data['dev_sentences']} dev sentences (the levels calibrated "
         f"on their tokens, the accuracy measured on them); labels {', '.join(data['labels'])}",
         f"- projection: k = {cfg['dim']}, b = {cfg['bits']} bits, clip 1; W_p trained "
         f"{losses.get('projection', {}).get('steps', 0)} steps from PCA with a head over the "
@@ -33,6 +34,8 @@ def write_markdown(path: Path, report: dict) -> None:
         f"rate {cfg['lr']:g}); seed {cfg['seed']}",
         f"- levels: each level's soft prompt and head fine-tuned {cfg['level_steps']} steps at "
         "its own noise; a clean head for raw embeddings",
+        "- every stage ends on the parameters of its lowest held-out loss (checked every "
+        f"{cfg['check_every']} steps): {_chosen(report['selection'])}",
         f"- wall time{RESUMED if cfg['resume'] else ''}: "
         f"{report['timings']['total_s']:.0f} s on {report['machine']['platform']} "
         f"({report['machine']['threads']} torch thread(s))",
@@ -57,3 +60,10 @@ def write_markdown(path: Path, report: dict) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _chosen(selection: dict[str, dict]) -> str:
+    return ", ".join(
+        f"{name} step {chosen['chosen_step']} (loss {chosen['held_out_score']:.3f})"
+        for name, chosen in selection.items()
+    )
