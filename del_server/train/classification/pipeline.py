@@ -12,6 +12,9 @@
     clean head   a head for raw (unprivatized) embeddings: the no-privacy mechanism
     report       dev accuracy per level (several noise draws), training.json, TRAINING.md
 
+Every stage ends on the parameters with the lowest loss on training sentences held out for
+model selection (never dev: dev is what the report measures).
+
 A few coordinates and bits per token keep a token's identity hidden (the attacks recover
 little more than the most frequent words) while a sentence's label survives in the aggregate;
 training the projection for the task puts polarity into those coordinates. The result is an
@@ -209,11 +212,20 @@ def _noisy_logits(
     return logits
 
 
-def _train_on(bench: ClassifyBench, logits: Logits, name: str, params, steps: int, **kwargs):
+def _train_on(
+    bench: ClassifyBench,
+    logits: Logits,
+    name: str,
+    params: dict[str, torch.Tensor],
+    steps: int,
+    *,
+    batch: int | None = None,
+    lr: float | None = None,
+) -> None:
     """Stage `name`: cross-entropy of `logits` on fresh training batches (of `batch` rows, else
     the config's), ending on the parameters of the lowest loss on the held-out sentences under
     one fixed noise draw (the same draw at every check: the checks compare parameters)."""
-    size = kwargs.pop("batch", None) or bench.config.batch
+    size = batch or bench.config.batch
     held_out = bench.data.held_out
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
@@ -228,7 +240,7 @@ def _train_on(bench: ClassifyBench, logits: Logits, name: str, params, steps: in
             total += float(F.cross_entropy(logits(ids, generator), labels, reduction="sum"))
         return total / len(held_out)
 
-    bench.train(name, params, loss_fn, steps, held_out_loss=held_out_loss, **kwargs)
+    bench.train(name, params, loss_fn, steps, held_out_loss=held_out_loss, lr=lr)
 
 
 def projection_stage(bench: ClassifyBench) -> Adapter:
