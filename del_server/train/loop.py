@@ -71,7 +71,8 @@ def _save(
 
 def _load(path: Path, params, optimizer, generator, best, held_out) -> tuple[int, list[float]]:
     tensors = load_file(_file(path, ".safetensors"))
-    best |= {key.removeprefix("best."): v for key, v in tensors.items() if key.startswith("best.")}
+    if held_out is not None:  # a run without checks ends on its last step, whatever was saved
+        best |= {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[f"param.{name}"])

@@ -381,6 +381,33 @@ def test_a_resumed_stage_keeps_the_checks_and_the_best_of_its_first_part(tmp_pat
     torch.testing.assert_close(resumed_w, whole_w)
 
 
+def test_a_stage_resumed_without_checks_ends_on_its_last_step(tmp_path):
+    """The checkpoint's best parameters are for a run that checks; one that does not keeps
+    training's own result."""
+    target = torch.ones(3)
+
+    def run(steps: int, resume: bool, held_out: HeldOut | None) -> torch.Tensor:
+        params = {"w": torch.zeros(3)}
+        optimize(
+            params,
+            lambda g: ((params["w"] - target) ** 2).sum(),
+            steps=steps,
+            lr=0.02,
+            seed=0,
+            desc="t",
+            checkpoint=tmp_path / "plain",
+            resume=resume,
+            checkpoint_every=10,
+            held_out=held_out,
+        )
+        return params["w"]
+
+    whole = run(60, resume=False, held_out=None)
+    (tmp_path / "plain.json").unlink()
+    run(30, resume=False, held_out=HeldOut(lambda: 0.0, every=5))  # best: its first check
+    torch.testing.assert_close(run(60, resume=True, held_out=None), whole)
+
+
 def test_a_report_reproduces_a_resumed_run_by_the_command_without_resume():
     """Resuming is how a stopped run was finished: the reproduction line leaves it out and
     keeps every other argument as typed."""
