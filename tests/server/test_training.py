@@ -341,11 +341,16 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert resumed_losses == pytest.approx(whole_losses)
 
 
-def _drifting_run(tmp_path, steps: int, resume: bool) -> tuple[torch.Tensor, HeldOut]:
-    """w trained from 0 towards 1 while the held-out score wants it at 0.3: the best check is
-    part way, and the loop must end there, not at its last step."""
+def _drifting_run(
+    tmp_path, steps: int, resume: bool, wanted: float | None = 0.3
+) -> tuple[torch.Tensor, HeldOut | None]:
+    """w trained from 0 towards 1 while the held-out score wants it at `wanted` (None: no
+    checks): at 0.3 the best check is part way, and the loop must end there, not at its last
+    step."""
     params = {"w": torch.zeros(3)}
-    held_out = HeldOut(lambda: float(((params["w"] - 0.3) ** 2).sum()), every=5)
+    held_out = None
+    if wanted is not None:
+        held_out = HeldOut(lambda: float(((params["w"] - wanted) ** 2).sum()), every=5)
     optimize(
         params,
         lambda g: ((params["w"] - 1) ** 2).sum(),
@@ -384,28 +389,11 @@ def test_a_resumed_stage_keeps_the_checks_and_the_best_of_its_first_part(tmp_pat
 def test_a_stage_resumed_without_checks_ends_on_its_last_step(tmp_path):
     """The checkpoint's best parameters are for a run that checks; one that does not keeps
     training's own result."""
-    target = torch.ones(3)
-
-    def run(steps: int, resume: bool, held_out: HeldOut | None) -> torch.Tensor:
-        params = {"w": torch.zeros(3)}
-        optimize(
-            params,
-            lambda g: ((params["w"] - target) ** 2).sum(),
-            steps=steps,
-            lr=0.02,
-            seed=0,
-            desc="t",
-            checkpoint=tmp_path / "plain",
-            resume=resume,
-            checkpoint_every=10,
-            held_out=held_out,
-        )
-        return params["w"]
-
-    whole = run(60, resume=False, held_out=None)
-    (tmp_path / "plain.json").unlink()
-    run(30, resume=False, held_out=HeldOut(lambda: 0.0, every=5))  # best: its first check
-    torch.testing.assert_close(run(60, resume=True, held_out=None), whole)
+    whole, _ = _drifting_run(tmp_path, 60, resume=False, wanted=None)
+    (tmp_path / "drift.json").unlink()
+    _drifting_run(tmp_path, 30, resume=False, wanted=0.0)  # best: its first check
+    resumed, _ = _drifting_run(tmp_path, 60, resume=True, wanted=None)
+    torch.testing.assert_close(resumed, whole)
 
 
 def test_a_report_reproduces_a_resumed_run_by_the_command_without_resume():

@@ -135,32 +135,6 @@ class ClassifyBench:
         yield
         self.timings[name] = time.perf_counter() - start
 
-    def train(
-        self,
-        name: str,
-        params: dict[str, torch.Tensor],
-        loss_fn,
-        steps: int,
-        *,
-        held_out_loss: Callable[[], float],
-        lr: float | None = None,
-    ) -> None:
-        """Stage `name`: params trained `steps` steps, ending on the lowest held-out loss."""
-        c = self.config
-        held_out = HeldOut(held_out_loss, every=c.check_every)
-        self.losses[name] = optimize(
-            params,
-            loss_fn,
-            steps=steps,
-            lr=lr or c.lr,
-            seed=c.seed,
-            desc=name,
-            checkpoint=self.checkpoint(name),
-            resume=c.resume,
-            held_out=held_out,
-        )
-        self.selection[name] = held_out.summary()
-
 
 def _head(params: dict[str, torch.Tensor]) -> Head:
     return Head(*(params[f"head.{part}"] for part in HEAD_TENSORS))
@@ -240,7 +214,20 @@ def _train_on(
             total += float(F.cross_entropy(logits(ids, generator), labels, reduction="sum"))
         return total / len(held_out)
 
-    bench.train(name, params, loss_fn, steps, held_out_loss=held_out_loss, lr=lr)
+    c = bench.config
+    checks = HeldOut(held_out_loss, every=c.check_every)
+    bench.losses[name] = optimize(
+        params,
+        loss_fn,
+        steps=steps,
+        lr=lr or c.lr,
+        seed=c.seed,
+        desc=name,
+        checkpoint=bench.checkpoint(name),
+        resume=c.resume,
+        held_out=checks,
+    )
+    bench.selection[name] = checks.summary()
 
 
 def projection_stage(bench: ClassifyBench) -> Adapter:
