@@ -158,6 +158,55 @@ def test_concurrent_requests_share_forward_passes_and_each_gets_its_own_answer(c
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
 
 
+def test_the_server_classifies_the_clients_symbols_exactly_as_training_scores_them(
+    client, classifier, dev
+):
+    """What is served is what was trained: the symbols a client sends at each level, decoded
+    and run through the training path (NoisyPath, the level's head and soft prompt), give the
+    probabilities the server answers. So served and trained accuracies differ by the noise
+    draw alone."""
+    import torch
+
+    from del_client.codec import FrameAssembler, spec_from_params
+    from del_client.request import PrivacyChoice, PromptPlan
+    from del_server.adapter import Adapter
+    from del_server.models import load_model
+    from del_server.train.classification.objective import NoisyPath
+
+    loaded = load_model("all-MiniLM-L6-v2")
+    path = NoisyPath(loaded.model, cls_id=loaded.cls_id, sep_id=loaded.sep_id)
+    adapter = Adapter.load(DEFAULT_NLU_ADAPTER)
+    model, bundle = client.manifest().model, client.bundle()
+    with grpc.insecure_channel(classifier.target) as channel:
+        stub = inference_pb2_grpc.SplitInferenceStub(channel)
+        for level in model.privacy_levels:
+            for text, _ in dev[:RPC_SENTENCES]:
+                plan = PromptPlan(text, PrivacyChoice(level=level.target_attack_rate), None)
+                request = plan.prepare(
+                    model, bundle, max_payload_bytes=4096, payload_encoding="packed"
+                )
+                reply = stub.Classify(iter(request.messages), timeout=30)
+                header, *frames, _ = request.messages
+                received = FrameAssembler(
+                    spec_from_params(header.header.mechanism), max_tokens=request.prompt_tokens
+                )
+                for message in frames:
+                    received.add(message.frame)
+                x_hat = torch.from_numpy(received.embeddings())
+                with torch.inference_mode():
+                    logits = path.logits(
+                        adapter,
+                        [torch.tensor(bundle.encode(text))],
+                        adapter.task.heads[level.mu],
+                        noise=lambda z, generator: x_hat,
+                        generator=None,
+                        soft_prompt=adapter.soft_prompts[level.mu],
+                    )
+                trained = torch.softmax(logits[0].double(), dim=-1).tolist()
+                served = [p.probability for p in reply.probabilities]
+                assert served == pytest.approx(trained, abs=1e-6), (level.id, text)
+
+
 def test_parameters_of_no_level_are_refused_before_any_privacy_is_spent(client):
     with pytest.raises(RequestOptionError, match="levels only"):
         client.classify("a gorgeous film", mu=0.123)
