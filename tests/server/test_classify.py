@@ -198,7 +198,7 @@ def test_the_server_classifies_the_clients_symbols_exactly_as_training_scores_th
                         adapter,
                         [torch.tensor(bundle.encode(text))],
                         adapter.task.heads[level.mu],
-                        noise=lambda z, generator: x_hat,
+                        noise=lambda z, generator, x_hat=x_hat: x_hat,
                         generator=None,
                         soft_prompt=adapter.soft_prompts[level.mu],
                     )
