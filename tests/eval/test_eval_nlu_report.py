@@ -14,6 +14,7 @@ from del_server.levels import level_id
 REPO = Path(__file__).resolve().parents[2]
 ADAPTER = REPO / "del_server" / "adapters" / "minilm-sst2"
 COMMITTED = REPO / "docs" / "eval-nlu"
+SERVED_RUNS = 10  # per level: docs/eval-nlu/served/SERVED.md
 
 
 def _level_row(method: str, accuracy: float, mu: float, target: float) -> dict:
@@ -72,7 +73,7 @@ def test_the_served_runs_are_of_the_committed_adapters_levels():
     levels = json.loads((ADAPTER / "adapter.json").read_text())["calibration"]
     mu_by_level = {level_id(level["target_attack_rate"]): level["mu"] for level in levels}
     runs = sorted((COMMITTED / "served").glob("level-*-draw-*.json"))
-    assert len(runs) == 3 * len(mu_by_level)
+    assert len(runs) == SERVED_RUNS * len(mu_by_level)
     for path in runs:
         run = json.loads(path.read_text())
         assert run["mu_token"] == pytest.approx(mu_by_level[run["level_id"]], rel=1e-12), (
