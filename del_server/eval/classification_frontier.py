@@ -34,7 +34,7 @@ from del_client.manifest import percent
 from ..adapter import Adapter
 from ..attacks.mechanisms import Binomial
 from ..attacks.suite import strongest
-from ..paths import recorded
+from ..paths import recorded, shown
 from ..train.calibrate import BISECTION_ATTACKS
 from ..train.classification.objective import binomial_noise
 from ..train.classification.pipeline import (
@@ -109,14 +109,33 @@ def run(config: NluFrontierConfig) -> dict:
         "attacks": list(ATTACKS),
         "blind": {"attack": blind_name, **blind.to_dict()},
         "served": served_levels(config.adapter),
+        "served_from": {"adapter": shown(config.adapter), "command": config.command},
         "points": points,
         "seconds": time.perf_counter() - started,
     }
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "frontier.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, config.out / "frontier.png")
-    (config.out / "FRONTIER.md").write_text(markdown(report))
+    write(report, config.out)
     return report
+
+
+def refresh_served(report: dict, adapter_dir: Path, out: Path, command: str) -> dict:
+    """An earlier grid (OUT/frontier.json) with `adapter_dir`'s levels as served beside it,
+    redrawn. The grid trains its own projections and never reads the adapter, so a retrained
+    adapter needs this, not a rerun of the grid."""
+    report = {
+        **report,
+        "served": served_levels(adapter_dir),
+        "served_from": {"adapter": shown(adapter_dir), "command": command},
+    }
+    write(report, out)
+    return report
+
+
+def write(report: dict, out: Path) -> None:
+    """frontier.json, frontier.png and FRONTIER.md in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, out / "frontier.png")
+    (out / "FRONTIER.md").write_text(markdown(report))
 
 
 def served_levels(adapter_dir: Path) -> list[dict]:
@@ -240,11 +259,17 @@ def markdown(report: dict) -> str:
             )
         )
     if served:
+        source = report.get("served_from", {"adapter": c["adapter"], "command": c["command"]})
+        refreshed = (
+            f" Set beside the grid later, from the adapter as it now is: `{source['command']}`."
+            if source["command"] != c["command"]
+            else ""
+        )
         lines += [
             "",
-            f"The committed adapter's levels as served (`{Path(c['adapter']).name}`: encoder, "
-            "soft prompt, "
-            "per-level head; their attacks include the learned inversion network):",
+            f"The committed adapter's levels as served (`{Path(source['adapter']).name}`: "
+            "encoder, soft prompt, per-level head; their attacks include the learned inversion "
+            f"network).{refreshed}",
             "",
             "| level | k | b | μ | strongest attack (95 % high) | dev accuracy |",
             "|---:|---:|---:|---:|---:|---:|",

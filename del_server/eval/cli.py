@@ -26,6 +26,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from del_client.manifest import percent
 from del_client.parameters import MAX_BITS, MIN_BITS
@@ -33,6 +34,7 @@ from del_client.parameters import MAX_BITS, MIN_BITS
 from .. import argtypes
 from ..cli import EXIT_OPERATOR_ERROR, reproducible_command
 from ..extras import require_extra
+from ..paths import shown
 from ..settings import DEFAULT_NLU_ADAPTER
 from ..train.defaults import DEFAULT_NLU_DATA, DEFAULT_NLU_MODEL
 from .config import (
@@ -57,11 +59,12 @@ def _run(args: argparse.Namespace) -> None:
     from .report import SCHEMA
 
     if args.render_only:
-        report = json.loads((args.out / "eval.json").read_text())
+        report = _stored_report(args.out / "eval.json", "eval", "no evaluation to redraw")
         if report.get("schema") != SCHEMA:
-            raise SystemExit(
+            _refuse(
+                "eval",
                 f"{args.out}/eval.json has schema {report.get('schema')!r}; this version draws "
-                f"{SCHEMA!r}: rerun the evaluation"
+                f"{SCHEMA!r}: rerun the evaluation",
             )
         render(report, args.out)
         print(f"{args.out}/EVAL.md and figures redrawn from {args.out}/eval.json")
@@ -156,21 +159,37 @@ def _run_frontier(args: argparse.Namespace) -> None:
 
 def _run_frontier_nlu(args: argparse.Namespace) -> None:
     require_extra("eval", "del-server eval-frontier-nlu")
-    from .classification_frontier import TARGETS, best_under, run
+    from .classification_frontier import TARGETS, best_under, refresh_served, run
 
-    report = run(
-        NluFrontierConfig(
-            model=args.model,
-            data=args.data,
-            adapter=args.adapter,
-            out=args.out,
-            points=args.point,
-            projection_steps=args.projection_steps,
-            attack_prompts=args.attack_prompts,
-            command=reproducible_command(),
+    if args.served_only:
+        grid = {
+            "--point": args.point,
+            "--projection-steps": args.projection_steps,
+            "--attack-prompts": args.attack_prompts,
+        }
+        given = [flag for flag, value in grid.items() if value is not None]
+        if given:
+            _refuse("eval-frontier-nlu", f"--served-only keeps the grid: {', '.join(given)} unused")
+        stored = _stored_report(
+            args.out / "frontier.json", "eval-frontier-nlu", "no grid to add to"
         )
-    )
-    print(f"{args.out}/FRONTIER.md written in {report['seconds'] / 60:.1f} min")
+        report = refresh_served(stored, args.adapter, args.out, reproducible_command())
+        print(f"{args.out}/FRONTIER.md redrawn with {shown(args.adapter)}'s levels as served")
+    else:
+        defaults = NluFrontierConfig(model="", data="", adapter=Path(), out=Path())
+        report = run(
+            NluFrontierConfig(
+                model=args.model,
+                data=args.data,
+                adapter=args.adapter,
+                out=args.out,
+                points=args.point or defaults.points,
+                projection_steps=args.projection_steps or defaults.projection_steps,
+                attack_prompts=args.attack_prompts or defaults.attack_prompts,
+                command=reproducible_command(),
+            )
+        )
+        print(f"{args.out}/FRONTIER.md written in {report['seconds'] / 60:.1f} min")
     for target in TARGETS:
         best = best_under(report, target)
         found = (
@@ -224,19 +243,42 @@ def _add_frontier_nlu(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--point",
         type=_points,
-        default=DEFAULT_POINTS,
-        help="semicolon-separated k,b,mu (default: 17 points, 1-6 coordinates, 1-5 bits)",
+        help=f"semicolon-separated k,b,mu (default: {len(DEFAULT_POINTS)} points, "
+        "1-6 coordinates, 1-5 bits)",
     )
     parser.add_argument(
-        "--projection-steps", type=argtypes.positive_int, default=defaults.projection_steps
+        "--projection-steps",
+        type=argtypes.positive_int,
+        help=f"per point (default: {defaults.projection_steps})",
     )
     parser.add_argument(
         "--attack-prompts",
         type=argtypes.positive_int,
-        default=defaults.attack_prompts,
-        help="windows of dev sentences attacked per point",
+        help=f"windows of dev sentences attacked per point (default: {defaults.attack_prompts})",
+    )
+    parser.add_argument(
+        "--served-only",
+        action="store_true",
+        help="set --adapter's levels as served beside OUT/frontier.json's grid and redraw, in "
+        "seconds (after retraining the adapter: the grid never reads it)",
     )
     parser.set_defaults(run=_run_frontier_nlu)
+
+
+def _stored_report(path: Path, command: str, missing: str) -> dict:
+    """An earlier run's record that a redraw starts from, or a one-line refusal (exit 2) when
+    --out points where there is none."""
+    if not path.is_file():
+        _refuse(command, f"{path}: {missing}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        _refuse(command, f"{path} is not a record this command wrote ({error})")
+
+
+def _refuse(command: str, reason: str) -> NoReturn:
+    print(f"del-server {command}: error: {reason}", file=sys.stderr)
+    raise SystemExit(EXIT_OPERATOR_ERROR)
 
 
 def _trained_adapter(text: str) -> Path:
@@ -349,10 +391,7 @@ def _run_audit(args: argparse.Namespace) -> None:
 
     if args.render_only:
         stored = args.out / "audit.json"
-        if not stored.is_file():
-            print(f"del-server audit: error: {stored}: no audit to redraw", file=sys.stderr)
-            raise SystemExit(EXIT_OPERATOR_ERROR)
-        render(json.loads(stored.read_text()), args.out)
+        render(_stored_report(stored, "audit", "no audit to redraw"), args.out)
         print(f"{args.out}/AUDIT.md and audit.png redrawn from {stored}")
         return
     classifies = Adapter.load(args.adapter).task is not None
@@ -378,8 +417,7 @@ def _run_audit(args: argparse.Namespace) -> None:
     try:
         report = run(config)
     except InputError as error:  # the audit's own refusals, and what --data lacks
-        print(f"del-server audit: error: {error}", file=sys.stderr)
-        raise SystemExit(EXIT_OPERATOR_ERROR) from None
+        _refuse("audit", str(error))
     for entry in report["audited"]:
         label = f"{percent(entry['target'])} level" if entry["target"] is not None else "candidate"
         verdict = {True: "holds", False: "FAILS", None: ""}[entry["holds"]]

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
-from del_server.eval.classification_frontier import best_under, run
+from del_server.cli import main
+from del_server.eval.classification_frontier import best_under, run, served_levels
 from del_server.eval.cli import _points
 from del_server.eval.config import NluFrontierConfig
 from del_server.settings import DEFAULT_NLU_ADAPTER
 from del_server.train.defaults import DEFAULT_NLU_MODEL
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_tiny_grid_writes_points_served_levels_and_figure(shared_dir, tmp_path):
@@ -42,6 +47,23 @@ def test_a_tiny_grid_writes_points_served_levels_and_figure(shared_dir, tmp_path
     assert best_under(report, 0.0) is None
     text = (tmp_path / "FRONTIER.md").read_text()
     assert "| 2 | 3 | 64 | 6 |" in text
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+
+
+def test_served_rows_are_set_beside_a_stored_grid_without_rerunning_it(tmp_path, monkeypatch):
+    committed = json.loads((REPO / "docs/eval-nlu/frontier/frontier.json").read_text())
+    (tmp_path / "frontier.json").write_text(json.dumps({**committed, "served": []}))
+    argv = ["eval-frontier-nlu", "--out", str(tmp_path), "--served-only"]
+    monkeypatch.setattr(sys, "argv", ["del-server", *argv])  # as the console script runs it
+    main()
+    report = json.loads((tmp_path / "frontier.json").read_text())
+    assert report["points"] == committed["points"]  # the grid as it was
+    assert report["served"] == served_levels(Path(DEFAULT_NLU_ADAPTER))
+    assert report["served"]  # the adapter's levels are back
+    assert report["served_from"]["adapter"] == "del_server/adapters/minilm-sst2"
+    text = (tmp_path / "FRONTIER.md").read_text()
+    assert f"`del-server eval-frontier-nlu --out {tmp_path} --served-only`" in text
+    assert "| 10% | 2 | 2 |" in text
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
 
 

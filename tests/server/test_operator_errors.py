@@ -109,6 +109,33 @@ def test_a_frontier_record_without_the_mixture_is_refused_naming_it(tmp_path):
     assert "old/frontier.json predates the posterior mixture" in line
 
 
+@pytest.mark.parametrize(
+    ("argv", "record"),
+    [
+        (["eval", "--render-only"], "eval.json: no evaluation to redraw"),
+        (["audit", "--render-only"], "audit.json: no audit to redraw"),
+        (["eval-frontier-nlu", "--served-only"], "frontier.json: no grid to add to"),
+    ],
+)
+def test_a_redraw_where_no_record_lies_names_the_missing_file(argv, record, tmp_path):
+    line = one_line_error(del_server(*argv, "--out", str(tmp_path), cwd=tmp_path))
+    assert line == f"del-server {argv[0]}: error: {tmp_path / record}"
+
+
+def test_a_redraw_of_a_file_that_is_no_record_says_so(tmp_path):
+    (tmp_path / "eval.json").write_text("{")
+    line = one_line_error(del_server("eval", "--render-only", "--out", str(tmp_path)))
+    assert line.startswith(f"del-server eval: error: {tmp_path / 'eval.json'} is not a record ")
+
+
+def test_served_rows_alone_refuse_options_of_the_grid_they_keep(tmp_path):
+    argv = ["eval-frontier-nlu", "--served-only", "--point", "2,2,8", "--projection-steps", "5"]
+    assert one_line_error(del_server(*argv, "--out", str(tmp_path), cwd=tmp_path)) == (
+        "del-server eval-frontier-nlu: error: --served-only keeps the grid: --point, "
+        "--projection-steps unused"
+    )
+
+
 def test_a_frontier_at_bits_the_codec_cannot_carry_stops_before_it_measures(tmp_path):
     line = one_line_error(del_server("eval-frontier", "--bits", "40", cwd=tmp_path))
     assert line == (
