@@ -356,6 +356,12 @@ def privacy_findings(report: dict) -> list[str]:
         f"and {_interval(blind_out)} out of domain ({in_words(blind_out['strongest_attack'])}): "
         "no level can be pushed below that floor.",
     ]
+    if ood["prompts"] < privacy["prompts"]:
+        lines.append(
+            f"Out of domain, {shown(ood['text'])} holds only {ood['prompts']} windows of "
+            f"{privacy['prompt_tokens']} tokens, fewer than the {privacy['prompts']} attacked in "
+            "domain: its intervals are the wider for it."
+        )
     for level in report["setup"]["adapter"]["levels"]:
         key = _level_key("del", level["target_attack_rate"])
         if key in inside:

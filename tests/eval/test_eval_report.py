@@ -16,6 +16,7 @@ import pytest
 
 from del_server.attacks.suite import ATTACKS
 from del_server.cli import main
+from del_server.eval.findings import privacy_findings
 from del_server.eval.report import SCHEMA, headline_markdown
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,6 +118,16 @@ def test_dels_levels_are_attacked_out_of_domain_too(smoke):
         line = next(f for f in findings if f.startswith(f"{level['target_attack_rate']:.0%} level"))
         assert "in domain" in line
         assert "out of domain" in line
+
+
+def test_an_out_of_domain_text_shorter_than_asked_is_named_in_the_findings():
+    report = _committed_report()
+    assert not any("holds only" in line for line in privacy_findings(report))  # 125 of 125
+    short = {**report, "out_of_domain": {**report["out_of_domain"], "prompts": 40}}
+    assert (
+        "Out of domain, ../shared/data/wikitext-2/valid.txt holds only 40 windows of 32 tokens, "
+        "fewer than the 125 attacked in domain: its intervals are the wider for it."
+    ) in privacy_findings(short)
 
 
 def test_utility_covers_references_and_each_method_with_and_without_soft_prompt(smoke):
