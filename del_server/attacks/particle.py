@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from ..backends.transformers import Prefilled, TransformersBackend
+from ..backends.transformers import TransformersBackend
 from ..train.defaults import DEFAULT_PARTICLES, DEFAULT_PREFIX_STEPS
 from ..train.loop import optimize
 from ..train.objective import FrozenLM
@@ -47,6 +47,11 @@ PREFIX_LR = 1e-2
 # them (about 0.1 MB a row for a 32-token prompt on the default model), so thousands of
 # particles run a few prompts at a time.
 MAX_ATTACK_ROWS = 32_768
+# Continuations `mixture_nll` reads through the LLM at once: their logits, 32 tokens over a
+# 512-token vocabulary, take 256 MB.
+MIXTURE_ROWS = 4_096
+
+KeysValues = tuple[torch.Tensor, torch.Tensor]  # a layer's (rows, kv_heads, tokens, head_dim)
 
 
 @dataclass(frozen=True)
@@ -86,60 +91,55 @@ def text_prefix(
 class Particles:
     """A particle approximation of each prompt's posterior under the LLM, and (`predictive`)
     the LLM's state along every particle: what both the attack and a server's predictive
-    read. The cache stops one token short of each path: nothing the sampler needs comes after
-    the last token, and a continuation's likelihood (`mixture_nll`) feeds that token with the
-    continuation."""
+    read. The state (each layer's keys and values) holds one row per distinct history, not
+    per particle (`rows`), and stops one token short of each path: nothing the sampler needs
+    comes after the last token, and a continuation's likelihood (`mixture_nll`) feeds that
+    token with the continuation."""
 
     paths: torch.Tensor  # (P, n, T) token ids
     log_weights: torch.Tensor  # (P, n) normalised
     filtered: torch.Tensor  # (P, T) each position's argmax of the filtering marginal
-    cache: DynamicCache | None  # the LLM after prefix, BOS and each path but its last token
+    states: list[KeysValues] | None  # the LLM after prefix, BOS and each distinct path but
+    rows: torch.Tensor  # (P, n) each particle's row of the states   # its last token
 
 
 class _CacheSteps:
-    """The LLM stepped through transformers' forward and DynamicCache: the cache it leaves is
-    what `mixture_nll` continues from, and it runs any causal LM."""
+    """The LLM stepped through transformers' forward and DynamicCache: any causal LM."""
 
-    def __init__(self, model: PreTrainedModel, start: torch.Tensor, rows: int) -> None:
+    def __init__(self, model: PreTrainedModel, start: torch.Tensor) -> None:
         self.model, self.device = model, start.device
         out = model(inputs_embeds=start[None], cache=DynamicCache())
-        out.cache.batch_repeat_interleave(rows)
         self.cache = out.cache
-        self.first = out.logits[:, -1].float().log_softmax(dim=-1).cpu().repeat(rows, 1)
+        self.first = out.logits[:, -1].float().log_softmax(dim=-1).cpu()
 
-    def reorder(self, rows: torch.Tensor) -> None:
-        self.cache.reorder_cache(rows.to(self.device))
-
-    def feed(self, ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.view(-1, 1).to(self.device)
-        out = self.model(input_ids=ids, cache=self.cache, use_cache=True)
+    def extend(self, parents: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        self.cache.reorder_cache(parents.to(self.device))
+        out = self.model(
+            input_ids=ids.view(-1, 1).to(self.device), cache=self.cache, use_cache=True
+        )
         return out.logits[:, -1].float().log_softmax(dim=-1).cpu()
+
+    def states(self) -> list[KeysValues]:
+        return [(layer.keys, layer.values) for layer in self.cache.layers]
 
 
 class _BatchSteps:
     """The same through the serving backend's padded batch (`LlamaPath`: the same
-    mathematics in far fewer Python steps, buffers written in place), where it applies; it
-    keeps no transformers cache."""
+    mathematics in far fewer Python steps, buffers written in place, and only the rows that
+    moved copied), where it applies."""
 
-    cache = None
-
-    def __init__(self, backend: TransformersBackend, start: torch.Tensor, rows: int) -> None:
+    def __init__(self, backend: TransformersBackend, start: torch.Tensor) -> None:
         logits, state = backend.prefill_many([start])
-        copies = Prefilled(
-            [k.expand(rows, -1, -1, -1) for k in state.keys],
-            [v.expand(rows, -1, -1, -1) for v in state.values],
-            state.mask.expand(rows, -1),
-            state.lengths.expand(rows),
-        )
         self.batch = backend.new_batch()
-        self.batch.add(copies)
-        self.first = logits.float().log_softmax(dim=-1).cpu().repeat(rows, 1)
+        self.batch.add(state)
+        self.first = logits.float().log_softmax(dim=-1).cpu()
 
-    def reorder(self, rows: torch.Tensor) -> None:
-        self.batch.keep(rows.tolist())
+    def extend(self, parents: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        self.batch.keep(parents.tolist())
+        return self.batch.decode(ids.tolist()).float().log_softmax(dim=-1).cpu()
 
-    def feed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.batch.decode(ids.reshape(-1).tolist()).float().log_softmax(dim=-1).cpu()
+    def states(self) -> list[KeysValues]:
+        return self.batch.states()
 
 
 @torch.no_grad()
@@ -154,10 +154,13 @@ def sample_posterior(
     predictive: bool = False,
 ) -> Particles:
     """Every prompt of the lattice at once, all particles in one batched pass per position
-    with a shared KV cache reordered at resampling. The prefix and BOS, the same for every
-    particle, run once and their cache is copied to every row (most of a short prompt's cost
-    otherwise). `predictive`: keep transformers' cache for `mixture_nll`; else Llama models
-    step through the serving backend's faster path."""
+    over a shared KV cache. The LLM's state depends on a particle's history alone, and
+    resampling leaves many particles (of any prompt) on the same history: the cache holds
+    one row per distinct history, each step feeds only the distinct (history, token) pairs
+    drawn, and resampling moves no cache at all: exactly the same mathematics as a row per
+    particle, at a fraction of the rows (stories260K at 512 particles: about a quarter).
+    Llama models step through the serving backend's faster path. `predictive`: keep the
+    LLM's state for `mixture_nll`."""
     if particles < 1:
         raise ValueError(f"the particle sampler needs at least one particle, got {particles}")
     prompts, length, keep = lattice.candidates.shape
@@ -168,12 +171,10 @@ def sample_posterior(
     generator = torch.Generator().manual_seed(seed)
     lm = FrozenLM(model, bos_id)
     start = lm.prefix(None, 1, prefix.to(lm.device))[0]  # (m + 1, d): prefix and BOS
-    backend = None if predictive else TransformersBackend(model)
-    if backend is None or backend.fast is None:
-        steps = _CacheSteps(model, start, prompts * n)
-    else:
-        steps = _BatchSteps(backend, start, prompts * n)
-    next_log_p = steps.first
+    backend = TransformersBackend(model)
+    steps = _CacheSteps(model, start) if backend.fast is None else _BatchSteps(backend, start)
+    next_log_p = steps.first  # (R, V): after each distinct history, R of them
+    row = torch.zeros(prompts, n, dtype=torch.long)  # each particle's history's row
     log_w = torch.zeros(prompts, n)
     previous = torch.zeros(prompts, n)  # β_{t-1} of each particle's last token
     paths = torch.zeros(prompts, n, 0, dtype=torch.long)
@@ -181,30 +182,35 @@ def sample_posterior(
     rows = torch.arange(prompts)[:, None]
     for t in range(length):
         candidates = lattice.candidates[:, t]  # (P, M)
-        prior = next_log_p.view(prompts, n, -1).gather(
-            -1, candidates[:, None, :].expand(prompts, n, keep)
-        )
+        prior = next_log_p[row[..., None], candidates[:, None, :]]  # (P, n, M)
         proposal = prior + (lattice.emission[:, t] + lookahead[:, t])[:, None, :]  # (P, n, M)
         log_w = log_w + proposal.logsumexp(dim=-1) - previous
         weights = (log_w - log_w.logsumexp(dim=-1, keepdim=True)).exp()
         marginal = torch.einsum("pn,pnm->pm", weights, proposal.softmax(dim=-1))
         filtered[:, t] = candidates.gather(-1, marginal.argmax(dim=-1, keepdim=True)).squeeze(-1)
         ancestors, resampled = _resampled(weights, generator)
-        if resampled.any():  # else the identity: the cache is not copied for nothing
+        if resampled.any():  # else the identity
             log_w = torch.where(resampled, 0.0, log_w)  # resampled particles weigh the same
             proposal, paths = proposal[rows, ancestors], paths[rows, ancestors]
-            steps.reorder((ancestors + rows * n).reshape(-1))
+            row = row[rows, ancestors]
         pick = _draw(proposal.view(prompts * n, keep).softmax(-1), generator).view(prompts, n)
         chosen = candidates.gather(-1, pick)  # (P, n) token ids
         paths = torch.cat([paths, chosen[..., None]], dim=-1)
         previous = lookahead[:, t].gather(-1, pick)  # zero at the last position: no twist left
         if t + 1 < length:
-            next_log_p = steps.feed(chosen)  # (P·n, V)
+            vocab = next_log_p.shape[-1]
+            histories, which = torch.unique(row * vocab + chosen, return_inverse=True)
+            slots = _slots(histories // vocab)
+            row = slots[which]
+            parents, ids = torch.empty_like(histories), torch.empty_like(histories)
+            parents[slots], ids[slots] = histories // vocab, histories % vocab
+            next_log_p = steps.extend(parents, ids)
     return Particles(
         paths=paths,
         log_weights=log_w - log_w.logsumexp(dim=-1, keepdim=True),
         filtered=filtered,
-        cache=steps.cache,
+        states=steps.states() if predictive else None,
+        rows=row,
     )
 
 
@@ -241,18 +247,65 @@ def mixture_nll(
 ) -> torch.Tensor:
     """(P,) −log Σ_i w_i · P_LM(continuation | prefix, BOS, path_i) in nats: a continuation's
     loss under the posterior predictive, what a server that decodes the prompt as the attacker
-    does (for the user) would predict. Consumes the particles' cache (sampled `predictive`)."""
-    if particles.cache is None:
-        raise ValueError("these particles were sampled without their cache: predictive=True")
-    prompts, n = particles.log_weights.shape
-    targets = continuations.repeat_interleave(n, dim=0)  # (P·n, Tc)
-    last = particles.paths[..., -1].reshape(-1, 1)  # (P·n, 1): not in the cache yet
+    does (for the user) would predict. Particles of a prompt on the same path read its
+    continuation once; MIXTURE_ROWS such reads go through the LLM at a time."""
+    if particles.states is None:
+        raise ValueError("these particles were sampled without their states: predictive=True")
+    prompts = len(particles.log_weights)
+    vocab = model.get_input_embeddings().num_embeddings
+    cached = int(particles.rows.max()) + 1
+    owner = torch.arange(prompts)[:, None]
+    # A read: (prompt, row of the states, last token), the last token not in them yet.
+    key = (owner * cached + particles.rows) * vocab + particles.paths[..., -1]
+    reads, which = torch.unique(key, return_inverse=True)
     device = next(model.parameters()).device
-    inputs = torch.cat([last, targets[:, :-1]], dim=1).to(device)
-    step = model(input_ids=inputs, cache=particles.cache, use_cache=True)
-    log_p = step.logits.float().log_softmax(dim=-1).cpu()  # (P·n, Tc, V)
-    per_path = log_p.gather(-1, targets[..., None]).squeeze(-1).sum(-1).view(prompts, n)
+    log_likelihood = torch.cat(
+        [
+            _continuation_log_likelihood(
+                model,
+                particles.states,
+                part // vocab % cached,
+                part % vocab,
+                continuations[part // (vocab * cached)],
+                device,
+            )
+            for part in reads.split(MIXTURE_ROWS)
+        ]
+    )
+    per_path = log_likelihood[which]  # (P, n)
     return -(particles.log_weights + per_path).logsumexp(dim=-1)
+
+
+def _continuation_log_likelihood(
+    model: PreTrainedModel,
+    states: list[KeysValues],
+    rows: torch.Tensor,
+    last: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """(R,) log P_LM(targets | the states' row, last token) of each read."""
+    picked = rows.to(device)
+    state = DynamicCache(ddp_cache_data=[(keys[picked], values[picked]) for keys, values in states])
+    inputs = torch.cat([last[:, None], targets[:, :-1]], dim=1).to(device)
+    logits = model(input_ids=inputs, cache=state, use_cache=True).logits.float()
+    chosen = logits.gather(-1, targets.to(device)[..., None]).squeeze(-1)
+    return (chosen - logits.logsumexp(dim=-1)).sum(dim=-1).cpu()
+
+
+def _slots(parents: torch.Tensor) -> torch.Tensor:
+    """(R,) the row each new history takes in the LLM's state, from its parent's row (sorted):
+    a parent's first child takes the parent's own row where it can, the others the rows left
+    over, so that a step copies only the histories that branched."""
+    first = torch.ones_like(parents, dtype=torch.bool)
+    first[1:] = parents[1:] != parents[:-1]
+    stays = first & (parents < len(parents))
+    slots = torch.empty_like(parents)
+    slots[stays] = parents[stays]
+    taken = torch.zeros(len(parents), dtype=torch.bool)
+    taken[parents[stays]] = True
+    slots[~stays] = (~taken).nonzero().squeeze(1)
+    return slots
 
 
 def _draw(probabilities: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -222,11 +222,13 @@ class PaddedBatch:
 
     @torch.inference_mode()
     def keep(self, rows: Sequence[int]) -> None:
+        """Also where a row is kept more than once, as copies: the batch may grow."""
         rows = list(rows)
         if not rows:
             self._size = 0
             self._start = self._end = 0
             return
+        self._reserve(len(rows), 0)
         moved = [(new, old) for new, old in enumerate(rows) if new != old]
         if moved:
             to = torch.tensor([new for new, _ in moved], device=self._device)
@@ -241,6 +243,20 @@ class PaddedBatch:
         self._size = len(rows)
         used = self._mask[: self._size, self._start : self._end].any(dim=0)
         self._start += int(used.nonzero()[0])  # the first column some row still uses
+
+    def states(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (keys, values) of the rows, (size, kv_heads, tokens, head_dim), as
+        transformers' DynamicCache takes them: for rows of one length, with no padding."""
+        columns = slice(self._start, self._end)
+        if not self._mask[: self._size, columns].all():
+            raise ValueError("rows of different lengths have no states without padding")
+        return [
+            (
+                layer.key_buffer[: self._size, :, columns],
+                layer.value_buffer[: self._size, :, columns],
+            )
+            for layer in self._layers
+        ]
 
     @torch.inference_mode()
     def decode(self, token_ids: Sequence[int]) -> torch.Tensor:

@@ -24,6 +24,7 @@ from del_server.attacks.sequence import (
 )
 from del_server.attacks.suite import ATTACKS, Attacker, AttackOptions
 from del_server.attacks.trigram import TrigramPrior, trigram_marginal_guesses, trigram_marginals
+from del_server.backends.transformers import TransformersBackend
 from del_server.train.calibrate import calibrate
 from del_server.train.data import load_split
 from del_server.train.objective import FrozenLM
@@ -214,33 +215,108 @@ def test_the_particle_filter_of_one_token_is_the_exact_posterior_under_the_model
     assert found.filter[:, 0].tolist() == exact.tolist()  # the smoother's 4 particles sample it
 
 
+def _random_lattice(attacker, prompts: int, length: int, seed: int) -> Lattice:
+    generator = torch.Generator().manual_seed(seed)
+    log_likelihood = 2 * torch.randn(prompts, length, attacker.vocab, generator=generator)
+    return Lattice.build(log_likelihood, attacker.prior)
+
+
 @torch.no_grad()
-def test_the_fast_path_samples_the_particles_the_cache_path_samples(held_out):
-    # Llama models step through the serving backend unless a continuation will follow; with the
-    # same seed both draw the same particles (logits agree to float rounding).
+def test_the_llama_path_samples_the_particles_transformers_forward_samples(held_out, monkeypatch):
+    # Llama models step through the serving backend, any other causal LM through
+    # transformers' forward and cache: with the same seed both draw the same particles
+    # (logits agree to float rounding).
     attacker, _, _ = held_out
-    generator = torch.Generator().manual_seed(1)
-    log_likelihood = 2 * torch.randn(3, 7, attacker.vocab, generator=generator)
-    lattice = Lattice.build(log_likelihood, attacker.prior)
-    fast, cached = (
-        sample_posterior(
-            attacker.model,
-            attacker.bos_id,
-            attacker.prefix,
-            lattice,
-            particles=16,
-            seed=3,
-            predictive=predictive,
+    lattice = _random_lattice(attacker, 3, 7, seed=1)
+
+    def sample() -> particle.Particles:
+        return sample_posterior(
+            attacker.model, attacker.bos_id, attacker.prefix, lattice, particles=16, seed=3
         )
-        for predictive in (False, True)
+
+    fast = sample()
+    monkeypatch.setattr(
+        particle, "TransformersBackend", lambda model: TransformersBackend(model, fast=False)
     )
-    assert fast.cache is None
-    assert cached.cache is not None
-    assert torch.equal(fast.paths, cached.paths)
-    assert torch.equal(fast.filtered, cached.filtered)
-    torch.testing.assert_close(fast.log_weights, cached.log_weights, rtol=1e-4, atol=1e-4)
+    generic = sample()
+    assert torch.equal(fast.paths, generic.paths)
+    assert torch.equal(fast.filtered, generic.filtered)
+    torch.testing.assert_close(fast.log_weights, generic.log_weights, rtol=1e-4, atol=1e-4)
+    assert fast.states is None  # not asked to keep them
     with pytest.raises(ValueError, match="predictive=True"):
         mixture_nll(attacker.model, fast, torch.zeros(3, 2, dtype=torch.long))
+
+
+@torch.no_grad()
+def test_particles_share_a_state_row_exactly_when_their_histories_are_the_same(held_out):
+    # Resampling leaves many particles on one history: the LLM's state holds it once.
+    attacker, _, _ = held_out
+    found = sample_posterior(
+        attacker.model,
+        attacker.bos_id,
+        attacker.prefix,
+        _random_lattice(attacker, 3, 6, seed=4),
+        particles=32,
+        seed=5,
+        predictive=True,
+    )
+    histories = found.paths[..., :-1].reshape(-1, 5)
+    rows = found.rows.reshape(-1)
+    same_history = (histories[:, None] == histories[None]).all(dim=-1)
+    assert torch.equal(same_history, rows[:, None] == rows[None])
+    assert found.states[0][0].shape[0] < len(rows)  # fewer rows than particles
+
+
+@torch.no_grad()
+def test_the_mixture_is_the_weighted_likelihood_of_each_particles_whole_sequence(held_out):
+    # The posterior predictive, computed the long way: every particle's prefix, BOS, path and
+    # continuation through the LLM from scratch.
+    attacker, _, validation = held_out
+    continuations = validation.continuations[:3, :4]
+    found = sample_posterior(
+        attacker.model,
+        attacker.bos_id,
+        attacker.prefix,
+        _random_lattice(attacker, 3, 5, seed=6),
+        particles=8,
+        seed=7,
+        predictive=True,
+    )
+    assert len(found.paths.flatten(0, 1).unique(dim=0)) > 3  # the particles differ
+    lm = FrozenLM(attacker.model, attacker.bos_id)
+    per_path = torch.stack(
+        [
+            -torch.stack(
+                [
+                    lm.continuation_loss(lm.embed(path[None]), continuations[[p]], attacker.prefix)
+                    * continuations.shape[1]
+                    for path in found.paths[p]
+                ]
+            )
+            for p in range(3)
+        ]
+    )
+    expected = -(found.log_weights + per_path).logsumexp(dim=-1)
+    torch.testing.assert_close(
+        mixture_nll(attacker.model, found, continuations), expected, rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_new_history_takes_its_parents_row_where_it_can_and_every_row_is_taken_once(seed):
+    generator = torch.Generator().manual_seed(seed)
+    parents = (
+        torch.randint(
+            0, 12, (int(torch.randint(1, 20, (1,), generator=generator)),), generator=generator
+        )
+        .sort()
+        .values
+    )
+    slots = particle._slots(parents)
+    assert sorted(slots.tolist()) == list(range(len(parents)))
+    for parent in parents.unique().tolist():
+        if parent < len(parents):
+            assert parent in slots[parents == parent].tolist()  # one child copies nothing
 
 
 @torch.no_grad()

@@ -61,8 +61,8 @@ class GreedyRows:
 
     def keep(self, rows: list[int]) -> None:
         self.batch.keep(rows)
-        self.ids = [self.ids[row] for row in rows]
-        self.logits = [self.logits[row] for row in rows]
+        self.ids = [list(self.ids[row]) for row in rows]  # a row kept twice: two copies
+        self.logits = [list(self.logits[row]) for row in rows]
 
 
 def greedy_alone(backend, inputs: torch.Tensor, steps: int) -> tuple[list[int], torch.Tensor]:
@@ -112,6 +112,28 @@ def test_rows_leave_and_join_between_rounds(stories, backend):
     assert rows.ids[1] == greedy_alone(backend, late, 11)[0]
     rows.keep([])
     assert rows.batch.size == 0
+
+
+def test_a_row_kept_several_times_continues_as_copies_past_the_batchs_capacity(stories, backend):
+    """What the particle sampler does: rows copied (the batch grows), each copy decoding as
+    its original would alone; rows of one length hand out their keys and values."""
+    first, second = (prompt(stories, backend, TEXTS[i]) for i in (0, 1))
+    rows = GreedyRows(backend.new_batch())
+    rows.join(backend, first)
+    rows.join(backend, second)
+    rows.step(3)
+    copies = [1, 0, 1, 1, 0, 1]  # more rows than PaddedBatch.MIN_ROWS
+    rows.keep(copies)
+    rows.step(6)
+    assert rows.batch.size == len(copies)
+    for row, original in enumerate(copies):
+        assert rows.ids[row] == greedy_alone(backend, (first, second)[original], 10)[0]
+    with pytest.raises(ValueError, match="different lengths"):
+        rows.batch.states()
+    rows.keep([0, 2])  # both copies of the second prompt: one length
+    keys, values = rows.batch.states()[0]
+    assert keys.shape[0] == values.shape[0] == 2
+    torch.testing.assert_close(keys[0], keys[1])
 
 
 def test_the_golden_greedy_continuation_survives_batching(stories, backend, stories260k):
