@@ -161,34 +161,34 @@ def _run_frontier_nlu(args: argparse.Namespace) -> None:
     require_extra("eval", "del-server eval-frontier-nlu")
     from .classification_frontier import TARGETS, best_under, refresh_served, run
 
+    given = [  # the grid options given: (flag, NluFrontierConfig's field, value)
+        (flag, field, value)
+        for flag, field, value in (
+            ("--point", "points", args.point),
+            ("--projection-steps", "projection_steps", args.projection_steps),
+            ("--attack-prompts", "attack_prompts", args.attack_prompts),
+        )
+        if value is not None
+    ]
     if args.served_only:
-        grid = {
-            "--point": args.point,
-            "--projection-steps": args.projection_steps,
-            "--attack-prompts": args.attack_prompts,
-        }
-        given = [flag for flag, value in grid.items() if value is not None]
         if given:
-            _refuse("eval-frontier-nlu", f"--served-only keeps the grid: {', '.join(given)} unused")
+            unused = ", ".join(flag for flag, _, _ in given)
+            _refuse("eval-frontier-nlu", f"--served-only keeps the grid: {unused} unused")
         stored = _stored_report(
             args.out / "frontier.json", "eval-frontier-nlu", "no grid to add to"
         )
         report = refresh_served(stored, args.adapter, args.out, reproducible_command())
         print(f"{args.out}/FRONTIER.md redrawn with {shown(args.adapter)}'s levels as served")
     else:
-        defaults = NluFrontierConfig(model="", data="", adapter=Path(), out=Path())
-        report = run(
-            NluFrontierConfig(
-                model=args.model,
-                data=args.data,
-                adapter=args.adapter,
-                out=args.out,
-                points=args.point or defaults.points,
-                projection_steps=args.projection_steps or defaults.projection_steps,
-                attack_prompts=args.attack_prompts or defaults.attack_prompts,
-                command=reproducible_command(),
-            )
+        config = NluFrontierConfig(
+            model=args.model,
+            data=args.data,
+            adapter=args.adapter,
+            out=args.out,
+            command=reproducible_command(),
+            **{field: value for _, field, value in given},
         )
+        report = run(config)
         print(f"{args.out}/FRONTIER.md written in {report['seconds'] / 60:.1f} min")
     for target in TARGETS:
         best = best_under(report, target)
