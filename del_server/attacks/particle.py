@@ -99,8 +99,9 @@ class Particles:
     paths: torch.Tensor  # (P, n, T) token ids
     log_weights: torch.Tensor  # (P, n) normalised
     filtered: torch.Tensor  # (P, T) each position's argmax of the filtering marginal
-    states: list[KeysValues] | None  # the LLM after prefix, BOS and each distinct path but
-    rows: torch.Tensor  # (P, n) each particle's row of the states   # its last token
+    # The LLM after prefix, BOS and each distinct path but its last token (`predictive`).
+    states: list[KeysValues] | None
+    rows: torch.Tensor  # (P, n) each particle's row of the states
 
 
 class _CacheSteps:
