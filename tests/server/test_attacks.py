@@ -268,9 +268,17 @@ def test_particles_share_a_state_row_exactly_when_their_histories_are_the_same(h
 
 
 @torch.no_grad()
-def test_the_mixture_is_the_weighted_likelihood_of_each_particles_whole_sequence(held_out):
+@pytest.mark.parametrize("fast", [True, False], ids=["llama path", "transformers forward"])
+def test_the_mixture_is_the_weighted_likelihood_of_each_particles_whole_sequence(
+    held_out, monkeypatch, fast
+):
     # The posterior predictive, computed the long way: every particle's prefix, BOS, path and
-    # continuation through the LLM from scratch.
+    # continuation through the LLM from scratch; Llama models read the continuations through
+    # the serving backend, any other causal LM through transformers' forward.
+    if not fast:
+        monkeypatch.setattr(
+            particle, "TransformersBackend", lambda model: TransformersBackend(model, fast=False)
+        )
     attacker, _, validation = held_out
     continuations = validation.continuations[:3, :4]
     found = sample_posterior(
