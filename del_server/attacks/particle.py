@@ -259,16 +259,15 @@ def mixture_nll(
     # A read: (prompt, row of the states, last token), the last token not in them yet.
     key = (owner * cached + particles.rows) * vocab + particles.paths[..., -1]
     reads, which = torch.unique(key, return_inverse=True)
-    device = next(model.parameters()).device
+    backend = TransformersBackend(model)
     log_likelihood = torch.cat(
         [
             _continuation_log_likelihood(
-                model,
+                backend,
                 particles.states,
                 part // vocab % cached,
                 part % vocab,
                 continuations[part // (vocab * cached)],
-                device,
             )
             for part in reads.split(MIXTURE_ROWS)
         ]
@@ -278,25 +277,24 @@ def mixture_nll(
 
 
 def _continuation_log_likelihood(
-    model: PreTrainedModel,
+    backend: TransformersBackend,
     states: list[KeysValues],
     rows: torch.Tensor,
     last: torch.Tensor,
     targets: torch.Tensor,
-    device: torch.device,
 ) -> torch.Tensor:
     """(R,) log P_LM(targets | the states' row, last token) of each read: Llama models
     teacher-forced through the serving backend's padded batch, one token a step (about 1.4×
     as fast here as transformers' forward over the whole continuation), others through that
     forward."""
+    device = backend.device
     picked = rows.to(device)
     keys, values = [k[picked] for k, _ in states], [v[picked] for _, v in states]
     inputs = torch.cat([last[:, None], targets[:, :-1]], dim=1).to(device)
     targets = targets.to(device)
-    backend = TransformersBackend(model)
     if backend.fast is None:
         cache = DynamicCache(ddp_cache_data=list(zip(keys, values, strict=True)))
-        logits = model(input_ids=inputs, cache=cache, use_cache=True).logits.float()
+        logits = backend.model(input_ids=inputs, cache=cache, use_cache=True).logits.float()
         chosen = logits.gather(-1, targets[..., None]).squeeze(-1)
         return (chosen - logits.logsumexp(dim=-1)).sum(dim=-1).cpu()
     reads, width = len(rows), keys[0].shape[2]

@@ -221,6 +221,17 @@ def _random_lattice(attacker, prompts: int, length: int, seed: int) -> Lattice:
     return Lattice.build(log_likelihood, attacker.prior)
 
 
+def _sampled(attacker, lattice: Lattice, **options) -> particle.Particles:
+    return sample_posterior(attacker.model, attacker.bos_id, attacker.prefix, lattice, **options)
+
+
+def _without_the_llama_path(monkeypatch) -> None:
+    """The sampler as it runs any other causal LM: transformers' forward and cache."""
+    monkeypatch.setattr(
+        particle, "TransformersBackend", lambda model: TransformersBackend(model, fast=False)
+    )
+
+
 @torch.no_grad()
 def test_the_llama_path_samples_the_particles_transformers_forward_samples(held_out, monkeypatch):
     # Llama models step through the serving backend, any other causal LM through
@@ -228,17 +239,9 @@ def test_the_llama_path_samples_the_particles_transformers_forward_samples(held_
     # (logits agree to float rounding).
     attacker, _, _ = held_out
     lattice = _random_lattice(attacker, 3, 7, seed=1)
-
-    def sample() -> particle.Particles:
-        return sample_posterior(
-            attacker.model, attacker.bos_id, attacker.prefix, lattice, particles=16, seed=3
-        )
-
-    fast = sample()
-    monkeypatch.setattr(
-        particle, "TransformersBackend", lambda model: TransformersBackend(model, fast=False)
-    )
-    generic = sample()
+    fast = _sampled(attacker, lattice, particles=16, seed=3)
+    _without_the_llama_path(monkeypatch)
+    generic = _sampled(attacker, lattice, particles=16, seed=3)
     assert torch.equal(fast.paths, generic.paths)
     assert torch.equal(fast.filtered, generic.filtered)
     torch.testing.assert_close(fast.log_weights, generic.log_weights, rtol=1e-4, atol=1e-4)
@@ -251,15 +254,8 @@ def test_the_llama_path_samples_the_particles_transformers_forward_samples(held_
 def test_particles_share_a_state_row_exactly_when_their_histories_are_the_same(held_out):
     # Resampling leaves many particles on one history: the LLM's state holds it once.
     attacker, _, _ = held_out
-    found = sample_posterior(
-        attacker.model,
-        attacker.bos_id,
-        attacker.prefix,
-        _random_lattice(attacker, 3, 6, seed=4),
-        particles=32,
-        seed=5,
-        predictive=True,
-    )
+    lattice = _random_lattice(attacker, 3, 6, seed=4)
+    found = _sampled(attacker, lattice, particles=32, seed=5, predictive=True)
     histories = found.paths[..., :-1].reshape(-1, 5)
     rows = found.rows.reshape(-1)
     same_history = (histories[:, None] == histories[None]).all(dim=-1)
@@ -276,20 +272,11 @@ def test_the_mixture_is_the_weighted_likelihood_of_each_particles_whole_sequence
     # continuation through the LLM from scratch; Llama models read the continuations through
     # the serving backend, any other causal LM through transformers' forward.
     if not fast:
-        monkeypatch.setattr(
-            particle, "TransformersBackend", lambda model: TransformersBackend(model, fast=False)
-        )
+        _without_the_llama_path(monkeypatch)
     attacker, _, validation = held_out
     continuations = validation.continuations[:3, :4]
-    found = sample_posterior(
-        attacker.model,
-        attacker.bos_id,
-        attacker.prefix,
-        _random_lattice(attacker, 3, 5, seed=6),
-        particles=8,
-        seed=7,
-        predictive=True,
-    )
+    lattice = _random_lattice(attacker, 3, 5, seed=6)
+    found = _sampled(attacker, lattice, particles=8, seed=7, predictive=True)
     assert len(found.paths.flatten(0, 1).unique(dim=0)) > 3  # the particles differ
     lm = FrozenLM(attacker.model, attacker.bos_id)
     per_path = torch.stack(
