@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -47,6 +45,7 @@ from ..calibration import CalibratedLevel
 from ..errors import InputError
 from ..models import LoadedModel, load_model
 from ..paths import recorded
+from ..processes import bar_line, map_in_processes
 from ..train.calibrate import REPORT_DELTA, level_holds
 from ..train.data import load_split
 from ..train.labelled import load_labelled
@@ -118,21 +117,15 @@ def _runnable(config: AuditConfig, adapter: Adapter) -> AuditConfig:
 
 
 def _attack_all(config: AuditConfig, skip: int, pairs: list) -> list[dict]:
-    """Each pair with a progress bar of its own: in worker processes, one line per pair
-    under the audit's, drawn under one lock shared with the workers."""
-    if config.jobs == 1 or len(pairs) < 2:
-        return [_attacked(config, skip, pair) for pair in tqdm(pairs, desc="audit")]
-    spawn = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
-    tqdm.set_lock(spawn.RLock())
-    with ProcessPoolExecutor(
-        min(config.jobs, len(pairs)),
-        mp_context=spawn,
-        initializer=tqdm.set_lock,
-        initargs=(tqdm.get_lock(),),
-    ) as pool:
-        lines = range(1, len(pairs) + 1)
-        attacked = pool.map(partial(_attacked, config, skip), pairs, lines)
-        return list(tqdm(attacked, total=len(pairs), desc="audit", position=0))
+    """Each pair attacked, `config.jobs` at a time, with a progress bar of its own."""
+    attacked = map_in_processes(
+        partial(_attacked, config, skip),
+        pairs,
+        jobs=config.jobs,
+        threads=config.threads,
+        desc="audit",
+    )
+    return list(attacked)
 
 
 def projection_sha256(adapter: Adapter) -> str:
@@ -217,11 +210,8 @@ def _encoder_scene(
     return _Scene(attacker, sentences.dev.windows(None, level.tokens // level.prompts))
 
 
-def _attacked(
-    config: AuditConfig, skip: int, pair: tuple[float | None, float], line: int | None = None
-) -> dict:
-    """One level (target, μ) attacked on the audit's prompts; its progress bar on the
-    terminal's `line` (None: under the last bar)."""
+def _attacked(config: AuditConfig, skip: int, pair: tuple[float | None, float]) -> dict:
+    """One level (target, μ) attacked on the audit's prompts."""
     target, mu = pair
     scene = _scene(config)
     adapter = Adapter.load(config.adapter)
@@ -235,7 +225,7 @@ def _attacked(
         prompts,
         seed=config.seed,
         attacks=config.attacks,
-        progress=partial(tqdm, desc=_label(pair), position=line, leave=False),
+        progress=partial(tqdm, desc=_label(pair), position=bar_line(), leave=False),
     )
     name, worst = strongest(rates)
     return {

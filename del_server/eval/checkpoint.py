@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 FINGERPRINT = "fingerprint.json"
 STARTED = "started"  # when the first of the runs a resumed evaluation spans began (Unix time)
 # What may differ between a run and the one it resumes: where it writes, and how fast it runs.
-UNMEASURED = ("out", "threads")
+UNMEASURED = ("out", "threads", "jobs")
 
 
 class Checkpoints:
@@ -69,10 +69,16 @@ class Checkpoints:
 
     def record(self, key: str, compute: Callable[[], dict]) -> dict:
         """The JSON record stored under `key`, computed (and stored) unless resuming finds it."""
+        found = self.stored(key)
+        return found if found is not None else self.store(key, compute())
+
+    def stored(self, key: str) -> dict | None:
+        """The record under `key` if resuming finds one (for units computed elsewhere)."""
         path = self.directory / f"{key}.json"
-        if self.resume and path.exists():
-            return json.loads(path.read_text())
-        record = compute()
+        return json.loads(path.read_text()) if self.resume and path.exists() else None
+
+    def store(self, key: str, record: dict) -> dict:
+        path = self.directory / f"{key}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(path, json.dumps(record) + "\n")
         return record

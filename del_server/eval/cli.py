@@ -79,6 +79,7 @@ def _run(args: argparse.Namespace) -> None:
         out=args.out,
         seed=args.seed,
         threads=args.threads,
+        jobs=args.jobs,
         soft_prompt_steps=args.soft_prompt_steps,
     )
     report = run(config, command=reproducible_command(), resume=args.resume)
@@ -600,6 +601,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=argtypes.positive_int,
         help="torch threads (default 1: best for the tiny default model)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=argtypes.positive_int,
+        help="utility methods measured at once, each in its own process (default 1; the "
+        "particle reader's methods are the slow ones)",
     )
     parser.add_argument(
         "--soft-prompt-steps",

@@ -36,6 +36,9 @@ class EvalConfig:
     # second thread costs more in synchronisation than it gives, and far more on a busy
     # machine (measured: 4 soft-prompt steps/s with one thread, 0.4 with two, under load).
     threads: int = 1
+    # Utility methods measured at once, each in a worker process of `threads` threads (the
+    # particle reader's methods are the slow ones).
+    jobs: int = 1
     # Privacy: every attack on 32-token prompts the levels were not calibrated on (held-out
     # continuations, and as many windows of the out-of-domain text).
     attack_prompts: int = 125

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache, partial
 
 import numpy as np
 import torch
 from scipy import stats
-from tqdm import tqdm
 
+from ..processes import map_in_processes
 from ..train.evaluate import EVAL_BATCH
 from .coherence import SentenceEncoder, cosine_per_window, decode, greedy_continuations
+from .config import EvalConfig
 from .context import EvalContext
 from .methods import Method
 from .reading import ignore_prompt, read
@@ -187,10 +190,34 @@ class UtilityBench:
 
 
 def utility_stage(bench: UtilityBench, methods: list[Method]) -> list[Measured]:
-    checkpoints, measured = bench.ctx.checkpoints, []
-    for method in tqdm(methods, desc="utility", unit="method"):
-        record = checkpoints.record(
-            f"utility/{method.key}", lambda m=method: bench.measure(m).record()
-        )
-        measured.append(Measured.from_record(method, record))
-    return measured
+    """Every method's utility, each checkpointed as it finishes; `config.jobs` at a time in
+    worker processes (each opens the evaluation's context itself: they share no state)."""
+    ctx = bench.ctx
+    config, checkpoints = ctx.config, ctx.checkpoints
+    records = {m.key: checkpoints.stored(_key(m)) for m in methods}
+    todo = [m for m in methods if records[m.key] is None]
+    measure = _recorded_by(bench) if config.jobs == 1 else partial(_recorded_in_worker, config)
+    measured = map_in_processes(
+        measure, todo, jobs=config.jobs, threads=config.threads, desc="utility"
+    )
+    for method, record in zip(todo, measured, strict=True):
+        records[method.key] = checkpoints.store(_key(method), record)
+    return [Measured.from_record(m, records[m.key]) for m in methods]
+
+
+def _key(method: Method) -> str:
+    return f"utility/{method.key}"
+
+
+def _recorded_by(bench: UtilityBench) -> Callable[[Method], dict]:
+    return lambda method: bench.measure(method).record()
+
+
+def _recorded_in_worker(config: EvalConfig, method: Method) -> dict:
+    return _worker_bench(config).measure(method).record()
+
+
+@lru_cache(maxsize=1)
+def _worker_bench(config: EvalConfig) -> UtilityBench:
+    """A worker's own bench, opened once per process (resuming: the checkpoints stay)."""
+    return UtilityBench(EvalContext.open(config, resume=True), SentenceEncoder())

@@ -150,6 +150,14 @@ def _reader_args(parser: argparse.ArgumentParser) -> None:
         "each private prompt by the LLM's posterior and continues one particle); 0: none, "
         "the levels' soft prompts read the prompts",
     )
+    parser.add_argument(
+        "--jobs",
+        type=argtypes.positive_int,
+        default=1,
+        help="reader measurements (each level's, nothing sent's) at once, each in its own "
+        "process of one torch thread (the tiny default model gains more from processes than "
+        "from threads)",
+    )
 
 
 def _soft_prompt_args(parser: argparse.ArgumentParser) -> None:
@@ -198,6 +206,7 @@ def _config(args: argparse.Namespace):
         particles=getattr(args, "particles", DEFAULT_PARTICLES),
         trigram_keep=getattr(args, "trigram_keep", DEFAULT_TRIGRAM_KEEP),
         reader_particles=getattr(args, "reader_particles", DEFAULT_READER_PARTICLES),
+        jobs=getattr(args, "jobs", 1),
         soft_prompt_length=getattr(args, "length", 8),
         soft_prompt_steps=getattr(args, "soft_prompt_steps", 0),
         soft_prompt_mus=getattr(args, "mu", ()),

@@ -83,6 +83,7 @@ class TrainConfig:
     particles: int = DEFAULT_PARTICLES  # the LLM particle attacks
     trigram_keep: int = DEFAULT_TRIGRAM_KEEP  # the trigram attack's candidates per position
     reader_particles: int = DEFAULT_READER_PARTICLES  # the served particle reader; 0: none
+    jobs: int = 1  # reader measurements at once, each in a process of one torch thread
     prefix_steps: int = DEFAULT_PREFIX_STEPS  # their mid-text prefix's training
     eval_windows: int = 256
     eval_seeds: tuple[int, ...] = (0, 1, 2)
@@ -313,15 +314,19 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
     with bench.timed("evaluation_s"):
         references = reference_losses(bench.lm, adapter, validation, nothing)
         baseline = references["nothing_sent_soft_prompt"]
+        levels = adapter_levels(adapter)
         if reader is not None:
-            blind = reader.measure(None)
+            # The slow part: every level and the blind reader, c.jobs at a time.
+            blind, *reads = reader.measure_each(
+                [None, *(Binomial(level.spec) for level in levels)], jobs=c.jobs
+            )
             references["nothing_sent_reader"] = blind.to_dict()
             # Per window, the better way of sending nothing: what a level's margin pairs with.
             unsent = reader.prefix_alone
             if blind.loss <= baseline:
                 baseline, unsent = blind.loss, blind.served
         served, calibration = [], []
-        for level in adapter_levels(adapter):
+        for index, level in enumerate(levels):
             soft = adapter.soft_prompts[level.mu] if level.soft_prompt else None
             path = level_prompt(
                 bench.lm, adapter, level.spec, front_end, adapter.front_ends.get(level.mu)
@@ -330,7 +335,7 @@ def evaluation(bench: Workbench, adapter: Adapter) -> tuple[Adapter, dict]:
             loss = losses["noisy_soft_prompt"]["mean"]
             measured_on, margin = _measured_on(bench, validation), 0.0
             if reader is not None:
-                read = reader.measure(Binomial(level.spec))
+                read = reads[index]
                 losses["reader"] = read.to_dict()
                 loss, measured_on = read.loss, _measured_on(bench, validation, reader)
                 margin = losses["reader"]["margin"] = paired_margin(read.served, unsent, validation)

@@ -20,7 +20,7 @@ it belongs to the nothing-sent reference a level must beat: on stories260K it is
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,7 @@ from ..attacks.particle import Particles, mixture_nll, sample_posterior
 from ..attacks.sequence import Lattice
 from ..errors import InputError
 from ..front_end import PosteriorFrontEnd
+from ..processes import bar_line, map_in_processes
 from .data import Windows
 from .evaluate import EVAL_BATCH
 from .objective import FrozenLM
@@ -87,7 +88,9 @@ def posterior_samples(
     after `prefix` for one noise draw per window (seeded); `mechanism` None: no symbols, the
     particles come from the LLM's prior alone."""
     rng = np.random.default_rng(seed)
-    for start in tqdm(range(0, len(windows), MIXTURE_CHUNK), desc="particles", leave=False):
+    for start in tqdm(
+        range(0, len(windows), MIXTURE_CHUNK), desc="particles", leave=False, position=bar_line()
+    ):
         prompts = windows.prompts[start : start + MIXTURE_CHUNK]
         if mechanism is None:
             blind = torch.zeros(*prompts.shape, posterior.prior.vocab)
@@ -190,6 +193,15 @@ class ReaderBench:
     def prefix_alone(self) -> torch.Tensor:
         """(N,) each reported window's NLL after the prefix alone."""
         return self._alone[1]
+
+    def measure_each(
+        self, mechanisms: Sequence[Mechanism | None], *, jobs: int = 1
+    ) -> list[ReaderMeasurement]:
+        """measure() of each mechanism, `jobs` at a time, each in a process of one torch
+        thread (the same seeds as one after another here; the particles can differ in the
+        last bits, as they do between thread counts)."""
+        measured = map_in_processes(self.measure, mechanisms, jobs=jobs, threads=1, desc="reader")
+        return list(measured)
 
     def measure(self, mechanism: Mechanism | None) -> ReaderMeasurement:
         """λ fitted on the selection windows, losses on the reported ones."""

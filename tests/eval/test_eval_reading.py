@@ -10,13 +10,15 @@ import pytest
 import torch
 
 from del_server.adapter import Adapter
+from del_server.eval.coherence import SentenceEncoder
+from del_server.eval.context import EvalContext, reader_selection
 from del_server.eval.findings import comparisons, served_summary, utility_findings
 from del_server.eval.methods import Method
 from del_server.eval.privacy import seen_by_attacker
 from del_server.eval.reading import read, reader_methods
-from del_server.eval.utility import Measured
+from del_server.eval.utility import Measured, UtilityBench, utility_stage
 from del_server.settings import DEFAULT_ADAPTER
-from del_server.train.reader import prefix_nlls
+from del_server.train.reader import ReaderBench, prefix_nlls
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,52 @@ def test_a_reader_that_reads_every_prompt_continues_after_decoded_tokens(reader_
     assert read_always.continuations != ignored.continuations
     # The served NLL is a mixture's: no window is scored as if the prompt were ignored.
     assert not torch.allclose(read_always.nlls, ignored.nlls)
+
+
+@pytest.fixture
+def one_thread():
+    """Workers run one torch thread; this process must too for their particles to match."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_readers_measured_in_worker_processes_are_those_measured_here(
+    reader_context, one_thread
+):
+    ctx = reader_context
+    mechanism = ctx.level_mechanism(ctx.adapter.calibration[-1])
+    bench = ReaderBench(
+        ctx.lm,
+        ctx.front_end,
+        ctx.adapter.reader.prefix,
+        8,
+        0,
+        reader_selection(ctx.split, ctx.config),
+        ctx.split.validation.head(8),
+    )
+    here = [bench.measure(None), bench.measure(mechanism)]
+    for worker, local in zip(bench.measure_each([None, mechanism], jobs=2), here, strict=True):
+        assert worker.to_dict() == local.to_dict()
+        assert torch.equal(worker.served, local.served)
+
+
+def test_eval_jobs_measure_in_worker_processes_what_one_process_measures(
+    reader_context, tmp_path, one_thread
+):
+    """Each worker opens the evaluation itself from its configuration; the records it hands
+    back are checkpointed here, as a unit measured here is."""
+    measured = {}
+    for jobs in (1, 2):
+        config = replace(reader_context.config, out=tmp_path / f"jobs{jobs}", jobs=jobs)
+        ctx = EvalContext.open(config)
+        methods = [*reader_methods(ctx)[:2], Method("no_prompt")]
+        measured[jobs] = utility_stage(UtilityBench(ctx, SentenceEncoder()), methods)
+        stored = sorted(p.stem for p in (config.out / "checkpoints" / "utility").glob("*.json"))
+        assert stored == sorted(m.key for m in methods)
+    for worker, local in zip(measured[2], measured[1], strict=True):
+        assert worker.record() == local.record()
 
 
 def _measured(key_family: str, loss: np.ndarray, coherence: np.ndarray, **fields) -> Measured:
