@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from ..train.soft_prompt import levels_training, train_soft_prompt
 from .context import EvalContext
 from .methods import Method
 from .reading import reader_methods
+from .units import checkpointed
 
 MechanismAt = Callable[[float], Mechanism]
 SOFT_PROMPT_BATCH = 32  # the training pipeline's default batch
@@ -93,10 +93,10 @@ def _baseline_mechanisms(ctx: EvalContext) -> dict[str, tuple[Adapter, Mechanism
     }
 
 
-def _calibrated(
-    ctx: EvalContext, adapter: Adapter, mechanism_at: MechanismAt, target: float
-) -> dict:
-    """The baseline's level for `target`, as a record (checkpointed: the slowest unit)."""
+def _calibrated(ctx: EvalContext, unit: tuple[str, float]) -> dict:
+    """The baseline family's level for a target, as a record (the slowest unit)."""
+    family, target = unit
+    adapter, mechanism_at = _baseline_mechanisms(ctx)[family]
     config = ctx.config
     (level,) = calibrate(
         adapter,
@@ -114,27 +114,30 @@ def _calibrated(
 
 def matched_baselines(ctx: EvalContext) -> list[tuple[Method, CalibratedLevel]]:
     """Each baseline at every DEL level's target, calibrated by DEL's own rule (train.calibrate:
-    the strongest attack's 95 % upper bound under the target) on the same prompts."""
+    the strongest attack's 95 % upper bound under the target) on the same prompts;
+    `config.jobs` at a time (eval.units)."""
     targets = tuple(level.target_attack_rate for level in ctx.adapter.calibration)
+    families = _baseline_mechanisms(ctx)
+    units = {
+        f"baseline-levels/{family}@{target:g}": (family, target)
+        for family in families
+        for target in targets
+    }
+    records = checkpointed(ctx, _calibrated, units, desc="baseline levels")
     matched = []
-    for family, (adapter, mechanism_at) in _baseline_mechanisms(ctx).items():
+    for key, (family, _) in units.items():
+        adapter, mechanism_at = families[family]
+        level = CalibratedLevel.from_dict(records[key], ctx.checkpoints.directory / key)
         # The Gaussian mechanism shares DEL's projection, so it is read through the same
         # front-end (its likelihood is exact too); DEL without projection through W_d.
-        front_end = ctx.front_end if adapter is ctx.adapter else None
-        for target in targets:
-            key = f"baseline-levels/{family}@{target:g}"
-            record = ctx.checkpoints.record(
-                key, partial(_calibrated, ctx, adapter, mechanism_at, target)
-            )
-            level = CalibratedLevel.from_dict(record, ctx.checkpoints.directory / key)
-            method = Method(
-                family,
-                adapter,
-                mechanism_at(level.mu),
-                target_attack_rate=level.target_attack_rate,
-                front_end=front_end,
-            )
-            matched.append((method, level))
+        method = Method(
+            family,
+            adapter,
+            mechanism_at(level.mu),
+            target_attack_rate=level.target_attack_rate,
+            front_end=ctx.front_end if adapter is ctx.adapter else None,
+        )
+        matched.append((method, level))
     return matched
 
 

@@ -27,7 +27,7 @@ from ..paths import recorded
 from ..settings import Settings
 from ..threaded import serve_in_thread
 from .baselines import all_methods, matched_baselines, soft_prompt_steps
-from .coherence import ENCODER, SentenceEncoder
+from .coherence import ENCODER
 from .communication import communication_stage
 from .config import EvalConfig
 from .context import EvalContext
@@ -36,7 +36,7 @@ from .plots import draw_all
 from .privacy import out_of_domain_stage, privacy_stage
 from .report import SCHEMA, write_markdown
 from .speed import speed_stage
-from .utility import UtilityBench, utility_stage
+from .utility import utility_stage
 
 
 @contextmanager
@@ -86,8 +86,7 @@ def run(config: EvalConfig, *, command: str = "del-server eval", resume: bool = 
     with timer.stage("out_of_domain"):
         out_of_domain = out_of_domain_stage(ctx, methods)
     with timer.stage("utility"):
-        bench = UtilityBench(ctx, SentenceEncoder())
-        measured = utility_stage(bench, methods)
+        measured = utility_stage(ctx, methods)
     with (
         timer.stage("communication_speed"),
         serving(config) as target,

@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 
 import numpy as np
 import torch
 from scipy import stats
 
-from ..processes import map_in_processes
 from ..train.evaluate import EVAL_BATCH
 from .coherence import SentenceEncoder, cosine_per_window, decode, greedy_continuations
-from .config import EvalConfig
 from .context import EvalContext
 from .methods import Method
 from .reading import ignore_prompt, read
+from .units import checkpointed
 
 
 def spread(values: list[float]) -> dict:
@@ -189,35 +187,19 @@ class UtilityBench:
         return SeedRun(nlls, cosines, texts)
 
 
-def utility_stage(bench: UtilityBench, methods: list[Method]) -> list[Measured]:
-    """Every method's utility, each checkpointed as it finishes; `config.jobs` at a time in
-    worker processes (each opens the evaluation's context itself: they share no state)."""
-    ctx = bench.ctx
-    config, checkpoints = ctx.config, ctx.checkpoints
-    records = {m.key: checkpoints.stored(_key(m)) for m in methods}
-    todo = [m for m in methods if records[m.key] is None]
-    measure = _recorded_by(bench) if config.jobs == 1 else partial(_recorded_in_worker, config)
-    measured = map_in_processes(
-        measure, todo, jobs=config.jobs, threads=config.threads, desc="utility"
+def utility_stage(ctx: EvalContext, methods: list[Method]) -> list[Measured]:
+    """Every method's utility, `config.jobs` at a time (eval.units)."""
+    records = checkpointed(
+        ctx, _utility_record, {f"utility/{m.key}": m for m in methods}, desc="utility"
     )
-    for method, record in zip(todo, measured, strict=True):
-        records[method.key] = checkpoints.store(_key(method), record)
-    return [Measured.from_record(m, records[m.key]) for m in methods]
+    return [Measured.from_record(m, records[f"utility/{m.key}"]) for m in methods]
 
 
-def _key(method: Method) -> str:
-    return f"utility/{method.key}"
-
-
-def _recorded_by(bench: UtilityBench) -> Callable[[Method], dict]:
-    return lambda method: bench.measure(method).record()
-
-
-def _recorded_in_worker(config: EvalConfig, method: Method) -> dict:
-    return _worker_bench(config).measure(method).record()
+def _utility_record(ctx: EvalContext, method: Method) -> dict:
+    return utility_bench(ctx).measure(method).record()
 
 
 @lru_cache(maxsize=1)
-def _worker_bench(config: EvalConfig) -> UtilityBench:
-    """A worker's own bench, opened once per process (resuming: the checkpoints stay)."""
-    return UtilityBench(EvalContext.open(config, resume=True), SentenceEncoder())
+def utility_bench(ctx: EvalContext) -> UtilityBench:
+    """The context's bench (its encoder loaded once per process)."""
+    return UtilityBench(ctx, SentenceEncoder())

@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from del_server.adapter import Adapter
-from del_server.eval.coherence import SentenceEncoder
 from del_server.eval.context import EvalContext, reader_selection
 from del_server.eval.findings import comparisons, served_summary, utility_findings
 from del_server.eval.methods import Method
 from del_server.eval.privacy import seen_by_attacker
 from del_server.eval.reading import read, reader_methods
-from del_server.eval.utility import Measured, UtilityBench, utility_stage
+from del_server.eval.utility import Measured, utility_stage
 from del_server.settings import DEFAULT_ADAPTER
 from del_server.train.reader import ReaderBench, prefix_nlls
 
@@ -107,7 +106,7 @@ def test_eval_jobs_measure_in_worker_processes_what_one_process_measures(
         config = replace(reader_context.config, out=tmp_path / f"jobs{jobs}", jobs=jobs)
         ctx = EvalContext.open(config)
         methods = [*reader_methods(ctx)[:2], Method("no_prompt")]
-        measured[jobs] = utility_stage(UtilityBench(ctx, SentenceEncoder()), methods)
+        measured[jobs] = utility_stage(ctx, methods)
         stored = sorted(p.stem for p in (config.out / "checkpoints" / "utility").glob("*.json"))
         assert stored == sorted(m.key for m in methods)
     for worker, local in zip(measured[2], measured[1], strict=True):

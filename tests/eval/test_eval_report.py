@@ -48,6 +48,8 @@ def smoke(tmp_path_factory, small_adapter, tinystories, stories260k) -> tuple[Pa
             str(tinystories),
             "--out",
             str(out),
+            "--jobs",  # every slow unit in worker processes, as a full run on 2 cores
+            "2",
         ]
     )
     return out, json.loads((out / "eval.json").read_text())
