@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from ..attacks.recovery import Recovery, content_mask, recovery
 from ..attacks.suite import ATTACKS_IN_WORDS, strongest
@@ -27,6 +26,7 @@ from ..attacks.tokenwise import exact_lookup_guesses
 from ..paths import shown
 from .context import EvalContext
 from .methods import Method
+from .units import checkpointed
 
 REFERENCE_ATTACKS_IN_WORDS = {
     "exact_lookup": "exact lookup of the received embedding",
@@ -117,17 +117,22 @@ def reference_rows(ctx: EvalContext, prompts: np.ndarray) -> list[AttackRow]:
     ]
 
 
-def _attacked(
-    ctx: EvalContext, methods: list[Method], prompts: np.ndarray, text: str, stage: str
-) -> dict:
-    rows = [row.to_dict() for row in reference_rows(ctx, prompts)]
-    for method in tqdm(methods, desc=f"attacks on {text}", unit="method"):
-        rows.append(
-            ctx.checkpoints.record(
-                f"{stage}/{method.key}", lambda m=method: attack_method(ctx, m, prompts).to_dict()
-            )
-        )
+def _attacked(ctx: EvalContext, methods: list[Method], text: str, stage: str) -> dict:
+    """The references and every method attacked on the stage's prompts, `config.jobs`
+    methods at a time (eval.units)."""
+    prompts = _STAGE_PROMPTS[stage](ctx)
+    units = {f"{stage}/{method.key}": (stage, method) for method in methods}
+    attacked = checkpointed(ctx, _attack_row, units, desc=f"attacks on {text}")
+    rows = [row.to_dict() for row in reference_rows(ctx, prompts)] + list(attacked.values())
     return {"text": text, "prompts": len(prompts), "tokens": int(prompts.size), "rows": rows}
+
+
+def _attack_row(ctx: EvalContext, unit: tuple[str, Method]) -> dict:
+    stage, method = unit
+    return attack_method(ctx, method, _STAGE_PROMPTS[stage](ctx)).to_dict()
+
+
+_STAGE_PROMPTS = {"privacy": EvalContext.attack_prompts, "out-of-domain": EvalContext.ood_prompts}
 
 
 def seen_by_attacker(methods: list[Method]) -> list[Method]:
@@ -141,7 +146,7 @@ def privacy_stage(ctx: EvalContext, methods: list[Method]) -> dict:
     options = attacker.options
     text = "held-out continuations, disjoint from the calibration prompts"
     return {
-        **_attacked(ctx, seen_by_attacker(methods), ctx.attack_prompts(), text, "privacy"),
+        **_attacked(ctx, seen_by_attacker(methods), text, "privacy"),
         "noise_seed": noise_seed(ctx),
         "delta": config.delta,
         "prompt_tokens": ctx.prompt_tokens,
@@ -160,4 +165,4 @@ def privacy_stage(ctx: EvalContext, methods: list[Method]) -> dict:
 def out_of_domain_stage(ctx: EvalContext, methods: list[Method]) -> dict:
     """DEL's levels attacked on windows of the out-of-domain text by the in-domain attacker."""
     levels = [m for m in seen_by_attacker(methods) if m.family == "del"]
-    return _attacked(ctx, levels, ctx.ood_prompts(), shown(ctx.config.ood_data), "out-of-domain")
+    return _attacked(ctx, levels, shown(ctx.config.ood_data), "out-of-domain")
