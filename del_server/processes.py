@@ -1,9 +1,9 @@
 """Independent slow units of work (a level attacked, a reader measured) spread over worker
 processes, each unit's progress bar on a terminal line of its own.
 
-The default model is so small that a second torch thread gains little (reading prompts at
-1,024 particles: 1.28× faster with two threads than with one); separate processes of one
-thread each keep every core busy. Workers are spawned, not forked: torch's
+On the default model a second torch thread gains little (reading prompts at 1,024
+particles: 1.28× faster with two threads than with one); processes of one thread each keep
+every core busy on their own units. Workers are spawned, not forked: torch's
 thread pools do not survive a fork. A unit's result must not depend on which process ran it,
 so its randomness comes from its own seeds, never from a process's state.
 """

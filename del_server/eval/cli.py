@@ -605,8 +605,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--jobs",
         type=argtypes.positive_int,
-        help="utility methods measured at once, each in its own process (default 1; the "
-        "particle reader's methods are the slow ones)",
+        help="slow units computed at once, each in its own process: the baselines' levels, "
+        "the attack rows, the methods' utility (default 1)",
     )
     parser.add_argument(
         "--soft-prompt-steps",

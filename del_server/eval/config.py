@@ -36,8 +36,8 @@ class EvalConfig:
     # second thread costs more in synchronisation than it gives, and far more on a busy
     # machine (measured: 4 soft-prompt steps/s with one thread, 0.4 with two, under load).
     threads: int = 1
-    # Utility methods measured at once, each in a worker process of `threads` threads (the
-    # particle reader's methods are the slow ones).
+    # Slow units (a baseline's level, a method's attack row or utility) computed at once, each
+    # in a worker process of `threads` threads (eval.units).
     jobs: int = 1
     # Privacy: every attack on 32-token prompts the levels were not calibrated on (held-out
     # continuations, and as many windows of the out-of-domain text).

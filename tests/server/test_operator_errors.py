@@ -174,6 +174,7 @@ def test_an_audit_past_the_held_out_prompts_says_how_many_there_are(tmp_path):
         (["all", "--batch", "-1"], "--batch: expected a whole number >= 1, got '-1'"),
         (["all", "--soft-prompt-steps", "0"], "--soft-prompt-steps: expected a whole number >= 1"),
         (["all", "--inversion-steps", "-1"], "--inversion-steps: expected a whole number >= 0"),
+        (["evaluate", "--jobs", "0"], "--jobs: expected a whole number >= 1, got '0'"),
         (["soft-prompt", "--mu", "2,-1"], "--mu: comma-separated finite numbers > 0, got '2,-1'"),
         (["classify", "--lr", "nan"], "--lr: expected a finite number > 0, got 'nan'"),
         (["classify", "--held-out", "0"], "--held-out: expected a whole number >= 1, got '0'"),
