@@ -155,8 +155,7 @@ def _reader_args(parser: argparse.ArgumentParser) -> None:
         type=argtypes.positive_int,
         default=1,
         help="reader measurements (each level's, nothing sent's) at once, each in its own "
-        "process of one torch thread (the tiny default model gains more from processes than "
-        "from threads)",
+        "process of one torch thread (default 1: one after another, in this process)",
     )
 
 
