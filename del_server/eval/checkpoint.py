@@ -99,7 +99,8 @@ class Checkpoints:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """A run killed mid-write leaves the previous file or none, never half a record."""
-    partial = path.with_name(path.name + ".partial")
+    """A run killed mid-write leaves the previous file or none, never half a record; each
+    process writes its own partial file (`eval --jobs` workers open the checkpoints at once)."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     partial.write_text(text)
     os.replace(partial, path)
