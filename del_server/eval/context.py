@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..adapter import Adapter
+from ..adapter import READER_FILE, Adapter
 from ..attacks.mechanisms import Binomial
 from ..attacks.suite import Attacker, AttackOptions
 from ..attacks.tokenwise import client_table
@@ -168,6 +168,15 @@ class EvalContext:
             "adapter": {
                 "path": shown(self.config.adapter),
                 "tensors_sha256": file_sha256(Path(self.config.adapter) / "adapter.safetensors"),
+                # What is served depends on the reader as much as on the levels' tensors.
+                **(
+                    {
+                        "reader_sha256": file_sha256(Path(self.config.adapter) / READER_FILE),
+                        "reader_particles": adapter.reader.particles,
+                    }
+                    if adapter.reader is not None
+                    else {}
+                ),
                 "projection_dim": adapter.projection_dim,
                 "clip": adapter.clip,
                 "clip_rule": adapter.metadata.get("clip_rule", ""),

@@ -124,7 +124,12 @@ def _setup(report: dict) -> list[str]:
         f"{s['model']['hidden_size']}, vocabulary {s['model']['vocab_size']}) from `{shown(s['model']['source'])}`",
         f"- adapter: `{shown(a['path'])}`: k = {a['projection_dim']}, clip {a['clip']:.4g} "
         f"({a['clip_rule']}), soft prompts of {a['soft_prompt_length']} vectors trained "
-        f"{a['soft_prompt_steps']} steps; b = {cfg['bits']} bits",
+        f"{a['soft_prompt_steps']} steps; b = {cfg['bits']} bits"
+        + (
+            f"; served through a particle reader of {a['reader_particles']:,} particles"
+            if "reader_particles" in a
+            else ""
+        ),
         f"- data: `{shown(s['data']['source'])}`, {s['data']['documents']} documents, the last "
         f"{s['data']['validation_documents']} held out; windows of 32 prompt + 32 continuation tokens",
         f"- utility: {u['loss_windows']} held-out windows for the loss, {u['coherence_windows']} "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from del_server.adapter import READER_FILE, Adapter
 from del_server.attacks.suite import ATTACKS
 from del_server.cli import main
 from del_server.eval.findings import privacy_findings
@@ -219,10 +220,12 @@ def test_readme_results_table_is_the_committed_reports_headline(tmp_path, monkey
         assert line in readme, f"README's Results table differs from docs/eval: {line!r}"
 
 
-def test_docs_eval_describes_the_committed_adapter():
-    report = _committed_report()
-    adapter_digest = hashlib.sha256((ADAPTER / "adapter.safetensors").read_bytes()).hexdigest()
-    assert report["setup"]["adapter"]["tensors_sha256"] == adapter_digest, (
-        "the committed adapter changed since docs/eval was generated: rerun "
-        "`del-server eval --out docs/eval` and update the README's Results"
-    )
+def test_docs_eval_describes_the_committed_adapter_and_its_reader():
+    described = _committed_report()["setup"]["adapter"]
+    for key, name in (("tensors_sha256", "adapter.safetensors"), ("reader_sha256", READER_FILE)):
+        digest = hashlib.sha256((ADAPTER / name).read_bytes()).hexdigest()
+        assert described.get(key) == digest, (
+            f"the committed {name} changed since docs/eval was generated: rerun "
+            "`del-server eval --out docs/eval` and update the README's Results"
+        )
+    assert described["reader_particles"] == Adapter.load(ADAPTER).reader.particles
