@@ -77,6 +77,7 @@ class RunningServer:
         await self.server.stop(self.settings.grace_s if grace_s is None else grace_s)
         if self._health_server is not None:  # probes see NOT_SERVING until the drain ends
             await self._health_server.stop(0)
+        self.service.close()
         if self.served.engine is not None:
             await asyncio.to_thread(self.served.engine.stop)
         if self._metrics_http is not None:

@@ -38,6 +38,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import torch
@@ -163,6 +164,10 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         self._settings = settings
         self._metrics = metrics
         self._slots = StreamSlots(settings.max_running + settings.max_waiting)
+        # Building a prompt (the posterior front-end, the particle reader) runs off the event
+        # loop, in threads of its own: at most `max_reading` at once, so the readers' caches
+        # bound the memory a burst of long private prompts can take.
+        self._builders = ThreadPoolExecutor(settings.max_reading, thread_name_prefix="del-build")
         self._draining = False
         self._epsilons: ThreadMemo[tuple[PrivacySpec, int], float] = ThreadMemo(
             lambda key: key[0].epsilon(delta=settings.report_delta, tokens=key[1]), EPSILONS_KEPT
@@ -177,6 +182,11 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         """The server is shutting down: new streams are refused, and the streams it cuts off
         are counted, as UNAVAILABLE, which tells a client to retry (another replica)."""
         self._draining = True
+
+    def close(self) -> None:
+        """After the server stopped: queued builds are dropped and the builders' threads end
+        once a build under way finishes (not waited for here)."""
+        self._builders.shutdown(wait=False, cancel_futures=True)
 
     async def GetManifest(self, request, context) -> inference_pb2.Manifest:
         served, settings = self._served, self._settings
@@ -268,8 +278,10 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             self._admit(stream)
             sampling, prompt = await self._read_prompt(stream)
             # Off the event loop: the posterior front-end and the particle reader spend
-            # milliseconds per prompt.
-            built = await asyncio.to_thread(self._served.prompts.build, prompt)
+            # milliseconds to seconds per prompt.
+            built = await asyncio.get_running_loop().run_in_executor(
+                self._builders, self._served.prompts.build, prompt
+            )
             stream.level = "none" if built.level is None else f"{built.level:g}"
             stream.reading = built.reading
             handle = self._served.engine.submit(stream.request_id, built.inputs, sampling)

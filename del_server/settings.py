@@ -114,6 +114,14 @@ class Settings:
         default=64,
         metadata=doc("requests queued beyond --max-running; more get RESOURCE_EXHAUSTED"),
     )
+    max_reading: int = field(
+        default=2,
+        metadata=doc(
+            "prompts built at once for the engine (a particle reader's read holds its "
+            "particles' cache: about 2 GB for a 512-token prompt at 1,024 particles); more "
+            "wait their turn"
+        ),
+    )
     engine_process: bool = field(
         default=False,
         metadata=doc(
@@ -206,7 +214,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         positive = ["max_prompt_tokens", "max_new_tokens", "default_new_tokens", "max_running"]
-        positive += ["max_waiting", "max_message_bytes", "projection_dim"]
+        positive += ["max_waiting", "max_reading", "max_message_bytes", "projection_dim"]
         for name in positive:
             _at_least(self, name, 1)
         if self.default_new_tokens > self.max_new_tokens:

@@ -49,6 +49,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     [
         (["--port", "99999"], "del-server: error: --port must lie in 0..65535, got 99999"),
         (["--max-running", "0"], "del-server: error: --max-running must be >= 1, got 0"),
+        (["--max-reading", "0"], "del-server: error: --max-reading must be >= 1, got 0"),
         (["--port", "eighty"], "del-server serve: error: argument --port: invalid int value"),
         (["--tls-cert", "a.pem"], "--tls-cert and --tls-key go together: give both or neither"),
     ],

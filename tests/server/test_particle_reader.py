@@ -6,7 +6,10 @@ must round-trip, refuse what it cannot serve, and serve over gRPC."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -166,3 +169,43 @@ def test_a_server_with_a_reader_generates_at_every_level_and_says_how_it_read(
     # The manifest said so before anything was sent.
     assert (model.prompt_reading, model.reader_particles) == ("particle", adapter.reader.particles)
     assert [level.ignore_probability for level in levels] == [1.0] + [0.0] * (len(levels) - 1)
+
+
+def test_a_burst_of_private_prompts_is_read_at_most_max_reading_at_a_time(
+    adapter, serve, stories260k, tmp_path, monkeypatch
+):
+    """Each read holds its particles' cache (about 2 GB for a 512-token prompt at 1,024
+    particles), so the server reads `max_reading` prompts at once and queues the rest."""
+    running = most = 0
+    count = threading.Lock()
+    read = ParticleReader.read
+
+    def counted(self, *args):
+        nonlocal running, most
+        with count:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.05)  # long enough for the burst's reads to overlap, were they let
+            return read(self, *args)
+        finally:
+            with count:
+                running -= 1
+
+    monkeypatch.setattr(ParticleReader, "read", counted)
+    out = adapter.save(tmp_path / "adapter")
+    settings = Settings(
+        model=str(stories260k), adapter=str(out), port=0, metrics_port=-1, max_reading=2
+    )
+    with serve(settings) as loopback:
+        config = ClientConfig(target=loopback.target, bundle_cache_dir=tmp_path)
+        with Client(config) as client, concurrent.futures.ThreadPoolExecutor(8) as pool:
+            client.manifest()
+            results = list(
+                pool.map(
+                    lambda _: client.generate("Once upon a time", max_new_tokens=2).collect(),
+                    range(8),
+                )
+            )
+    assert [r.reading for r in results] == ["particle"] * 8
+    assert most == 2
