@@ -113,8 +113,11 @@ class PromptBuilder:
         self._prefix_ids = [bos_id] if bos_id is not None else []
         self._template: torch.Tensor | None = None  # embedded once, on first use
 
-    def build(self, prompt: PrivatePrompt | RawPrompt) -> BuiltPrompt:
-        """The LLM's input for `prompt`, its level and how it was read."""
+    def build(
+        self, prompt: PrivatePrompt | RawPrompt, abandon: threading.Event | None = None
+    ) -> BuiltPrompt:
+        """The LLM's input for `prompt`, its level and how it was read; `abandon` stops a
+        particle reader's read once set (its request is gone)."""
         if self._template is None and self._prefix_ids:
             self._template = self._backend.embed(self._prefix_ids)
         template = self._template
@@ -124,7 +127,7 @@ class PromptBuilder:
             prefix, body = None, torch.from_numpy(prompt.embeddings)
             reading = inference_pb2.PROMPT_READING_RAW
         elif self._reader is not None:
-            ids = self._reader.read(prompt.symbols, Binomial(prompt.spec), level)
+            ids = self._reader.read(prompt.symbols, Binomial(prompt.spec), level, abandon)
             prefix, body = self._reader.prefix, self._backend.embed(ids.tolist())
             reading = (
                 inference_pb2.PROMPT_READING_PARTICLE

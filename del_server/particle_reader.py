@@ -21,6 +21,7 @@ batched forward pass of `particles` rows per prompt token, before the engine's p
 from __future__ import annotations
 
 import secrets
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,9 +61,16 @@ class ParticleReader:
         reading = adapter.reader
         return cls(model, bos_id, prefix, posterior, reading.particles, reading.ignore_prompt)
 
-    def read(self, symbols: np.ndarray, mechanism: Mechanism, level: float | None) -> torch.Tensor:
+    def read(
+        self,
+        symbols: np.ndarray,
+        mechanism: Mechanism,
+        level: float | None,
+        abandon: threading.Event | None = None,
+    ) -> torch.Tensor:
         """(T, k) symbols at `level` (its μ, None: no level) -> (T,) token ids, one prompt
-        drawn from its posterior, or (0,): the prompt ignored."""
+        drawn from its posterior, or (0,): the prompt ignored. `abandon`, once set, stops the
+        read at its next position (attacks.particle.SamplingAbandonedError)."""
         rng = np.random.default_rng(secrets.randbits(128))
         if rng.random() < self.ignore_prompt.get(level, 0.0):
             return torch.zeros(0, dtype=torch.long)
@@ -74,6 +82,7 @@ class ParticleReader:
             lattice,
             particles=self.particles,
             seed=secrets.randbits(63),
+            abandon=abandon,
         )
         weights = found.log_weights[0].double().exp().numpy()
         return found.paths[0, rng.choice(self.particles, p=weights / weights.sum())]

@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -73,7 +75,14 @@ from .errors import (
     UnknownModelError,
     WrongTaskError,
 )
-from .generation import FailedEvent, FinishEvent, PrivatePrompt, RawPrompt, TokenEvent
+from .generation import (
+    BuiltPrompt,
+    FailedEvent,
+    FinishEvent,
+    PrivatePrompt,
+    RawPrompt,
+    TokenEvent,
+)
 from .levels import LEVEL_TOLERANCE, Level, LevelChoice, choose_level
 from .memo import ThreadMemo
 from .metrics import Metrics, RequestStats
@@ -277,11 +286,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         async with self._stream("generate", request_iterator, context) as stream:
             self._admit(stream)
             sampling, prompt = await self._read_prompt(stream)
-            # Off the event loop: the posterior front-end and the particle reader spend
-            # milliseconds to seconds per prompt.
-            built = await asyncio.get_running_loop().run_in_executor(
-                self._builders, self._served.prompts.build, prompt
-            )
+            built = await self._built(prompt)
             stream.level = "none" if built.level is None else f"{built.level:g}"
             stream.reading = built.reading
             handle = self._served.engine.submit(stream.request_id, built.inputs, sampling)
@@ -309,6 +314,18 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
             finally:
                 deadline.cancel()
                 handle.cancel()
+
+    async def _built(self, prompt: PrivatePrompt | RawPrompt) -> BuiltPrompt:
+        """The prompt built off the event loop (the posterior front-end and the particle reader
+        spend milliseconds to seconds on it); a read whose stream is cancelled stops at its
+        next position instead of holding a builder thread to the end."""
+        abandon = threading.Event()
+        build = functools.partial(self._served.prompts.build, prompt, abandon)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._builders, build)
+        except asyncio.CancelledError:
+            abandon.set()
+            raise
 
     async def Classify(self, request_iterator, context) -> inference_pb2.ClassifyResponse:
         async with self._stream("classify", request_iterator, context) as stream:

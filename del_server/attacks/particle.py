@@ -27,6 +27,7 @@ prefix it is a weaker prior than the bigram).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,10 @@ MAX_ATTACK_ROWS = 32_768
 MIXTURE_ROWS = 4_096
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]  # a layer's (rows, kv_heads, tokens, head_dim)
+
+
+class SamplingAbandonedError(Exception):
+    """The caller gave up on the sample (its `abandon` event was set): no result."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,7 @@ def sample_posterior(
     particles: int = DEFAULT_PARTICLES,
     seed: int = 0,
     predictive: bool = False,
+    abandon: threading.Event | None = None,
 ) -> Particles:
     """Every prompt of the lattice at once, all particles in one batched pass per position
     over a shared KV cache. The LLM's state depends on a particle's history alone, and
@@ -161,7 +167,8 @@ def sample_posterior(
     drawn, and resampling moves no cache at all: exactly the same mathematics as a row per
     particle, at a fraction of the rows (stories260K at 512 particles: about a quarter).
     Llama models step through the serving backend's faster path. `predictive`: keep the
-    LLM's state for `mixture_nll`."""
+    LLM's state for `mixture_nll`. `abandon`, once set, stops the sampler at its next position
+    (SamplingAbandonedError): a server's read whose client has gone."""
     if particles < 1:
         raise ValueError(f"the particle sampler needs at least one particle, got {particles}")
     prompts, length, keep = lattice.candidates.shape
@@ -182,6 +189,8 @@ def sample_posterior(
     filtered = torch.zeros(prompts, length, dtype=torch.long)
     rows = torch.arange(prompts)[:, None]
     for t in range(length):
+        if abandon is not None and abandon.is_set():
+            raise SamplingAbandonedError(f"abandoned at position {t} of {length}")
         candidates = lattice.candidates[:, t]  # (P, M)
         prior = next_log_p[row[..., None], candidates[:, None, :]]  # (P, n, M)
         proposal = prior + (lattice.emission[:, t] + lookahead[:, t])[:, None, :]  # (P, n, M)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import queue
 import threading
 import time
 from dataclasses import replace
@@ -19,10 +20,12 @@ import torch
 from scipy import stats
 
 from del_client import Client, ClientConfig
+from del_client.errors import DeadlineExceededError
 from del_client.mechanism import PrivacySpec
 from del_client.proto import inference_pb2
 from del_server.adapter import Adapter, ParticleReading
 from del_server.attacks.mechanisms import Binomial
+from del_server.attacks.particle import SamplingAbandonedError
 from del_server.attacks.tokenwise import log_likelihood_matrix
 from del_server.backends.transformers import TransformersBackend
 from del_server.generation import PrivatePrompt, PromptBuilder
@@ -209,3 +212,34 @@ def test_a_burst_of_private_prompts_is_read_at_most_max_reading_at_a_time(
             )
     assert [r.reading for r in results] == ["particle"] * 8
     assert most == 2
+
+
+def test_a_read_whose_client_has_gone_stops_at_its_next_position(
+    adapter, serve, stories260k, tmp_path, monkeypatch
+):
+    """A long private prompt read over 1,024 particles takes tens of seconds of a core; when
+    its client gives up, the read stops instead of holding a builder thread to its end."""
+    ended: queue.Queue = queue.Queue()
+    read = ParticleReader.read
+
+    def watched(self, *args):
+        try:
+            ids = read(self, *args)
+        except SamplingAbandonedError as abandoned:
+            ended.put(str(abandoned))
+            raise
+        ended.put("read to the end")
+        return ids
+
+    monkeypatch.setattr(ParticleReader, "read", watched)
+    out = replace(adapter, reader=replace(adapter.reader, particles=1024)).save(tmp_path / "a")
+    settings = Settings(model=str(stories260k), adapter=str(out), port=0, metrics_port=-1)
+    text = " ".join(["Tom and Lily went to the park to play with their big red ball."] * 20)
+    with serve(settings) as loopback:
+        while not ended.empty():  # the server's warm-up read
+            ended.get()
+        config = ClientConfig(target=loopback.target, bundle_cache_dir=tmp_path, deadline_s=1.0)
+        with Client(config) as client, pytest.raises(DeadlineExceededError):
+            client.generate(text, max_new_tokens=2).collect()
+        outcome = ended.get(timeout=30)
+    assert outcome.startswith("abandoned at position"), outcome
