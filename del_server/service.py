@@ -286,7 +286,7 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
         async with self._stream("generate", request_iterator, context) as stream:
             self._admit(stream)
             sampling, prompt = await self._read_prompt(stream)
-            built = await self._built(prompt)
+            built = await self._built(prompt, stream)
             stream.level = "none" if built.level is None else f"{built.level:g}"
             stream.reading = built.reading
             handle = self._served.engine.submit(stream.request_id, built.inputs, sampling)
@@ -315,17 +315,20 @@ class SplitInferenceService(inference_pb2_grpc.SplitInferenceServicer):
                 deadline.cancel()
                 handle.cancel()
 
-    async def _built(self, prompt: PrivatePrompt | RawPrompt) -> BuiltPrompt:
+    async def _built(self, prompt: PrivatePrompt | RawPrompt, stream: _Stream) -> BuiltPrompt:
         """The prompt built off the event loop (the posterior front-end and the particle reader
-        spend milliseconds to seconds on it); a read whose stream is cancelled stops at its
-        next position instead of holding a builder thread to the end."""
+        spend milliseconds to seconds on it), within the stream's time; a read whose stream is
+        cancelled or out of time stops at its next position instead of holding a builder
+        thread to the end."""
         abandon = threading.Event()
         build = functools.partial(self._served.prompts.build, prompt, abandon)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._builders, build)
-        except asyncio.CancelledError:
-            abandon.set()
-            raise
+            async with asyncio.timeout(stream.deadline - time.perf_counter()):
+                return await asyncio.get_running_loop().run_in_executor(self._builders, build)
+        except TimeoutError:
+            raise self._request_timeout() from None
+        finally:
+            abandon.set()  # no longer wanted, however the wait ended
 
     async def Classify(self, request_iterator, context) -> inference_pb2.ClassifyResponse:
         async with self._stream("classify", request_iterator, context) as stream:

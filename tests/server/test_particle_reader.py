@@ -214,11 +214,17 @@ def test_a_burst_of_private_prompts_is_read_at_most_max_reading_at_a_time(
     assert most == 2
 
 
-def test_a_read_whose_client_has_gone_stops_at_its_next_position(
-    adapter, serve, stories260k, tmp_path, monkeypatch
+@pytest.mark.parametrize(
+    ("client_deadline_s", "max_request_s"),
+    [(1.0, 300.0), (120.0, 1.0)],
+    ids=["the client gives up", "the server's limit per request"],
+)
+def test_a_read_whose_stream_is_gone_or_out_of_time_stops_at_its_next_position(
+    adapter, serve, stories260k, tmp_path, monkeypatch, client_deadline_s, max_request_s
 ):
     """A long private prompt read over 1,024 particles takes tens of seconds of a core; when
-    its client gives up, the read stops instead of holding a builder thread to its end."""
+    its client gives up, or the stream runs past the server's limit, the read stops instead of
+    holding a builder thread to its end."""
     ended: queue.Queue = queue.Queue()
     read = ParticleReader.read
 
@@ -233,12 +239,20 @@ def test_a_read_whose_client_has_gone_stops_at_its_next_position(
 
     monkeypatch.setattr(ParticleReader, "read", watched)
     out = replace(adapter, reader=replace(adapter.reader, particles=1024)).save(tmp_path / "a")
-    settings = Settings(model=str(stories260k), adapter=str(out), port=0, metrics_port=-1)
+    settings = Settings(
+        model=str(stories260k),
+        adapter=str(out),
+        port=0,
+        metrics_port=-1,
+        max_request_s=max_request_s,
+    )
     text = " ".join(["Tom and Lily went to the park to play with their big red ball."] * 20)
     with serve(settings) as loopback:
         while not ended.empty():  # the server's warm-up read
             ended.get()
-        config = ClientConfig(target=loopback.target, bundle_cache_dir=tmp_path, deadline_s=1.0)
+        config = ClientConfig(
+            target=loopback.target, bundle_cache_dir=tmp_path, deadline_s=client_deadline_s
+        )
         with Client(config) as client, pytest.raises(DeadlineExceededError):
             client.generate(text, max_new_tokens=2).collect()
         outcome = ended.get(timeout=30)
